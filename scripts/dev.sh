@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's commands on a fresh machine with Python 3.11+:
+#   scripts/dev.sh setup   create .venv, install the package with its dev extras, generate the gRPC stubs
+#   scripts/dev.sh run     setup, then start the service (gRPC :50051, JSON/HTTP :8001, embedded PostgreSQL)
+#   scripts/dev.sh test    setup, lint, then the whole test suite (extra arguments go to pytest)
+#   scripts/dev.sh lint    ruff, mypy, buf lint and the generated-files check
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV_PY=.venv/bin/python
+
+setup() {
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || { echo "Python 3.11 or newer is needed (found $("$PYTHON" --version))" >&2; exit 1; }
+    [ -x "$VENV_PY" ] || "$PYTHON" -m venv .venv
+    "$VENV_PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$VENV_PY" -m recommender.codegen
+}
+
+lint() {
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy
+    .venv/bin/buf lint gateway/recommender.binpb --config buf.yaml --path recommender/v1/recommender.proto
+    "$VENV_PY" -m recommender.codegen --check
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+    setup) setup ;;
+    run) setup && exec "$VENV_PY" server.py "$@" ;;
+    test) setup && lint && exec "$VENV_PY" -m pytest "$@" ;;
+    lint) lint ;;
+    *) echo "usage: scripts/dev.sh setup|run|test|lint [args]" >&2; exit 2 ;;
+esac

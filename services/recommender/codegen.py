@@ -1,0 +1,92 @@
+"""Generates the Python stubs and Envoy's descriptor set from proto/, so neither is ever edited by hand.
+
+`python -m recommender.codegen` writes them; `--check` regenerates into a temporary folder and fails if the
+files in the tree are missing or differ (stale after a proto change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTO_DIR = ROOT / "proto"
+STUBS_DIR = ROOT / "services"
+DESCRIPTOR = ROOT / "gateway" / "recommender.binpb"
+PROTO_FILES = ("recommender/v1/recommender.proto",)
+STUB_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+
+
+def _include_dirs() -> list[str]:
+    """googleapis' google/api/*.proto ship in googleapis-common-protos; protobuf's own types in grpcio-tools."""
+    import google.api  # the googleapis-common-protos package
+
+    googleapis = Path(next(iter(google.api.__path__))).parents[1]
+    well_known = Path(str(resources.files("grpc_tools") / "_proto"))
+    return [str(PROTO_DIR), str(googleapis), str(well_known)]
+
+
+def generate(stubs_dir: Path, descriptor: Path) -> None:
+    from grpc_tools import protoc
+
+    stubs_dir.mkdir(parents=True, exist_ok=True)
+    descriptor.parent.mkdir(parents=True, exist_ok=True)
+    plugin_dir = Path(sys.executable).parent
+    args = [
+        "grpc_tools.protoc",
+        *(f"-I{d}" for d in _include_dirs()),
+        f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={plugin_dir / 'protoc-gen-mypy_grpc'}",
+        f"--python_out={stubs_dir}",
+        f"--grpc_python_out={stubs_dir}",
+        f"--mypy_out={stubs_dir}",
+        f"--mypy_grpc_out={stubs_dir}",
+        f"--descriptor_set_out={descriptor}",
+        "--include_imports",
+        "--include_source_info",
+        *PROTO_FILES,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed; see the messages above")
+
+
+def generated_files(stubs_dir: Path) -> list[Path]:
+    return [stubs_dir / f"{proto.removesuffix('.proto')}{suffix}" for proto in PROTO_FILES for suffix in STUB_SUFFIXES]
+
+
+def stale_files() -> list[str]:
+    """Files in the tree that are missing or differ from a fresh generation."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh_stubs, fresh_descriptor = Path(tmp) / "stubs", Path(tmp) / "recommender.binpb"
+        generate(fresh_stubs, fresh_descriptor)
+        pairs = list(zip(generated_files(fresh_stubs), generated_files(STUBS_DIR), strict=True))
+        pairs.append((fresh_descriptor, DESCRIPTOR))
+        return [
+            str(current.relative_to(ROOT))
+            for fresh, current in pairs
+            if not current.exists() or not filecmp.cmp(fresh, current, shallow=False)
+        ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if generated files are missing or stale")
+    args = parser.parse_args(argv)
+    if args.check:
+        stale = stale_files()
+        if stale:
+            print("stale or missing generated files (run `python -m recommender.codegen`):", *stale, sep="\n  ")
+            return 1
+        print("generated files are up to date")
+        return 0
+    generate(STUBS_DIR, DESCRIPTOR)
+    print(f"generated stubs under {STUBS_DIR.relative_to(ROOT)}/recommender/v1 and {DESCRIPTOR.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

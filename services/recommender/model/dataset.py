@@ -1,0 +1,63 @@
+"""The plain data that training reads: one consistent snapshot of the catalogue and the interactions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Book:
+    book_id: int
+    title: str
+    authors: str = ""
+    description: str = ""
+    genres: tuple[str, ...] = ()
+    published_year: int | None = None
+
+    def text(self) -> str:
+        """What the content model reads; genres are repeated since they carry the most topical signal."""
+        genres = " ".join(self.genres)
+        return f"{self.title} {self.authors} {self.description} {genres} {genres}"
+
+
+@dataclass(frozen=True)
+class Interaction:
+    user_id: int
+    book_id: int
+    rating: float | None = None
+    timestamp: float | None = None
+
+    @property
+    def weight(self) -> float:
+        return self.rating if self.rating else 1.0
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    books: list[Book]
+    user_ids: npt.NDArray[np.int32]
+    book_ids: npt.NDArray[np.int32]
+    weights: npt.NDArray[np.float32]
+
+    @property
+    def num_interactions(self) -> int:
+        return int(self.user_ids.shape[0])
+
+    @classmethod
+    def from_interactions(cls, books: list[Book], interactions: list[Interaction]) -> TrainingData:
+        return cls(
+            books=books,
+            user_ids=np.array([i.user_id for i in interactions], dtype=np.int32),
+            book_ids=np.array([i.book_id for i in interactions], dtype=np.int32),
+            weights=np.array([i.weight for i in interactions], dtype=np.float32),
+        )
+
+    def only_books(self, book_ids: npt.NDArray[np.int32]) -> TrainingData:
+        """The interactions with books in `book_ids` (the catalogue); others cannot be recommended or explained."""
+        keep = np.isin(self.book_ids, book_ids)
+        if keep.all():
+            return self
+        return TrainingData(self.books, self.user_ids[keep], self.book_ids[keep], self.weights[keep])

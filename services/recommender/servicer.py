@@ -1,0 +1,128 @@
+"""The Recommender service on the wire: request validation, status codes, and messages built from the model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from recommender.manager import ModelManager
+from recommender.model.hybrid import HybridModel
+from recommender.v1 import recommender_pb2 as pb
+from recommender.v1 import recommender_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 100
+RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for status."
+RETRAIN_RUNNING = "Retraining already in progress"
+MODEL_NOT_LOADED = "Model not loaded"
+
+# (book_id, weight) of what a user did, read from the database for users the model has not seen.
+HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float]]]]
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    def __init__(self, manager: ModelManager, history: HistoryLookup) -> None:
+        self._manager = manager
+        self._history = history
+
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
+    ) -> pb.RecommendResponse:
+        limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
+        if request.user_id <= 0:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
+            )
+        if not 1 <= limit <= MAX_LIMIT:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIMIT}, got {limit}"
+            )
+        model = await self._loaded_model(context)
+        fresh: list[tuple[int, float]] = []
+        if model.cf.user_row(request.user_id) is None:
+            fresh = await self._fresh_history(request.user_id)
+        result = model.recommend(request.user_id, limit, fresh)
+        return pb.RecommendResponse(
+            user_id=request.user_id,
+            strategy=result.strategy.value,
+            model_version=model.meta.version,
+            recommendations=[
+                pb.RecommendedBook(
+                    book_id=book.book_id,
+                    title=book.title,
+                    authors=book.authors,
+                    score=book.score,
+                    cf_score=book.cf_score,
+                    content_score=book.content_score,
+                )
+                for book in result.books
+            ],
+        )
+
+    async def ModelInfo(
+        self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
+    ) -> pb.ModelInfoResponse:
+        model, state = self._manager.model, self._manager.state
+        response = pb.ModelInfoResponse(
+            status="not_loaded",
+            cf_model=pb.CfModelInfo(),
+            content_model=pb.ContentModelInfo(),
+            is_retraining=state.running,
+            last_retrain_error=state.last_error,
+        )
+        if model is not None:
+            trained_at = Timestamp()
+            trained_at.FromDatetime(model.meta.trained_at)
+            response.MergeFrom(
+                pb.ModelInfoResponse(
+                    status="loaded",
+                    alpha=model.alpha,
+                    cf_model=pb.CfModelInfo(
+                        num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
+                    ),
+                    content_model=pb.ContentModelInfo(
+                        num_books=model.content.num_books, feature_dim=model.content.feature_dim
+                    ),
+                    version=model.meta.version,
+                    trained_at=trained_at,
+                    training_seconds=model.meta.training_seconds,
+                )
+            )
+        return response
+
+    async def Retrain(
+        self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
+    ) -> pb.RetrainResponse:
+        if self._manager.start_retrain() is None:
+            await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
+        log.info("retrain started on request")
+        return pb.RetrainResponse(status="accepted", message=RETRAIN_ACCEPTED)
+
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse]
+    ) -> pb.HealthResponse:
+        return pb.HealthResponse(
+            status="retraining" if self._manager.state.running else "ok",
+            models_loaded=self._manager.model is not None,
+        )
+
+    async def _loaded_model(self, context: grpc.aio.ServicerContext[Any, Any]) -> HybridModel:
+        model = self._manager.model
+        if model is None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, MODEL_NOT_LOADED)
+        assert model is not None
+        return model
+
+    async def _fresh_history(self, user_id: int) -> list[tuple[int, float]]:
+        """A new user's history; without the database they still get popular books, not an error."""
+        try:
+            return await self._history(user_id)
+        except Exception:
+            log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
+            return []

@@ -1,0 +1,62 @@
+"""Every setting of the service, read from the environment (and command-line flags), validated once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RECOMMENDER_", frozen=True, extra="forbid")
+
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("database_url", "DATABASE_URL"), min_length=1
+    )
+    grpc_host: str = Field(default="127.0.0.1", min_length=1)
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    http_port: int = Field(default=8001, ge=0, le=65535)
+    envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
+    data_dir: Path = Path("var")
+    artifacts_dir: Path = Path("artifacts")
+    alpha: float = Field(default=0.6, ge=0.0, le=1.0)
+    # Training knobs.
+    train_threads: int = Field(default=1, ge=1, le=64)
+    als_factors: int = Field(default=64, ge=1, le=1024)
+    als_iterations: int = Field(default=15, ge=1, le=200)
+    als_regularization: float = Field(default=0.05, ge=0.0)
+    als_confidence: float = Field(default=2.0, gt=0.0)
+    tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
+    keep_versions: int = Field(default=5, ge=1, le=1000)
+    # Demo catalogue written into an empty database on first start.
+    demo_seed: int = 42
+    demo_books: int = Field(default=2000, ge=0)
+    demo_users: int = Field(default=600, ge=0)
+    demo_interactions: int = Field(default=24_000, ge=0)
+
+    @property
+    def embedded_pgdata(self) -> Path:
+        return self.data_dir / "pgdata"
+
+
+def _env_name(field: str) -> str:
+    return "DATABASE_URL" if field == "database_url" else f"RECOMMENDER_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with command-line values (None = not given) taking precedence."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{_env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid setting: " + "; ".join(problems)) from None

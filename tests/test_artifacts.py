@@ -1,0 +1,70 @@
+"""The artifact store: complete versions only, a crash mid-write never wins, retention never drops CURRENT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recommender.model.artifacts import ArtifactError, ArtifactStore
+from recommender.model.dataset import TrainingData
+from recommender.model.hybrid import HybridModel
+from recommender.model.training import train
+from tests.test_model import BOOKS, PARAMS, interactions
+
+
+def trained() -> HybridModel:
+    return train(TrainingData.from_interactions(BOOKS, interactions()), PARAMS)
+
+
+def test_a_saved_version_loads_back_identical(tmp_path: Path) -> None:
+    store, model = ArtifactStore(tmp_path), trained()
+    store.save(model)
+    store.set_current(model.meta.version)
+    loaded = store.load_latest(alpha=0.6)
+    assert loaded is not None and loaded.meta.version == model.meta.version
+    assert loaded.recommend(2, 5) == model.recommend(2, 5)
+    assert loaded.recommend(999, 5, [(12, 1.0)]) == model.recommend(999, 5, [(12, 1.0)])
+
+
+def test_half_written_and_corrupt_versions_are_skipped(tmp_path: Path) -> None:
+    store, good = ArtifactStore(tmp_path), trained()
+    store.save(good)
+    store.set_current(good.meta.version)
+    # A crash while writing: the incoming folder, and a newer version folder without its manifest.
+    (tmp_path / ".incoming-99990101T000000000000Z-aaaaaa").mkdir()
+    partial = store.versions_dir / "99990101T000000000000Z-bbbbbb"
+    partial.mkdir()
+    (partial / "cf.npz").write_bytes(b"truncated")
+    # A newer version that claims completeness but cannot be read, named CURRENT.
+    corrupt = store.versions_dir / "99990101T000000000000Z-cccccc"
+    corrupt.mkdir()
+    (corrupt / "manifest.json").write_text('{"format": 1, "trained_at": "2026-01-01T00:00:00+00:00"}')
+    (tmp_path / "CURRENT").write_text(corrupt.name)
+
+    assert store.complete_versions()[0] == corrupt.name
+    with pytest.raises(ArtifactError):
+        store.load(corrupt.name, 0.6)
+    loaded = store.load_latest(alpha=0.6)
+    assert loaded is not None and loaded.meta.version == good.meta.version
+
+
+def test_set_current_refuses_an_incomplete_version(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    (store.versions_dir / "v1").mkdir(parents=True)
+    with pytest.raises(ArtifactError):
+        store.set_current("v1")
+    assert store.current() is None and store.load_latest(0.6) is None
+
+
+def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    versions = []
+    for _ in range(4):
+        model = trained()
+        store.save(model)
+        versions.append(model.meta.version)
+    store.set_current(versions[0])  # the oldest is current (a rollback, say)
+    removed = store.prune(keep=2)
+    assert sorted(removed) == sorted(versions[1:2])
+    assert sorted(store.complete_versions()) == sorted([versions[0], *versions[2:]])

@@ -1,0 +1,115 @@
+"""Unit tests of the model maths on small in-memory data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recommender.model.cf import ALSParams
+from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.hybrid import HybridModel, Strategy
+from recommender.model.training import TrainingParams, train
+
+# Two clear tastes: books 1-10 are about dragons, 11-20 about detectives; users 1-6 read dragons, 7-12 detectives.
+BOOKS = [
+    Book(i, f"Dragon quest {i}", "A. Fantasist", "dragon sword kingdom magic quest", ("fantasy",)) for i in range(1, 11)
+] + [
+    Book(i, f"Murder case {i}", "B. Sleuth", "detective murder clue alibi inspector", ("mystery",))
+    for i in range(11, 21)
+]
+
+
+def interactions() -> list[Interaction]:
+    rows = []
+    for user in range(1, 7):
+        rows += [Interaction(user, book, 5.0) for book in range(1, 11) if (book + user) % 3 != 0]
+    for user in range(7, 13):
+        rows += [Interaction(user, book, 5.0) for book in range(11, 21) if (book + user) % 3 != 0]
+    rows += [Interaction(1, 11, None)]  # one click outside the user's taste
+    return rows
+
+
+# Few factors: with as many factors as users, ALS would memorise the matrix instead of generalising.
+PARAMS = TrainingParams(als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6)
+
+
+@pytest.fixture(scope="module")
+def model() -> HybridModel:
+    return train(TrainingData.from_interactions(BOOKS, interactions()), PARAMS)
+
+
+def test_counts_describe_the_matrix_and_catalogue(model: HybridModel) -> None:
+    assert model.cf.num_users == 12
+    assert model.cf.num_items == 20
+    assert model.cf.nnz == len(interactions())
+    assert model.content.num_books == 20
+    assert 0 < model.content.feature_dim <= 100
+
+
+def test_blend_is_alpha_weighted_sum_of_normalised_parts(model: HybridModel) -> None:
+    result = model.recommend(2, limit=20)
+    assert result.strategy is Strategy.HYBRID
+    for book in result.books:
+        assert 0.0 <= book.cf_score <= 1.0 and 0.0 <= book.content_score <= 1.0
+        assert book.score == pytest.approx(0.6 * book.cf_score + 0.4 * book.content_score, abs=1e-6)
+    scores = [b.score for b in result.books]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_alpha_one_ranks_by_cf_and_zero_by_content(model: HybridModel) -> None:
+    cf_only = HybridModel.assemble(model.meta, 1.0, model.catalogue, model.cf, model.content)
+    content_only = HybridModel.assemble(model.meta, 0.0, model.catalogue, model.cf, model.content)
+    for book in cf_only.recommend(2, 20).books:
+        assert book.score == pytest.approx(book.cf_score)
+    for book in content_only.recommend(2, 20).books:
+        assert book.score == pytest.approx(book.content_score)
+
+
+def test_known_user_gets_own_taste_and_never_books_already_read(model: HybridModel) -> None:
+    read = {i.book_id for i in interactions() if i.user_id == 2}
+    result = model.recommend(2, limit=3)
+    ids = [b.book_id for b in result.books]
+    assert not read & set(ids)
+    assert all(book_id <= 10 for book_id in ids), ids  # the dragon books user 2 has not read
+
+
+def test_limit_beyond_candidates_returns_every_unread_book(model: HybridModel) -> None:
+    read = {i.book_id for i in interactions() if i.user_id == 1}
+    result = model.recommend(1, limit=100)
+    assert sorted(b.book_id for b in result.books) == sorted(set(range(1, 21)) - read)
+
+
+def test_unknown_user_without_history_gets_popular_books(model: HybridModel) -> None:
+    result = model.recommend(999, limit=5)
+    assert result.strategy is Strategy.POPULAR
+    counts = np.bincount([i.book_id for i in interactions()], minlength=21)
+    expected_top = max(range(1, 21), key=lambda b: (counts[b], -b))
+    assert result.books[0].book_id == expected_top
+    popularity = [b.score for b in result.books]
+    assert popularity == sorted(popularity, reverse=True) and popularity[0] == 1.0
+
+
+def test_unknown_user_with_fresh_history_gets_similar_content(model: HybridModel) -> None:
+    result = model.recommend(999, limit=5, fresh_history=[(12, 5.0), (13, 4.0)])
+    assert result.strategy is Strategy.CONTENT
+    ids = [b.book_id for b in result.books]
+    assert 12 not in ids and 13 not in ids
+    assert all(11 <= book_id <= 20 for book_id in ids), ids
+    assert all(b.cf_score == 0.0 and b.score == b.content_score for b in result.books)
+
+
+def test_fresh_history_of_books_outside_the_catalogue_falls_back_to_popular(model: HybridModel) -> None:
+    assert model.recommend(999, limit=3, fresh_history=[(12345, 1.0)]).strategy is Strategy.POPULAR
+
+
+def test_training_without_interactions_serves_popular_and_content() -> None:
+    model = train(TrainingData.from_interactions(BOOKS, []), PARAMS)
+    assert model.cf.num_users == 0 and model.cf.nnz == 0
+    assert len(model.recommend(1, 5).books) == 5
+    assert model.recommend(1, 5, [(1, 1.0)]).strategy is Strategy.CONTENT
+
+
+def test_interactions_with_books_outside_the_catalogue_are_left_out() -> None:
+    data = TrainingData.from_interactions(BOOKS, [*interactions(), Interaction(1, 777, 5.0)])
+    model = train(data, PARAMS)
+    assert model.cf.num_items == 20

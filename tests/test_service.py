@@ -1,0 +1,291 @@
+"""The real gRPC service on an ephemeral port, with real PostgreSQL: retrain, hot swap, failures, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recommender import demo
+from recommender.client import RecommenderClient
+from recommender.db import Database
+from recommender.model.dataset import Interaction
+from recommender.model.hybrid import HybridModel
+from recommender.service import make_trainer
+from recommender.settings import Settings
+from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
+
+
+def status_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as error:
+        call()
+    return error.value.code(), error.value.details() or ""
+
+
+def add_interactions(settings: Settings, rows: list[Interaction]) -> None:
+    async def write() -> None:
+        async with await Database.connect(settings.database_url or "") as db:
+            await db.add_interactions(rows)
+
+    asyncio.run(write())
+
+
+def wait_until_idle(running: RunningService) -> None:
+    wait_for(lambda: not running.service.manager.state.running)
+
+
+def slowed(settings: Settings, seconds: float, calls: list[float] | None = None) -> Callable[..., HybridModel]:
+    """The real trainer, taking `seconds` longer, so that tests can act while it runs."""
+    trainer = make_trainer(settings, settings.database_url or "")
+
+    def build(should_stop: Callable[[], bool]) -> HybridModel:
+        if calls is not None:
+            calls.append(time.monotonic())
+        time.sleep(seconds)
+        return trainer(should_stop)
+
+    return build
+
+
+def test_retrain_picks_up_new_interactions(trained_service: RunningService, settings: Settings) -> None:
+    client = trained_service.client
+    before_info = client.model_info()
+    genres = {b.book_id: b.genres[0] for b in demo.generate(settings.demo_seed, **_demo_sizes()).books}
+    before = client.recommend(user_id=1, limit=10)
+    assert before.strategy == "hybrid" and len(before.recommendations) == 10
+
+    # User 1 turns into a keen reader of a genre absent from their recommendations; user 9001 is new.
+    shown = {genres[r.book_id] for r in before.recommendations}
+    new_genre = next(g for g in demo.GENRES if g not in shown)
+    new_books = [book_id for book_id, genre in genres.items() if genre == new_genre][:15]
+    add_interactions(
+        settings,
+        [Interaction(1, b, 5.0) for b in new_books] + [Interaction(9001, b, 4.0) for b in new_books[:3]],
+    )
+
+    assert client.retrain().status == "accepted"
+    wait_until_idle(trained_service)
+    after_info = client.model_info()
+    assert after_info.version != before_info.version
+    assert after_info.cf_model.num_users == before_info.cf_model.num_users + 1
+    assert after_info.cf_model.matrix_nnz > before_info.cf_model.matrix_nnz
+    assert after_info.last_retrain_error == ""
+
+    after = client.recommend(user_id=1, limit=10)
+    assert after.model_version == after_info.version
+    recommended = [r.book_id for r in after.recommendations]
+    assert not set(new_books) & set(recommended)  # now read, so never recommended again
+    assert sum(genres[b] == new_genre for b in recommended) >= 3
+    assert client.recommend(user_id=9001, limit=5).strategy == "hybrid"
+
+
+def _demo_sizes() -> dict[str, int]:
+    return {
+        "num_books": SMALL_DEMO["demo_books"],
+        "num_users": SMALL_DEMO["demo_users"],
+        "num_interactions": SMALL_DEMO["demo_interactions"],
+    }
+
+
+def test_concurrent_retrains_run_exactly_once(start_service: StartService, settings: Settings) -> None:
+    calls: list[float] = []
+    running = start_service(slowed(settings, 0.5, calls))
+    wait_until_idle(running)
+    calls.clear()
+
+    def retrain() -> str:
+        try:
+            return running.client.retrain().status
+        except grpc.RpcError as error:
+            return f"{error.code().name}: {error.details()}"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(lambda _: retrain(), range(6)))
+    assert answers.count("accepted") == 1
+    assert answers.count("ABORTED: Retraining already in progress") == 5
+    assert running.client.health().status == "retraining"
+    wait_until_idle(running)
+    assert len(calls) == 1
+    assert running.client.health().status == "ok"
+
+
+def test_no_request_fails_during_a_retrain(start_service: StartService, settings: Settings) -> None:
+    running = start_service(slowed(settings, 0.7))
+    wait_until_idle(running)
+    first_version = running.client.model_info().version
+    errors: list[str] = []
+    versions: set[str] = set()
+    done = threading.Event()
+
+    def hammer() -> None:
+        with RecommenderClient(running.target) as client:
+            while not done.is_set():
+                try:
+                    answer = client.recommend(user_id=7, limit=5)
+                    versions.add(answer.model_version)
+                    if len(answer.recommendations) != 5:
+                        errors.append(f"{len(answer.recommendations)} books")
+                except grpc.RpcError as error:
+                    errors.append(f"{error.code()}: {error.details()}")
+
+    loops = [threading.Thread(target=hammer) for _ in range(2)]
+    for loop in loops:
+        loop.start()
+    running.client.retrain()
+    wait_until_idle(running)
+    time.sleep(0.2)
+    done.set()
+    for loop in loops:
+        loop.join()
+    assert errors == []
+    assert first_version in versions and len(versions) == 2
+
+
+@pytest.mark.parametrize("failure", ["training raises", "database unreachable"])
+def test_a_failed_retrain_keeps_the_old_model(start_service: StartService, settings: Settings, failure: str) -> None:
+    trainer = make_trainer(settings, settings.database_url or "")
+    broken = make_trainer(settings, (settings.database_url or "").replace("/t_", "/missing_"))
+    fail = threading.Event()
+
+    def build(should_stop: Callable[[], bool]) -> HybridModel:
+        if not fail.is_set():
+            return trainer(should_stop)
+        if failure == "training raises":
+            raise RuntimeError("the fit blew up")
+        return broken(should_stop)
+
+    running = start_service(build)
+    wait_until_idle(running)
+    version = running.client.model_info().version
+    fail.set()
+    running.client.retrain()
+    wait_until_idle(running)
+
+    info = running.client.model_info()
+    assert info.version == version and info.status == "loaded"
+    expected = "the fit blew up" if failure == "training raises" else "does not exist"
+    assert expected in info.last_retrain_error
+    assert running.client.health().status == "ok"
+    assert len(running.client.recommend(user_id=3, limit=4).recommendations) == 4
+
+    fail.clear()
+    running.client.retrain()
+    wait_until_idle(running)
+    info = running.client.model_info()
+    assert info.version != version and info.last_retrain_error == ""
+
+
+def test_unavailable_until_the_first_model_is_trained(start_service: StartService, settings: Settings) -> None:
+    release = threading.Event()
+    trainer = make_trainer(settings, settings.database_url or "")
+
+    def build(should_stop: Callable[[], bool]) -> HybridModel:
+        release.wait(30)
+        return trainer(should_stop)
+
+    running = start_service(build)
+    client = running.client
+    assert status_of(lambda: client.recommend(user_id=1)) == (grpc.StatusCode.UNAVAILABLE, "Model not loaded")
+    health = client.health()
+    assert (health.status, health.models_loaded) == ("retraining", False)
+    info = client.model_info()
+    assert (info.status, info.is_retraining) == ("not_loaded", True)
+    assert _grpc_health(running.target) == "NOT_SERVING"
+
+    release.set()
+    wait_until_idle(running)
+    assert client.health().models_loaded
+    assert len(client.recommend(user_id=1).recommendations) == 10
+    wait_for(lambda: _grpc_health(running.target) == "SERVING", timeout=5)
+
+
+def _grpc_health(target: str) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="recommender.v1.Recommender"), timeout=5
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
+
+def test_start_up_skips_a_half_written_version(start_service: StartService, settings: Settings) -> None:
+    first = start_service()
+    wait_until_idle(first)
+    good = first.client.model_info().version
+    versions = settings.artifacts_dir / "versions"
+    half = versions / "99990101T000000000000Z-ffffff"
+    half.mkdir()
+    (half / "cf.npz").write_bytes(b"\x00" * 10)  # written before the crash; no manifest yet
+    (settings.artifacts_dir / ".incoming-99990101T000000000001Z-eeeeee").mkdir()
+
+    second = start_service()
+    assert second.service.manager.model is not None
+    assert second.client.model_info().version == good
+
+
+@pytest.mark.parametrize(
+    ("user_id", "limit", "message"),
+    [
+        (0, 5, "user_id must be a positive integer, got 0"),
+        (-1, 5, "user_id must be a positive integer, got -1"),
+        (1, 0, "limit must be between 1 and 100, got 0"),
+        (1, 101, "limit must be between 1 and 100, got 101"),
+        (1, -3, "limit must be between 1 and 100, got -3"),
+    ],
+)
+def test_bad_input_is_invalid_argument(trained_service: RunningService, user_id: int, limit: int, message: str) -> None:
+    client = trained_service.client
+    assert status_of(lambda: client.recommend(user_id=user_id, limit=limit)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        message,
+    )
+
+
+def test_limit_defaults_to_ten_and_unknown_users_get_popular_books(trained_service: RunningService) -> None:
+    client = trained_service.client
+    assert len(client.recommend(user_id=1).recommendations) == 10
+    unknown = client.recommend(user_id=123456, limit=100)
+    assert unknown.strategy == "popular" and len(unknown.recommendations) == 100
+
+
+def test_new_user_history_written_after_training_drives_content_answers(
+    trained_service: RunningService, settings: Settings
+) -> None:
+    books = demo.generate(settings.demo_seed, **_demo_sizes()).books
+    genre = books[0].genres[0]
+    same_genre = [b.book_id for b in books if b.genres[0] == genre]
+    add_interactions(settings, [Interaction(777_000, b, 5.0) for b in same_genre[:4]])
+    answer = trained_service.client.recommend(user_id=777_000, limit=5)
+    assert answer.strategy == "content"
+    ids = [r.book_id for r in answer.recommendations]
+    assert not set(same_genre[:4]) & set(ids)
+    assert sum(b in same_genre for b in ids) >= 3
+
+
+def test_grpcurl_lists_and_calls_every_rpc_through_reflection(trained_service: RunningService) -> None:
+    grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
+    assert grpcurl, "grpcurl is installed by the dev extras"
+
+    def call(*args: str) -> str:
+        result = subprocess.run([grpcurl, "-plaintext", *args], capture_output=True, text=True, timeout=30, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    target = trained_service.target
+    assert "recommender.v1.Recommender" in call(target, "list").split()
+    assert '"strategy": "hybrid"' in call(
+        "-d", '{"user_id": 1, "limit": 2}', target, "recommender.v1.Recommender/Recommend"
+    )
+    assert '"status": "loaded"' in call(target, "recommender.v1.Recommender/ModelInfo")
+    assert '"status": "ok"' in call(target, "recommender.v1.Recommender/Health")
+    assert '"status": "accepted"' in call(target, "recommender.v1.Recommender/Retrain")
