@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's commands on a fresh machine with Python 3.11+:
-#   scripts/dev.sh setup   create .venv, install the package with its dev extras, generate the gRPC stubs
+#   scripts/dev.sh setup   create .venv, install the package with its dev extras (the build generates the stubs)
 #   scripts/dev.sh run     setup, then start the service (gRPC :50051, JSON/HTTP :8001, embedded PostgreSQL)
 #   scripts/dev.sh test    setup, lint, then the whole test suite (extra arguments go to pytest)
 #   scripts/dev.sh lint    ruff, mypy, buf lint and the generated-files check
@@ -16,7 +16,6 @@ setup() {
     [ -x "$VENV_PY" ] || "$PYTHON" -m venv .venv
     "$VENV_PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-    "$VENV_PY" -m recommender.codegen
 }
 
 lint() {

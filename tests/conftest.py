@@ -47,9 +47,8 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@pytest.fixture
-def database_url(postgres_url: str) -> str:
-    """A new, empty database on the session's server."""
+def create_database(postgres_url: str) -> str:
+    """A new, empty database on the session's server; returns its URL."""
     name = f"t_{uuid.uuid4().hex[:12]}"
 
     async def create() -> None:
@@ -61,6 +60,11 @@ def database_url(postgres_url: str) -> str:
 
     asyncio.run(create())
     return with_database(postgres_url, name)
+
+
+@pytest.fixture
+def database_url(postgres_url: str) -> str:
+    return create_database(postgres_url)
 
 
 @pytest.fixture

@@ -236,7 +236,7 @@ def test_start_up_skips_a_half_written_version(start_service: StartService, sett
 @pytest.mark.parametrize(
     ("user_id", "limit", "message"),
     [
-        (0, 5, "user_id must be a positive integer, got 0"),
+        (0, 5, "user_id is required: a positive integer"),
         (-1, 5, "user_id must be a positive integer, got -1"),
         (1, 0, "limit must be between 1 and 100, got 0"),
         (1, 101, "limit must be between 1 and 100, got 101"),

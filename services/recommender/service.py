@@ -66,7 +66,10 @@ class GrpcService:
         self._db = await Database.connect(self.dsn)
         await prepare_database(self._db, self.settings)
         store = ArtifactStore(self.settings.artifacts_dir)
-        model = await asyncio.to_thread(store.load_latest, self.settings.alpha)
+        try:
+            model = await asyncio.to_thread(store.load_latest, self.settings.alpha)
+        except OSError as exc:
+            raise OSError(f"cannot read the model artifacts in {store.root}: {exc}") from exc
         loop = asyncio.get_running_loop()
 
         def on_change() -> None:  # called from the retrain thread too

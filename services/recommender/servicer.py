@@ -35,7 +35,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
     ) -> pb.RecommendResponse:
         limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
-        if request.user_id <= 0:
+        if request.user_id == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required: a positive integer")
+        if request.user_id < 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
             )
@@ -57,9 +59,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     book_id=book.book_id,
                     title=book.title,
                     authors=book.authors,
-                    score=book.score,
-                    cf_score=book.cf_score,
-                    content_score=book.content_score,
+                    score=_rounded(book.score),
+                    cf_score=_rounded(book.cf_score),
+                    content_score=_rounded(book.content_score),
                 )
                 for book in result.books
             ],
@@ -91,7 +93,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     ),
                     version=model.meta.version,
                     trained_at=trained_at,
-                    training_seconds=model.meta.training_seconds,
+                    training_seconds=round(model.meta.training_seconds, 3),
                 )
             )
         return response
@@ -126,3 +128,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception:
             log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
             return []
+
+
+def _rounded(score: float) -> float:
+    """Scores are float32 maths: six decimals is all they hold, and keeps JSON free of float noise."""
+    return round(score, 6)

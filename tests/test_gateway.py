@@ -1,0 +1,295 @@
+"""The guide's JSON API through a real Envoy, started with the real `python server.py`, on real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import SMALL_DEMO, create_database, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    url: str
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def envoy_pids(self) -> list[int]:
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [child.pid for child in children if child.name() == "envoy"]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+def start_server(database_url: str, workdir: Path, wait: bool = True, **settings: str) -> Server:
+    """`python server.py` on free ports; `settings` are RECOMMENDER_* variables without the prefix."""
+    http_port = free_port()
+    log = workdir / f"server-{http_port}.log"
+    environment = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
+        "RECOMMENDER_GRPC_PORT": str(free_port()),
+        "RECOMMENDER_HTTP_PORT": str(http_port),
+        "RECOMMENDER_ENVOY_ADMIN_PORT": "0",
+        "RECOMMENDER_ALS_ITERATIONS": "8",
+        **{f"RECOMMENDER_{key.upper()}": str(value) for key, value in {**SMALL_DEMO, **settings}.items()},
+    }
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "server.py"], cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    server = Server(process, f"http://127.0.0.1:{http_port}", log)
+    if wait:
+        wait_for(lambda: _healthy(server), timeout=90)
+    return server
+
+
+def _healthy(server: Server) -> bool:
+    if server.process.poll() is not None:
+        raise AssertionError(f"server exited with {server.process.returncode}:\n{server.output()}")
+    try:
+        body = httpx.get(f"{server.url}/api/v1/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return bool(body.get("models_loaded")) and body.get("status") == "ok"
+
+
+@pytest.fixture(scope="module")
+def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(create_database(postgres_url), tmp_path_factory.mktemp("gateway"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def wait_idle(http: httpx.Client) -> None:
+    wait_for(lambda: http.get("/api/v1/health").json()["status"] == "ok", timeout=60, interval=0.1)
+
+
+def types_of(body: dict[str, Any]) -> dict[str, Any]:
+    return {key: types_of(value) if isinstance(value, dict) else type(value) for key, value in body.items()}
+
+
+def test_health_has_the_guides_shape(http: httpx.Client) -> None:
+    response = http.get("/api/v1/health")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"status": "ok", "models_loaded": True}
+
+
+def test_model_info_has_the_guides_fields_as_json_numbers(http: httpx.Client) -> None:
+    body = http.get("/api/v1/model/info").json()
+    guide = {
+        "status": str,
+        "alpha": float,
+        "cf_model": {"num_users": int, "num_items": int, "matrix_nnz": int},
+        "content_model": {"num_books": int, "feature_dim": int},
+        "is_retraining": bool,
+    }
+    assert {key: types_of(body)[key] for key in guide} == guide
+    assert body["status"] == "loaded" and body["alpha"] == 0.6 and body["is_retraining"] is False
+    assert body["content_model"]["num_books"] == SMALL_DEMO["demo_books"]
+    assert 0 < body["cf_model"]["num_items"] <= body["content_model"]["num_books"]
+    assert body["last_retrain_error"] == ""  # empty values are printed, not dropped
+    assert isinstance(body["version"], str) and body["version"]
+
+
+def test_recommendations_list_books_best_first(http: httpx.Client) -> None:
+    body = http.get("/api/v1/recommendations", params={"user_id": 1, "limit": 5}).json()
+    assert set(body) == {"user_id", "strategy", "model_version", "recommendations"}
+    assert body["user_id"] == 1 and body["strategy"] == "hybrid"
+    books = body["recommendations"]
+    assert len(books) == 5
+    for book in books:
+        assert set(book) == {"book_id", "title", "authors", "score", "cf_score", "content_score"}
+        assert isinstance(book["book_id"], int) and isinstance(book["title"], str) and book["title"]
+        assert isinstance(book["authors"], str)
+        # JSON numbers (a score of exactly 1 prints as 1), never strings
+        assert all(type(book[k]) in (int, float) for k in ("score", "cf_score", "content_score"))
+    scores = [book["score"] for book in books]
+    assert scores == sorted(scores, reverse=True)
+    assert len(http.get("/api/v1/recommendations", params={"user_id": 1}).json()["recommendations"]) == 10
+    unknown = http.get("/api/v1/recommendations", params={"user_id": 424242, "limit": 3}).json()
+    assert unknown["strategy"] == "popular" and len(unknown["recommendations"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "detail"),
+    [
+        ("GET", "/api/v1/recommendations?user_id=abc", 400, 'user_id must be an integer, got "abc"'),
+        ("GET", "/api/v1/recommendations?user_id=-1", 400, "user_id must be a positive integer, got -1"),
+        ("GET", "/api/v1/recommendations?user_id=1&limit=0", 400, "limit must be between 1 and 100, got 0"),
+        ("GET", "/api/v1/recommendations?user_id=1&limit=1000", 400, "limit must be between 1 and 100, got 1000"),
+        ("GET", "/api/v1/recommendations", 400, "user_id is required: a positive integer"),
+        ("GET", "/api/v1/recommendations?user_id=1&lmit=5", 400, 'unknown parameter "lmit"'),
+        ("GET", "/api/v1/nothing-here", 404, "no such endpoint"),
+        ("GET", "/", 404, "no such endpoint"),
+        ("GET", "/api/v1/retrain", 405, "/api/v1/retrain takes POST only"),
+        ("DELETE", "/api/v1/health", 405, "/api/v1/health takes GET only"),
+        ("POST", "/api/v1/model/info", 405, "/api/v1/model/info takes GET only"),
+    ],
+)
+def test_errors_have_a_status_and_a_detail(
+    http: httpx.Client, method: str, path: str, status: int, detail: str
+) -> None:
+    response = http.request(method, path)
+    assert (response.status_code, response.json()) == (status, {"detail": detail})
+    assert response.headers["content-type"] == "application/json"
+
+
+def test_retrain_body_must_be_json(http: httpx.Client) -> None:
+    response = http.post("/api/v1/retrain", content=b"not json", headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()) == (400, {"detail": "the request body is not valid JSON"})
+
+
+def test_retrain_flow_over_http(http: httpx.Client) -> None:
+    wait_idle(http)
+    before = http.get("/api/v1/model/info").json()["version"]
+    accepted = http.post("/api/v1/retrain")
+    assert (accepted.status_code, accepted.json()) == (
+        200,
+        {"status": "accepted", "message": "Model retraining started in background. Check /health for status."},
+    )
+    assert http.get("/api/v1/health").json() == {"status": "retraining", "models_loaded": True}
+    assert http.get("/api/v1/model/info").json()["is_retraining"] is True
+    conflict = http.post("/api/v1/retrain", json={})
+    assert (conflict.status_code, conflict.json()) == (409, {"detail": "Retraining already in progress"})
+    wait_idle(http)
+    after = http.get("/api/v1/model/info").json()
+    assert after["version"] != before and after["is_retraining"] is False
+
+    # A JSON body of {} is as good as none.
+    assert http.post("/api/v1/retrain", json={}).status_code == 200
+    wait_idle(http)
+
+
+def test_recommendations_answer_200_throughout_a_retrain(server: Server, http: httpx.Client) -> None:
+    wait_idle(http)
+    statuses: list[int] = []
+    done = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            while not done.is_set():
+                response = client.get("/api/v1/recommendations", params={"user_id": 2, "limit": 5})
+                statuses.append(response.status_code if len(response.json()["recommendations"]) == 5 else -1)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    time.sleep(0.2)
+    assert http.post("/api/v1/retrain").status_code == 200
+    wait_idle(http)
+    time.sleep(0.2)
+    done.set()
+    thread.join()
+    assert len(statuses) > 10 and set(statuses) == {200}
+
+
+def test_the_guides_test_script_passes(server: Server, http: httpx.Client) -> None:
+    wait_idle(http)
+    result = subprocess.run(
+        [sys.executable, "test_retrain.py", "--base-url", server.url],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("✅") == 7 and "7 passed, 0 failed" in result.stdout
+
+
+def test_the_guides_test_script_fails_against_a_stopped_service() -> None:
+    result = subprocess.run(
+        [sys.executable, "test_retrain.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "RECOMMENDER_URL": f"http://127.0.0.1:{free_port()}"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.count("❌") == 7
+
+
+def test_503_until_a_model_is_loaded(postgres_url: str, tmp_path: Path) -> None:
+    # A regular file where the versions folder belongs: the first training cannot save, so no model ever loads.
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "versions").write_text("")
+    server = start_server(create_database(postgres_url), tmp_path, wait=False)
+    try:
+        wait_for(lambda: "retrain failed" in server.output(), timeout=90)
+        wait_for(lambda: _answers(server), timeout=30)
+        response = httpx.get(f"{server.url}/api/v1/recommendations?user_id=1")
+        assert (response.status_code, response.json()) == (503, {"detail": "Model not loaded"})
+        assert httpx.get(f"{server.url}/api/v1/health").json() == {"status": "ok", "models_loaded": False}
+        info = httpx.get(f"{server.url}/api/v1/model/info").json()
+        assert info["status"] == "not_loaded" and "versions" in info["last_retrain_error"]
+    finally:
+        server.stop()
+
+
+def _answers(server: Server) -> bool:
+    try:
+        return httpx.get(f"{server.url}/api/v1/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_sigterm_stops_grpc_envoy_and_all(postgres_url: str, tmp_path: Path) -> None:
+    server = start_server(create_database(postgres_url), tmp_path)
+    envoys = server.envoy_pids()
+    assert len(envoys) == 1
+    assert server.stop() == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in envoys)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{server.url}/api/v1/health", timeout=2)
+
+
+def test_envoy_dying_stops_the_service_with_an_error(postgres_url: str, tmp_path: Path) -> None:
+    server = start_server(create_database(postgres_url), tmp_path)
+    os.kill(server.envoy_pids()[0], signal.SIGKILL)
+    assert server.process.wait(30) == 1
+    assert "Envoy stopped unexpectedly" in server.output()
+
+
+def test_http_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = start_server(create_database(postgres_url), tmp_path, wait=False, HTTP_PORT=str(port))
+        code = server.process.wait(90)
+    assert code == 1
+    assert "Envoy could not start" in server.output() and "ddress already in use" in server.output()
+    assert server.envoy_pids() == []
