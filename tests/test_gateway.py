@@ -34,6 +34,7 @@ def free_port() -> int:
 class Server:
     process: subprocess.Popen[str]
     url: str
+    grpc_port: int
     log: Path
 
     def output(self) -> str:
@@ -54,13 +55,14 @@ class Server:
 
 def start_server(database_url: str, workdir: Path, wait: bool = True, **settings: str) -> Server:
     """`python server.py` on free ports; `settings` are RECOMMENDER_* variables without the prefix."""
-    http_port = free_port()
+    http_port, grpc_port = free_port(), free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"server-{http_port}.log"
     environment = {
         **os.environ,
         "DATABASE_URL": database_url,
         "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
-        "RECOMMENDER_GRPC_PORT": str(free_port()),
+        "RECOMMENDER_GRPC_PORT": str(grpc_port),
         "RECOMMENDER_HTTP_PORT": str(http_port),
         "RECOMMENDER_ENVOY_ADMIN_PORT": "0",
         "RECOMMENDER_ALS_ITERATIONS": "8",
@@ -70,7 +72,7 @@ def start_server(database_url: str, workdir: Path, wait: bool = True, **settings
         process = subprocess.Popen(
             [sys.executable, "server.py"], cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True
         )
-    server = Server(process, f"http://127.0.0.1:{http_port}", log)
+    server = Server(process, f"http://127.0.0.1:{http_port}", int(environment["RECOMMENDER_GRPC_PORT"]), log)
     if wait:
         wait_for(lambda: _healthy(server), timeout=90)
     return server
@@ -293,3 +295,15 @@ def test_http_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> 
     assert code == 1
     assert "Envoy could not start" in server.output() and "ddress already in use" in server.output()
     assert server.envoy_pids() == []
+
+
+def test_grpc_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> None:
+    first = start_server(create_database(postgres_url), tmp_path / "first")
+    try:
+        taken = first.grpc_port
+        second = start_server(create_database(postgres_url), tmp_path / "second", wait=False, GRPC_PORT=str(taken))
+        assert second.process.wait(90) == 1
+        assert f"cannot listen for gRPC on 127.0.0.1:{taken}" in second.output()
+        assert second.envoy_pids() == []
+    finally:
+        first.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ log = logging.getLogger("recommender")
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The only children (pg_ctl, Envoy) exec at once, so gRPC's fork handlers have nothing to protect.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

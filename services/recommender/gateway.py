@@ -131,6 +131,8 @@ class Envoy:
             "--log-level", "warning",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C reaches only us, and we stop Envoy in order.
+            start_new_session=True,
         )  # fmt: skip
         self._log_task = asyncio.create_task(self._forward_log())
         try:

@@ -76,14 +76,9 @@ class GrpcService:
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._publish_health()))
 
         self._manager = ModelManager(model, self._build, on_change)
-        if model is None:
-            log.info("no model artifact yet: training the first model; Recommend is UNAVAILABLE until it is ready")
-            self._manager.start_retrain()
-        else:
-            log.info("loaded model version %s", model.meta.version)
         await self._publish_health()
-
-        server = grpc.aio.server()
+        # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         recommender_pb2_grpc.add_RecommenderServicer_to_server(
             RecommenderServicer(self._manager, self._db.user_history), server
         )
@@ -102,6 +97,11 @@ class GrpcService:
         await server.start()
         self._server = server
         log.info("gRPC server listening on %s:%d", self.settings.grpc_host, self.port)
+        if model is None:
+            log.info("no model artifact yet: training the first model; Recommend is UNAVAILABLE until it is ready")
+            self._manager.start_retrain()
+        else:
+            log.info("serving model version %s", model.meta.version)
 
     async def _publish_health(self) -> None:
         serving = self._manager is not None and self._manager.model is not None
