@@ -113,3 +113,18 @@ def test_interactions_with_books_outside_the_catalogue_are_left_out() -> None:
     data = TrainingData.from_interactions(BOOKS, [*interactions(), Interaction(1, 777, 5.0)])
     model = train(data, PARAMS)
     assert model.cf.num_items == 20
+
+
+def test_training_stops_when_asked() -> None:
+    from recommender.model.training import TrainingCancelled
+
+    calls = 0
+
+    def stop_on_the_third_check() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls >= 3  # after TF-IDF, inside the ALS iterations
+
+    with pytest.raises(TrainingCancelled):
+        train(TrainingData.from_interactions(BOOKS, interactions()), PARAMS, stop_on_the_third_check)
+    assert calls == 3

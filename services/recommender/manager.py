@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from recommender.model.hybrid import HybridModel, warm
+from recommender.model.training import TrainingCancelled
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,9 @@ class ModelManager:
             with self._lock:
                 self._model = model
             log.info("now serving model version %s", model.meta.version)
+        except TrainingCancelled:
+            error = "cancelled: the service is shutting down"
+            log.info("retrain cancelled: the service is shutting down")
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("retrain failed; the previous model keeps serving")

@@ -71,32 +71,29 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
     ) -> pb.ModelInfoResponse:
         model, state = self._manager.model, self._manager.state
-        response = pb.ModelInfoResponse(
-            status="not_loaded",
-            cf_model=pb.CfModelInfo(),
-            content_model=pb.ContentModelInfo(),
+        if model is None:
+            return pb.ModelInfoResponse(
+                status="not_loaded",
+                cf_model=pb.CfModelInfo(),
+                content_model=pb.ContentModelInfo(),
+                is_retraining=state.running,
+                last_retrain_error=state.last_error,
+            )
+        trained_at = Timestamp()
+        trained_at.FromDatetime(model.meta.trained_at)
+        return pb.ModelInfoResponse(
+            status="loaded",
+            alpha=model.alpha,
+            cf_model=pb.CfModelInfo(
+                num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
+            ),
+            content_model=pb.ContentModelInfo(num_books=model.content.num_books, feature_dim=model.content.feature_dim),
             is_retraining=state.running,
+            version=model.meta.version,
+            trained_at=trained_at,
+            training_seconds=round(model.meta.training_seconds, 3),
             last_retrain_error=state.last_error,
         )
-        if model is not None:
-            trained_at = Timestamp()
-            trained_at.FromDatetime(model.meta.trained_at)
-            response.MergeFrom(
-                pb.ModelInfoResponse(
-                    status="loaded",
-                    alpha=model.alpha,
-                    cf_model=pb.CfModelInfo(
-                        num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
-                    ),
-                    content_model=pb.ContentModelInfo(
-                        num_books=model.content.num_books, feature_dim=model.content.feature_dim
-                    ),
-                    version=model.meta.version,
-                    trained_at=trained_at,
-                    training_seconds=round(model.meta.training_seconds, 3),
-                )
-            )
-        return response
 
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
