@@ -30,11 +30,12 @@ class ContentModel:
         """Cosine similarity of every book to the weighted mean of the given books' vectors."""
         if len(positions) == 0:
             return np.zeros(self.num_books, dtype=np.float32)
-        profile = sp.csr_matrix(weights.reshape(1, -1).astype(np.float32)) @ self.features[positions]
-        norm = sp.linalg.norm(profile)
+        # A dense profile keeps both products sparse x dense, several times faster than sparse x sparse.
+        profile = np.asarray(self.features[positions].T @ weights.astype(np.float32), dtype=np.float32).ravel()
+        norm = float(np.linalg.norm(profile))
         if norm == 0:
             return np.zeros(self.num_books, dtype=np.float32)
-        return np.asarray((self.features @ (profile / norm).T).todense(), dtype=np.float32).ravel()
+        return np.asarray(self.features @ (profile / norm), dtype=np.float32).ravel()
 
 
 def fit(books: list[Book], max_features: int) -> ContentModel:
