@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     als_factors: int = Field(default=64, ge=1, le=1024)
     als_iterations: int = Field(default=15, ge=1, le=200)
     als_regularization: float = Field(default=0.05, ge=0.0)
-    als_confidence: float = Field(default=2.0, gt=0.0)
+    als_confidence: float = Field(default=1.0, gt=0.0)
     tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.

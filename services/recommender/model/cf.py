@@ -21,7 +21,7 @@ class ALSParams:
     factors: int = 64
     iterations: int = 15
     regularization: float = 0.05
-    confidence: float = 2.0
+    confidence: float = 1.0
     threads: int = 1
     random_state: int = 42
 
