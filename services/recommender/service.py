@@ -17,11 +17,9 @@ from recommender.model.artifacts import ArtifactStore
 from recommender.servicer import RecommenderServicer
 from recommender.settings import Settings
 from recommender.trainer import Trainer, training_params
-from recommender.v1 import recommender_pb2, recommender_pb2_grpc
+from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 
 
 async def prepare_database(db: Database, settings: Settings) -> None:
