@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from recommender.client import RecommenderClient
-from recommender.manager import ModelBuilder
-from recommender.service import GrpcService
+from recommender.serving.manager import ModelBuilder
+from recommender.serving.service import GrpcService
 from recommender.settings import Settings, load_settings
 
 T = TypeVar("T")

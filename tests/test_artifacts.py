@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from recommender.model.artifacts import ArtifactError, ArtifactStore
 from recommender.model.dataset import TrainingData
 from recommender.model.hybrid import HybridModel
 from recommender.model.training import train
+from recommender.storage.artifacts import ArtifactError, ArtifactStore
 from tests.test_model import BOOKS, PARAMS, interactions
 
 

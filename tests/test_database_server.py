@@ -10,12 +10,12 @@ from pathlib import Path
 
 import psutil
 
-from recommender.database_server import database_url
 from recommender.settings import load_settings
+from recommender.storage.database_server import database_url
 
 HOLD = """
 import sys, time
-from recommender.database_server import database_url
+from recommender.storage.database_server import database_url
 from recommender.settings import load_settings
 with database_url(load_settings(data_dir=sys.argv[1])) as url:
     print(url, flush=True)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from recommender.db import Database
+from recommender.storage.db import Database
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,12 +17,12 @@ import pytest
 
 from recommender import demo
 from recommender.client import RecommenderClient
-from recommender.db import Database
 from recommender.model.dataset import Interaction
 from recommender.model.hybrid import HybridModel
 from recommender.model.training import TrainingCancelled
-from recommender.service import make_trainer
+from recommender.serving.service import make_trainer
 from recommender.settings import Settings
+from recommender.storage.db import Database
 from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
 
 

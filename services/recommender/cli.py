@@ -10,11 +10,11 @@ import signal
 import sys
 from pathlib import Path
 
-from recommender import importer
-from recommender.database_server import database_url
-from recommender.db import Database
 from recommender.model.dataset import Book, Interaction
 from recommender.settings import Settings, SettingsError, load_settings
+from recommender.storage import importer
+from recommender.storage.database_server import database_url
+from recommender.storage.db import Database
 
 log = logging.getLogger("recommender")
 
@@ -72,8 +72,8 @@ def serve(settings: Settings) -> int:
 
 async def _serve(settings: Settings, dsn: str) -> int:
     """The gRPC server and Envoy together: both run, or the command exits non-zero saying why."""
-    from recommender.gateway import Envoy, GatewayError
-    from recommender.service import GrpcService
+    from recommender.gateway.envoy import Envoy, GatewayError
+    from recommender.serving.service import GrpcService
 
     service = GrpcService(settings, dsn)
     envoy: Envoy | None = None
@@ -105,7 +105,7 @@ async def _serve(settings: Settings, dsn: str) -> int:
 
 
 def train(settings: Settings) -> int:
-    from recommender.service import make_trainer, prepare_database
+    from recommender.serving.service import make_trainer, prepare_database
 
     with database_url(settings) as dsn:
 

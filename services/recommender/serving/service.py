@@ -11,12 +11,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from recommender import demo
-from recommender.db import Database
-from recommender.manager import ModelBuilder, ModelManager
-from recommender.model.artifacts import ArtifactStore
-from recommender.servicer import RecommenderServicer
+from recommender.serving.manager import ModelBuilder, ModelManager
+from recommender.serving.servicer import RecommenderServicer
 from recommender.settings import Settings
-from recommender.trainer import Trainer, training_params
+from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.db import Database
+from recommender.training.trainer import Trainer, training_params
 from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)

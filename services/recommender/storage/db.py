@@ -52,7 +52,7 @@ class Database:
             )
             done = {row["name"] for row in await conn.fetch("SELECT name FROM schema_migrations")}
             scripts = sorted(
-                (f for f in resources.files("recommender.migrations").iterdir() if f.name.endswith(".sql")),
+                (f for f in resources.files("recommender.storage.migrations").iterdir() if f.name.endswith(".sql")),
                 key=lambda f: f.name,
             )
             for script in scripts:

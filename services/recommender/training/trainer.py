@@ -7,13 +7,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from recommender.db import Database
-from recommender.model.artifacts import ArtifactStore
 from recommender.model.cf import ALSParams
 from recommender.model.dataset import TrainingData
 from recommender.model.hybrid import HybridModel
 from recommender.model.training import TrainingParams, train
 from recommender.settings import Settings
+from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.db import Database
 
 log = logging.getLogger(__name__)
 

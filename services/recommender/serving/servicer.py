@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recommender.manager import ModelManager
 from recommender.model.hybrid import HybridModel
+from recommender.serving.manager import ModelManager
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
