@@ -28,6 +28,13 @@ end
 -- The transcoder's own wording for bad query values and unknown parameters, in the API's words.
 local function friendlier(message)
   local field, value = string.match(message, '^([%w_]+): invalid value \\"(.-)\\" for type TYPE_INT32$')
+  -- A whole number the 32-bit field cannot hold.
+  if field and string.match(value, "^%+?%d+$") then
+    return field .. " is out of range: at most 2147483647, got " .. value
+  end
+  if field and string.match(value, "^%-%d+$") then
+    return field .. " is out of range: at least -2147483648, got " .. value
+  end
   if field then
     return field .. ' must be an integer, got \\"' .. value .. '\\"'
   end

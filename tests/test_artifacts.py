@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,28 @@ def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
     removed = store.prune(keep=2)
     assert sorted(removed) == sorted(versions[1:2])
     assert sorted(store.complete_versions()) == sorted([versions[0], *versions[2:]])
+
+
+def test_prune_never_deletes_a_version_a_live_process_serves(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    versions = []
+    for _ in range(4):
+        model = trained()
+        store.save(model)
+        versions.append(model.meta.version)
+    store.set_current(versions[3])
+    store.mark_serving(versions[0])  # this test's process: alive
+    dead = store.serving_dir / f"{socket.gethostname()}-{dead_pid()}"
+    dead.write_text(versions[1] + "\n")
+    assert store.served_versions() == {f"{socket.gethostname()}-{os.getpid()}": versions[0]}
+    assert not dead.exists()  # a dead process's marker is dropped
+    assert sorted(store.prune(keep=1)) == sorted(versions[1:3])
+    assert sorted(store.complete_versions()) == sorted([versions[0], versions[3]])
+    store.unmark_serving()
+    assert store.prune(keep=1) == [versions[0]]
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

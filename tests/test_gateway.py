@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -53,18 +54,20 @@ class Server:
         return self.process.wait(30)
 
 
-def start_server(database_url: str, workdir: Path, wait: bool = True, **settings: str) -> Server:
-    """`python server.py` on free ports; `settings` are RECOMMENDER_* variables without the prefix."""
+def start_server(database_url: str | None, workdir: Path, wait: bool = True, **settings: str) -> Server:
+    """`python server.py` on free ports; `settings` are RECOMMENDER_* variables without the prefix.
+
+    Without a database URL it starts its own embedded PostgreSQL under `workdir`."""
     http_port, grpc_port = free_port(), free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"server-{http_port}.log"
     environment = {
-        **os.environ,
-        "DATABASE_URL": database_url,
+        **{key: value for key, value in os.environ.items() if key != "DATABASE_URL"},
+        **({"DATABASE_URL": database_url} if database_url else {}),
+        "RECOMMENDER_DATA_DIR": str(workdir / "var"),
         "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
         "RECOMMENDER_GRPC_PORT": str(grpc_port),
         "RECOMMENDER_HTTP_PORT": str(http_port),
-        "RECOMMENDER_ENVOY_ADMIN_PORT": "0",
         "RECOMMENDER_ALS_ITERATIONS": "8",
         **{f"RECOMMENDER_{key.upper()}": str(value) for key, value in {**SMALL_DEMO, **settings}.items()},
     }
@@ -162,6 +165,12 @@ def test_recommendations_list_books_best_first(http: httpx.Client) -> None:
     [
         ("GET", "/api/v1/recommendations?user_id=abc", 400, 'user_id must be an integer, got "abc"'),
         ("GET", "/api/v1/recommendations?user_id=-1", 400, "user_id must be a positive integer, got -1"),
+        (
+            "GET",
+            "/api/v1/recommendations?user_id=99999999999",
+            400,
+            "user_id is out of range: at most 2147483647, got 99999999999",
+        ),
         ("GET", "/api/v1/recommendations?user_id=1&limit=0", 400, "limit must be between 1 and 100, got 0"),
         ("GET", "/api/v1/recommendations?user_id=1&limit=1000", 400, "limit must be between 1 and 100, got 1000"),
         ("GET", "/api/v1/recommendations", 400, "user_id is required: a positive integer"),
@@ -237,6 +246,15 @@ def test_the_guides_test_script_passes(server: Server, http: httpx.Client) -> No
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("✅") == 7 and "7 passed, 0 failed" in result.stdout
+    assert re.findall(r"^✅ \d\. ([^:]+):", result.stdout, re.MULTILINE) == [
+        "Initial health",
+        "Model info",
+        "Recommendations before the retrain",
+        "Trigger a retrain",
+        "Monitor progress",
+        "Recommendations after the retrain",
+        "Concurrent retrain prevention",
+    ]
 
 
 def test_the_guides_test_script_fails_against_a_stopped_service() -> None:
@@ -276,6 +294,26 @@ def test_sigterm_stops_grpc_envoy_and_all(postgres_url: str, tmp_path: Path) -> 
         httpx.get(f"{server.url}/api/v1/health", timeout=2)
 
 
+def test_sighup_stops_everything_quietly_embedded_database_included(tmp_path: Path) -> None:
+    """A closed terminal: Envoy, the gRPC server and the embedded PostgreSQL all stop, without warnings."""
+    server = start_server(None, tmp_path)
+    pgdata = tmp_path / "var" / "pgdata"
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    envoys = server.envoy_pids()
+    server.process.send_signal(signal.SIGHUP)
+    assert server.process.wait(30) == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie" for pid in envoys)
+    wait_for(lambda: not psutil.pid_exists(postmaster), timeout=15)
+    output = server.output()
+    assert " WARNING " not in output and " ERROR " not in output, output
+    # Where everything lives, and that the database is new and filled with the demo catalogue, are logged.
+    assert f"embedded PostgreSQL running in {pgdata.resolve()} (a new database)" in output
+    assert f"model artifacts in {(tmp_path / 'artifacts').resolve()}" in output
+    assert "the database was empty: filled it with the demo catalogue" in output
+    admin = (tmp_path / "var" / "envoy-admin-address").read_text().strip()
+    assert f"Envoy's admin interface on http://{admin}" in output
+
+
 def test_envoy_dying_stops_the_service_with_an_error(postgres_url: str, tmp_path: Path) -> None:
     server = start_server(create_database(postgres_url), tmp_path)
     os.kill(server.envoy_pids()[0], signal.SIGKILL)
@@ -305,3 +343,20 @@ def test_grpc_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> 
         assert second.envoy_pids() == []
     finally:
         first.stop()
+
+
+def test_two_instances_on_other_ports_start_side_by_side(server: Server, postgres_url: str, tmp_path: Path) -> None:
+    second = start_server(create_database(postgres_url), tmp_path)  # default Envoy admin port: a free one
+    try:
+        assert _health(second) == {"status": "ok", "models_loaded": True}
+        assert _health(server) == {"status": "ok", "models_loaded": True}
+    finally:
+        assert second.stop() == 0
+
+
+def test_the_readme_samples_come_from_a_real_run() -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/refresh_readme.py", "--check"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+from importlib import resources
 from pathlib import Path
+
+import asyncpg
+import pytest
 
 from recommender.storage.db import Database
 
@@ -46,34 +51,118 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
     return path
 
 
+def table(database_url: str, query: str) -> list[tuple[object, ...]]:
+    async def read() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [tuple(row) for row in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def interactions_table(database_url: str) -> list[tuple[object, ...]]:
+    return table(database_url, "SELECT * FROM interactions ORDER BY user_id, book_id")
+
+
 def test_import_writes_books_users_and_interactions(database_url: str, tmp_path: Path) -> None:
     books, interactions = write(tmp_path, "b.csv", BOOKS), write(tmp_path, "i.csv", INTERACTIONS)
     result = run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions))
     assert result.returncode == 0, result.stderr
-    assert "imported 3 books and 3 interactions" in result.stdout
+    assert "imported 3 books and 3 interactions: 3 new, 0 updated and 0 unchanged" in result.stdout
     assert counts(database_url) == {"books": 3, "users": 2, "interactions": 3}
 
-    # Books are upserted: importing again updates them; interactions are events and are appended.
+
+def test_importing_the_same_file_twice_changes_nothing(database_url: str, tmp_path: Path) -> None:
+    books, interactions = write(tmp_path, "b.csv", BOOKS), write(tmp_path, "i.csv", INTERACTIONS)
+    assert run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions)).returncode == 0
+    before = interactions_table(database_url)
     again = run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions))
     assert again.returncode == 0, again.stderr
-    assert counts(database_url) == {"books": 3, "users": 2, "interactions": 6}
+    assert "0 new, 0 updated and 3 unchanged" in again.stdout
+    assert interactions_table(database_url) == before  # timestamps included
+    assert counts(database_url) == {"books": 3, "users": 2, "interactions": 3}
+
+
+def test_a_new_rating_replaces_the_old_one_and_repeats_count_once(database_url: str, tmp_path: Path) -> None:
+    books, interactions = write(tmp_path, "b.csv", BOOKS), write(tmp_path, "i.csv", INTERACTIONS)
+    assert run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions)).returncode == 0
+    later = write(
+        tmp_path,
+        "later.csv",
+        "user_id,book_id,rating,timestamp\n"
+        "1,1,2,1700000500\n"  # rated again later: replaces 5
+        "1,1,,1700000600\n"  # read again without a rating: keeps 2, counts once
+        "2,3,1,1600000000\n"  # an older rating than the stored one: ignored, but the first contact moves back
+        "1,2,4,\n",  # a first rating of a book read before
+    )
+    result = run_cli(database_url, "import", "--interactions", str(later))
+    assert result.returncode == 0, result.stderr
+    assert "0 new, 3 updated and 0 unchanged" in result.stdout
+    rows = table(
+        database_url,
+        "SELECT user_id, book_id, rating, extract(epoch FROM occurred_at)::bigint FROM interactions "
+        "ORDER BY user_id, book_id",
+    )
+    assert rows[0] == (1, 1, 2.0, 1700000000)
+    assert rows[1][:3] == (1, 2, 4.0)
+    assert rows[2] == (2, 3, 3.5, 1600000000)
+    assert counts(database_url)["interactions"] == 3
+
+
+GENRES = ["science-fiction", "classics"]
+
+
+def test_a_partial_book_update_keeps_the_absent_columns(database_url: str, tmp_path: Path) -> None:
+    assert run_cli(database_url, "import", "--books", str(write(tmp_path, "b.csv", BOOKS))).returncode == 0
+    title_only = write(tmp_path, "t.csv", "book_id,title\n1,Dune (anniversary edition)\n")
+    assert run_cli(database_url, "import", "--books", str(title_only)).returncode == 0
+    query = "SELECT title, authors, description, genres, published_year FROM books WHERE book_id = 1"
+    assert table(database_url, query) == [
+        (
+            "Dune (anniversary edition)",
+            "Frank Herbert",
+            "Desert planet and spice",
+            ["science-fiction", "classics"],
+            1965,
+        )
+    ]
+    # An empty cell in a column the file has clears that field.
+    cleared = write(tmp_path, "c.csv", "book_id,title,description,published_year\n1,Dune,,\n")
+    assert run_cli(database_url, "import", "--books", str(cleared)).returncode == 0
+    assert table(database_url, query) == [("Dune", "Frank Herbert", "", GENRES, None)]
+
+
+def test_a_byte_order_mark_is_accepted(database_url: str, tmp_path: Path) -> None:
+    books = tmp_path / "excel.csv"
+    books.write_bytes("book_id,title\n1,Dune\n".encode("utf-8-sig"))
+    result = run_cli(database_url, "import", "--books", str(books))
+    assert result.returncode == 0, result.stderr
+    assert counts(database_url)["books"] == 1
 
 
 def test_bad_rows_are_reported_by_line_and_nothing_is_imported(database_url: str, tmp_path: Path) -> None:
-    books = write(tmp_path, "b.csv", BOOKS + "x,No id\n5,\n6,Six,,,,later\n1,Dune again\n")
-    interactions = write(tmp_path, "i.csv", INTERACTIONS + "0,1\n1,99\n1,2,7\n1,2,4,yesterday\n")
+    books = write(tmp_path, "b.csv", BOOKS + "x,No id,,,,\n5,,,,,\n1,Dune again,,,,\n6,Six,,,,later\n")
+    interactions = write(tmp_path, "i.csv", INTERACTIONS + "1,99,,\n0,1,,\n1,2,7,\n1,2,4,yesterday\n9001\n1,2,3,4,5\n")
     result = run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions))
     assert result.returncode == 1
-    err = result.stderr
-    assert "nothing imported" in err
-    assert f"{books}:5: book_id must be a positive integer, got 'x'" in err
-    assert f"{books}:6: title must not be empty" in err
-    assert f"{books}:7: published_year must be a whole year, got 'later'" in err
-    assert f"{books}:8: book_id 1 already appears on line 2" in err
-    assert f"{interactions}:5: user_id must be a positive integer, got '0'" in err
-    assert f"{interactions}:6: book_id 99 is not in the catalogue" in err
-    assert f"{interactions}:7: rating must be between 0 and 5, got '7'" in err
-    assert f"{interactions}:8: timestamp must be a number, got 'yesterday'" in err
+    assert (
+        result.stderr[result.stderr.index("nothing imported") :].splitlines()
+        == [
+            "nothing imported; fix these rows:",
+            f"{books}:5: book_id must be a positive integer, got 'x'",
+            f"{books}:6: title must not be empty",
+            f"{books}:7: book_id 1 already appears on line 2",
+            f"{books}:8: published_year must be a whole year, got 'later'",
+            f"{interactions}:5: book_id 99 is not in the catalogue",
+            f"{interactions}:6: user_id must be a positive integer, got '0'",
+            f"{interactions}:7: rating must be between 0 and 5, got '7'",
+            f"{interactions}:8: timestamp must be a number, got 'yesterday'",
+            f"{interactions}:9: the row has 1 field(s), the header 4: no book_id, rating, timestamp",
+            f"{interactions}:10: the row has more fields than the header (4)",
+        ][-13:]
+    )
     assert counts(database_url) == {"books": 0, "users": 0, "interactions": 0}
 
 
@@ -86,10 +175,13 @@ def test_interactions_must_name_known_books(database_url: str, tmp_path: Path) -
 
 def test_missing_columns_and_files_are_clear_errors(database_url: str, tmp_path: Path) -> None:
     books = write(tmp_path, "b.csv", "id,name\n1,x\n")
-    result = run_cli(database_url, "import", "--books", str(books), "--interactions", str(tmp_path / "nope.csv"))
-    assert result.returncode == 1
-    assert "missing column(s) book_id, title; the header is: id, name" in result.stderr
-    assert "No such file or directory" in result.stderr
+    result = run_cli(database_url, "import", "--books", str(books))
+    assert result.returncode == 2
+    assert f"nothing imported: {books}: missing column(s) book_id, title; the header is: id, name" in result.stderr
+    missing = run_cli(database_url, "import", "--interactions", str(tmp_path / "nope.csv"))
+    assert missing.returncode == 2
+    assert f"nothing imported: cannot read {tmp_path / 'nope.csv'}: [Errno 2] No such file" in missing.stderr
+    assert "fix these rows" not in missing.stderr
 
 
 def test_train_command_seeds_an_empty_database_and_writes_a_version(database_url: str, tmp_path: Path) -> None:
@@ -119,3 +211,96 @@ def test_bad_setting_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "RECOMMENDER_ALPHA" in result.stderr and "'lots'" in result.stderr
     assert not (tmp_path / "pgdata").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("notaurl", "DATABASE_URL: must be a PostgreSQL URL like postgresql://user:password@host:5432/dbname"),
+        ("postgresql://postgres@127.0.0.1:1/shop", "DATABASE_URL: cannot connect to PostgreSQL at 127.0.0.1:1/shop"),
+    ],
+)
+@pytest.mark.parametrize("command", [["server.py"], ["train.py"], ["-m", "recommender.cli", "import", "--books"]])
+def test_a_bad_database_url_is_one_line_naming_it(tmp_path: Path, url: str, problem: str, command: list[str]) -> None:
+    if command[-1] == "--books":
+        command = [*command, str(write(tmp_path, "b.csv", BOOKS))]
+    env = {**os.environ, "DATABASE_URL": url, "RECOMMENDER_DATA_DIR": str(tmp_path / "var")}
+    result = subprocess.run(
+        [sys.executable, *command], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "DATABASE_URL" in line]
+    assert len(errors) == 1 and problem in errors[0], result.stderr
+
+
+def test_a_bad_flag_is_named_as_the_flag(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py", "--alpha", "5"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+        env={**os.environ, "RECOMMENDER_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--alpha: Input should be less than or equal to 1 (got 5.0)" in result.stderr
+    assert "RECOMMENDER_ALPHA" not in result.stderr
+
+
+def test_training_beside_a_running_service_says_it_keeps_its_version(database_url: str, tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "RECOMMENDER_ARTIFACTS_DIR": str(artifacts),
+        "RECOMMENDER_DEMO_BOOKS": "200",
+        "RECOMMENDER_DEMO_USERS": "60",
+        "RECOMMENDER_DEMO_INTERACTIONS": "1000",
+        "RECOMMENDER_KEEP_VERSIONS": "1",
+    }
+
+    def train() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "train.py"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120, check=False
+        )
+
+    assert train().returncode == 0
+    served = (artifacts / "CURRENT").read_text().strip()
+    with subprocess.Popen(["sleep", "60"]) as service:  # stands in for a live server process serving `served`
+        marker = artifacts / "serving" / f"{socket.gethostname()}-{service.pid}"
+        marker.parent.mkdir()
+        marker.write_text(served + "\n")
+        result = train()
+        result = train()  # two more versions with keep_versions=1: only the served one may survive beside CURRENT
+        service.kill()
+    assert result.returncode == 0, result.stderr
+    assert f"still serves version {served}; it picks up the new version at its next retrain or restart" in (
+        result.stdout
+    )
+    assert (artifacts / "versions" / served / "manifest.json").is_file()
+
+
+def test_the_migration_merges_earlier_duplicate_events(database_url: str) -> None:
+    """A database from before one-row-per-(user, book): summed events become the latest rating, once."""
+    first = resources.files("recommender.storage.migrations").joinpath("0001_initial.sql").read_text()
+
+    async def scenario() -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(first)
+            await conn.execute(
+                "CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());"
+                "INSERT INTO schema_migrations (name) VALUES ('0001_initial.sql');"
+                "INSERT INTO books (book_id, title) VALUES (1, 'Dune'); INSERT INTO users VALUES (7);"
+                "INSERT INTO interactions (user_id, book_id, rating, weight, occurred_at) VALUES "
+                "(7, 1, 5, 5, to_timestamp(100)), (7, 1, 2, 2, to_timestamp(300)), (7, 1, NULL, 1, to_timestamp(400))"
+            )
+            async with await Database.connect(database_url, max_size=1) as db:
+                assert await db.migrate() == ["0002_one_interaction_per_user_book.sql"]
+            rows = await conn.fetch(
+                "SELECT user_id, book_id, rating, extract(epoch FROM rated_at)::int, "
+                "extract(epoch FROM occurred_at)::int FROM interactions"
+            )
+            return [tuple(row) for row in rows]
+        finally:
+            await conn.close()
+
+    assert asyncio.run(scenario()) == [(7, 1, 2.0, 300, 100)]

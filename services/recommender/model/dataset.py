@@ -27,20 +27,19 @@ class Book:
 class Interaction:
     user_id: int
     book_id: int
-    rating: float | None = None
-    timestamp: float | None = None
-
-    @property
-    def weight(self) -> float:
-        return self.rating if self.rating else 1.0
+    rating: float | None = None  # 0-5; None for a read or a click without a rating
+    timestamp: float | None = None  # Unix seconds; None means now
 
 
 @dataclass(frozen=True)
 class TrainingData:
+    """One row per (user, book): the interactions as parallel arrays."""
+
     books: list[Book]
     user_ids: npt.NDArray[np.int32]
     book_ids: npt.NDArray[np.int32]
-    weights: npt.NDArray[np.float32]
+    ratings: npt.NDArray[np.float32]  # NaN where the user did not rate the book
+    timestamps: npt.NDArray[np.float64]  # Unix seconds of the first interaction
 
     @property
     def num_interactions(self) -> int:
@@ -52,7 +51,8 @@ class TrainingData:
             books=books,
             user_ids=np.array([i.user_id for i in interactions], dtype=np.int32),
             book_ids=np.array([i.book_id for i in interactions], dtype=np.int32),
-            weights=np.array([i.weight for i in interactions], dtype=np.float32),
+            ratings=np.array([np.nan if i.rating is None else i.rating for i in interactions], dtype=np.float32),
+            timestamps=np.array([i.timestamp or 0.0 for i in interactions], dtype=np.float64),
         )
 
     def only_books(self, book_ids: npt.NDArray[np.int32]) -> TrainingData:
@@ -60,4 +60,10 @@ class TrainingData:
         keep = np.isin(self.book_ids, book_ids)
         if keep.all():
             return self
-        return TrainingData(self.books, self.user_ids[keep], self.book_ids[keep], self.weights[keep])
+        return self.subset(keep)
+
+    def subset(self, keep: npt.NDArray[np.bool_]) -> TrainingData:
+        """The same catalogue with the interactions where `keep` is True."""
+        return TrainingData(
+            self.books, self.user_ids[keep], self.book_ids[keep], self.ratings[keep], self.timestamps[keep]
+        )

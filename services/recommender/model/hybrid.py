@@ -10,7 +10,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from recommender.model.cf import CFModel, FloatArray, IntArray
+from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
 
@@ -89,10 +89,12 @@ class HybridModel:
         popularity = counts / top if top > 0 else counts
         return cls(meta, alpha, catalogue, cf, content, cf_positions, popularity)
 
-    def recommend(self, user_id: int, limit: int, fresh_history: Sequence[tuple[int, float]] = ()) -> Recommendations:
+    def recommend(
+        self, user_id: int, limit: int, fresh_history: Sequence[tuple[int, float | None]] = ()
+    ) -> Recommendations:
         """Top `limit` books the user has not interacted with, best first.
 
-        `fresh_history` is (book_id, weight) known outside the model, used for users the CF model lacks.
+        `fresh_history` is (book_id, rating or None) known outside the model, used for users the CF model lacks.
         """
         row = self.cf.user_row(user_id)
         if row is not None:
@@ -102,7 +104,9 @@ class HybridModel:
             ids = [book_id for book_id, _ in fresh_history]
             seen = self.catalogue.positions(ids)
             known = dict(fresh_history)
-            weights = np.array([known[int(self.catalogue.book_ids[p])] for p in seen], dtype=np.float32)
+            weights = interaction_weights(
+                [np.nan if (r := known[int(self.catalogue.book_ids[p])]) is None else r for p in seen]
+            )
 
         n = len(self.catalogue.book_ids)
         candidates = np.ones(n, dtype=bool)

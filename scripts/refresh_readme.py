@@ -1,0 +1,171 @@
+"""Regenerates the README's sample outputs from a real run: `.venv/bin/python scripts/refresh_readme.py`.
+
+Starts `python server.py` on free ports with a fresh embedded PostgreSQL and the default demo catalogue, replays
+the guide's curl session and `python test_retrain.py` against it, and rewrites the console block that follows each
+`<!-- sample: NAME -->` marker in README.md. `--check` only says whether the README's blocks still have the shape
+of a real run (the same commands, the same JSON keys), since versions, times and scores change with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+SHOWN_URL = "http://localhost:8001"  # what the README shows, whatever port the run used
+BLOCK = re.compile(r"(<!-- sample: (?P<name>[\w-]+) -->\n```console\n)(?P<body>[^`]*?)(\n```)")
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    comment: str = ""
+
+    def command(self) -> str:
+        url = SHOWN_URL + self.path
+        url = f'"{url}"' if "&" in url else url
+        verb = "" if self.method == "GET" else f"-X {self.method} "
+        return f"$ curl {verb}{url}" + (f"   # {self.comment}" if self.comment else "")
+
+
+WAIT_UNTIL_IDLE = Call("WAIT", "")
+CURL_SESSION = [
+    Call("GET", "/api/v1/model/info"),
+    Call("POST", "/api/v1/retrain"),
+    Call("POST", "/api/v1/retrain", "again, while it runs"),
+    Call("GET", "/api/v1/health"),
+    WAIT_UNTIL_IDLE,
+    Call("GET", "/api/v1/health"),
+    Call("GET", "/api/v1/model/info"),
+    Call("GET", "/api/v1/recommendations?user_id=1&limit=5"),
+    Call("GET", "/api/v1/recommendations?user_id=1&limit=1000"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_server(workdir: Path) -> Iterator[str]:
+    http_port = free_port()
+    # The defaults, as a new user gets them.
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
+    env |= {
+        "RECOMMENDER_DATA_DIR": str(workdir / "var"),
+        "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
+        "RECOMMENDER_GRPC_PORT": str(free_port()),
+        "RECOMMENDER_HTTP_PORT": str(http_port),
+    }
+    url = f"http://127.0.0.1:{http_port}"
+    with open(workdir / "server.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while not _health(url).get("models_loaded"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the server did not start:\n{(workdir / 'server.log').read_text()}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+
+
+def _health(url: str) -> dict[str, object]:
+    try:
+        body: dict[str, object] = httpx.get(f"{url}/api/v1/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return body
+
+
+def curl_session(url: str) -> str:
+    lines: list[str] = []
+    previous: Call | None = None
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for call in CURL_SESSION:
+            if call is WAIT_UNTIL_IDLE:
+                while _health(url).get("status") != "ok":
+                    time.sleep(0.2)
+                continue
+            response = client.request(call.method, call.path)
+            if previous is not None and not previous.path == call.path == "/api/v1/health":  # a polling loop
+                lines.append("")
+            previous = call
+            lines += [call.command(), json.dumps(response.json(), separators=(",", ":"), ensure_ascii=False)]
+            if response.status_code != 200:
+                lines.append(f"HTTP {response.status_code}")
+    return "\n".join(lines)
+
+
+def test_script(url: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "test_retrain.py", "--base-url", url],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    return "$ python test_retrain.py\n" + result.stdout.replace(url, SHOWN_URL).rstrip()
+
+
+def shape(text: str) -> list[str]:
+    """What stays the same from run to run: the commands, and the keys of each JSON answer."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            out.append(" ".join(sorted(_keys(json.loads(line)))))
+        elif line.startswith(("$", "HTTP")):
+            out.append(line)
+    return out
+
+
+def _keys(value: object, prefix: str = "") -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield prefix + key
+            yield from _keys(inner, f"{prefix}{key}.")
+    elif isinstance(value, list) and value:
+        yield from _keys(value[0], f"{prefix}[].")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="compare the README's blocks with a real run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="refresh-readme-") as tmp, running_server(Path(tmp)) as url:
+        samples = {"curl": curl_session(url), "test-retrain": test_script(url)}
+    text = README.read_text(encoding="utf-8")
+    found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+    if set(found) != set(samples):
+        print(f"README.md has sample blocks {sorted(found)}, expected {sorted(samples)}", file=sys.stderr)
+        return 1
+    if args.check:
+        stale = [name for name, body in samples.items() if shape(body) != shape(found[name])]
+        for name in stale:
+            print(f"README.md: the {name!r} sample differs from a real run; run scripts/refresh_readme.py")
+        return 1 if stale else 0
+    README.write_text(BLOCK.sub(lambda m: m[1] + samples[m["name"]] + m[4], text), encoding="utf-8")
+    print(f"rewrote {', '.join(samples)} in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
