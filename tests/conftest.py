@@ -75,6 +75,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         artifacts_dir=tmp_path / "artifacts",
         grpc_port=0,
         als_iterations=8,
+        tuning="off",
         **SMALL_DEMO,
     )
 

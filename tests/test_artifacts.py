@@ -24,7 +24,7 @@ def test_a_saved_version_loads_back_identical(tmp_path: Path) -> None:
     store, model = ArtifactStore(tmp_path), trained()
     store.save(model)
     store.set_current(model.meta.version)
-    loaded = store.load_latest(alpha=0.6)
+    loaded = store.load_latest()
     assert loaded is not None and loaded.meta.version == model.meta.version
     assert loaded.recommend(2, 5) == model.recommend(2, 5)
     assert loaded.recommend(999, 5, [(12, 1.0)]) == model.recommend(999, 5, [(12, 1.0)])
@@ -47,8 +47,8 @@ def test_half_written_and_corrupt_versions_are_skipped(tmp_path: Path) -> None:
 
     assert store.complete_versions()[0] == corrupt.name
     with pytest.raises(ArtifactError):
-        store.load(corrupt.name, 0.6)
-    loaded = store.load_latest(alpha=0.6)
+        store.load(corrupt.name)
+    loaded = store.load_latest()
     assert loaded is not None and loaded.meta.version == good.meta.version
 
 
@@ -57,7 +57,7 @@ def test_set_current_refuses_an_incomplete_version(tmp_path: Path) -> None:
     (store.versions_dir / "v1").mkdir(parents=True)
     with pytest.raises(ArtifactError):
         store.set_current("v1")
-    assert store.current() is None and store.load_latest(0.6) is None
+    assert store.current() is None and store.load_latest() is None
 
 
 def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:

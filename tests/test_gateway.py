@@ -69,6 +69,7 @@ def start_server(database_url: str | None, workdir: Path, wait: bool = True, **s
         "RECOMMENDER_GRPC_PORT": str(grpc_port),
         "RECOMMENDER_HTTP_PORT": str(http_port),
         "RECOMMENDER_ALS_ITERATIONS": "8",
+        "RECOMMENDER_TUNING": "off",
         **{f"RECOMMENDER_{key.upper()}": str(value) for key, value in {**SMALL_DEMO, **settings}.items()},
     }
     with open(log, "w") as out:
@@ -360,3 +361,57 @@ def test_the_readme_samples_come_from_a_real_run() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_models_rollback_and_force_over_http(http: httpx.Client) -> None:
+    wait_idle(http)
+    info = http.get("/api/v1/model/info").json()
+    assert set(info["metrics"]) == {"ndcg_at_10", "precision_at_10", "recall_at_10", "coverage"}
+    assert isinstance(info["params"]["factors"], (int, float)) and info["params"]["alpha"] == info["alpha"]
+    assert info["last_retrain"]["outcome"] in ("promoted", "rejected")
+    models = http.get("/api/v1/models").json()["models"]
+    assert models[0].keys() >= {"version", "status", "created_at", "metrics", "params", "reason"}
+    assert [m["version"] for m in models] == sorted((m["version"] for m in models), reverse=True)
+    assert [m["version"] for m in models if m["status"] == "active"] == [info["version"]]
+
+    missing = http.post("/api/v1/model/rollback", json={"version": "nope"})
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"detail": "no model version 'nope'; GET /api/v1/models lists them"},
+    )
+    assert http.post("/api/v1/retrain", json={"force": True}).status_code == 200
+    busy = http.post("/api/v1/model/rollback")
+    assert (busy.status_code, busy.json()) == (409, {"detail": "Retraining already in progress"})
+    wait_idle(http)
+    forced = http.get("/api/v1/model/info").json()
+    assert forced["last_retrain"]["reason"].startswith("forced") and forced["version"] != info["version"]
+    back = http.post("/api/v1/model/rollback", json={})
+    assert (back.status_code, back.json()) == (200, {"status": "rolled_back", "version": info["version"]})
+    assert http.get("/api/v1/model/info").json()["version"] == info["version"]
+
+
+def test_the_gate_rejects_a_crippled_configuration_over_http(postgres_url: str, tmp_path: Path) -> None:
+    database = create_database(postgres_url)
+    good = start_server(database, tmp_path)
+    version = httpx.get(f"{good.url}/api/v1/model/info").json()["version"]
+    before = httpx.get(f"{good.url}/api/v1/recommendations?user_id=4&limit=5").json()["recommendations"]
+    assert good.stop() == 0
+    bad = start_server(database, tmp_path, ALS_FACTORS="1", ALS_ITERATIONS="1", ALPHA="1", POPULARITY_PRIOR="0")
+    try:
+        with httpx.Client(base_url=bad.url, timeout=30) as http:
+            assert http.get("/api/v1/model/info").json()["version"] == version  # the registry's active version
+            assert http.post("/api/v1/retrain").status_code == 200
+            wait_idle(http)
+            info = http.get("/api/v1/model/info").json()
+            last = info["last_retrain"]
+            assert info["version"] == version and last["outcome"] == "rejected"
+            assert last["metrics_after"]["ndcg_at_10"] < last["metrics_before"]["ndcg_at_10"]
+            assert http.get("/api/v1/recommendations?user_id=4&limit=5").json()["recommendations"] == before
+            assert http.post("/api/v1/retrain", json={"force": True}).status_code == 200
+            wait_idle(http)
+            assert http.get("/api/v1/model/info").json()["last_retrain"]["outcome"] == "promoted"
+            assert http.get("/api/v1/recommendations?user_id=4&limit=5").json()["recommendations"] != before
+            assert http.post("/api/v1/model/rollback").json() == {"status": "rolled_back", "version": version}
+            assert http.get("/api/v1/recommendations?user_id=4&limit=5").json()["recommendations"] == before
+    finally:
+        assert bad.stop() == 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from recommender.model.cf import ALSParams
+from recommender.model.cf import ALSParams, interaction_weights
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.hybrid import HybridModel, Strategy
 from recommender.model.training import TrainingParams, train
@@ -30,7 +32,10 @@ def interactions() -> list[Interaction]:
 
 
 # Few factors: with as many factors as users, ALS would memorise the matrix instead of generalising.
-PARAMS = TrainingParams(als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6)
+# No popularity prior here: these tests look at the blend itself (the prior has its own test).
+PARAMS = TrainingParams(
+    als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6, popularity_prior=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +51,43 @@ def test_counts_describe_the_matrix_and_catalogue(model: HybridModel) -> None:
     assert 0 < model.content.feature_dim <= 100
 
 
-def test_blend_is_alpha_weighted_sum_of_normalised_parts(model: HybridModel) -> None:
+def test_blend_is_alpha_weighted_sum_of_standardised_parts(model: HybridModel) -> None:
     result = model.recommend(2, limit=20)
     assert result.strategy is Strategy.HYBRID
     for book in result.books:
-        assert 0.0 <= book.cf_score <= 1.0 and 0.0 <= book.content_score <= 1.0
-        assert book.score == pytest.approx(0.6 * book.cf_score + 0.4 * book.content_score, abs=1e-6)
+        assert book.score == pytest.approx(0.6 * book.cf_score + 0.4 * book.content_score, abs=1e-5)
     scores = [b.score for b in result.books]
     assert scores == sorted(scores, reverse=True)
+    # Each part is a z-score over the user's candidates: mean 0, standard deviation 1.
+    for part in ([b.cf_score for b in result.books], [b.content_score for b in result.books]):
+        assert np.mean(part) == pytest.approx(0.0, abs=1e-5) and np.std(part) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_ratings_become_weights_and_low_ratings_mean_disliked() -> None:
+    weights = interaction_weights([np.nan, 0.0, 1.0, 2.5, 3.0, 4.0, 5.0])
+    assert weights.tolist() == [1.0, -1.0, -1.0, -1.0, 1.0, 2.0, 3.0]
+    assert interaction_weights([5.0], rating_scale=0.5).tolist() == [2.0]
+
+
+def test_a_disliked_book_is_never_recommended_and_shapes_no_profile() -> None:
+    rows = [*interactions(), Interaction(2, 12, 1.0)]  # user 2 hated a detective story
+    model = train(TrainingData.from_interactions(BOOKS, rows), PARAMS)
+    assert 12 not in [b.book_id for b in model.recommend(2, limit=20).books]
+    fresh = model.recommend(999, limit=19, fresh_history=[(12, 1.0), (3, 5.0)])
+    assert 12 not in [b.book_id for b in fresh.books]
+    assert [b.book_id for b in fresh.books][:3] == [b.book_id for b in model.recommend(999, 3, [(3, 5.0)]).books]
+
+
+def test_a_popularity_prior_steers_users_with_little_history() -> None:
+    rows = [*interactions(), *(Interaction(u, 20, 5.0) for u in range(1, 7))]  # book 20: popular with everybody
+    rows.append(Interaction(50, 1, 5.0))  # user 50 liked one dragon book
+    data = TrainingData.from_interactions(BOOKS, rows)
+    plain = train(data, PARAMS)
+    prior = train(data, dataclasses.replace(PARAMS, popularity_prior=2.0))
+    assert plain.recommend(50, 1).books[0].book_id != 20
+    assert prior.recommend(50, 1).books[0].book_id == 20
+    # A user with a longer history keeps their own ranking.
+    assert [b.book_id for b in prior.recommend(8, 3).books] == [b.book_id for b in plain.recommend(8, 3).books]
 
 
 def test_alpha_one_ranks_by_cf_and_zero_by_content(model: HybridModel) -> None:

@@ -18,11 +18,12 @@ import pytest
 from recommender import demo
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
-from recommender.model.hybrid import HybridModel
 from recommender.model.training import TrainingCancelled
+from recommender.serving.manager import ModelBuilder
 from recommender.serving.service import make_trainer
 from recommender.settings import Settings
 from recommender.storage.db import Database
+from recommender.training.trainer import RetrainResult
 from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
 
 
@@ -44,15 +45,15 @@ def wait_until_idle(running: RunningService) -> None:
     wait_for(lambda: not running.service.manager.state.running)
 
 
-def slowed(settings: Settings, seconds: float, calls: list[float] | None = None) -> Callable[..., HybridModel]:
+def slowed(settings: Settings, seconds: float, calls: list[float] | None = None) -> ModelBuilder:
     """The real trainer, taking `seconds` longer, so that tests can act while it runs."""
     trainer = make_trainer(settings, settings.database_url or "")
 
-    def build(should_stop: Callable[[], bool]) -> HybridModel:
+    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
         if calls is not None:
             calls.append(time.monotonic())
         time.sleep(seconds)
-        return trainer(should_stop)
+        return trainer(should_stop, force)
 
     return build
 
@@ -157,12 +158,12 @@ def test_a_failed_retrain_keeps_the_old_model(start_service: StartService, setti
     broken = make_trainer(settings, (settings.database_url or "").replace("/t_", "/missing_"))
     fail = threading.Event()
 
-    def build(should_stop: Callable[[], bool]) -> HybridModel:
+    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
         if not fail.is_set():
-            return trainer(should_stop)
+            return trainer(should_stop, force)
         if failure == "training raises":
             raise RuntimeError("the fit blew up")
-        return broken(should_stop)
+        return broken(should_stop, force)
 
     running = start_service(build)
     wait_until_idle(running)
@@ -189,9 +190,9 @@ def test_unavailable_until_the_first_model_is_trained(start_service: StartServic
     release = threading.Event()
     trainer = make_trainer(settings, settings.database_url or "")
 
-    def build(should_stop: Callable[[], bool]) -> HybridModel:
+    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
         release.wait(30)
-        return trainer(should_stop)
+        return trainer(should_stop, force)
 
     running = start_service(build)
     client = running.client
@@ -296,10 +297,10 @@ def test_stopping_the_service_cancels_a_running_retrain(start_service: StartServ
     trainer = make_trainer(settings, settings.database_url or "")
     calls: list[int] = []
 
-    def build(should_stop: Callable[[], bool]) -> HybridModel:
+    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
         calls.append(1)
         if len(calls) == 1:
-            return trainer(should_stop)
+            return trainer(should_stop, force)
         while not should_stop():  # a long training, checking in as ALS does after each iteration
             time.sleep(0.01)
         raise TrainingCancelled("training cancelled")

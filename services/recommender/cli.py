@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from recommender.model.dataset import Book, Interaction
+from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
 from recommender.storage.database_server import database_url
@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "serve":
             return serve(settings)
         if command == "train":
-            return train(settings)
+            return train(settings, args.force)
+        if command == "evaluate":
+            return evaluate(settings, args.books, args.interactions, args.out)
         return import_files(settings, args.books, args.interactions)
     except DatabaseUnavailable as exc:
         where = "DATABASE_URL" if settings.database_url else f"the embedded PostgreSQL in {settings.embedded_pgdata}"
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _alpha(value: str) -> float | str:
+    return value if value == "auto" else float(value)
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -62,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, help="embedded database folder (env RECOMMENDER_DATA_DIR)")
     common.add_argument("--artifacts-dir", type=Path, help="model versions (env RECOMMENDER_ARTIFACTS_DIR)")
     training = argparse.ArgumentParser(add_help=False)
-    training.add_argument("--alpha", type=float, help="CF weight in the blend, 0-1 (env RECOMMENDER_ALPHA)")
+    training.add_argument("--alpha", type=_alpha, help="CF weight in the blend, 0-1, or auto (env RECOMMENDER_ALPHA)")
     training.add_argument("--train-threads", type=int, help="training threads (env RECOMMENDER_TRAIN_THREADS)")
     commands = parser.add_subparsers(dest="command")
     serve_cmd = commands.add_parser("serve", parents=[common, training], help="run the service (the default)")
@@ -70,7 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--grpc-port", type=int, help="gRPC port (env RECOMMENDER_GRPC_PORT)")
     serve_cmd.add_argument("--http-host", help="JSON/HTTP gateway listen host (env RECOMMENDER_HTTP_HOST)")
     serve_cmd.add_argument("--http-port", type=int, help="JSON/HTTP gateway port (env RECOMMENDER_HTTP_PORT)")
-    commands.add_parser("train", parents=[common, training], help="train a new model version now")
+    train_cmd = commands.add_parser("train", parents=[common, training], help="train a new model version now")
+    train_cmd.add_argument("--force", action="store_true", help="promote it even if it scores worse than the active")
+    evaluate_cmd = commands.add_parser(
+        "evaluate", parents=[training], help="run the evaluation protocol on CSV files in the import format"
+    )
+    evaluate_cmd.add_argument("--books", type=Path, required=True, help="CSV as for import")
+    evaluate_cmd.add_argument("--interactions", type=Path, required=True, help="CSV as for import")
+    evaluate_cmd.add_argument("--out", type=Path, help="write evaluation.csv and evaluation.png here")
     import_cmd = commands.add_parser("import", parents=[common], help="import books and interactions from CSV")
     import_cmd.add_argument("--books", type=Path, help="CSV: book_id,title[,authors,description,genres,published_year]")
     import_cmd.add_argument("--interactions", type=Path, help="CSV: user_id,book_id[,rating,timestamp]")
@@ -117,7 +130,7 @@ async def _serve(settings: Settings, dsn: str) -> int:
         await service.stop()
 
 
-def train(settings: Settings) -> int:
+def train(settings: Settings, force: bool = False) -> int:
     from recommender.serving.service import make_trainer, prepare_database
 
     with database_url(settings) as dsn:
@@ -128,17 +141,55 @@ def train(settings: Settings) -> int:
 
         asyncio.run(prepare())
         trainer = make_trainer(settings, dsn)
-        model = trainer()
+        result = trainer(force=force)
+    model = result.model
+    if model is None:
+        print(f"version {result.version} was rejected: {result.reason}; the active version stays")
+        return 0
     print(
         f"trained model version {model.meta.version}: {model.cf.num_users} users, {model.cf.num_items} items, "
         f"{model.cf.nnz} matrix entries, {model.content.num_books} books, {model.content.feature_dim} features "
-        f"in {model.meta.training_seconds:.1f} s; written to {settings.artifacts_dir.resolve()}"
+        f"in {result.seconds:.1f} s; written to {settings.artifacts_dir.resolve()}; promoted: {result.reason}"
     )
     for process, version in sorted(trainer.store.served_versions().items()):
         print(
             f"a running service ({process}) still serves version {version}; "
             "it picks up the new version at its next retrain or restart"
         )
+    return 0
+
+
+def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: Path | None) -> int:
+    from recommender.training import compare
+    from recommender.training.trainer import quality_policy, training_params
+
+    try:
+        books, interactions = importer.read_books(books_csv), importer.read_interactions(interactions_csv)
+    except importer.FileError as exc:
+        print(f"recommender evaluate: {exc}", file=sys.stderr)
+        return 2
+    errors = books.errors() + interactions.errors()
+    if errors:
+        print("recommender evaluate: fix these rows:\n" + "\n".join(errors[:50]), file=sys.stderr)
+        return 1
+    data = TrainingData.from_interactions(books.rows, interactions.rows)
+    policy = quality_policy(settings)
+    print(
+        f"{len(books.rows)} books, {data.num_interactions} interactions; holding out {policy.split.holdout:.0%} of "
+        f"the liked books (unrated, or rated {policy.split.like_threshold:g}+) of users with at least "
+        f"{policy.split.min_positives}, {'most recent' if policy.split.by_time else 'at random'}"
+    )
+    rows = compare.compare(
+        data,
+        training_params(settings),
+        policy.split,
+        policy.tuning_seconds if policy.tuning else None,
+        policy.tune_alpha,
+    )
+    print(compare.table(rows))
+    if out is not None:
+        csv_path, png_path = compare.write(rows, out, f"{books_csv.parent.name}: {data.num_interactions} interactions")
+        print(f"wrote {csv_path} and {png_path}")
     return 0
 
 

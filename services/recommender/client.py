@@ -61,8 +61,14 @@ class RecommenderClient:
     def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
         return self._stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout or self.timeout)
 
-    def retrain(self, *, timeout: float | None = None) -> pb.RetrainResponse:
-        return self._stub.Retrain(pb.RetrainRequest(), timeout=timeout or self.timeout)
+    def retrain(self, *, force: bool = False, timeout: float | None = None) -> pb.RetrainResponse:
+        return self._stub.Retrain(pb.RetrainRequest(force=force), timeout=timeout or self.timeout)
+
+    def rollback(self, version: str = "", *, timeout: float | None = None) -> pb.RollbackResponse:
+        return self._stub.Rollback(pb.RollbackRequest(version=version), timeout=timeout or self.timeout)
+
+    def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
+        return self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout)
 
     def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
         return self._stub.Health(pb.HealthRequest(), timeout=timeout or self.timeout)

@@ -92,9 +92,13 @@ class Check:
             if scores != sorted(scores, reverse=True):
                 raise StepFailed(f"not best first: {scores}")
             self.facts[label] = body.get("model_version")
+            served = f"{[book['book_id'] for book in books]} from model {body.get('model_version')}"
             if label == "after" and self.facts.get("before") == body.get("model_version"):
-                raise StepFailed(f"still served by model {body.get('model_version')} after the retrain")
-            return f"{[book['book_id'] for book in books]} from model {body.get('model_version')}"
+                last = self.get("/api/v1/model/info").get("last_retrain", {})
+                if last.get("outcome") != "rejected":
+                    raise StepFailed(f"still served by model {body.get('model_version')} after the retrain")
+                return f"{served}: the new version was rejected by the promotion gate ({last.get('reason')})"
+            return served
 
         return check
 

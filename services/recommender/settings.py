@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ALPHA = 0.6
 
 
 class SettingsError(ValueError):
@@ -29,13 +31,24 @@ class Settings(BaseSettings):
     envoy_admin_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Path("var")
     artifacts_dir: Path = Path("artifacts")
-    alpha: float = Field(default=0.6, ge=0.0, le=1.0)
+    # The CF weight of the blend, 0-1, or "auto": chosen by training on the validation split.
+    alpha: float | Literal["auto"] = 0.6
     # Training knobs.
     train_threads: int = Field(default=1, ge=1, le=64)
     als_factors: int = Field(default=64, ge=1, le=1024)
     als_iterations: int = Field(default=15, ge=1, le=200)
     als_regularization: float = Field(default=0.05, ge=0.0)
     als_confidence: float = Field(default=1.0, gt=0.0)
+    als_rating_scale: float = Field(default=1.0, ge=0.0)
+    popularity_prior: float = Field(default=10.0, ge=0.0)
+    # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
+    tuning: Literal["auto", "off"] = "auto"
+    tuning_seconds: float = Field(default=5.0, ge=0.0)
+    gate_tolerance: float = Field(default=0.01, ge=0.0)
+    eval_holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
+    eval_min_positives: int = Field(default=5, ge=2)
+    eval_seed: int = 42
+    eval_split: Literal["random", "time"] = "random"
     tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.
@@ -43,6 +56,18 @@ class Settings(BaseSettings):
     demo_books: int = Field(default=2000, ge=0)
     demo_users: int = Field(default=600, ge=0)
     demo_interactions: int = Field(default=24_000, ge=0)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_range(cls, alpha: float | str) -> float | str:
+        if isinstance(alpha, float) and not 0.0 <= alpha <= 1.0:
+            raise ValueError("must be between 0 and 1, or auto")
+        return alpha
+
+    @property
+    def start_alpha(self) -> float:
+        """The alpha to train with (and to show before the first model): "auto" starts from the default 0.6."""
+        return DEFAULT_ALPHA if self.alpha == "auto" else float(self.alpha)
 
     @field_validator("database_url")
     @classmethod

@@ -26,16 +26,14 @@ class ContentModel:
     def feature_dim(self) -> int:
         return int(self.features.shape[1])
 
-    def scores(self, positions: npt.NDArray[np.int32], weights: FloatArray) -> FloatArray:
-        """Cosine similarity of every book to the weighted mean of the given books' vectors."""
-        if len(positions) == 0:
-            return np.zeros(self.num_books, dtype=np.float32)
-        # A dense profile keeps both products sparse x dense, several times faster than sparse x sparse.
-        profile = np.asarray(self.features[positions].T @ weights.astype(np.float32), dtype=np.float32).ravel()
-        norm = float(np.linalg.norm(profile))
-        if norm == 0:
-            return np.zeros(self.num_books, dtype=np.float32)
-        return np.asarray(self.features @ (profile / norm), dtype=np.float32).ravel()
+    def scores_for_profiles(self, weights: sp.csr_matrix) -> FloatArray:
+        """Cosine similarity of every book to each row's profile: the `weights`-weighted sum of the books' vectors
+        (rows: users, columns: catalogue books). A row without weight scores 0 everywhere."""
+        # Dense profiles keep both products sparse x dense, several times faster than sparse x sparse.
+        profiles = np.asarray((weights @ self.features).todense(), dtype=np.float32)
+        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
+        profiles /= np.where(norms > 0, norms, 1.0)
+        return np.asarray(self.features @ profiles.T, dtype=np.float32).T
 
 
 def fit(books: list[Book], max_features: int) -> ContentModel:

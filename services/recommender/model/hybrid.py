@@ -1,14 +1,23 @@
-"""The served model: CF and content scores blended as alpha * cf + (1 - alpha) * content on [0, 1] scales."""
+"""The served model: CF and content scores, each standardised over the user's candidate books (z-scores), blended
+as alpha * cf + (1 - alpha) * content.
+
+Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
+Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
+content evidence outvote CF. Measured (NDCG@10, same split, alpha 0.6): Goodreads sample 0.289 z-score vs 0.275
+min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
 
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
@@ -66,6 +75,36 @@ class ModelMeta:
     version: str
     trained_at: datetime
     training_seconds: float
+    params: dict[str, Any] = field(default_factory=dict)  # what training chose (ALS knobs, alpha, ...)
+    metrics: dict[str, float] = field(default_factory=dict)  # offline metrics of this configuration
+
+
+class Mode(StrEnum):
+    """What to rank by: the served blend, or one of its parts (for evaluation; CF applies to users it has)."""
+
+    HYBRID = "hybrid"
+    CF = "cf"
+    CONTENT = "content"
+    POPULAR = "popular"
+
+
+@dataclass(frozen=True)
+class History:
+    """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row."""
+
+    cf_row: int | None
+    seen: IntArray
+    weights: FloatArray
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per user (rows) and catalogue book (columns)."""
+
+    blended: FloatArray
+    cf: FloatArray
+    content: FloatArray
+    candidates: npt.NDArray[np.bool_]  # books the user does not have
 
 
 @dataclass(frozen=True)
@@ -77,17 +116,107 @@ class HybridModel:
     content: ContentModel
     cf_positions: IntArray  # catalogue row of each CF item
     popularity: FloatArray  # per catalogue row, in [0, 1]
+    # How many liked books a user needs before their own scores outweigh popularity (see `score`).
+    popularity_prior: float = 0.0
 
     @classmethod
     def assemble(
-        cls, meta: ModelMeta, alpha: float, catalogue: Catalogue, cf: CFModel, content: ContentModel
+        cls,
+        meta: ModelMeta,
+        alpha: float,
+        catalogue: Catalogue,
+        cf: CFModel,
+        content: ContentModel,
+        popularity_prior: float = 0.0,
     ) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
-        counts[cf_positions] = np.diff(cf.user_items.tocsc().indptr)  # users per book
+        liked = cf.user_items.copy()
+        liked.data = (liked.data > 0).astype(np.float32)
+        counts[cf_positions] = np.asarray(liked.sum(axis=0)).ravel()  # users who liked each book
         top = counts.max() if len(counts) else 0.0
         popularity = counts / top if top > 0 else counts
-        return cls(meta, alpha, catalogue, cf, content, cf_positions, popularity)
+        return cls(meta, alpha, catalogue, cf, content, cf_positions, popularity, popularity_prior)
+
+    @property
+    def num_books(self) -> int:
+        return len(self.catalogue.book_ids)
+
+    def history(self, user_id: int, fresh_history: Sequence[tuple[int, float | None]] = ()) -> History:
+        """The model's record of the user, else `fresh_history` ((book_id, rating or None) from elsewhere)."""
+        row = self.cf.user_row(user_id)
+        if row is not None:
+            item_positions, weights = self.cf.history(row)
+            return History(row, self.cf_positions[item_positions], weights)
+        ratings = dict(fresh_history)
+        seen = self.catalogue.positions([book_id for book_id, _ in fresh_history])
+        rated = [ratings[int(self.catalogue.book_ids[p])] for p in seen]
+        weights = interaction_weights(
+            [np.nan if r is None else r for r in rated], self.meta.params.get("rating_scale", 1.0)
+        )
+        return History(None, seen, weights)
+
+    def score(self, histories: Sequence[History]) -> Scores:
+        """Standardised CF and content scores of every book for each user, and their blend."""
+        n = self.num_books
+        candidates = np.ones((len(histories), n), dtype=bool)
+        for i, h in enumerate(histories):
+            candidates[i, h.seen] = False
+        content = _standardise(self._content_raw(histories), candidates)
+        cf = np.zeros((len(histories), n), dtype=np.float32)
+        rows = [i for i, h in enumerate(histories) if h.cf_row is not None]
+        if rows and self.cf.num_items:
+            cf_rows = np.array([histories[i].cf_row for i in rows], dtype=np.int64)
+            raw = self.cf.user_factors[cf_rows] @ self.cf.item_factors.T
+            full = np.empty((len(rows), n), dtype=np.float32)
+            full[:] = raw.min(axis=1, keepdims=True)  # books nobody interacted with: as low as the lowest
+            full[:, self.cf_positions] = raw
+            cf[rows] = _standardise(full, candidates[rows])
+        has_cf = np.array([h.cf_row is not None for h in histories], dtype=bool)[:, None]
+        blended = np.where(has_cf, self.alpha * cf + (1.0 - self.alpha) * content, content)
+        if self.popularity_prior > 0:
+            # CF factors fitted on a little history say little: lean on what most readers liked, less with every
+            # book the user liked. With a prior of 10, users with 3 training books do better than with popularity
+            # alone (NDCG@10 on Goodreads 0.0511 vs 0.0504, MovieLens 0.0683 vs 0.0678; 0.0315 and 0.0296 without
+            # the prior), at a cost of about 1% for everybody. Users CF does not know keep their content answers.
+            liked = np.array([int((h.weights > 0).sum()) for h in histories], dtype=np.float32)[:, None]
+            trust = np.where(has_cf, liked / (liked + self.popularity_prior), 1.0)
+            popular = _standardise(np.broadcast_to(self.popularity, blended.shape), candidates)
+            blended = trust * blended + (1.0 - trust) * popular
+        has_history = np.array([len(h.seen) > 0 for h in histories], dtype=bool)[:, None]
+        blended = np.where(has_history, blended, self.popularity).astype(np.float32)
+        return Scores(blended, cf, content, candidates)
+
+    def _content_raw(self, histories: Sequence[History]) -> FloatArray:
+        """Cosine similarity of every book to each user's profile (the weighted mean of the books they liked)."""
+        n = self.num_books
+        rows = np.repeat(np.arange(len(histories)), [len(h.seen) for h in histories])
+        cols = np.concatenate([h.seen for h in histories]) if histories else np.zeros(0, dtype=np.int32)
+        weights = np.concatenate([h.weights for h in histories]) if histories else np.zeros(0, dtype=np.float32)
+        liked = sp.csr_matrix((np.maximum(weights, 0.0), (rows, cols)), shape=(len(histories), n), dtype=np.float32)
+        return self.content.scores_for_profiles(liked)
+
+    def top(self, scores: Scores, k: int, mode: Mode = Mode.HYBRID) -> list[IntArray]:
+        """Each user's k best candidate catalogue positions by `mode`, best first; popularity breaks ties."""
+        by = {
+            Mode.HYBRID: scores.blended,
+            Mode.CF: scores.cf,
+            Mode.CONTENT: scores.content,
+            Mode.POPULAR: np.broadcast_to(self.popularity, scores.blended.shape),
+        }[mode]
+        ranking = np.where(scores.candidates, by + _TIE_BREAK * self.popularity, -np.inf)
+        return [_top_k(row, min(k, int(c.sum()))) for row, c in zip(ranking, scores.candidates, strict=True)]
+
+    def rank_users(
+        self, user_ids: Sequence[int], k: int, modes: Sequence[Mode] = (Mode.HYBRID,), batch: int = 256
+    ) -> dict[Mode, list[IntArray]]:
+        """The top-k book ids of many users at once, by each of `modes` (for evaluation)."""
+        ranked: dict[Mode, list[IntArray]] = {mode: [] for mode in modes}
+        for start in range(0, len(user_ids), batch):
+            scores = self.score([self.history(user) for user in user_ids[start : start + batch]])
+            for mode in modes:
+                ranked[mode] += [self.catalogue.book_ids[p] for p in self.top(scores, k, mode)]
+        return ranked
 
     def recommend(
         self, user_id: int, limit: int, fresh_history: Sequence[tuple[int, float | None]] = ()
@@ -96,37 +225,12 @@ class HybridModel:
 
         `fresh_history` is (book_id, rating or None) known outside the model, used for users the CF model lacks.
         """
-        row = self.cf.user_row(user_id)
-        if row is not None:
-            item_positions, weights = self.cf.history(row)
-            seen = self.cf_positions[item_positions]
+        history = self.history(user_id, fresh_history)
+        scores = self.score([history])
+        if history.cf_row is not None:
+            strategy = Strategy.HYBRID
         else:
-            ids = [book_id for book_id, _ in fresh_history]
-            seen = self.catalogue.positions(ids)
-            known = dict(fresh_history)
-            weights = interaction_weights(
-                [np.nan if (r := known[int(self.catalogue.book_ids[p])]) is None else r for p in seen]
-            )
-
-        n = len(self.catalogue.book_ids)
-        candidates = np.ones(n, dtype=bool)
-        candidates[seen] = False
-        content = _normalise(self.content.scores(seen, weights), candidates)
-        cf = np.zeros(n, dtype=np.float32)
-        if row is not None:
-            raw = np.full(n, np.nan, dtype=np.float32)
-            raw[self.cf_positions] = self.cf.scores(row)
-            raw[np.isnan(raw)] = np.nanmin(raw) if np.any(~np.isnan(raw)) else 0.0
-            cf = _normalise(raw, candidates)
-            strategy, blended = Strategy.HYBRID, self.alpha * cf + (1.0 - self.alpha) * content
-        elif len(seen) > 0:
-            strategy, blended = Strategy.CONTENT, content
-        else:
-            strategy, blended = Strategy.POPULAR, self.popularity.copy()
-
-        ranking = blended + _TIE_BREAK * self.popularity
-        ranking[~candidates] = -np.inf
-        top = _top_k(ranking, min(limit, int(candidates.sum())))
+            strategy = Strategy.CONTENT if len(history.seen) else Strategy.POPULAR
         return Recommendations(
             strategy=strategy,
             books=[
@@ -134,23 +238,22 @@ class HybridModel:
                     book_id=int(self.catalogue.book_ids[p]),
                     title=self.catalogue.titles[p],
                     authors=self.catalogue.authors[p],
-                    score=float(blended[p]),
-                    cf_score=float(cf[p]),
-                    content_score=float(content[p]),
+                    score=float(scores.blended[0, p]),
+                    cf_score=float(scores.cf[0, p]),
+                    content_score=float(scores.content[0, p]),
                 )
-                for p in top
+                for p in self.top(scores, limit)[0]
             ],
         )
 
 
-def _normalise(scores: FloatArray, candidates: npt.NDArray[np.bool_]) -> FloatArray:
-    """Min-max to [0, 1] over the candidates, so that CF and content scores can be blended."""
-    if not candidates.any():
-        return np.zeros_like(scores)
-    low, high = scores[candidates].min(), scores[candidates].max()
-    if high - low <= 1e-12:
-        return np.zeros_like(scores)
-    return np.clip((scores - low) / (high - low), 0.0, 1.0).astype(np.float32)
+def _standardise(scores: FloatArray, candidates: npt.NDArray[np.bool_]) -> FloatArray:
+    """Row-wise z-scores over each row's candidates (0 where a row has no spread)."""
+    count = np.maximum(candidates.sum(axis=1, keepdims=True), 1)
+    mean = np.where(candidates, scores, 0.0).sum(axis=1, keepdims=True) / count
+    spread = np.sqrt(np.where(candidates, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / count)
+    z = (scores - mean) / np.where(spread > 1e-9, spread, 1.0)
+    return np.where(spread > 1e-9, z, 0.0).astype(np.float32)
 
 
 def _top_k(ranking: FloatArray, k: int) -> IntArray:

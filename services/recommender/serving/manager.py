@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from recommender.model.hybrid import HybridModel, warm
 from recommender.model.training import TrainingCancelled
+from recommender.training.trainer import Outcome, RetrainResult
 
 log = logging.getLogger(__name__)
 
-# Builds a new model; it calls its argument now and then and stops early (raising) when that returns True.
-ModelBuilder = Callable[[Callable[[], bool]], HybridModel]
+# Builds a new version: called with a function that says when to stop early (it raises then), and whether to
+# skip the promotion gate.
+ModelBuilder = Callable[[Callable[[], bool], bool], RetrainResult]
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,11 @@ class RetrainState:
     running: bool
     last_error: str  # empty when the last retrain succeeded or none has run
     last_seconds: float  # wall time of the last finished retrain
+    last: RetrainResult | None = None  # what the last retrain did
+
+
+class Busy(Exception):
+    """A retrain (or a rollback) is running."""
 
 
 class ModelManager:
@@ -41,6 +48,7 @@ class ModelManager:
         self._build = build
         self._on_change = on_change
         self._state = RetrainState(running=False, last_error="", last_seconds=0.0)
+        self._exclusive = threading.Lock()  # held by a retrain or a rollback: one at a time
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
 
@@ -54,36 +62,61 @@ class ModelManager:
         with self._lock:
             return self._state
 
-    def start_retrain(self) -> Future[None] | None:
-        """Starts a retrain in the background; None when one is already running (or the manager is stopping)."""
+    def start_retrain(self, force: bool = False) -> Future[None] | None:
+        """Starts a retrain in the background; None when one (or a rollback) is running, or when stopping."""
+        if self._stopping.is_set() or not self._exclusive.acquire(blocking=False):
+            return None
         with self._lock:
-            if self._state.running or self._stopping.is_set():
-                return None
-            self._state = RetrainState(True, self._state.last_error, self._state.last_seconds)
+            self._state = RetrainState(True, self._state.last_error, self._state.last_seconds, self._state.last)
         self._on_change()
-        return self._executor.submit(self._retrain)
+        return self._executor.submit(self._retrain, force)
 
-    def _retrain(self) -> None:
+    def swap(self, model: HybridModel) -> None:
+        """Serves `model` from now on; it must be warm."""
+        with self._lock:
+            self._model = model
+        log.info("now serving model version %s", model.meta.version)
+        self._on_change()
+
+    def exclusive(self) -> _Exclusive:
+        """`with manager.exclusive():` for a change of version outside a retrain; raises Busy while one runs."""
+        return _Exclusive(self._exclusive)
+
+    def _retrain(self, force: bool) -> None:
         started = time.perf_counter()
-        error = ""
+        error, result = "", None
         try:
-            model = self._build(self._stopping.is_set)
-            warm(model)  # before it takes traffic
-            with self._lock:
-                self._model = model
-            log.info("now serving model version %s", model.meta.version)
+            result = self._build(self._stopping.is_set, force)
+            if result.model is not None:
+                warm(result.model)  # before it takes traffic
+                self.swap(result.model)
         except TrainingCancelled:
             error = "cancelled: the service is shutting down"
             log.info("retrain cancelled: the service is shutting down")
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             log.exception("retrain failed; the previous model keeps serving")
+            result = RetrainResult(Outcome.FAILED, "", error, time.perf_counter() - started)
         finally:
             with self._lock:
-                self._state = RetrainState(False, error, time.perf_counter() - started)
+                last = result or self._state.last
+                self._state = RetrainState(False, error, time.perf_counter() - started, last)
+            self._exclusive.release()
             self._on_change()
 
     def shutdown(self) -> None:
         """Stops a running retrain at its next checkpoint and waits for it."""
         self._stopping.set()
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _Exclusive:
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            raise Busy("Retraining already in progress")
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()

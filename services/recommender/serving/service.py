@@ -13,10 +13,12 @@ from grpc_reflection.v1alpha import reflection
 from recommender import demo
 from recommender.serving.manager import ModelBuilder, ModelManager
 from recommender.serving.servicer import RecommenderServicer
+from recommender.serving.versions import Versions
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.db import Database
-from recommender.training.trainer import Trainer, training_params
+from recommender.storage.registry import Registry
+from recommender.training.trainer import Trainer, quality_policy, training_params
 from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,13 @@ async def prepare_database(db: Database, settings: Settings) -> None:
 
 
 def make_trainer(settings: Settings, dsn: str) -> Trainer:
-    return Trainer(dsn, ArtifactStore(settings.artifacts_dir), training_params(settings), settings.keep_versions)
+    return Trainer(
+        dsn,
+        ArtifactStore(settings.artifacts_dir),
+        training_params(settings),
+        settings.keep_versions,
+        quality_policy(settings),
+    )
 
 
 class GrpcService:
@@ -68,8 +76,9 @@ class GrpcService:
         log.info("model artifacts in %s", store.root.resolve())
         self._db = await Database.connect(self.dsn)
         await prepare_database(self._db, self.settings)
+        versions = Versions(Registry(self._db), store)
         try:
-            model = await asyncio.to_thread(store.load_latest, self.settings.alpha)
+            model = await versions.load_active()
         except OSError as exc:
             raise OSError(f"cannot read the model artifacts in {store.root}: {exc}") from exc
         loop = asyncio.get_running_loop()
@@ -84,7 +93,7 @@ class GrpcService:
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         recommender_pb2_grpc.add_RecommenderServicer_to_server(
-            RecommenderServicer(self._manager, self._db.user_history, self.settings.alpha), server
+            RecommenderServicer(self._manager, versions, self._db.user_history, self.settings.start_alpha), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -7,10 +7,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from recommender.model.hybrid import HybridModel
-from recommender.serving.manager import ModelManager
+from recommender.serving.manager import Busy, ModelManager
+from recommender.serving.versions import VersionNotFound, Versions, VersionUnavailable
+from recommender.storage.registry import VersionRecord
+from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -27,8 +31,9 @@ HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float | None]]]]
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, manager: ModelManager, history: HistoryLookup, alpha: float) -> None:
+    def __init__(self, manager: ModelManager, versions: Versions, history: HistoryLookup, alpha: float) -> None:
         self._manager = manager
+        self._versions = versions
         self._history = history
         self._alpha = alpha  # the configured blend weight, shown until a model is loaded
 
@@ -80,6 +85,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 content_model=pb.ContentModelInfo(),
                 is_retraining=state.running,
                 last_retrain_error=state.last_error,
+                last_retrain=_last_retrain(state.last),
             )
         trained_at = Timestamp()
         trained_at.FromDatetime(model.meta.trained_at)
@@ -95,15 +101,43 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             trained_at=trained_at,
             training_seconds=round(model.meta.training_seconds, 3),
             last_retrain_error=state.last_error,
+            metrics=_metrics(model.meta.metrics),
+            last_retrain=_last_retrain(state.last),
+            params=_struct(model.meta.params),
         )
 
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
     ) -> pb.RetrainResponse:
-        if self._manager.start_retrain() is None:
+        if self._manager.start_retrain(force=request.force) is None:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
-        log.info("retrain started on request")
+        log.info("retrain started on request%s", " (forced: the promotion gate is skipped)" if request.force else "")
         return pb.RetrainResponse(status="accepted", message=RETRAIN_ACCEPTED)
+
+    async def Rollback(
+        self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.RollbackResponse]
+    ) -> pb.RollbackResponse:
+        try:
+            version = await self._versions.rollback(self._manager, request.version.strip())
+        except Busy:
+            await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
+        except VersionNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except VersionUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.RollbackResponse(status="rolled_back", version=version)
+
+    async def ListModels(
+        self,
+        request: pb.ListModelsRequest,
+        context: grpc.aio.ServicerContext[pb.ListModelsRequest, pb.ListModelsResponse],
+    ) -> pb.ListModelsResponse:
+        try:
+            records = await self._versions.registry.versions()
+        except Exception:
+            log.warning("could not read the model registry", exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model registry cannot be read: the database is down")
+        return pb.ListModelsResponse(models=[_model_version(record) for record in records])
 
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse]
@@ -127,6 +161,48 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception:
             log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
             return []
+
+
+def _metrics(values: dict[str, float]) -> pb.Metrics:
+    return pb.Metrics(**{name: round(values.get(name, 0.0), 6) for name in pb.Metrics.DESCRIPTOR.fields_by_name})
+
+
+def _last_retrain(result: RetrainResult | None) -> pb.LastRetrain | None:
+    if result is None:
+        return None
+    return pb.LastRetrain(
+        outcome=result.outcome.value,
+        version=result.version,
+        metrics_before=_metrics(result.metrics_before) if result.metrics_before else None,
+        metrics_after=_metrics(result.metrics_after) if result.metrics_after else None,
+        reason=result.reason,
+        seconds=round(result.seconds, 3),
+    )
+
+
+def _struct(values: dict[str, Any]) -> Struct:
+    struct = Struct()
+    struct.update(values)
+    return struct
+
+
+def _model_version(record: VersionRecord) -> pb.ModelVersion:
+    created_at = Timestamp()
+    if record.created_at is not None:
+        created_at.FromDatetime(record.created_at)
+    sizes = record.data_sizes
+    return pb.ModelVersion(
+        version=record.version,
+        status=record.status.value,
+        created_at=created_at,
+        metrics=_metrics(record.metrics),
+        params=_struct(record.params),
+        reason=record.reason,
+        data_sizes=pb.DataSizes(
+            users=sizes.get("users", 0), books=sizes.get("books", 0), interactions=sizes.get("interactions", 0)
+        ),
+        training_seconds=round(record.training_seconds, 3),
+    )
 
 
 def _rounded(score: float) -> float:

@@ -31,6 +31,8 @@ from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
 
 log = logging.getLogger(__name__)
 
+DEFAULT_ALPHA = 0.6  # versions written before the alpha was stored with them
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 
@@ -109,6 +111,9 @@ class ArtifactStore:
             "matrix_nnz": model.cf.nnz,
             "num_books": model.content.num_books,
             "feature_dim": model.content.feature_dim,
+            "alpha": model.alpha,
+            "params": model.meta.params,
+            "metrics": model.meta.metrics,
         }
         _write_atomically(incoming / MANIFEST, json.dumps(manifest, indent=2))
         for path in incoming.iterdir():
@@ -140,7 +145,7 @@ class ArtifactStore:
         names = [p.name for p in self.versions_dir.iterdir() if p.is_dir() and self.is_complete(p.name)]
         return sorted(names, reverse=True)
 
-    def load(self, version: str, alpha: float) -> HybridModel:
+    def load(self, version: str) -> HybridModel:
         folder = self.versions_dir / version
         try:
             manifest: dict[str, Any] = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -157,14 +162,23 @@ class ArtifactStore:
                     user_items=sp.csr_matrix(sp.load_npz(folder / "cf_user_items.npz")),
                 )
             content = ContentModel(sp.csr_matrix(sp.load_npz(folder / "content_features.npz")))
-            meta = ModelMeta(version, datetime.fromisoformat(manifest["trained_at"]), manifest["training_seconds"])
+            meta = ModelMeta(
+                version,
+                datetime.fromisoformat(manifest["trained_at"]),
+                manifest["training_seconds"],
+                manifest.get("params", {}),
+                manifest.get("metrics", {}),
+            )
+            alpha = float(manifest.get("alpha", meta.params.get("alpha", DEFAULT_ALPHA)))
         except ArtifactError:
             raise
         except (OSError, ValueError, KeyError) as exc:
             raise ArtifactError(f"version {version} cannot be read: {exc}") from exc
-        return HybridModel.assemble(meta, alpha, catalogue, cf, content)
+        return HybridModel.assemble(
+            meta, alpha, catalogue, cf, content, float(meta.params.get("popularity_prior", 0.0))
+        )
 
-    def load_latest(self, alpha: float) -> HybridModel | None:
+    def load_latest(self) -> HybridModel | None:
         """The current version, else the newest complete one that loads; None when there is none."""
         current = self.current()
         candidates = self.complete_versions()
@@ -173,7 +187,7 @@ class ArtifactStore:
             candidates.insert(0, current)
         for version in candidates:
             try:
-                return self.load(version, alpha)
+                return self.load(version)
             except ArtifactError as exc:
                 log.warning("skipping model version %s: %s", version, exc)
         return None

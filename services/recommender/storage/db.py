@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -70,6 +71,16 @@ class Database:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+    def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """`async with db.transaction() as conn:` a pooled connection inside a transaction."""
+        return _transaction(self._pool)
+
+    async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
+        return list(await self._pool.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
+        return await self._pool.fetchrow(query, *args)
 
     async def migrate(self) -> list[str]:
         """Applies the migrations not applied yet, in name order, each in its own transaction; returns them."""
@@ -183,6 +194,12 @@ class Database:
         )
         assert row is not None
         return dict(row)
+
+
+@asynccontextmanager
+async def _transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
 
 
 async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns: Collection[str]) -> None:

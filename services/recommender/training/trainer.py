@@ -1,21 +1,58 @@
-"""One training run: snapshot the database, fit, write a new artifact version, make it current."""
+"""One retrain as a measured release: snapshot, evaluate (and tune) on a held-out split, gate against the active
+version on the same split, then fit on all data, write the artifact and record the version in the registry."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
 
 from recommender.model.cf import ALSParams
+from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
-from recommender.model.hybrid import HybridModel
-from recommender.model.training import TrainingParams, train
+from recommender.model.evaluation import Split, SplitParams, split
+from recommender.model.hybrid import Catalogue, HybridModel
+from recommender.model.training import TrainingCancelled, TrainingParams, fit_content, new_version, train
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.db import Database
+from recommender.storage.registry import Registry, Status, VersionRecord
+from recommender.training.quality import Trial, fit_and_measure, measure_parts, tune
 
 log = logging.getLogger(__name__)
+
+
+class Outcome(StrEnum):
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    outcome: Outcome
+    version: str
+    reason: str
+    seconds: float
+    metrics_before: dict[str, float] = field(default_factory=dict)  # the active version's, on the same split
+    metrics_after: dict[str, float] = field(default_factory=dict)  # the candidate's
+    model: HybridModel | None = None  # the promoted model, as loaded back from its artifact
+
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    tuning: bool = True
+    tuning_seconds: float = 10.0
+    tune_alpha: bool = False
+    gate_tolerance: float = 0.01
+    split: SplitParams = field(default_factory=SplitParams)
 
 
 def training_params(settings: Settings) -> TrainingParams:
@@ -25,38 +62,176 @@ def training_params(settings: Settings) -> TrainingParams:
             iterations=settings.als_iterations,
             regularization=settings.als_regularization,
             confidence=settings.als_confidence,
+            rating_scale=settings.als_rating_scale,
             threads=settings.train_threads,
         ),
         tfidf_max_features=settings.tfidf_max_features,
-        alpha=settings.alpha,
+        alpha=settings.start_alpha,
+        popularity_prior=settings.popularity_prior,
     )
+
+
+def quality_policy(settings: Settings) -> QualityPolicy:
+    return QualityPolicy(
+        tuning=settings.tuning == "auto",
+        tuning_seconds=settings.tuning_seconds,
+        tune_alpha=settings.alpha == "auto",
+        gate_tolerance=settings.gate_tolerance,
+        split=SplitParams(
+            holdout=settings.eval_holdout,
+            min_positives=settings.eval_min_positives,
+            seed=settings.eval_seed,
+            by_time=settings.eval_split == "time",
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    data: TrainingData
+    active: VersionRecord | None
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {
+            "users": int(np.unique(self.data.user_ids).size),
+            "books": len(self.data.books),
+            "interactions": self.data.num_interactions,
+        }
 
 
 @dataclass(frozen=True)
 class Trainer:
     dsn: str
     store: ArtifactStore
-    params: TrainingParams
+    params: TrainingParams  # the configured knobs: where tuning starts on the first version, or all of it if off
     keep_versions: int
+    policy: QualityPolicy = field(default_factory=QualityPolicy)
 
-    def __call__(self, should_stop: Callable[[], bool] = lambda: False) -> HybridModel:
-        """Runs in a worker thread, with its own event loop and connection, so serving's loop never waits on it."""
-        data = asyncio.run(self._snapshot())
+    def __call__(self, should_stop: Callable[[], bool] = lambda: False, force: bool = False) -> RetrainResult:
+        """Runs in a worker thread; each database step on its own short event loop and connection."""
+        started = time.perf_counter()
+        snapshot = asyncio.run(self._snapshot())
+        data = snapshot.data
         log.info("training on %d books and %d interactions", len(data.books), data.num_interactions)
-        built = train(data, self.params, should_stop)
-        self.store.save(built)
+        version = new_version(datetime.now(UTC))
+        try:
+            return self._release(snapshot, version, started, should_stop, force)
+        except TrainingCancelled:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            failed = VersionRecord(version, Status.FAILED, reason, data_sizes=snapshot.sizes)
+            try:
+                asyncio.run(self._record(failed))
+            except Exception:  # the database may be what failed: the log and the caller still say why
+                log.warning("could not record failed version %s in the registry", version, exc_info=True)
+            raise
+
+    def _release(
+        self, snapshot: Snapshot, version: str, started: float, should_stop: Callable[[], bool], force: bool
+    ) -> RetrainResult:
+        data, active = snapshot.data, snapshot.active
+        the_split = split(data, self.policy.split)
+        fitted_content = fit_content(data.books, self.params)
+        active_params = self._params_of(active) if active else None
+        candidate, active_trial = self._candidate(the_split, fitted_content, active_params, should_stop)
+        evaluation = {name: m.as_dict() for name, m in measure_parts(candidate.model, the_split).items()}
+        before: dict[str, float] = {}
+        if active_trial is not None:
+            before = evaluation["active"] = active_trial.metrics.as_dict()
+        after = candidate.metrics.as_dict()
+        log.info(
+            "evaluated on %d users: NDCG@10 %.4f (cf %.4f, content %.4f, popularity %.4f, active %s)",
+            the_split.num_users, after["ndcg_at_10"], evaluation["cf"]["ndcg_at_10"],
+            evaluation["content"]["ndcg_at_10"], evaluation["popularity"]["ndcg_at_10"],
+            f"{before['ndcg_at_10']:.4f}" if before else "none",
+        )  # fmt: skip
+        record = VersionRecord(
+            version,
+            Status.ACTIVE,
+            params=candidate.params.as_dict(),
+            data_sizes=snapshot.sizes,
+            metrics=after,
+            evaluation=evaluation,
+        )
+        tolerance = self.policy.gate_tolerance
+        if before and not force and after["ndcg_at_10"] < before["ndcg_at_10"] - tolerance:
+            reason = (
+                f"NDCG@10 {after['ndcg_at_10']:.4f} is below the active version's {before['ndcg_at_10']:.4f} "
+                f"by more than {tolerance:g}"
+            )
+            seconds = time.perf_counter() - started
+            asyncio.run(self._record(dataclasses.replace(record, status=Status.REJECTED, reason=reason)))
+            log.info("version %s rejected: %s; %s keeps serving", version, reason, active and active.version)
+            return RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after)
+
+        final = train(data, candidate.params, should_stop, fitted_content)
+        # The version's training time is the whole release so far (evaluation and tuning included).
+        meta = dataclasses.replace(
+            final.meta, version=version, metrics=after, training_seconds=time.perf_counter() - started
+        )
+        self.store.save(dataclasses.replace(final, meta=meta))
         # Serve what was written, so that what runs is what a restart (or another replica) would load.
-        model = self.store.load(built.meta.version, self.params.alpha)
-        self.store.set_current(model.meta.version)
+        model = self.store.load(version)
+        if not before:
+            reason = "the first version"
+        elif force:
+            reason = f"forced (NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f})"
+        else:
+            reason = f"NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f}"
+        seconds = time.perf_counter() - started
+        asyncio.run(self._record(dataclasses.replace(record, reason=reason, training_seconds=seconds)))
+        self.store.set_current(version)
         self.store.prune(self.keep_versions)
         log.info(
-            "trained version %s in %.1f s: %d users, %d items, %d interactions, %d features",
-            model.meta.version, model.meta.training_seconds, model.cf.num_users, model.cf.num_items,
-            model.cf.nnz, model.content.feature_dim,
+            "trained version %s in %.1f s: %d users, %d items, %d interactions, %d features; %s",
+            version, seconds, model.cf.num_users, model.cf.num_items, model.cf.nnz, model.content.feature_dim,
+            reason,
         )  # fmt: skip
-        return model
+        return RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after, model)
 
-    async def _snapshot(self) -> TrainingData:
-        db = await Database.connect(self.dsn, max_size=1)
-        async with db:
-            return await db.load_training_data()
+    def _candidate(
+        self,
+        the_split: Split,
+        fitted_content: tuple[Catalogue, ContentModel],
+        active_params: TrainingParams | None,
+        should_stop: Callable[[], bool],
+    ) -> tuple[Trial, Trial | None]:
+        """The configuration to release, measured on the split, and the active configuration measured there too
+        (refitted on the split's training part: the active model itself has seen the held-out books)."""
+        active_trial = None
+        if active_params is not None:
+            active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop)
+        if not self.policy.tuning:
+            if active_trial is not None and active_trial.params == self.params:
+                return active_trial, active_trial
+            return fit_and_measure(the_split, self.params, fitted_content, should_stop), active_trial
+        best, fits = tune(
+            the_split,
+            active_params or self.params,
+            fitted_content,
+            self.policy.tuning_seconds,
+            self.policy.tune_alpha,
+            should_stop,
+            first=active_trial,
+        )
+        log.info("tuning chose %s after %d fits", best.params.as_dict(), fits)
+        return best, active_trial
+
+    def _params_of(self, active: VersionRecord) -> TrainingParams:
+        """The active version's choice, with this process's settings for what is not tuned."""
+        params = self.params.with_values(active.params)
+        if not self.policy.tune_alpha:
+            params = dataclasses.replace(params, alpha=self.params.alpha)
+        return dataclasses.replace(
+            params, tfidf_max_features=self.params.tfidf_max_features, popularity_prior=self.params.popularity_prior
+        )
+
+    async def _snapshot(self) -> Snapshot:
+        async with await Database.connect(self.dsn, max_size=1) as db:
+            return Snapshot(await db.load_training_data(), await Registry(db).active())
+
+    async def _record(self, record: VersionRecord) -> None:
+        async with await Database.connect(self.dsn, max_size=1) as db:
+            await Registry(db).add(record)

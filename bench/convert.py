@@ -1,0 +1,128 @@
+"""Converts the real data sets in ../shared/data into `recommender import` CSV files (never committed).
+
+    .venv/bin/python bench/convert.py goodbooks OUT_DIR    # Goodreads sample, with genres and descriptions
+    .venv/bin/python bench/convert.py movielens OUT_DIR    # MovieLens latest-small, tags as descriptions
+    .venv/bin/python bench/convert.py demo OUT_DIR         # the demo catalogue a new service starts with
+
+Each writes OUT_DIR/books.csv and OUT_DIR/interactions.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BOOK_COLUMNS = ["book_id", "title", "authors", "description", "genres", "published_year"]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _write(path: Path, columns: list[str], rows: Sequence[Sequence[object]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def goodbooks(out: Path, data: Path = DATA) -> None:
+    sample, described = data / "goodbooks-10k-sample", data / "goodbooks-3k-descriptions"
+    genres = {row["book_id"]: row["genres"].replace(",", "|") for row in _read(sample / "book_genres.csv")}
+    isbn_to_book = {row["isbn_10"]: row["book_id"] for row in _read(described / "isbn_10_to_book_id.csv")}
+    descriptions = {
+        isbn_to_book[row["isbn_10"]]: row["description"]
+        for row in _read(described / "book_details.csv")
+        if row["isbn_10"] in isbn_to_book
+    }
+    books = []
+    for row in _read(sample / "books.csv"):
+        year = row["original_publication_year"].split(".")[0]
+        books.append(
+            [
+                row["book_id"],
+                row["title"],
+                row["authors"],
+                descriptions.get(row["book_id"], ""),
+                genres.get(row["book_id"], ""),
+                year if year.lstrip("-").isdigit() else "",
+            ]
+        )
+    _write(out / "books.csv", BOOK_COLUMNS, books)
+    ratings = _read(sample / "ratings.csv")
+    _write(
+        out / "interactions.csv",
+        ["user_id", "book_id", "rating"],
+        [[r["user_id"], r["book_id"], r["rating"]] for r in ratings],
+    )
+
+
+def movielens(out: Path, data: Path = DATA) -> None:
+    folder = data / "movielens-small"
+    tags: dict[str, list[str]] = defaultdict(list)
+    for row in _read(folder / "tags.csv"):
+        tags[row["movieId"]].append(row["tag"])
+    books = [
+        [
+            row["movieId"],
+            row["title"],
+            "",
+            " ".join(tags.get(row["movieId"], [])),
+            row["genres"].replace("(no genres listed)", ""),
+            "",
+        ]
+        for row in _read(folder / "movies.csv")
+    ]
+    _write(out / "books.csv", BOOK_COLUMNS, books)
+    _write(
+        out / "interactions.csv",
+        ["user_id", "book_id", "rating", "timestamp"],
+        [[r["userId"], r["movieId"], r["rating"], r["timestamp"]] for r in _read(folder / "ratings.csv")],
+    )
+
+
+def demo(out: Path, data: Path = DATA) -> None:
+    from recommender import demo as generator
+    from recommender.settings import load_settings
+
+    settings = load_settings()
+    catalogue = generator.generate(
+        settings.demo_seed, settings.demo_books, settings.demo_users, settings.demo_interactions
+    )
+    _write(
+        out / "books.csv",
+        BOOK_COLUMNS,
+        [
+            [b.book_id, b.title, b.authors, b.description, "|".join(b.genres), b.published_year or ""]
+            for b in catalogue.books
+        ],
+    )
+    _write(
+        out / "interactions.csv",
+        ["user_id", "book_id", "rating", "timestamp"],
+        [
+            [i.user_id, i.book_id, "" if i.rating is None else i.rating, int(i.timestamp or 0)]
+            for i in catalogue.interactions
+        ],
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", choices=["goodbooks", "movielens", "demo"])
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    {"goodbooks": goodbooks, "movielens": movielens, "demo": demo}[args.dataset](args.out)
+    print(f"wrote {args.out / 'books.csv'} and {args.out / 'interactions.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

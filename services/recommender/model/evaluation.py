@@ -1,0 +1,108 @@
+"""Offline evaluation: a held-out split of each user's liked books, and top-k ranking metrics.
+
+Protocol: users with at least `min_positives` positive interactions (unrated, or rated at or above the like
+threshold) are eligible; `holdout` of each eligible user's positives (at least one) are held out, chosen at random
+with `seed` or, with `by_time`, the most recent ones. Everything else trains. A ranker then recommends `k` books
+per eligible user from the books they have not interacted with in training, and the metrics compare them with the
+held-out books.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from recommender.model.dataset import TrainingData
+
+IntArray = npt.NDArray[np.int32]
+# Given a user id and k, the user's top-k book ids, best first.
+Ranker = Callable[[int, int], IntArray]
+
+K = 10
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    holdout: float = 0.2
+    min_positives: int = 5
+    seed: int = 42
+    by_time: bool = False
+    like_threshold: float = 4.0
+
+
+@dataclass(frozen=True)
+class Split:
+    train: TrainingData
+    held_out: dict[int, IntArray]  # user id -> held-out book ids
+
+    @property
+    def num_users(self) -> int:
+        return len(self.held_out)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    precision_at_10: float
+    recall_at_10: float
+    ndcg_at_10: float
+    coverage: float  # share of the catalogue that appears in anybody's top 10
+    users: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "precision_at_10": self.precision_at_10,
+            "recall_at_10": self.recall_at_10,
+            "ndcg_at_10": self.ndcg_at_10,
+            "coverage": self.coverage,
+        }
+
+
+def positives(data: TrainingData, like_threshold: float) -> npt.NDArray[np.bool_]:
+    """Interactions that say the user liked the book: no rating (a read), or a rating at the threshold or above."""
+    return np.isnan(data.ratings) | (data.ratings >= like_threshold)
+
+
+def split(data: TrainingData, params: SplitParams = SplitParams()) -> Split:
+    """Deterministic for a given snapshot and params."""
+    rng = np.random.default_rng(params.seed)
+    liked = positives(data, params.like_threshold)
+    order = np.lexsort((data.book_ids, data.user_ids))  # by user, then book: independent of the snapshot's order
+    users, starts = np.unique(data.user_ids[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    test = np.zeros(data.num_interactions, dtype=bool)
+    held_out: dict[int, IntArray] = {}
+    for user, start, end in zip(users, starts, ends, strict=True):
+        rows = order[start:end]
+        rows = rows[liked[rows]]
+        if len(rows) < params.min_positives:
+            continue
+        count = max(1, round(len(rows) * params.holdout))
+        if params.by_time:
+            chosen = rows[np.argsort(data.timestamps[rows], kind="stable")[-count:]]
+        else:
+            chosen = rng.choice(rows, size=count, replace=False)
+        test[chosen] = True
+        held_out[int(user)] = np.sort(data.book_ids[chosen]).astype(np.int32)
+    return Split(train=data.subset(~test), held_out=held_out)
+
+
+def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Metrics:
+    """Precision, recall and NDCG at k averaged over the split's users, and catalogue coverage."""
+    if not split_.held_out:
+        return Metrics(0.0, 0.0, 0.0, 0.0, 0)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    precision = recall = ndcg = 0.0
+    shown: set[int] = set()
+    for user, relevant in split_.held_out.items():
+        top = rank(user, k)[:k]
+        shown.update(int(b) for b in top)
+        hits = np.isin(top, relevant)
+        precision += hits.sum() / k
+        recall += hits.sum() / len(relevant)
+        ideal = discounts[: min(len(relevant), k)].sum()
+        ndcg += float(discounts[: len(top)][hits].sum() / ideal)
+    n = len(split_.held_out)
+    return Metrics(float(precision / n), float(recall / n), ndcg / n, len(shown) / max(catalogue_size, 1), n)

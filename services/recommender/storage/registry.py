@@ -1,0 +1,114 @@
+"""The model registry in PostgreSQL: every version, its parameters, metrics, status and the reason for it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+
+from recommender.storage.db import Database
+
+
+class Status(StrEnum):
+    ACTIVE = "active"  # the version that serves
+    REJECTED = "rejected"  # the promotion gate said no
+    RETIRED = "retired"  # served before; can be rolled back to while its artifact is kept
+    FAILED = "failed"  # its retrain failed
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    version: str
+    status: Status
+    reason: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    data_sizes: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, dict[str, float]] = field(default_factory=dict)
+    training_seconds: float = 0.0
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
+
+
+_COLUMNS = (
+    "version, status, reason, params, data_sizes, metrics, evaluation, training_seconds, created_at, activated_at"
+)
+
+
+class Registry:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, record: VersionRecord) -> None:
+        """Stores a new version; an active one replaces the active version, which retires."""
+        async with self._db.transaction() as conn:
+            if record.status is Status.ACTIVE:
+                await _retire_active(conn)
+            await conn.execute(
+                "INSERT INTO model_versions (version, status, reason, params, data_sizes, metrics, evaluation, "
+                "training_seconds, activated_at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb, $8, "
+                "CASE WHEN $2 = 'active' THEN now() END)",
+                record.version,
+                record.status.value,
+                record.reason,
+                json.dumps(record.params),
+                json.dumps(record.data_sizes),
+                json.dumps(record.metrics),
+                json.dumps(record.evaluation),
+                record.training_seconds,
+            )
+
+    async def activate(self, version: str, reason: str) -> None:
+        """Makes a stored version the active one (a rollback); the active one retires."""
+        async with self._db.transaction() as conn:
+            await _retire_active(conn)
+            await conn.execute(
+                "UPDATE model_versions SET status = 'active', reason = $2, activated_at = now() WHERE version = $1",
+                version,
+                reason,
+            )
+
+    async def get(self, version: str) -> VersionRecord | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE version = $1", version)
+        return _record(row) if row else None
+
+    async def active(self) -> VersionRecord | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE status = 'active'")
+        return _record(row) if row else None
+
+    async def versions(self) -> list[VersionRecord]:
+        """Every version, newest first."""
+        return [
+            _record(row) for row in await self._db.fetch(f"SELECT {_COLUMNS} FROM model_versions ORDER BY version DESC")
+        ]
+
+    async def retired(self) -> list[VersionRecord]:
+        """Versions that served before, the most recently active first (rollback's default is the first)."""
+        rows = await self._db.fetch(
+            f"SELECT {_COLUMNS} FROM model_versions WHERE status = 'retired' "
+            "ORDER BY activated_at DESC NULLS LAST, version DESC"
+        )
+        return [_record(row) for row in rows]
+
+
+async def _retire_active(conn: asyncpg.Connection) -> None:
+    await conn.execute("UPDATE model_versions SET status = 'retired' WHERE status = 'active'")
+
+
+def _record(row: asyncpg.Record) -> VersionRecord:
+    return VersionRecord(
+        version=row["version"],
+        status=Status(row["status"]),
+        reason=row["reason"],
+        params=json.loads(row["params"]),
+        data_sizes=json.loads(row["data_sizes"]),
+        metrics=json.loads(row["metrics"]),
+        evaluation=json.loads(row["evaluation"]),
+        training_seconds=row["training_seconds"],
+        created_at=row["created_at"],
+        activated_at=row["activated_at"],
+    )
