@@ -54,11 +54,17 @@ class Server:
         return self.process.wait(30)
 
 
-def start_server(database_url: str | None, workdir: Path, wait: bool = True, **settings: str) -> Server:
+def start_server(
+    database_url: str | None,
+    workdir: Path,
+    wait: bool = True,
+    ports: tuple[int, int] | None = None,
+    **settings: str,
+) -> Server:
     """`python server.py` on free ports; `settings` are RECOMMENDER_* variables without the prefix.
 
     Without a database URL it starts its own embedded PostgreSQL under `workdir`."""
-    http_port, grpc_port = free_port(), free_port()
+    http_port, grpc_port = ports or (free_port(), free_port())
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"server-{http_port}.log"
     environment = {

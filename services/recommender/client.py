@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -42,8 +43,18 @@ def _service_config(max_attempts: int) -> str:
 
 
 class RecommenderClient:
-    def __init__(self, target: str, *, timeout: float = DEFAULT_TIMEOUT, max_attempts: int = 4) -> None:
+    """`credential`: the admin key (or a JWT), sent as `authorization: Bearer <credential>` with every call."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_attempts: int = 4,
+        credential: str | None = None,
+    ) -> None:
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {credential}"),) if credential else ()
         self._channel = grpc.insecure_channel(
             target,
             options=[("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))],
@@ -56,22 +67,25 @@ class RecommenderClient:
         request = pb.RecommendRequest(user_id=user_id)
         if limit is not None:
             request.limit = limit
-        return self._stub.Recommend(request, timeout=timeout or self.timeout)
+        return self._stub.Recommend(request, **self._options(timeout))
 
     def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
-        return self._stub.ModelInfo(pb.ModelInfoRequest(), timeout=timeout or self.timeout)
+        return self._stub.ModelInfo(pb.ModelInfoRequest(), **self._options(timeout))
 
     def retrain(self, *, force: bool = False, timeout: float | None = None) -> pb.RetrainResponse:
-        return self._stub.Retrain(pb.RetrainRequest(force=force), timeout=timeout or self.timeout)
+        return self._stub.Retrain(pb.RetrainRequest(force=force), **self._options(timeout))
 
     def rollback(self, version: str = "", *, timeout: float | None = None) -> pb.RollbackResponse:
-        return self._stub.Rollback(pb.RollbackRequest(version=version), timeout=timeout or self.timeout)
+        return self._stub.Rollback(pb.RollbackRequest(version=version), **self._options(timeout))
 
     def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
-        return self._stub.ListModels(pb.ListModelsRequest(), timeout=timeout or self.timeout)
+        return self._stub.ListModels(pb.ListModelsRequest(), **self._options(timeout))
 
     def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
-        return self._stub.Health(pb.HealthRequest(), timeout=timeout or self.timeout)
+        return self._stub.Health(pb.HealthRequest(), **self._options(timeout))
+
+    def _options(self, timeout: float | None) -> dict[str, Any]:
+        return {"timeout": timeout or self.timeout, "metadata": self._metadata}
 
     def close(self) -> None:
         self._channel.close()

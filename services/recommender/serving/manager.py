@@ -6,6 +6,7 @@ the old one serves; then the handle is switched under the lock; the old model is
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,13 +16,14 @@ from dataclasses import dataclass
 
 from recommender.model.hybrid import HybridModel, warm
 from recommender.model.training import TrainingCancelled
+from recommender.training.progress import Progress, RetrainControl
 from recommender.training.trainer import Outcome, RetrainResult
 
 log = logging.getLogger(__name__)
 
-# Builds a new version: called with a function that says when to stop early (it raises then), and whether to
-# skip the promotion gate.
-ModelBuilder = Callable[[Callable[[], bool], bool], RetrainResult]
+# Builds a new version: told when to stop early (it raises then), whether to skip the promotion gate, and where to
+# report its stages.
+ModelBuilder = Callable[[RetrainControl], RetrainResult]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,7 @@ class RetrainState:
     last_error: str  # empty when the last retrain succeeded or none has run
     last_seconds: float  # wall time of the last finished retrain
     last: RetrainResult | None = None  # what the last retrain did
+    progress: Progress | None = None  # while one runs
 
 
 class Busy(Exception):
@@ -42,11 +45,16 @@ class ModelManager:
         model: HybridModel | None,
         build: ModelBuilder,
         on_change: Callable[[], None] = lambda: None,
+        on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
+        on_finished: Callable[[RetrainResult], None] = lambda result: None,
     ) -> None:
         self._lock = threading.RLock()
         self._model = model
         self._build = build
         self._on_change = on_change
+        self._on_stage_done = on_stage_done
+        self._on_finished = on_finished
+        self._control: RetrainControl | None = None
         self._state = RetrainState(running=False, last_error="", last_seconds=0.0)
         self._exclusive = threading.Lock()  # held by a retrain or a rollback: one at a time
         self._stopping = threading.Event()
@@ -60,7 +68,8 @@ class ModelManager:
     @property
     def state(self) -> RetrainState:
         with self._lock:
-            return self._state
+            control = self._control
+            return dataclasses.replace(self._state, progress=control.progress if control else None)
 
     def start_retrain(self, force: bool = False) -> Future[None] | None:
         """Starts a retrain in the background; None when one (or a rollback) is running, or when stopping."""
@@ -68,8 +77,9 @@ class ModelManager:
             return None
         with self._lock:
             self._state = RetrainState(True, self._state.last_error, self._state.last_seconds, self._state.last)
+            self._control = RetrainControl(self._stopping.is_set, force, self._on_stage_done)
         self._on_change()
-        return self._executor.submit(self._retrain, force)
+        return self._executor.submit(self._retrain, self._control)
 
     def swap(self, model: HybridModel) -> None:
         """Serves `model` from now on; it must be warm."""
@@ -82,14 +92,16 @@ class ModelManager:
         """`with manager.exclusive():` for a change of version outside a retrain; raises Busy while one runs."""
         return _Exclusive(self._exclusive)
 
-    def _retrain(self, force: bool) -> None:
+    def _retrain(self, control: RetrainControl) -> None:
         started = time.perf_counter()
         error, result = "", None
         try:
-            result = self._build(self._stopping.is_set, force)
+            result = self._build(control)
             if result.model is not None:
+                control.stage("swapping")
                 warm(result.model)  # before it takes traffic
                 self.swap(result.model)
+            control.finish()
         except TrainingCancelled:
             error = "cancelled: the service is shutting down"
             log.info("retrain cancelled: the service is shutting down")
@@ -101,7 +113,10 @@ class ModelManager:
             with self._lock:
                 last = result or self._state.last
                 self._state = RetrainState(False, error, time.perf_counter() - started, last)
+                self._control = None
             self._exclusive.release()
+            if result is not None:
+                self._on_finished(result)
             self._on_change()
 
     def shutdown(self) -> None:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # what `health.aio` re-exports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
 
 from recommender import demo
+from recommender.schedule import Schedule
+from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.manager import ModelBuilder, ModelManager
+from recommender.serving.scheduler import Scheduler
 from recommender.serving.servicer import RecommenderServicer
+from recommender.serving.telemetry import Metrics, ObservingInterceptor
 from recommender.serving.versions import Versions
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore
@@ -22,6 +28,8 @@ from recommender.training.trainer import Trainer, quality_policy, training_param
 from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+STATE_CHANGING = {"Retrain", "Rollback"}  # RPCs that need the admin credential when one is configured
 
 
 async def prepare_database(db: Database, settings: Settings) -> None:
@@ -65,6 +73,10 @@ class GrpcService:
         self._manager: ModelManager | None = None
         self._store = ArtifactStore(settings.artifacts_dir)
         self._health = health_aio.HealthServicer()
+        self.metrics = Metrics()
+        self._metrics_server: WSGIServer | None = None
+        self._scheduler: Scheduler | None = None
+        self._scheduler_task: asyncio.Task[None] | None = None
 
     @property
     def manager(self) -> ModelManager:
@@ -84,17 +96,35 @@ class GrpcService:
         loop = asyncio.get_running_loop()
 
         def on_change() -> None:  # called from the retrain thread too
-            self._mark_serving()
+            self._serving_changed()
             loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._publish_health()))
 
-        self._manager = ModelManager(model, self._build, on_change)
-        self._mark_serving()
-        await self._publish_health()
-        # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        recommender_pb2_grpc.add_RecommenderServicer_to_server(
-            RecommenderServicer(self._manager, versions, self._db.user_history, self.settings.start_alpha), server
+        self._manager = ModelManager(
+            model,
+            self._build,
+            on_change,
+            on_stage_done=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
+            on_finished=lambda result: self.metrics.retrains.labels(result.outcome.value).inc(),
         )
+        self._serving_changed()
+        await self._publish_health()
+        self._start_metrics_server()
+        if self.settings.retrain_schedule:
+            self._start_scheduler(Schedule.parse(self.settings.retrain_schedule), versions.registry, self._db)
+        credentials = Credentials.from_settings(self.settings)
+        # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
+        server = grpc.aio.server(
+            interceptors=[ObservingInterceptor(self.metrics), AuthInterceptor(credentials, self._needs_credentials)],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        servicer = RecommenderServicer(
+            self._manager,
+            versions,
+            self._db.user_history,
+            self.settings.start_alpha,
+            next_scheduled_retrain=lambda: self._scheduler.next_tick if self._scheduler else None,
+        )
+        recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -116,10 +146,44 @@ class GrpcService:
         else:
             log.info("serving model version %s", model.meta.version)
 
-    def _mark_serving(self) -> None:
-        model = self._manager.model if self._manager is not None else None
+    def _needs_credentials(self, method: str) -> bool:
+        """Calls that change state always; the Recommender's reads when RECOMMENDER_AUTH_READS is set. Health
+        checks and reflection stay open for probes and tools."""
+        name = method.rsplit("/", 1)[-1]
+        if not method.startswith(f"/{SERVICE_NAME}/") or name == "Health":
+            return False
+        return name in STATE_CHANGING or self.settings.auth_reads
+
+    def _serving_changed(self) -> None:
+        assert self._manager is not None
+        model, state = self._manager.model, self._manager.state
+        self.metrics.retraining.set(1 if state.running else 0)
         if model is not None:
             self._store.mark_serving(model.meta.version)
+            self.metrics.serving(model)
+
+    def _start_metrics_server(self) -> None:
+        server, _thread = start_http_server(
+            self.settings.metrics_port, self.settings.metrics_host, registry=self.metrics.registry
+        )
+        self._metrics_server = server
+        address = f"{self.settings.metrics_host}:{server.server_port}"
+        published = self.settings.data_dir / "metrics-address"
+        published.parent.mkdir(parents=True, exist_ok=True)
+        published.write_text(address + "\n", encoding="utf-8")
+        log.info("Prometheus metrics on http://%s/metrics (also in %s)", address, published.resolve())
+
+    def _start_scheduler(self, schedule: Schedule, registry: Registry, db: Database) -> None:
+        async def new_interactions() -> int:
+            active = await registry.active()
+            return await db.interactions_changed_since(active.created_at if active else None)
+
+        assert self._manager is not None
+        self._scheduler = Scheduler(
+            schedule, self._manager, new_interactions, self.settings.retrain_min_new_interactions
+        )
+        self._scheduler_task = asyncio.create_task(self._scheduler.run())
+        log.info("retraining on the schedule %r", schedule.text)
 
     async def _publish_health(self) -> None:
         serving = self._manager is not None and self._manager.model is not None
@@ -129,9 +193,14 @@ class GrpcService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """In-flight calls get `grace` seconds; a running retrain stops at its next checkpoint."""
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self._manager is not None:
             await asyncio.to_thread(self._manager.shutdown)
             self._store.unmark_serving()

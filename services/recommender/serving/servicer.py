@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -31,11 +32,19 @@ HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float | None]]]]
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(self, manager: ModelManager, versions: Versions, history: HistoryLookup, alpha: float) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        versions: Versions,
+        history: HistoryLookup,
+        alpha: float,
+        next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
+    ) -> None:
         self._manager = manager
         self._versions = versions
         self._history = history
         self._alpha = alpha  # the configured blend weight, shown until a model is loaded
+        self._next_scheduled_retrain = next_scheduled_retrain
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -77,34 +86,38 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
     ) -> pb.ModelInfoResponse:
         model, state = self._manager.model, self._manager.state
-        if model is None:
-            return pb.ModelInfoResponse(
-                status="not_loaded",
-                alpha=self._alpha,
-                cf_model=pb.CfModelInfo(),
-                content_model=pb.ContentModelInfo(),
-                is_retraining=state.running,
-                last_retrain_error=state.last_error,
-                last_retrain=_last_retrain(state.last),
+        progress = state.progress
+        fields: dict[str, Any] = {
+            "status": "not_loaded",
+            "alpha": self._alpha,
+            "cf_model": pb.CfModelInfo(),
+            "content_model": pb.ContentModelInfo(),
+            "is_retraining": state.running,
+            "last_retrain_error": state.last_error,
+            "last_retrain": _last_retrain(state.last),
+            "next_scheduled_retrain": _timestamp(self._next_scheduled_retrain()),
+        }
+        if progress is not None:
+            fields["retrain_progress"] = pb.RetrainProgress(
+                stage=progress.stage, percent=round(progress.percent, 1), started_at=_timestamp(progress.started_at)
             )
-        trained_at = Timestamp()
-        trained_at.FromDatetime(model.meta.trained_at)
-        return pb.ModelInfoResponse(
-            status="loaded",
-            alpha=model.alpha,
-            cf_model=pb.CfModelInfo(
-                num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
-            ),
-            content_model=pb.ContentModelInfo(num_books=model.content.num_books, feature_dim=model.content.feature_dim),
-            is_retraining=state.running,
-            version=model.meta.version,
-            trained_at=trained_at,
-            training_seconds=round(model.meta.training_seconds, 3),
-            last_retrain_error=state.last_error,
-            metrics=_metrics(model.meta.metrics),
-            last_retrain=_last_retrain(state.last),
-            params=_struct(model.meta.params),
-        )
+        if model is not None:
+            fields |= {
+                "status": "loaded",
+                "alpha": model.alpha,
+                "cf_model": pb.CfModelInfo(
+                    num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
+                ),
+                "content_model": pb.ContentModelInfo(
+                    num_books=model.content.num_books, feature_dim=model.content.feature_dim
+                ),
+                "version": model.meta.version,
+                "trained_at": _timestamp(model.meta.trained_at),
+                "training_seconds": round(model.meta.training_seconds, 3),
+                "metrics": _metrics(model.meta.metrics),
+                "params": _struct(model.meta.params),
+            }
+        return pb.ModelInfoResponse(**fields)
 
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
@@ -180,6 +193,14 @@ def _last_retrain(result: RetrainResult | None) -> pb.LastRetrain | None:
     )
 
 
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
 def _struct(values: dict[str, Any]) -> Struct:
     struct = Struct()
     struct.update(values)
@@ -187,14 +208,11 @@ def _struct(values: dict[str, Any]) -> Struct:
 
 
 def _model_version(record: VersionRecord) -> pb.ModelVersion:
-    created_at = Timestamp()
-    if record.created_at is not None:
-        created_at.FromDatetime(record.created_at)
     sizes = record.data_sizes
     return pb.ModelVersion(
         version=record.version,
         status=record.status.value,
-        created_at=created_at,
+        created_at=_timestamp(record.created_at),
         metrics=_metrics(record.metrics),
         params=_struct(record.params),
         reason=record.reason,

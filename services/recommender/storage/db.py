@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import numpy as np
@@ -37,9 +37,10 @@ class DatabaseUnavailable(RuntimeError):
 
 
 def describe(dsn: str) -> str:
-    """host:port/dbname of a URL, without the user or the password."""
+    """host:port/dbname of a URL (or the socket folder of one that names it), without the user or the password."""
     parts = urlsplit(dsn)
-    host = parts.hostname or "localhost"
+    socket_dir = parse_qs(parts.query).get("host", [""])[0]
+    host = parts.hostname or socket_dir or "localhost"
     return f"{host}:{parts.port or 5432}{parts.path or '/'}"
 
 
@@ -186,6 +187,13 @@ class Database:
         """(book_id, rating or None) of everything the user interacted with."""
         rows = await self._pool.fetch("SELECT book_id, rating FROM interactions WHERE user_id = $1", user_id)
         return [(row["book_id"], row["rating"]) for row in rows]
+
+    async def interactions_changed_since(self, moment: datetime | None) -> int:
+        """(user, book) rows added or changed after `moment` (all of them when None)."""
+        count: int = await self._pool.fetchval(
+            "SELECT count(*) FROM interactions WHERE $1::timestamptz IS NULL OR updated_at > $1", moment
+        )
+        return count
 
     async def counts(self) -> dict[str, int]:
         row = await self._pool.fetchrow(

