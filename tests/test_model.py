@@ -86,8 +86,8 @@ def test_a_popularity_prior_steers_users_with_little_history() -> None:
     prior = train(data, dataclasses.replace(PARAMS, popularity_prior=2.0))
     assert plain.recommend(50, 1).books[0].book_id != 20
     assert prior.recommend(50, 1).books[0].book_id == 20
-    # A user with a longer history keeps their own ranking.
-    assert [b.book_id for b in prior.recommend(8, 3).books] == [b.book_id for b in plain.recommend(8, 3).books]
+    # A user with a longer history keeps their own top books.
+    assert {b.book_id for b in prior.recommend(8, 3).books} == {b.book_id for b in plain.recommend(8, 3).books}
 
 
 def test_alpha_one_ranks_by_cf_and_zero_by_content(model: HybridModel) -> None:

@@ -26,7 +26,7 @@ import psutil
 import scipy.sparse as sp
 
 from recommender.model.cf import CFModel
-from recommender.model.content import ContentModel
+from recommender.model.content import DIMENSIONS, ContentModel, reduce
 from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class ArtifactStore:
         )
         sp.save_npz(incoming / "cf_user_items.npz", model.cf.user_items)
         sp.save_npz(incoming / "content_features.npz", model.content.features)
+        np.save(incoming / "content_vectors.npy", model.content.vectors)
         manifest = {
             "format": FORMAT,
             "version": version,
@@ -161,7 +162,12 @@ class ArtifactStore:
                     item_factors=arrays["item_factors"],
                     user_items=sp.csr_matrix(sp.load_npz(folder / "cf_user_items.npz")),
                 )
-            content = ContentModel(sp.csr_matrix(sp.load_npz(folder / "content_features.npz")))
+            features = sp.csr_matrix(sp.load_npz(folder / "content_features.npz"))
+            vectors_file = folder / "content_vectors.npy"
+            vectors = (
+                np.load(vectors_file, allow_pickle=False) if vectors_file.exists() else reduce(features, DIMENSIONS)
+            )  # versions from before the dense vectors get them computed
+            content = ContentModel(features, vectors)
             meta = ModelMeta(
                 version,
                 datetime.fromisoformat(manifest["trained_at"]),

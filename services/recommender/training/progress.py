@@ -31,8 +31,10 @@ class RetrainControl:
         force: bool = False,
         on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
         on_progress: Callable[[Progress], None] = lambda progress: None,
+        quiet: bool = False,
     ) -> None:
         self.should_stop = should_stop
+        self._quiet = quiet  # report stages without logging them (another process logs them)
         self.force = force
         self._on_stage_done = on_stage_done
         self._on_progress = on_progress
@@ -62,6 +64,6 @@ class RetrainControl:
     def _end_stage(self) -> None:
         with self._lock:
             stage, seconds = self._progress.stage, time.perf_counter() - self._stage_started
-        if stage in STAGES:
+        if stage in STAGES and not self._quiet:
             log.info("retrain stage %s took %.2f s", stage, seconds)
             self._on_stage_done(stage, seconds)

@@ -48,6 +48,15 @@ class RetrainResult:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """What the heavy part of a retrain decided. A promoted one (with the registry record to write when it is
+    published) has its artifact written but is not active yet; a rejected one is recorded already."""
+
+    result: RetrainResult
+    record: VersionRecord | None
+
+
+@dataclass(frozen=True)
 class QualityPolicy:
     tuning: bool = True
     tuning_seconds: float = 10.0
@@ -110,8 +119,12 @@ class Trainer:
     policy: QualityPolicy = field(default_factory=QualityPolicy)
 
     def __call__(self, control: RetrainControl | None = None) -> RetrainResult:
-        """Runs in a worker thread; each database step on its own short event loop and connection."""
-        control = control or RetrainControl()
+        """The whole retrain in this process (a worker thread, or the CLI)."""
+        return self.publish(self.prepare(control or RetrainControl()))
+
+    def prepare(self, control: RetrainControl) -> Candidate:
+        """The heavy part: snapshot, evaluate, gate, fit and write the artifact. Each database step runs on its own
+        short event loop and connection, so it can run in a worker thread or a child process."""
         started = time.perf_counter()
         control.stage("loading")
         snapshot = asyncio.run(self._snapshot())
@@ -123,15 +136,38 @@ class Trainer:
         except TrainingCancelled:
             raise
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            failed = VersionRecord(version, Status.FAILED, reason, data_sizes=snapshot.sizes)
-            try:
-                asyncio.run(self._record(failed))
-            except Exception:  # the database may be what failed: the log and the caller still say why
-                log.warning("could not record failed version %s in the registry", version, exc_info=True)
+            self._record_failure(VersionRecord(version, Status.FAILED, data_sizes=snapshot.sizes), exc)
             raise
 
-    def _release(self, snapshot: Snapshot, version: str, started: float, control: RetrainControl) -> RetrainResult:
+    def publish(self, candidate: Candidate) -> RetrainResult:
+        """Makes a promoted candidate the active version: loads its artifact back (what runs is what a restart or
+        another replica would load), records it, and returns it with the model to serve."""
+        result = candidate.result
+        if candidate.record is None:
+            return result
+        try:
+            model = self.store.load(result.version)
+            asyncio.run(self._record(candidate.record))
+        except Exception as exc:
+            self._record_failure(candidate.record, exc)
+            raise
+        self.store.set_current(result.version)
+        self.store.prune(self.keep_versions)
+        log.info(
+            "version %s is active: %d users, %d items, %d interactions, %d features; %s",
+            result.version, model.cf.num_users, model.cf.num_items, model.cf.nnz, model.content.feature_dim,
+            result.reason,
+        )  # fmt: skip
+        return dataclasses.replace(result, model=model)
+
+    def _record_failure(self, record: VersionRecord, exc: Exception) -> None:
+        failed = dataclasses.replace(record, status=Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        try:
+            asyncio.run(self._record(failed))
+        except Exception:  # the database may be what failed: the log and the caller still say why
+            log.warning("could not record failed version %s in the registry", record.version, exc_info=True)
+
+    def _release(self, snapshot: Snapshot, version: str, started: float, control: RetrainControl) -> Candidate:
         data, active, should_stop = snapshot.data, snapshot.active, control.should_stop
         control.stage("content")
         the_split = split(data, self.policy.split)
@@ -168,7 +204,7 @@ class Trainer:
             seconds = time.perf_counter() - started
             asyncio.run(self._record(dataclasses.replace(record, status=Status.REJECTED, reason=reason)))
             log.info("version %s rejected: %s; %s keeps serving", version, reason, active and active.version)
-            return RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after)
+            return Candidate(RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after), None)
 
         control.stage("cf")
         final = train(data, candidate.params, should_stop, fitted_content)
@@ -178,8 +214,6 @@ class Trainer:
         )
         control.stage("saving")
         self.store.save(dataclasses.replace(final, meta=meta))
-        # Serve what was written, so that what runs is what a restart (or another replica) would load.
-        model = self.store.load(version)
         if not before:
             reason = "the first version"
         elif force:
@@ -187,15 +221,11 @@ class Trainer:
         else:
             reason = f"NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f}"
         seconds = time.perf_counter() - started
-        asyncio.run(self._record(dataclasses.replace(record, reason=reason, training_seconds=seconds)))
-        self.store.set_current(version)
-        self.store.prune(self.keep_versions)
-        log.info(
-            "trained version %s in %.1f s: %d users, %d items, %d interactions, %d features; %s",
-            version, seconds, model.cf.num_users, model.cf.num_items, model.cf.nnz, model.content.feature_dim,
-            reason,
-        )  # fmt: skip
-        return RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after, model)
+        log.info("trained version %s in %.1f s", version, seconds)
+        return Candidate(
+            RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after),
+            dataclasses.replace(record, reason=reason, training_seconds=seconds),
+        )
 
     def _candidate(
         self,
