@@ -1,8 +1,8 @@
 """Converts the real data sets in ../shared/data into `recommender import` CSV files (never committed).
 
-    .venv/bin/python bench/convert.py goodbooks OUT_DIR    # Goodreads sample, with genres and descriptions
-    .venv/bin/python bench/convert.py movielens OUT_DIR    # MovieLens latest-small, tags as descriptions
-    .venv/bin/python bench/convert.py demo OUT_DIR         # the demo catalogue a new service starts with
+    .venv/bin/python -m bench.convert goodbooks OUT_DIR    # Goodreads sample, with genres and descriptions
+    .venv/bin/python -m bench.convert movielens OUT_DIR    # MovieLens latest-small, tags as descriptions
+    .venv/bin/python -m bench.convert demo OUT_DIR         # the demo catalogue a new service starts with
 
 Each writes OUT_DIR/books.csv and OUT_DIR/interactions.csv.
 """

@@ -66,7 +66,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(workdir: Path) -> Iterator[str]:
+def running_server(workdir: Path, tuning_seconds: float | None = None) -> Iterator[str]:
     http_port = free_port()
     # The defaults, as a new user gets them.
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
@@ -76,6 +76,8 @@ def running_server(workdir: Path) -> Iterator[str]:
         "RECOMMENDER_GRPC_PORT": str(free_port()),
         "RECOMMENDER_HTTP_PORT": str(http_port),
     }
+    if tuning_seconds is not None:
+        env["RECOMMENDER_TUNING_SECONDS"] = str(tuning_seconds)
     url = f"http://127.0.0.1:{http_port}"
     with open(workdir / "server.log", "w") as log:
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
@@ -149,8 +151,12 @@ def _keys(value: object, prefix: str = "") -> Iterator[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare the README's blocks with a real run")
+    parser.add_argument("--tuning-seconds", type=float, help="a shorter tuning budget (the shapes do not change)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="refresh-readme-") as tmp, running_server(Path(tmp)) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="refresh-readme-") as tmp,
+        running_server(Path(tmp), args.tuning_seconds) as url,
+    ):
         samples = {"curl": curl_session(url), "test-retrain": test_script(url)}
     text = README.read_text(encoding="utf-8")
     found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}

@@ -102,3 +102,12 @@ def test_the_evaluate_command_prints_a_table_and_writes_csv_and_png(tmp_path: Pa
     assert [row["model"] for row in rows] == names
     assert all(0.0 <= float(row["ndcg_at_10"]) <= 1.0 for row in rows)
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_beyond_max_users_a_deterministic_sample_is_evaluated() -> None:
+    rows = [Interaction(u, b, 5.0) for u in range(1, 31) for b in range(1, 11)]
+    data = TrainingData.from_interactions(BOOKS, rows)
+    sampled = split(data, SplitParams(max_users=7))
+    assert len(sampled.held_out) == 7
+    assert split(data, SplitParams(max_users=7)).held_out.keys() == sampled.held_out.keys()
+    assert sampled.train.num_interactions == len(rows) - 7 * 2  # the others keep all their books

@@ -363,7 +363,7 @@ def test_two_instances_on_other_ports_start_side_by_side(server: Server, postgre
 
 def test_the_readme_samples_come_from_a_real_run() -> None:
     result = subprocess.run(
-        [sys.executable, "scripts/refresh_readme.py", "--check"],
+        [sys.executable, "scripts/refresh_readme.py", "--check", "--tuning-seconds", "0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

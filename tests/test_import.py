@@ -11,9 +11,12 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
+import numpy as np
 import pytest
 
+from recommender.model.dataset import TrainingData
 from recommender.storage.db import Database
+from tests.conftest import create_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -304,3 +307,38 @@ def test_the_migration_merges_earlier_duplicate_events(database_url: str) -> Non
             await conn.close()
 
     assert asyncio.run(scenario()) == [(7, 1, 2.0, 300, 100)]
+
+
+def test_the_training_snapshot_reads_every_interaction_exactly(
+    database_url: str, postgres_url: str, tmp_path: Path
+) -> None:
+    books, interactions = write(tmp_path, "b.csv", BOOKS), write(tmp_path, "i.csv", INTERACTIONS)
+    assert run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions)).returncode == 0
+
+    async def snapshot() -> TrainingData:
+        async with await Database.connect(database_url, max_size=1) as db:
+            return await db.load_training_data()
+
+    data = asyncio.run(snapshot())
+    rows = sorted(zip(data.user_ids.tolist(), data.book_ids.tolist(), data.ratings.tolist(), strict=True))
+    assert rows[0] == (1, 1, 5.0) and rows[2] == (2, 3, 3.5)
+    assert rows[1][:2] == (1, 2) and np.isnan(rows[1][2])  # unrated
+    assert 1700000000 in data.timestamps.tolist() and [b.book_id for b in data.books] == [1, 2, 3]
+    assert asyncio.run(_empty_snapshot(create_database(postgres_url))).num_interactions == 0
+
+
+async def _empty_snapshot(url: str) -> TrainingData:
+    async with await Database.connect(url, max_size=1) as db:
+        await db.migrate()
+        return await db.load_training_data()
+
+
+def test_gpu_training_without_cuda_stops_start_up_clearly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train.py"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=False,
+        env={**os.environ, "RECOMMENDER_TRAIN_DEVICE": "gpu", "RECOMMENDER_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "RECOMMENDER_TRAIN_DEVICE=gpu, but CUDA is not usable here" in result.stderr
+    assert not (tmp_path / "pgdata").exists()

@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recommender: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format)
+    if settings.train_device == "gpu" and args.command in ("serve", "train", None):
+        from recommender.model.cf import cuda_available
+
+        if not cuda_available():
+            print(
+                "recommender: RECOMMENDER_TRAIN_DEVICE=gpu, but CUDA is not usable here: install the gpu extra "
+                "(pip install -e '.[gpu]') on a machine with an NVIDIA GPU, or set it to auto or cpu",
+                file=sys.stderr,
+            )
+            return 2
     # A closed terminal (SIGHUP) or a plain kill (SIGTERM) stops as cleanly as Ctrl-C: the embedded database and
     # Envoy are stopped on the way out. `serve` replaces these with its own handlers once its event loop runs.
     for sig in (signal.SIGHUP, signal.SIGTERM):

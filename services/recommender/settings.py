@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     alpha: float | Literal["auto"] = 0.6
     # Training knobs.
     train_threads: int = Field(default=1, ge=1, le=64)
+    # auto: implicit's GPU ALS when CUDA is usable (the `gpu` extra on an NVIDIA machine), else the CPU.
+    train_device: Literal["auto", "cpu", "gpu"] = "auto"
     als_factors: int = Field(default=64, ge=1, le=1024)
     als_iterations: int = Field(default=15, ge=1, le=200)
     als_regularization: float = Field(default=0.05, ge=0.0)
@@ -51,6 +53,7 @@ class Settings(BaseSettings):
     eval_min_positives: int = Field(default=5, ge=2)
     eval_seed: int = 42
     eval_split: Literal["random", "time"] = "random"
+    eval_max_users: int = Field(default=5000, ge=1)
     # Operations: credentials for the calls that change state, the retrain schedule, metrics and logs.
     api_key: SecretStr | None = Field(default=None, min_length=8)
     jwt_secret: SecretStr | None = Field(default=None, min_length=16)

@@ -29,6 +29,7 @@ class ALSParams:
     rating_scale: float = 1.0  # how much each star above the dislike threshold adds to the weight
     threads: int = 1
     random_state: int = 42
+    device: str = "cpu"  # "gpu": implicit's CUDA ALS
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,24 @@ def confidence_matrix(data: TrainingData, rating_scale: float = 1.0) -> tuple[In
     return user_ids.astype(np.int32), item_ids.astype(np.int32), matrix
 
 
+def cuda_available() -> bool:
+    """Whether implicit's GPU ALS can run here (its CUDA build, rmm, and a device)."""
+    try:
+        import implicit.gpu
+
+        return bool(implicit.gpu.HAS_CUDA)
+    except ImportError:
+        return False
+
+
 def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], None] | None = None) -> CFModel:
-    """Fits ALS on the CPU with bounded threads. `on_iteration` may raise to abort the fit."""
-    from implicit.cpu.als import AlternatingLeastSquares  # the CPU class: never the GPU one, even with CUDA
+    """Fits ALS with bounded threads on the CPU, or on the GPU when `params.device` says so (the factors come back
+    to the CPU for serving). `on_iteration` may raise to abort the fit."""
+    device = params.device
+    if device == "gpu":
+        from implicit.gpu.als import AlternatingLeastSquares
+    else:
+        from implicit.cpu.als import AlternatingLeastSquares  # never the GPU class by accident, even with CUDA
 
     user_ids, item_ids, user_items = confidence_matrix(data, params.rating_scale)
     if user_items.nnz == 0:
@@ -105,15 +121,18 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
 
     # implicit warns and slows down when BLAS runs its own threads beside ALS's.
     with threadpool_limits(1, "blas"):
+        options = {"num_threads": params.threads} if device != "gpu" else {}
         als = AlternatingLeastSquares(
             factors=params.factors,
             iterations=params.iterations,
             regularization=params.regularization,
             alpha=params.confidence,
-            num_threads=params.threads,
             random_state=params.random_state,
+            **options,
         )
         als.fit(user_items, show_progress=False, callback=callback)
+    if device == "gpu":
+        als = als.to_cpu()
     return CFModel(
         user_ids=user_ids,
         item_ids=item_ids,

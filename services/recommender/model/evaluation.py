@@ -1,8 +1,9 @@
 """Offline evaluation: a held-out split of each user's liked books, and top-k ranking metrics.
 
 Protocol: users with at least `min_positives` positive interactions (unrated, or rated at or above the like
-threshold) are eligible; `holdout` of each eligible user's positives (at least one) are held out, chosen at random
-with `seed` or, with `by_time`, the most recent ones. Everything else trains. A ranker then recommends `k` books
+threshold) are eligible (a random sample of `max_users` of them when there are more); `holdout` of each eligible
+user's positives (at least one) are held out, chosen at random with `seed` or, with `by_time`, the most recent
+ones. Everything else trains. A ranker then recommends `k` books
 per eligible user from the books they have not interacted with in training, and the metrics compare them with the
 held-out books.
 """
@@ -31,6 +32,7 @@ class SplitParams:
     seed: int = 42
     by_time: bool = False
     like_threshold: float = 4.0
+    max_users: int = 5000  # evaluate a random sample of the eligible users beyond this (metrics settle long before)
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,15 @@ def split(data: TrainingData, params: SplitParams = SplitParams()) -> Split:
     order = np.lexsort((data.book_ids, data.user_ids))  # by user, then book: independent of the snapshot's order
     users, starts = np.unique(data.user_ids[order], return_index=True)
     ends = np.append(starts[1:], len(order))
+    liked_counts = np.add.reduceat(liked[order], starts) if len(starts) else np.zeros(0, dtype=np.int64)
+    eligible = np.flatnonzero(liked_counts >= params.min_positives)
+    if len(eligible) > params.max_users:
+        eligible = np.sort(rng.choice(eligible, size=params.max_users, replace=False))
     test = np.zeros(data.num_interactions, dtype=bool)
     held_out: dict[int, IntArray] = {}
-    for user, start, end in zip(users, starts, ends, strict=True):
+    for user, start, end in zip(users[eligible], starts[eligible], ends[eligible], strict=True):
         rows = order[start:end]
         rows = rows[liked[rows]]
-        if len(rows) < params.min_positives:
-            continue
         count = max(1, round(len(rows) * params.holdout))
         if params.by_time:
             chosen = rows[np.argsort(data.timestamps[rows], kind="stable")[-count:]]

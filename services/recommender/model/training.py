@@ -25,13 +25,13 @@ class TrainingParams:
     def as_dict(self) -> dict[str, Any]:
         """The knobs that shape the model, flat (what the registry stores and tuning starts from)."""
         als = dataclasses.asdict(self.als)
-        del als["threads"]  # how fast, not what
+        del als["threads"], als["device"]  # how fast, not what
         top = {"tfidf_max_features": self.tfidf_max_features, "alpha": self.alpha}
         return {**als, **top, "popularity_prior": self.popularity_prior}
 
     def with_values(self, values: dict[str, Any]) -> TrainingParams:
         """These params with the known keys of `values` (as `as_dict` writes them) replaced."""
-        als_fields = {f.name for f in dataclasses.fields(cf.ALSParams)} - {"threads"}
+        als_fields = {f.name for f in dataclasses.fields(cf.ALSParams)} - {"threads", "device"}
         als = dataclasses.replace(self.als, **{k: v for k, v in values.items() if k in als_fields})
         top = {k: v for k, v in values.items() if k in ("tfidf_max_features", "alpha", "popularity_prior")}
         return dataclasses.replace(self, als=als, **top)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from recommender import logs
 from recommender.model.training import TrainingCancelled
 from recommender.training.progress import Progress, RetrainControl
@@ -88,6 +90,8 @@ class IsolatedTrainer:
 def _prepare_in_child(trainer: Trainer, force: bool, messages: Any, log_format: str) -> None:
     logs.configure(log_format)
     os.nice(NICENESS)
+    # Every thread pool (BLAS, OpenMP) as small as the training threads: serving keeps the other cores.
+    threadpool_limits(trainer.params.als.threads)
 
     def report(progress: Progress) -> None:
         messages.put(("stage", progress.stage))

@@ -14,7 +14,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from recommender.model.cf import ALSParams
+from recommender.model.cf import ALSParams, cuda_available
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import Split, SplitParams, split
@@ -74,11 +74,19 @@ def training_params(settings: Settings) -> TrainingParams:
             confidence=settings.als_confidence,
             rating_scale=settings.als_rating_scale,
             threads=settings.train_threads,
+            device=train_device(settings),
         ),
         tfidf_max_features=settings.tfidf_max_features,
         alpha=settings.start_alpha,
         popularity_prior=settings.popularity_prior,
     )
+
+
+def train_device(settings: Settings) -> str:
+    """ "gpu" or "cpu" for RECOMMENDER_TRAIN_DEVICE; "gpu" without CUDA is refused at start-up (see the CLI)."""
+    if settings.train_device == "cpu":
+        return "cpu"
+    return "gpu" if cuda_available() else "cpu"
 
 
 def quality_policy(settings: Settings) -> QualityPolicy:
@@ -92,6 +100,7 @@ def quality_policy(settings: Settings) -> QualityPolicy:
             min_positives=settings.eval_min_positives,
             seed=settings.eval_seed,
             by_time=settings.eval_split == "time",
+            max_users=settings.eval_max_users,
         ),
     )
 

@@ -1,0 +1,140 @@
+"""What the benchmarks share: a service with a demo catalogue of a given size (kept in bench/.work/ between runs),
+started with the real `python server.py`, and a results writer (Markdown and CSV in bench/results/, with the
+machine's description)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "bench" / ".work"
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Size:
+    books: int
+    users: int
+    interactions: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.books}b-{self.users}u-{self.interactions}i"
+
+
+MEDIUM = Size(10_000, 50_000, 1_000_000)  # the issue's size
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    grpc_target: str
+    data_dir: Path
+    log: Path
+
+    def health(self) -> dict[str, object]:
+        try:
+            body: dict[str, object] = httpx.get(f"{self.url}/api/v1/health", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body
+
+    def wait_idle(self, timeout: float = 1800) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health() != {"status": "ok", "models_loaded": True}:
+            if self.process.poll() is not None:
+                raise SystemExit(f"the service exited:\n{self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise SystemExit("the service did not become idle in time")
+            time.sleep(0.5)
+
+    def rss_bytes(self) -> int:
+        return int(psutil.Process(self.process.pid).memory_info().rss)
+
+
+@contextmanager
+def service(size: Size, **settings: str) -> Iterator[Service]:
+    """The service on free ports over the catalogue of `size` (created, seeded and trained on first use)."""
+    data_dir = WORK / size.name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
+    env |= {
+        "RECOMMENDER_DATA_DIR": str(data_dir / "var"),
+        "RECOMMENDER_ARTIFACTS_DIR": str(data_dir / "artifacts"),
+        "RECOMMENDER_HTTP_PORT": str(http_port),
+        "RECOMMENDER_GRPC_PORT": str(grpc_port),
+        "RECOMMENDER_DEMO_BOOKS": str(size.books),
+        "RECOMMENDER_DEMO_USERS": str(size.users),
+        "RECOMMENDER_DEMO_INTERACTIONS": str(size.interactions),
+        **{f"RECOMMENDER_{key.upper()}": value for key, value in settings.items()},
+    }
+    log = data_dir / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
+    running = Service(process, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", data_dir, log)
+    try:
+        running.wait_idle()
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(120)
+
+
+def percentiles(latencies: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p95, p99 in milliseconds."""
+    if not latencies:
+        return float("nan"), float("nan"), float("nan")
+    p50, p95, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+def machine() -> str:
+    memory = psutil.virtual_memory().total / 2**30
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {memory:.0f} GiB, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
+    )
+
+
+def write_results(name: str, title: str, columns: list[str], rows: list[list[object]], notes: str = "") -> Path:
+    """bench/results/<name>.md and .csv; prints the table too."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    shown = [[f"{v:.2f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    table = "\n".join(
+        ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in shown]
+    )
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"# {title}\n\n{when}; {machine()}\n\n{table}\n" + (f"\n{notes}\n" if notes else "")
+    path = RESULTS / f"{name}.md"
+    path.write_text(text, encoding="utf-8")
+    with open(RESULTS / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    print(text)
+    return path
