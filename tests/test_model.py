@@ -162,3 +162,24 @@ def test_training_stops_when_asked() -> None:
     with pytest.raises(TrainingCancelled):
         train(TrainingData.from_interactions(BOOKS, interactions()), PARAMS, stop_on_the_third_check)
     assert calls == 3
+
+
+def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
+    """recommend() takes shortcuts for speed; the answers are those of score(), the path evaluation measures."""
+    from recommender import demo
+
+    catalogue = demo.generate(3, 300, 80, 2500)
+    model = train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, popularity_prior=10.0, tfidf_max_features=2000),
+    )
+    fresh = [(5, 5.0), (17, None), (40, 2.0)]
+    for user, history in [*((u, ()) for u in range(1, 81)), (10_000, fresh), (10_001, ())]:
+        fast = model.recommend(user, 10, history)
+        scores = model.score([model.history(user, history)])
+        slow = model.top(scores, 10)[0]
+        assert [b.book_id for b in fast.books] == model.catalogue.book_ids[slow].tolist(), user
+        for book, position in zip(fast.books, slow, strict=True):
+            assert book.score == pytest.approx(float(scores.blended[0, position]), abs=1e-4)
+            assert book.cf_score == pytest.approx(float(scores.cf[0, position]), abs=1e-4)
+            assert book.content_score == pytest.approx(float(scores.content[0, position]), abs=1e-4)
