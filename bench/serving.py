@@ -86,9 +86,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="RECOMMENDER_WORKERS")
     args = parser.parse_args()
     rows: list[list[object]] = []
-    with service(MEDIUM) as running:
+    with service(MEDIUM, WORKERS=str(args.workers)) as running:
         rates: dict[tuple[str, str], float] = {}
         for kind in ("health", "known", "unknown"):
             rate, latencies = asyncio.run(
@@ -102,13 +103,14 @@ def main() -> int:
             rates["envoy", kind] = rate
             rows.append(["Envoy (wrk)", kind, rate, p50, p90, p99])
     notes = (
-        f"{args.connections} connections, {args.seconds:.0f} s each, limit 10, catalogue {MEDIUM.name}; client and "
+        f"{args.connections} connections, {args.seconds:.0f} s each, limit 10, catalogue {MEDIUM.name}, "
+        f"{args.workers} serving process(es); client and "
         "server share the machine. For wrk the middle column is p90 (what it reports), for gRPC p95.\n\n"
         f"Recommend (known users) / Health through Envoy: {rates['envoy', 'known'] / rates['envoy', 'health']:.2f} "
         f"(target 0.6); through gRPC: {rates['grpc', 'known'] / rates['grpc', 'health']:.2f}."
     )
     write_results(
-        "serving",
+        "serving" if args.workers == 1 else f"serving-{args.workers}-workers",
         "Serving: requests per second and latency",
         ["path", "call", "requests/s", "p50 ms", "p95 (p90) ms", "p99 ms"],
         rows,

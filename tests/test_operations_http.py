@@ -156,3 +156,45 @@ def test_train_shows_a_progress_bar_in_a_terminal_and_lines_elsewhere(postgres_u
     text = output.decode(errors="replace")
     assert "100%" in text and "trained model version" in text
     assert "retrain stage" not in text
+
+
+def test_workers_share_the_load_and_follow_the_main_process(postgres_url: str, tmp_path: Path) -> None:
+    server = start_server(create_database(postgres_url), tmp_path, WORKERS="2")
+    try:
+        children = psutil.Process(server.process.pid).children(recursive=True)
+        assert sum("worker" in " ".join(child.cmdline()) for child in children) == 1
+        admin = (tmp_path / "var" / "envoy-admin-address").read_text().strip()
+
+        def serving_hosts() -> list[str]:
+            lines = httpx.get(f"http://{admin}/clusters", timeout=5).text.splitlines()
+            return [line for line in lines if line.startswith("recommender_serving::")]
+
+        # Envoy's health checks (every 0.5 s) let a process in once it serves a model.
+        wait_for(lambda: sum(line.endswith("::health_flags::healthy") for line in serving_hosts()) == 2, timeout=10)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            answers = [http.get(f"/api/v1/recommendations?user_id={u}&limit=3").json() for u in range(1, 41)]
+            assert all("model_version" in a for a in answers), answers
+            versions = {a["model_version"] for a in answers}
+            assert len(versions) == 1
+            assert http.post("/api/v1/retrain").status_code == 200
+            wait_idle(http)
+            new = http.get("/api/v1/model/info").json()["version"]
+            assert new not in versions
+
+            def everyone_serves_the_new_version() -> bool:
+                answers = [http.get(f"/api/v1/recommendations?user_id={u}&limit=3").json() for u in range(1, 21)]
+                return {answer["model_version"] for answer in answers} == {new}
+
+            wait_for(everyone_serves_the_new_version, timeout=5)
+        served = [int(line.rsplit("::", 1)[1]) for line in serving_hosts() if "::rq_total::" in line]
+        assert len(served) == 2 and all(count > 5 for count in served), served
+    finally:
+        assert server.stop() == 0
+    wait_for(lambda: not any(_alive(child) for child in children), timeout=10)  # workers, fork server, Envoy
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -10,19 +10,27 @@ import os
 import shutil
 import signal
 import sys
+from asyncio.subprocess import PIPE
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recommender import logs
 from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.processes import die_with_parent
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
 from recommender.storage.database_server import database_url
 from recommender.storage.db import Database, DatabaseUnavailable
 from recommender.training.progress import Progress, RetrainControl
 
+if TYPE_CHECKING:
+    from recommender.training.trainer import RetrainResult
+
 log = logging.getLogger("recommender")
+
+WORKER_READY = "serving worker listening on port "
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "serve":
             return serve(settings)
+        if command == "worker":
+            return asyncio.run(_worker(settings))
         if command == "train":
             return train(settings, args.force)
         if command == "evaluate":
@@ -101,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--http-port", type=int, help="JSON/HTTP gateway port (env RECOMMENDER_HTTP_PORT)")
     train_cmd = commands.add_parser("train", parents=[common, training], help="train a new model version now")
     train_cmd.add_argument("--force", action="store_true", help="promote it even if it scores worse than the active")
+    commands.add_parser("worker", parents=[common])  # a serving process started by `serve` (RECOMMENDER_WORKERS)
     evaluate_cmd = commands.add_parser(
         "evaluate", parents=[training], help="run the evaluation protocol on CSV files in the import format"
     )
@@ -142,9 +153,11 @@ async def _serve(settings: Settings, dsn: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    workers: list[tuple[asyncio.subprocess.Process, int]] = []
     try:
         await service.start()
-        envoy = Envoy(settings, service.port)
+        workers = await _start_workers(settings, dsn, settings.workers - 1)
+        envoy = Envoy(settings, service.port, [port for _, port in workers])
         await envoy.start()
         envoy_exit = asyncio.create_task(envoy.stopped())
         stop_requested = asyncio.create_task(stop.wait())
@@ -162,6 +175,56 @@ async def _serve(settings: Settings, dsn: str) -> int:
     finally:
         if envoy is not None:
             await envoy.stop()
+        for process, _port in workers:
+            process.terminate()
+        for process, _port in workers:
+            await process.wait()
+        await service.stop()
+
+
+async def _start_workers(settings: Settings, dsn: str, count: int) -> list[tuple[asyncio.subprocess.Process, int]]:
+    """Serving processes beside this one, on free loopback ports; each says its port once it serves."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "RECOMMENDER_GRPC_HOST": "127.0.0.1",
+        "RECOMMENDER_GRPC_PORT": "0",
+        "RECOMMENDER_DATA_DIR": str(settings.data_dir.resolve()),
+        "RECOMMENDER_ARTIFACTS_DIR": str(settings.artifacts_dir.resolve()),
+        "RECOMMENDER_WORKERS": "1",
+    }
+    started = []
+    for _ in range(count):
+        process = await asyncio.create_subprocess_exec(
+            *die_with_parent(), sys.executable, "-m", "recommender.cli", "worker", env=env, stdout=PIPE
+        )
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        if not line.startswith(WORKER_READY):
+            raise OSError(f"a serving worker did not start (exit code {await process.wait()})")
+        started.append((process, int(line.removeprefix(WORKER_READY))))
+    if started:
+        log.info("%d serving workers on ports %s", len(started), ", ".join(str(port) for _, port in started))
+    return started
+
+
+async def _worker(settings: Settings) -> int:
+    """One serving process beside the main one: it follows the registry's active version and never retrains."""
+    from recommender.serving.service import GrpcService
+
+    def no_retrains(_control: RetrainControl) -> RetrainResult:
+        raise RuntimeError("this is a serving worker: retrains run in the main process")
+
+    service = GrpcService(settings, settings.database_url or "", no_retrains, worker=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        print(f"{WORKER_READY}{service.port}", flush=True)
+        await stop.wait()
+        return 0
+    finally:
         await service.stop()
 
 

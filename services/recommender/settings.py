@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     # 0: a free port, logged and written to <data_dir>/metrics-address.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
+    # Serving processes behind Envoy: the main one (which also retrains) and workers that follow its versions.
+    workers: int = Field(default=1, ge=1, le=64)
     tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.

