@@ -60,13 +60,18 @@ def test_set_current_refuses_an_incomplete_version(tmp_path: Path) -> None:
     assert store.current() is None and store.load_latest() is None
 
 
-def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
+def saved_versions(store: ArtifactStore, count: int) -> list[str]:
     versions = []
-    for _ in range(4):
+    for _ in range(count):
         model = trained()
         store.save(model)
         versions.append(model.meta.version)
+    return versions
+
+
+def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    versions = saved_versions(store, 4)
     store.set_current(versions[0])  # the oldest is current (a rollback, say)
     removed = store.prune(keep=2)
     assert sorted(removed) == sorted(versions[1:2])
@@ -75,11 +80,7 @@ def test_prune_keeps_the_newest_and_the_current(tmp_path: Path) -> None:
 
 def test_prune_never_deletes_a_version_a_live_process_serves(tmp_path: Path) -> None:
     store = ArtifactStore(tmp_path)
-    versions = []
-    for _ in range(4):
-        model = trained()
-        store.save(model)
-        versions.append(model.meta.version)
+    versions = saved_versions(store, 4)
     store.set_current(versions[3])
     store.mark_serving(versions[0])  # this test's process: alive
     dead = store.serving_dir / f"{socket.gethostname()}-{dead_pid()}"

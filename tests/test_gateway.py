@@ -19,16 +19,10 @@ import httpx
 import psutil
 import pytest
 
+from bench.harness import free_port
 from tests.conftest import SMALL_DEMO, create_database, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass

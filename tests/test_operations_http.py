@@ -171,8 +171,15 @@ def test_workers_share_the_load_and_follow_the_main_process(postgres_url: str, t
 
         # Envoy's health checks (every 0.5 s) let a process in once it serves a model.
         wait_for(lambda: sum(line.endswith("::health_flags::healthy") for line in serving_hosts()) == 2, timeout=10)
+
+        def recommend(user: int) -> dict[str, object]:  # a connection each, as from many clients
+            answer: dict[str, object] = httpx.get(
+                f"{server.url}/api/v1/recommendations?user_id={user}", timeout=30
+            ).json()
+            return answer
+
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            answers = [http.get(f"/api/v1/recommendations?user_id={u}&limit=3").json() for u in range(1, 41)]
+            answers = [recommend(u) for u in range(1, 41)]
             assert all("model_version" in a for a in answers), answers
             versions = {a["model_version"] for a in answers}
             assert len(versions) == 1
@@ -182,7 +189,7 @@ def test_workers_share_the_load_and_follow_the_main_process(postgres_url: str, t
             assert new not in versions
 
             def everyone_serves_the_new_version() -> bool:
-                answers = [http.get(f"/api/v1/recommendations?user_id={u}&limit=3").json() for u in range(1, 21)]
+                answers = [recommend(u) for u in range(1, 21)]
                 return {answer["model_version"] for answer in answers} == {new}
 
             wait_for(everyone_serves_the_new_version, timeout=5)

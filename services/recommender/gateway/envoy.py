@@ -118,10 +118,10 @@ def render(settings: Settings, grpc_port: int, worker_ports: Sequence[int] = (),
             # gRPC health checking: a process serves once it has a model (a worker that just started has none).
             "health_checks": [
                 {
-                    "timeout": "1s",
+                    "timeout": "2s",
                     "interval": "0.5s",
                     "no_traffic_interval": "0.5s",  # the default (60 s) would leave a new worker out for a minute
-                    "unhealthy_threshold": 1,
+                    "unhealthy_threshold": 3,
                     "healthy_threshold": 1,
                     "grpc_health_check": {"service_name": SERVICE_NAME},
                 }

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import jwt
 
+from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,34 +87,24 @@ class Credentials:
         return grpc.StatusCode.PERMISSION_DENIED, problem
 
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(UnaryInterceptor):
     """Asks for a credential on `protected` methods (full names) when one is configured."""
 
     def __init__(self, credentials: Credentials, protected: Callable[[str], bool]) -> None:
         self._credentials = credentials
         self._protected = protected
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not self._credentials.configured or not self._protected(details.method):
-            return handler
+    def wrap(self, details: grpc.HandlerCallDetails, behaviour: Behaviour) -> Behaviour | None:
+        if not self._credentials.configured or not self._protected(details.method):
+            return None
         metadata = {key: value for key, value in details.invocation_metadata or () if isinstance(value, str)}
         problem = self._credentials.check(metadata)
         if problem is None:
-            return handler
+            return None
         code, message = problem
         log.info("refused %s: %s", details.method, message)
 
         async def deny(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             await context.abort(code, message)
 
-        return grpc.unary_unary_rpc_method_handler(
-            deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return deny

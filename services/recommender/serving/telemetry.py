@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from recommender.logs import request_id
 from recommender.model.hybrid import HybridModel
+from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 
-Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -60,25 +59,17 @@ class Metrics:
         self._trained_at = model.meta.trained_at.timestamp()
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+class ObservingInterceptor(UnaryInterceptor):
     """Counts and times every call by method and code, and gives it a request id: Envoy's `x-request-id` (or a new
     one) is set for the call's log lines and sent back in the response metadata (Envoy makes it a header)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
+    def wrap(self, details: grpc.HandlerCallDetails, behaviour: Behaviour) -> Behaviour | None:
         metadata = dict(details.invocation_metadata or ())
         call_id = str(metadata.get("x-request-id") or uuid.uuid4())
         method = details.method.rsplit("/", 1)[-1]
-        behaviour = cast(Behaviour, handler.unary_unary)
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             token = request_id.set(call_id)
@@ -97,9 +88,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 self._metrics.latency.labels(method, code).observe(time.perf_counter() - started)
                 request_id.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        return observed
 
 
 def _code_name(code: object) -> str:
