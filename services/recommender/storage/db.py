@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from types import TracebackType
 from urllib.parse import parse_qs, urlsplit
@@ -271,35 +271,29 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
         "INSERT INTO users (user_id) SELECT DISTINCT unnest($1::integer[]) ON CONFLICT DO NOTHING",
         sorted({i.user_id for i in interactions}),
     )
+    # Unix seconds travel as numbers (no datetime object per row); a missing time is the transaction's now().
     await conn.execute(
         "CREATE TEMPORARY TABLE incoming_events (seq integer, user_id integer, book_id integer, rating real, "
-        "occurred_at timestamptz) ON COMMIT DROP"
+        "seconds float8) ON COMMIT DROP"
     )
-    now = datetime.now(UTC)
     await conn.copy_records_to_table(
         "incoming_events",
-        records=[
-            (
-                seq,
-                i.user_id,
-                i.book_id,
-                i.rating,
-                datetime.fromtimestamp(i.timestamp, UTC) if i.timestamp is not None else now,
-            )
-            for seq, i in enumerate(interactions)
-        ],
-        columns=["seq", "user_id", "book_id", "rating", "occurred_at"],
+        records=[(seq, i.user_id, i.book_id, i.rating, i.timestamp) for seq, i in enumerate(interactions)],
+        columns=["seq", "user_id", "book_id", "rating", "seconds"],
     )
-    rows = await conn.fetch(
+    counts = await conn.fetchrow(
         """
-        WITH grouped AS (
+        WITH events AS (
+            SELECT seq, user_id, book_id, rating, coalesce(to_timestamp(seconds), now()) AS occurred_at
+            FROM incoming_events
+        ), grouped AS (
             SELECT user_id, book_id,
                    (array_agg(rating ORDER BY occurred_at DESC, seq DESC) FILTER (WHERE rating IS NOT NULL))[1]
                        AS rating,
                    max(occurred_at) FILTER (WHERE rating IS NOT NULL) AS rated_at,
                    min(occurred_at) AS occurred_at
-            FROM incoming_events GROUP BY user_id, book_id
-        )
+            FROM events GROUP BY user_id, book_id
+        ), merged AS (
         INSERT INTO interactions AS i (user_id, book_id, rating, rated_at, occurred_at)
         SELECT user_id, book_id, rating, rated_at, occurred_at FROM grouped
         ON CONFLICT (user_id, book_id) DO UPDATE SET
@@ -312,7 +306,9 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
         WHERE (excluded.rated_at >= coalesce(i.rated_at, '-infinity') AND excluded.rating IS DISTINCT FROM i.rating)
            OR excluded.occurred_at < i.occurred_at
         RETURNING (xmax = 0) AS inserted
+        )
+        SELECT count(*) FILTER (WHERE inserted) AS added, count(*) FILTER (WHERE NOT inserted) AS updated FROM merged
         """
     )
-    inserted = sum(1 for row in rows if row["inserted"])
-    return ImportCounts(added=inserted, updated=len(rows) - inserted)
+    assert counts is not None
+    return ImportCounts(added=counts["added"], updated=counts["updated"])
