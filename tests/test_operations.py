@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import httpx
 import jwt
+import psutil
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -262,3 +263,25 @@ def test_a_database_outage_during_retrain_is_named_and_serving_goes_on(
     wait_until_idle(running)
     after = running.client.model_info()
     assert after.version != version and after.last_retrain_error == "", after.last_retrain_error
+
+
+def test_stopping_the_service_kills_a_retrain_running_in_its_child_process(
+    start_service: StartService, settings: Settings
+) -> None:
+    # The real, isolated trainer, made long by a tuning budget of a minute.
+    running = start_service(settings_=with_settings(settings, tuning="auto", tuning_seconds=60.0))
+    manager = running.service.manager
+
+    def evaluating() -> bool:
+        progress = manager.state.progress
+        return progress is not None and progress.stage == "evaluating"
+
+    wait_for(evaluating, timeout=60)
+    fork_servers = [c for c in psutil.Process().children() if "forkserver" in " ".join(c.cmdline())]
+    trainers = [child for server in fork_servers for child in server.children()]
+    assert trainers, "the retrain runs in a child of the fork server"
+    started = time.monotonic()
+    running.loop.run(running.service.stop(grace=1))
+    assert time.monotonic() - started < 10
+    assert manager.state.last_error == "cancelled: the service is shutting down"
+    wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in trainers), timeout=10)

@@ -89,8 +89,8 @@ class GrpcService:
         return self._manager
 
     async def start(self) -> None:
-        # Requests run one after another on the event loop: a BLAS thread pool per call only adds hand-offs
-        # (recommend at 10,000 books: 3.6 ms with two BLAS threads, 1.9 ms with one).
+        # Requests run one after another on the event loop: one BLAS thread serves a request as fast as two
+        # (0.43 ms against 0.47 ms for recommend at 10,000 books) and leaves the other core to Envoy and retrains.
         threadpool_limits(1, user_api="blas")
         store = self._store
         log.info("model artifacts in %s", store.root.resolve())
