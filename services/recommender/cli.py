@@ -170,7 +170,7 @@ async def _serve(settings: Settings, dsn: str) -> int:
         log.info("shutting down")
         return 0
     except (OSError, GatewayError) as exc:
-        log.error("%s", exc)
+        log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")  # a timeout says nothing
         return 1
     finally:
         if envoy is not None:

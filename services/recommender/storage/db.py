@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 # One lock id for schema changes and the demo seed, so that several processes starting together take turns.
 _SCHEMA_LOCK = 0x7265636F  # "reco"
 
+# Statements that move a whole catalogue (imports, the demo seed, the training snapshot) may take minutes at
+# millions of interactions; every other statement keeps the pool's 60 s.
+BULK_SECONDS = 3600.0
+
 BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
 
 
@@ -159,6 +163,7 @@ class Database:
                 "FROM interactions",
                 output=_append_to(chunks),
                 format="binary",
+                timeout=BULK_SECONDS,
             )
             rows = _binary_copy_rows(b"".join(chunks), _INTERACTION_ROW)
         books = [
@@ -249,12 +254,15 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
         return
     updated = ["title", *(name for name in BOOK_COLUMNS if name in columns and name not in ("book_id", "title"))]
     await conn.execute("CREATE TEMPORARY TABLE incoming_books (LIKE books INCLUDING DEFAULTS) ON COMMIT DROP")
-    await conn.copy_records_to_table("incoming_books", records=records, columns=list(BOOK_COLUMNS))
+    await conn.copy_records_to_table(
+        "incoming_books", records=records, columns=list(BOOK_COLUMNS), timeout=BULK_SECONDS
+    )
     names = ", ".join(BOOK_COLUMNS)
     assignments = ", ".join(f"{name} = excluded.{name}" for name in updated)
     await conn.execute(
         f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books "
-        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}, updated_at = now()"
+        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}, updated_at = now()",
+        timeout=BULK_SECONDS,
     )
 
 
@@ -280,6 +288,7 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
         "incoming_events",
         records=[(seq, i.user_id, i.book_id, i.rating, i.timestamp) for seq, i in enumerate(interactions)],
         columns=["seq", "user_id", "book_id", "rating", "seconds"],
+        timeout=BULK_SECONDS,
     )
     counts = await conn.fetchrow(
         """
@@ -308,7 +317,8 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
         RETURNING (xmax = 0) AS inserted
         )
         SELECT count(*) FILTER (WHERE inserted) AS added, count(*) FILTER (WHERE NOT inserted) AS updated FROM merged
-        """
+        """,
+        timeout=BULK_SECONDS,
     )
     assert counts is not None
     return ImportCounts(added=counts["added"], updated=counts["updated"])
