@@ -30,7 +30,6 @@ ModelBuilder = Callable[[RetrainControl], RetrainResult]
 class RetrainState:
     running: bool
     last_error: str  # empty when the last retrain succeeded or none has run
-    last_seconds: float  # wall time of the last finished retrain
     last: RetrainResult | None = None  # what the last retrain did
     progress: Progress | None = None  # while one runs
 
@@ -55,7 +54,7 @@ class ModelManager:
         self._on_stage_done = on_stage_done
         self._on_finished = on_finished
         self._control: RetrainControl | None = None
-        self._state = RetrainState(running=False, last_error="", last_seconds=0.0)
+        self._state = RetrainState(running=False, last_error="")
         self._exclusive = threading.Lock()  # held by a retrain or a rollback: one at a time
         self._stopping = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retrain")
@@ -76,7 +75,7 @@ class ModelManager:
         if self._stopping.is_set() or not self._exclusive.acquire(blocking=False):
             return None
         with self._lock:
-            self._state = RetrainState(True, self._state.last_error, self._state.last_seconds, self._state.last)
+            self._state = RetrainState(True, self._state.last_error, self._state.last)
             self._control = RetrainControl(self._stopping.is_set, force, self._on_stage_done)
         self._on_change()
         return self._executor.submit(self._retrain, self._control)
@@ -112,7 +111,7 @@ class ModelManager:
         finally:
             with self._lock:
                 last = result or self._state.last
-                self._state = RetrainState(False, error, time.perf_counter() - started, last)
+                self._state = RetrainState(False, error, last)
                 self._control = None
             self._exclusive.release()
             if result is not None:
