@@ -415,3 +415,45 @@ def test_the_gate_rejects_a_crippled_configuration_over_http(postgres_url: str, 
             assert http.get("/api/v1/recommendations?user_id=4&limit=5").json()["recommendations"] == before
     finally:
         assert bad.stop() == 0
+
+
+def test_interactions_and_books_are_written_through_the_json_api(http: httpx.Client) -> None:
+    user = 990_001
+    assert http.get(f"/api/v1/recommendations?user_id={user}&limit=3").json()["strategy"] == "popular"
+    similar = http.get("/api/v1/books/5/similar?limit=4")
+    assert similar.status_code == 200
+    body = similar.json()
+    assert set(body) == {"book_id", "model_version", "books"} and body["book_id"] == 5 and len(body["books"]) == 4
+    assert set(body["books"][0]) == {"book_id", "title", "authors", "score"}
+    read = [b["book_id"] for b in body["books"]]
+
+    refused = http.post(
+        "/api/v1/interactions",
+        json={"interactions": [{"user_id": user, "book_id": read[0]}, {"user_id": user, "book_id": 77_777_777}]},
+    )
+    assert refused.status_code == 400
+    assert refused.json() == {"detail": "nothing written: interactions[1]: book 77777777 is not in the catalogue"}
+    written = http.post(
+        "/api/v1/interactions",
+        json={"interactions": [{"user_id": user, "book_id": b, "rating": 5, "timestamp": 1700000000} for b in read]},
+    )
+    assert written.status_code == 200 and written.json() == {"recorded": 4}
+    answer = http.get(f"/api/v1/recommendations?user_id={user}&limit=10").json()
+    assert answer["strategy"] == "hybrid"
+    assert not set(read) & {r["book_id"] for r in answer["recommendations"]}
+
+    added = http.post("/api/v1/books", json={"books": [{"book_id": 990_002, "title": "Brand new", "genres": ["x"]}]})
+    assert added.status_code == 200 and added.json() == {"added": 1, "updated": 0}
+    assert http.get("/api/v1/books/990002/similar?limit=2").status_code == 200
+    bad_genres = http.post("/api/v1/books", json={"books": [{"book_id": 3, "genres": [1]}]})
+    assert bad_genres.status_code == 400 and "genres must be an array of strings" in bad_genres.json()["detail"]
+
+
+def test_similar_books_errors_are_json_details(http: httpx.Client) -> None:
+    missing = http.get("/api/v1/books/77777777/similar")
+    assert missing.status_code == 404 and missing.json() == {"detail": "book 77777777 is not in the catalogue"}
+    assert http.get("/api/v1/books/abc/similar").status_code == 400
+    assert http.get("/api/v1/books/5/similar?limit=101").status_code == 400
+    wrong = http.post("/api/v1/books/5/similar")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
+    assert http.get("/api/v1/books/5/similar/more").status_code == 404

@@ -123,13 +123,72 @@ def test_unknown_user_without_history_gets_popular_books(model: HybridModel) -> 
     assert popularity == sorted(popularity, reverse=True) and popularity[0] == 1.0
 
 
-def test_unknown_user_with_fresh_history_gets_similar_content(model: HybridModel) -> None:
+def test_unknown_user_with_fresh_history_gets_folded_in_cf_scores(model: HybridModel) -> None:
     result = model.recommend(999, limit=5, fresh_history=[(12, 5.0), (13, 4.0)])
-    assert result.strategy is Strategy.CONTENT
+    assert result.strategy is Strategy.HYBRID
     ids = [b.book_id for b in result.books]
     assert 12 not in ids and 13 not in ids
     assert all(11 <= book_id <= 20 for book_id in ids), ids
+    assert any(b.cf_score != 0.0 for b in result.books)
+
+
+def test_fresh_history_of_books_without_cf_factors_gets_content_answers() -> None:
+    model = train(TrainingData.from_interactions(BOOKS, interactions()[:5]), PARAMS)  # CF knows a few books
+    read = [
+        b
+        for b in range(11, 21)
+        if model.cf.item_ids.searchsorted(b) >= model.cf.num_items
+        or model.cf.item_ids[model.cf.item_ids.searchsorted(b)] != b
+    ][:2]
+    result = model.recommend(999, limit=5, fresh_history=[(b, 5.0) for b in read])
+    assert result.strategy is Strategy.CONTENT
     assert all(b.cf_score == 0.0 and b.score == b.content_score for b in result.books)
+    assert all(11 <= b.book_id <= 20 and b.book_id not in read for b in result.books)
+
+
+def test_folding_in_a_users_own_history_reproduces_their_factors(model: HybridModel) -> None:
+    row = model.cf.user_row(2)
+    assert row is not None
+    positions, weights = model.cf.history(row)
+    folded = model.fold_in(model.cf_positions[positions], weights)
+    assert folded is not None
+    fitted = model.cf.user_factors[row]
+    assert float(folded @ fitted / np.linalg.norm(folded) / np.linalg.norm(fitted)) > 0.95
+    # Read back unchanged from the database, the history keeps the trained factors.
+    history = [(int(model.catalogue.book_ids[model.cf_positions[p]]), 5.0) for p in positions]
+    assert model.history(2, history).cf_row == row
+    assert model.history(2, [*history, (20, None)]).factors is not None
+
+
+def test_books_read_after_training_never_come_back(model: HybridModel) -> None:
+    before = [b.book_id for b in model.recommend(1, limit=3).books]
+    row = model.cf.user_row(1)
+    assert row is not None
+    positions, _weights = model.cf.history(row)
+    history = [(int(model.catalogue.book_ids[model.cf_positions[p]]), None) for p in positions]
+    after = model.recommend(1, limit=10, fresh_history=[*history, *((b, 5.0) for b in before)])
+    assert not set(before) & {b.book_id for b in after.books}
+
+
+def test_similar_books_share_the_taste_and_leave_out_the_book(model: HybridModel) -> None:
+    similar = model.similar(3, limit=5)
+    assert similar is not None and len(similar) == 5
+    assert all(1 <= b.book_id <= 10 and b.book_id != 3 for b in similar), similar
+    scores = [b.score for b in similar]
+    assert scores == sorted(scores, reverse=True)
+    assert model.similar(12345, limit=5) is None
+
+
+def test_books_added_after_training_get_content_scores_at_once(model: HybridModel) -> None:
+    new = Book(25, "Dragon hoard", "C. Wyrm", "dragon magic kingdom quest", ("fantasy",))
+    extended = model.with_books([new, dataclasses.replace(BOOKS[0], title="Dragon quest one")])
+    assert extended.num_books == model.num_books + 1
+    assert list(extended.catalogue.book_ids) == sorted(extended.catalogue.book_ids)
+    assert extended.catalogue.titles[0] == "Dragon quest one"
+    similar = extended.similar(25, limit=5)
+    assert similar is not None and all(1 <= b.book_id <= 10 for b in similar), similar
+    assert 25 in [b.book_id for b in extended.recommend(2, limit=extended.num_books).books]
+    assert np.allclose(extended.content.vectors[:20], model.content.vectors, atol=1e-6)
 
 
 def test_fresh_history_of_books_outside_the_catalogue_falls_back_to_popular(model: HybridModel) -> None:

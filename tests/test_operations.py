@@ -27,6 +27,7 @@ from recommender.serving.service import make_trainer
 from recommender.settings import Settings
 from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
+from recommender.v1 import recommender_pb2 as pb
 from tests.conftest import RunningService, StartService, create_database, wait_for
 from tests.test_service import add_interactions, status_of, wait_until_idle
 
@@ -67,14 +68,17 @@ def test_an_api_key_guards_the_calls_that_change_state(
         "invalid credentials: the key or token is not accepted",
     )
     assert status_of(anonymous.rollback)[0] == grpc.StatusCode.UNAUTHENTICATED
+    write = [pb.InteractionInput(user_id=1, book_id=2)]
+    assert status_of(lambda: anonymous.record_interactions(write))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: anonymous.upsert_books([pb.BookInput(book_id=2)]))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert client(running, KEY).record_interactions(write).recorded == 1
     assert len(anonymous.recommend(user_id=1, limit=2).recommendations) == 2  # reads stay open
+    assert len(anonymous.similar_books(2, limit=2).books) == 2
     assert anonymous.health().status == "ok"
     assert client(running, KEY).retrain().status == "accepted"
     wait_until_idle(running)
     with RecommenderClient(running.target) as raw:  # x-api-key works too, as plain metadata
         stub_call = raw._stub.Retrain
-        from recommender.v1 import recommender_pb2 as pb
-
         assert stub_call(pb.RetrainRequest(), metadata=(("x-api-key", KEY),), timeout=5).status == "accepted"
     wait_until_idle(running)
     assert KEY not in caplog.text
@@ -239,7 +243,7 @@ def own_postgres(tmp_path: Path) -> Iterator[tuple[str, Callable[[], None], Call
         server.cleanup()
 
 
-def test_a_database_outage_during_retrain_is_named_and_serving_goes_on(
+def test_a_database_outage_refuses_retrains_by_name_and_serving_goes_on(
     start_service: StartService,
     settings: Settings,
     own_postgres: tuple[str, Callable[[], None], Callable[[], None]],
@@ -250,12 +254,11 @@ def test_a_database_outage_during_retrain_is_named_and_serving_goes_on(
     version = running.client.model_info().version
     known = [r.book_id for r in running.client.recommend(user_id=2, limit=5).recommendations]
     stop()
-    running.client.retrain()
-    wait_until_idle(running)
-    info = running.client.model_info()
-    assert info.version == version
-    assert info.last_retrain.outcome == "failed", info.last_retrain
-    assert "cannot connect to PostgreSQL at" in info.last_retrain_error
+    code, message = status_of(running.client.retrain)
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert message.startswith("no retrain started: cannot connect to PostgreSQL at"), message
+    assert running.client.health().status == "ok"
+    assert running.client.model_info().version == version
     assert [r.book_id for r in running.client.recommend(user_id=2, limit=5).recommendations] == known
     assert running.client.recommend(user_id=987654, limit=3).strategy == "popular"
     start()

@@ -22,11 +22,12 @@ from recommender.processes import die_with_parent
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
 from recommender.storage.database_server import database_url
-from recommender.storage.db import Database, DatabaseUnavailable
+from recommender.storage.db import Database, DatabaseUnavailable, RetrainLock
 from recommender.training.progress import Progress, RetrainControl
 
 if TYPE_CHECKING:
-    from recommender.training.trainer import RetrainResult
+    from recommender.gateway.envoy import Envoy, Upstream
+    from recommender.training.trainer import RetrainResult, Trainer
 
 log = logging.getLogger("recommender")
 
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        settings = load_settings(**{name: getattr(args, name, None) for name in Settings.model_fields})
+        upstreams = ",".join(getattr(args, "upstream", None) or []) or None
+        given = {name: getattr(args, name, None) for name in Settings.model_fields}
+        settings = load_settings(**(given | {"upstreams": upstreams}))
     except SettingsError as exc:
         print(f"recommender: {exc}", file=sys.stderr)
         return 2
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return serve(settings)
         if command == "worker":
             return asyncio.run(_worker(settings))
+        if command == "gateway":
+            return gateway(settings)
         if command == "train":
             return train(settings, args.force)
         if command == "evaluate":
@@ -109,6 +114,25 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--grpc-port", type=int, help="gRPC port (env RECOMMENDER_GRPC_PORT)")
     serve_cmd.add_argument("--http-host", help="JSON/HTTP gateway listen host (env RECOMMENDER_HTTP_HOST)")
     serve_cmd.add_argument("--http-port", type=int, help="JSON/HTTP gateway port (env RECOMMENDER_HTTP_PORT)")
+    serve_cmd.add_argument(
+        "--no-gateway",
+        dest="gateway",
+        action="store_const",
+        const=False,
+        help="gRPC only, for a replica behind `recommender gateway` (env RECOMMENDER_GATEWAY=false)",
+    )
+    gateway_cmd = commands.add_parser(
+        "gateway", parents=[common], help="run the JSON/HTTP gateway (Envoy) alone, in front of replicas"
+    )
+    gateway_cmd.add_argument(
+        "--upstream",
+        dest="upstream",
+        action="append",
+        metavar="HOST:PORT",
+        help="a replica's gRPC address; repeat for each (env RECOMMENDER_UPSTREAMS, comma-separated)",
+    )
+    gateway_cmd.add_argument("--http-host", help="listen host (env RECOMMENDER_HTTP_HOST)")
+    gateway_cmd.add_argument("--http-port", type=int, help="listen port (env RECOMMENDER_HTTP_PORT)")
     train_cmd = commands.add_parser("train", parents=[common, training], help="train a new model version now")
     train_cmd.add_argument("--force", action="store_true", help="promote it even if it scores worse than the active")
     commands.add_parser("worker", parents=[common])  # a serving process started by `serve` (RECOMMENDER_WORKERS)
@@ -149,26 +173,16 @@ async def _serve(settings: Settings, dsn: str) -> int:
 
     service = GrpcService(settings, dsn)
     envoy: Envoy | None = None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
     workers: list[tuple[asyncio.subprocess.Process, int]] = []
     try:
         await service.start()
         workers = await _start_workers(settings, dsn, settings.workers - 1)
+        if not settings.gateway:
+            await _stop_requested()
+            return 0
         envoy = Envoy(settings, service.port, [port for _, port in workers])
         await envoy.start()
-        envoy_exit = asyncio.create_task(envoy.stopped())
-        stop_requested = asyncio.create_task(stop.wait())
-        await asyncio.wait({envoy_exit, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
-        stop_requested.cancel()
-        if envoy_exit.done():
-            log.error("Envoy stopped unexpectedly (exit code %s): %s", envoy_exit.result(), envoy.reason())
-            return 1
-        envoy_exit.cancel()
-        log.info("shutting down")
-        return 0
+        return await _run_until_stopped(envoy)
     except (OSError, GatewayError) as exc:
         log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")  # a timeout says nothing
         return 1
@@ -180,6 +194,59 @@ async def _serve(settings: Settings, dsn: str) -> int:
         for process, _port in workers:
             await process.wait()
         await service.stop()
+
+
+async def _stop_requested() -> None:
+    """Returns at SIGINT, SIGTERM or SIGHUP."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _run_until_stopped(envoy: Envoy) -> int:
+    """0 when asked to stop; 1 when Envoy stopped on its own."""
+    envoy_exit = asyncio.create_task(envoy.stopped())
+    stop_requested = asyncio.create_task(_stop_requested())
+    await asyncio.wait({envoy_exit, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+    stop_requested.cancel()
+    if envoy_exit.done():
+        log.error("Envoy stopped unexpectedly (exit code %s): %s", envoy_exit.result(), envoy.reason())
+        return 1
+    envoy_exit.cancel()
+    log.info("shutting down")
+    return 0
+
+
+def gateway(settings: Settings) -> int:
+    """Envoy alone, balancing every call over the replicas' gRPC servers."""
+    from recommender.gateway.envoy import Upstream
+
+    try:
+        upstreams = [Upstream.parse(text) for text in (settings.upstreams or "").split(",") if text.strip()]
+    except ValueError as exc:
+        print(f"recommender gateway: {exc}", file=sys.stderr)
+        return 2
+    if not upstreams:
+        print("recommender gateway: give the replicas with --upstream HOST:PORT (once per replica)", file=sys.stderr)
+        return 2
+    return asyncio.run(_gateway(settings, upstreams))
+
+
+async def _gateway(settings: Settings, upstreams: list[Upstream]) -> int:
+    from recommender.gateway.envoy import Envoy, GatewayError
+
+    envoy = Envoy(settings, 0, upstreams=upstreams)
+    try:
+        await envoy.start()
+        log.info("balancing over %s", ", ".join(f"{u.host}:{u.port}" for u in upstreams))
+        return await _run_until_stopped(envoy)
+    except (OSError, GatewayError) as exc:
+        log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")
+        return 1
+    finally:
+        await envoy.stop()
 
 
 async def _start_workers(settings: Settings, dsn: str, count: int) -> list[tuple[asyncio.subprocess.Process, int]]:
@@ -241,8 +308,15 @@ def train(settings: Settings, force: bool = False) -> int:
         trainer = make_trainer(settings, dsn)
         with _progress_display() as on_progress:
             control = RetrainControl(force=force, on_progress=on_progress)
-            result = trainer(control)
+            result = asyncio.run(_train_holding_the_lock(dsn, trainer, control))
             control.finish()
+    if result is None:
+        print(
+            "recommender train: a retrain is already running (in a service or another `train`); "
+            "try again when it has finished",
+            file=sys.stderr,
+        )
+        return 1
     model = result.model
     if model is None:
         print(f"version {result.version} was rejected: {result.reason}; the active version stays")
@@ -252,12 +326,20 @@ def train(settings: Settings, force: bool = False) -> int:
         f"{model.cf.nnz} matrix entries, {model.content.num_books} books, {model.content.feature_dim} features "
         f"in {result.seconds:.1f} s; written to {settings.artifacts_dir.resolve()}; promoted: {result.reason}"
     )
-    for process, version in sorted(trainer.store.served_versions().items()):
-        print(
-            f"a running service ({process}) still serves version {version}; "
-            "it picks up the new version at its next retrain or restart"
-        )
+    if trainer.store.served_versions():
+        print("running services switch to it within seconds (they follow the registry)")
     return 0
+
+
+async def _train_holding_the_lock(dsn: str, trainer: Trainer, control: RetrainControl) -> RetrainResult | None:
+    """The retrain, holding the cluster's retrain lock; None when a retrain runs elsewhere."""
+    lock = RetrainLock(dsn)
+    if not await lock.acquire():
+        return None
+    try:
+        return await asyncio.to_thread(trainer, control)
+    finally:
+        await lock.release()
 
 
 def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: Path | None) -> int:

@@ -81,6 +81,23 @@ class RecommenderClient:
     def list_models(self, *, timeout: float | None = None) -> pb.ListModelsResponse:
         return self._stub.ListModels(pb.ListModelsRequest(), **self._options(timeout))
 
+    def record_interactions(
+        self, interactions: list[pb.InteractionInput], *, timeout: float | None = None
+    ) -> pb.RecordInteractionsResponse:
+        request = pb.RecordInteractionsRequest(interactions=interactions)
+        return self._stub.RecordInteractions(request, **self._options(timeout))
+
+    def upsert_books(self, books: list[pb.BookInput], *, timeout: float | None = None) -> pb.UpsertBooksResponse:
+        return self._stub.UpsertBooks(pb.UpsertBooksRequest(books=books), **self._options(timeout))
+
+    def similar_books(
+        self, book_id: int, limit: int | None = None, *, timeout: float | None = None
+    ) -> pb.SimilarBooksResponse:
+        request = pb.SimilarBooksRequest(book_id=book_id)
+        if limit is not None:
+            request.limit = limit
+        return self._stub.SimilarBooks(request, **self._options(timeout))
+
     def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
         return self._stub.Health(pb.HealthRequest(), **self._options(timeout))
 

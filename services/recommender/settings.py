@@ -28,11 +28,18 @@ class Settings(BaseSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     http_host: str = Field(default="127.0.0.1", min_length=1)
     http_port: int = Field(default=8001, ge=1, le=65535)
+    # Off: serve gRPC only (a replica behind a gateway of its own: `recommender gateway`).
+    gateway: bool = True
+    # For `recommender gateway`: the replicas' gRPC addresses, host:port, comma-separated.
+    upstreams: str | None = None
     # 0: a free port, so that several instances on one machine never clash; the address is logged and written to
     # <data_dir>/envoy-admin-address.
     envoy_admin_port: int = Field(default=0, ge=0, le=65535)
     data_dir: Path = Path("var")
     artifacts_dir: Path = Path("artifacts")
+    # Where replicas get model versions: "local" (the artifacts folder, shared by processes on one host or a shared
+    # disk) or "postgres" (the files are also stored in the database; the folder is each host's cache).
+    artifact_store: Literal["local", "postgres"] = "local"
     # The CF weight of the blend, 0-1, or "auto": chosen by training on the validation split.
     alpha: float | Literal["auto"] = 0.6
     # Training knobs.

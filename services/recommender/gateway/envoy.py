@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import copy
 import logging
+import re
 import tempfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import httpx
 import psutil
@@ -59,9 +61,18 @@ def http_rules(descriptor: Path = DESCRIPTOR) -> list[HttpRule]:
 
 
 # Paths that only read the model: with several serving processes, Envoy balances them over all of them. Every
-# other call (retrain, rollback, model info, health) goes to the main process, which owns the retrain.
-SERVING_PATHS = frozenset({"/api/v1/recommendations"})
+# other call (retrain, rollback, writes, model info, health) goes to the main process, which owns the retrain. With
+# replicas (`upstreams`), every call is balanced: they coordinate through the database.
+SERVING_PATHS = frozenset({"/api/v1/recommendations", "/api/v1/books/{book_id}/similar"})
 SERVING_CLUSTER = "recommender_serving"
+MAIN_CLUSTER = "recommender_grpc"
+
+
+def _path_match(path: str) -> dict[str, object]:
+    """Envoy's match for a google.api.http path: exact, or a regex where it has {variables}."""
+    if "{" not in path:
+        return {"path": path}
+    return {"safe_regex": {"regex": "^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"}}
 
 
 def api_routes(rules: list[HttpRule], timeout: str = "30s", balanced: bool = False) -> list[dict[str, object]]:
@@ -73,18 +84,19 @@ def api_routes(rules: list[HttpRule], timeout: str = "30s", balanced: bool = Fal
     routes: list[dict[str, object]] = []
     for path, methods in sorted(allowed.items()):
         other_methods = {"name": ":method", "string_match": {"safe_regex": {"regex": "|".join(methods)}}}
+        shown = re.sub(r"\{([^}]+)\}", r"{\1}", path)
         routes.append(
             {
-                "match": {"path": path, "headers": [{**other_methods, "invert_match": True}]},
+                "match": {**_path_match(path), "headers": [{**other_methods, "invert_match": True}]},
                 "direct_response": {
                     "status": 405,
-                    "body": {"inline_string": f"{path} takes {' or '.join(methods)} only"},
+                    "body": {"inline_string": f"{shown} takes {' or '.join(methods)} only"},
                 },
                 "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
             }
         )
-        cluster = SERVING_CLUSTER if balanced and path in SERVING_PATHS else "recommender_grpc"
-        routes.append({"match": {"path": path}, "route": {"cluster": cluster, "timeout": timeout}})
+        cluster = SERVING_CLUSTER if balanced and path in SERVING_PATHS else MAIN_CLUSTER
+        routes.append({"match": _path_match(path), "route": {"cluster": cluster, "timeout": timeout}})
     return routes
 
 
@@ -93,8 +105,55 @@ def _upstream_host(host: str) -> str:
     return {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
 
 
-def render(settings: Settings, grpc_port: int, worker_ports: Sequence[int] = (), descriptor: Path = DESCRIPTOR) -> str:
-    """The Envoy config; `worker_ports` are extra serving processes (on loopback) beside the main gRPC server."""
+@dataclass(frozen=True)
+class Upstream:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Upstream:
+        """host:port; raises ValueError saying what is expected."""
+        host, _, port = text.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"an upstream is host:port, like 10.0.0.5:50051 or recommender:50051 (got {text!r})")
+        return cls(host.strip("[]"), int(port))
+
+
+def _endpoint(upstream: Upstream) -> dict[str, object]:
+    return {"endpoint": {"address": {"socket_address": {"address": upstream.host, "port_value": upstream.port}}}}
+
+
+def _balanced(cluster: dict[str, Any], name: str, upstreams: Sequence[Upstream]) -> dict[str, Any]:
+    """`cluster` over `upstreams`, round robin, each checked with gRPC health: a process takes requests once it
+    has a model (one that just started has none), and leaves the rotation when it stops answering."""
+    return copy.deepcopy(cluster) | {
+        "name": name,
+        "type": "STRICT_DNS",  # host names (a Kubernetes Service, compose services) as well as addresses
+        "lb_policy": "ROUND_ROBIN",
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},  # never route to one without a model
+        "health_checks": [
+            {
+                "timeout": "2s",
+                "interval": "0.5s",
+                "no_traffic_interval": "0.5s",  # the default (60 s) would leave a new process out for a minute
+                "unhealthy_threshold": 3,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": SERVICE_NAME},
+            }
+        ],
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [_endpoint(u) for u in upstreams]}]},
+    }
+
+
+def render(
+    settings: Settings,
+    grpc_port: int,
+    worker_ports: Sequence[int] = (),
+    descriptor: Path = DESCRIPTOR,
+    upstreams: Sequence[Upstream] = (),
+) -> str:
+    """The Envoy config: in front of this process's gRPC server on `grpc_port` and its `worker_ports` (serving
+    processes on loopback), or, given `upstreams`, in front of replicas elsewhere, balanced over all of them."""
     template = Template((GATEWAY_DIR / "envoy.yaml").read_text(encoding="utf-8"))
     text = template.substitute(
         admin_port=settings.envoy_admin_port,
@@ -109,31 +168,13 @@ def render(settings: Settings, grpc_port: int, worker_ports: Sequence[int] = (),
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     routes[:0] = api_routes(http_rules(descriptor), balanced=bool(worker_ports))
-    if worker_ports:
-        main = config["static_resources"]["clusters"][0]
-        serving = copy.deepcopy(main) | {
-            "name": SERVING_CLUSTER,
-            "lb_policy": "ROUND_ROBIN",
-            "common_lb_config": {"healthy_panic_threshold": {"value": 0}},  # never route to one without a model
-            # gRPC health checking: a process serves once it has a model (a worker that just started has none).
-            "health_checks": [
-                {
-                    "timeout": "2s",
-                    "interval": "0.5s",
-                    "no_traffic_interval": "0.5s",  # the default (60 s) would leave a new worker out for a minute
-                    "unhealthy_threshold": 3,
-                    "healthy_threshold": 1,
-                    "grpc_health_check": {"service_name": SERVICE_NAME},
-                }
-            ],
-        }
-        endpoints = serving["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        endpoints += [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
-            for port in worker_ports
-        ]
-        serving["load_assignment"]["cluster_name"] = SERVING_CLUSTER
-        config["static_resources"]["clusters"].append(serving)
+    clusters = config["static_resources"]["clusters"]
+    if upstreams:
+        clusters[0] = _balanced(clusters[0], MAIN_CLUSTER, upstreams)
+    elif worker_ports:
+        local = [Upstream("127.0.0.1", port) for port in worker_ports]
+        main = Upstream(_upstream_host(settings.grpc_host), grpc_port)
+        clusters.append(_balanced(clusters[0], SERVING_CLUSTER, [main, *local]))
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -164,10 +205,17 @@ def stop_stale(pid_file: Path) -> None:
 class Envoy:
     """One Envoy process: `await start()`, `await stopped()` returns when it exits, `await stop()`."""
 
-    def __init__(self, settings: Settings, grpc_port: int, worker_ports: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        grpc_port: int,
+        worker_ports: Sequence[int] = (),
+        upstreams: Sequence[Upstream] = (),
+    ) -> None:
         self._settings = settings
         self._grpc_port = grpc_port
         self._worker_ports = worker_ports
+        self._upstreams = upstreams
         self._process: asyncio.subprocess.Process | None = None
         self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
         self._log_tail: deque[str] = deque(maxlen=30)
@@ -179,7 +227,9 @@ class Envoy:
 
         workdir = Path(self._workdir.name)
         config, admin_address = workdir / "envoy.yaml", workdir / "admin-address"
-        config.write_text(render(self._settings, self._grpc_port, self._worker_ports), encoding="utf-8")
+        config.write_text(
+            render(self._settings, self._grpc_port, self._worker_ports, upstreams=self._upstreams), encoding="utf-8"
+        )
         pid_file = self._settings.data_dir / PID_FILE
         stop_stale(pid_file)
         self._process = await asyncio.create_subprocess_exec(

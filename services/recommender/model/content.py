@@ -23,9 +23,30 @@ DIMENSIONS = 128
 
 
 @dataclass(frozen=True)
+class TextEncoder:
+    """What turns the text of a book added after training into its TF-IDF row and content vector, without a refit:
+    the fitted vocabulary and IDF weights, and the SVD's components."""
+
+    vocabulary: list[str]  # column order of the TF-IDF matrix
+    idf: FloatArray
+    components: FloatArray | None  # latent dimensions x terms; None where the vectors are the TF-IDF rows
+
+    def encode(self, texts: list[str]) -> tuple[sp.csr_matrix, FloatArray]:
+        if not self.vocabulary:
+            width = 0 if self.components is None else self.components.shape[0]
+            return sp.csr_matrix((len(texts), 0), dtype=np.float32), np.zeros((len(texts), width), dtype=np.float32)
+        vectorizer = _vectorizer(vocabulary=self.vocabulary)
+        vectorizer.idf_ = self.idf
+        features = sp.csr_matrix(vectorizer.transform(texts), dtype=np.float32)
+        dense = features @ self.components.T if self.components is not None else features.toarray()
+        return features, _unit_rows(np.asarray(dense, dtype=np.float32))
+
+
+@dataclass(frozen=True)
 class ContentModel:
     features: sp.csr_matrix  # books x terms, TF-IDF rows L2-normalised (catalogue order)
     vectors: FloatArray  # books x DIMENSIONS (or fewer), rows L2-normalised
+    encoder: TextEncoder | None = None  # None for versions saved before books could be added between retrains
 
     @property
     def num_books(self) -> int:
@@ -46,31 +67,45 @@ class ContentModel:
         return np.asarray(unit @ self.vectors.T, dtype=np.float32)
 
 
+def _vectorizer(**options: object) -> TfidfVectorizer:
+    return TfidfVectorizer(
+        stop_words="english", sublinear_tf=True, ngram_range=(1, 2), min_df=1, dtype=np.float32, **options
+    )
+
+
 def fit(books: list[Book], max_features: int, threads: int = 1) -> ContentModel:
     if not books:
         return ContentModel(sp.csr_matrix((0, 0), dtype=np.float32), np.zeros((0, 0), dtype=np.float32))
-    vectorizer = TfidfVectorizer(
-        max_features=max_features,
-        stop_words="english",
-        sublinear_tf=True,
-        ngram_range=(1, 2),
-        min_df=1,
-        dtype=np.float32,
-    )
+    vectorizer = _vectorizer(max_features=max_features)
     try:
         features = sp.csr_matrix(vectorizer.fit_transform([book.text() for book in books]), dtype=np.float32)
     except ValueError:  # every text empty or only stop words: no features, content scores are all zero
         features = sp.csr_matrix((len(books), 0), dtype=np.float32)
-    return ContentModel(features, reduce(features, DIMENSIONS, threads))
+        return ContentModel(
+            features, reduce(features, DIMENSIONS, threads), TextEncoder([], np.zeros(0, dtype=np.float32), None)
+        )
+    vectors, components = _svd(features, DIMENSIONS, threads)
+    vocabulary = [str(term) for term in vectorizer.get_feature_names_out()]
+    encoder = TextEncoder(vocabulary, vectorizer.idf_.astype(np.float32), components)
+    return ContentModel(features, vectors, encoder)
 
 
 def reduce(features: sp.csr_matrix, dimensions: int, threads: int = 1) -> FloatArray:
     """Rows of the TF-IDF matrix in `dimensions` latent dimensions (fewer when the matrix is smaller)."""
+    return _svd(features, dimensions, threads)[0]
+
+
+def _svd(features: sp.csr_matrix, dimensions: int, threads: int = 1) -> tuple[FloatArray, FloatArray | None]:
+    """The reduced rows, and the components that reduce a new row the same way (None: the rows are exact)."""
     rank = min(dimensions, features.shape[0] - 1, features.shape[1] - 1)
     if rank < 1:
-        return np.asarray(features.todense(), dtype=np.float32)  # tiny: the exact vectors
+        return np.asarray(features.todense(), dtype=np.float32), None  # tiny: the exact vectors
     with threadpool_limits(threads, "blas"):
-        reduced = TruncatedSVD(rank, algorithm="randomized", n_iter=5, random_state=0).fit_transform(features)
-    vectors = np.asarray(reduced, dtype=np.float32)
+        svd = TruncatedSVD(rank, algorithm="randomized", n_iter=5, random_state=0)
+        reduced = svd.fit_transform(features)
+    return _unit_rows(np.asarray(reduced, dtype=np.float32)), svd.components_.astype(np.float32)
+
+
+def _unit_rows(vectors: FloatArray) -> FloatArray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)

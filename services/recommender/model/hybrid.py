@@ -12,16 +12,22 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
 
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
+
+# (book_id, rating or None) of everything a user did, read from the database.
+UserHistory = Sequence[tuple[int, float | None]]
 
 # Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
 _TIE_BREAK = 1e-6
@@ -45,6 +51,10 @@ class Catalogue:
         return cls(
             np.array([b.book_id for b in books], dtype=np.int32), [b.title for b in books], [b.authors for b in books]
         )
+
+    def position(self, book_id: int) -> int | None:
+        found = self.positions([book_id])
+        return int(found[0]) if len(found) else None
 
     def positions(self, book_ids: npt.ArrayLike) -> IntArray:
         """Catalogue rows of the given ids; ids not in the catalogue are dropped."""
@@ -90,11 +100,18 @@ class Mode(StrEnum):
 
 @dataclass(frozen=True)
 class History:
-    """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row."""
+    """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row,
+    or for a history newer than the model, factors folded in from it."""
 
     cf_row: int | None
     seen: IntArray
     weights: FloatArray
+    factors: FloatArray | None = None
+
+    def user_vector(self, cf: CFModel) -> FloatArray | None:
+        if self.factors is not None:
+            return self.factors
+        return cf.user_factors[self.cf_row] if self.cf_row is not None else None
 
 
 @dataclass(frozen=True)
@@ -142,10 +159,18 @@ class HybridModel:
     def num_books(self) -> int:
         return len(self.catalogue.book_ids)
 
-    def history(self, user_id: int, fresh_history: Sequence[tuple[int, float | None]] = ()) -> History:
-        """The model's record of the user, else `fresh_history` ((book_id, rating or None) from elsewhere)."""
-        row = self.cf.user_row(user_id)
-        if row is not None:
+    @property
+    def data_as_of(self) -> datetime:
+        """A moment no later than the model's data snapshot: what changed since may be missing from it."""
+        return self.meta.trained_at - timedelta(seconds=self.meta.training_seconds)
+
+    def history(self, user_id: int, fresh_history: UserHistory | None = None) -> History:
+        """The model's record of the user; or, when given, `fresh_history` (everything the user did, newer than
+        the model), with CF factors folded in from it."""
+        if fresh_history is None:
+            row = self.cf.user_row(user_id)
+            if row is None:
+                return History(None, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
             item_positions, weights = self.cf.history(row)
             return History(row, self.cf_positions[item_positions], weights)
         ratings = dict(fresh_history)
@@ -154,7 +179,127 @@ class HybridModel:
         weights = interaction_weights(
             [np.nan if r is None else r for r in rated], self.meta.params.get("rating_scale", 1.0)
         )
-        return History(None, seen, weights)
+        recorded = self.history(user_id)
+        if recorded.cf_row is not None and _same_history(recorded, seen, weights):
+            return recorded  # nothing new after all: the trained factors, not a refit of them
+        return History(None, seen, weights, self.fold_in(seen, weights))
+
+    def fold_in(self, positions: IntArray, weights: FloatArray) -> FloatArray | None:
+        """The user factors ALS would give this history with the item factors held fixed (implicit's
+        `recalculate_user`: one least-squares solve, about k^3 + len(history) * k^2 operations); None when CF knows
+        none of the books."""
+        items = self._item_of_position[positions]
+        known = items >= 0
+        if not known.any() or self.cf.num_items == 0:
+            return None
+        row = sp.csr_matrix(
+            (weights[known], (np.zeros(int(known.sum()), dtype=np.int32), items[known])),
+            shape=(1, self.cf.num_items),
+        )
+        row.sum_duplicates()
+        return np.asarray(self._solver.recalculate_user(0, row), dtype=np.float32)
+
+    @cached_property
+    def _item_of_position(self) -> IntArray:
+        """CF item index of each catalogue row; -1 for books CF does not have."""
+        items = np.full(self.num_books, -1, dtype=np.int32)
+        items[self.cf_positions] = np.arange(len(self.cf_positions), dtype=np.int32)
+        return items
+
+    @cached_property
+    def _solver(self) -> AlternatingLeastSquares:
+        params = self.meta.params
+        solver = AlternatingLeastSquares(
+            factors=self.cf.item_factors.shape[1],
+            regularization=float(params.get("regularization", 0.05)),
+            alpha=float(params.get("confidence", 1.0)),
+            num_threads=1,
+        )
+        solver.item_factors = self.cf.item_factors
+        return solver
+
+    def with_books(self, books: Sequence[Book]) -> HybridModel:
+        """This model with `books` added to the catalogue or updated in it: content vectors from the version's
+        text encoder (zero for versions without one), no CF factors until a retrain."""
+        if not books:
+            return self
+        latest = {book.book_id: book for book in books}
+        incoming = [latest[book_id] for book_id in sorted(latest)]
+        content = self.content
+        if content.encoder is not None:
+            features, vectors = content.encoder.encode([book.text() for book in incoming])
+        else:
+            features = sp.csr_matrix((len(incoming), content.feature_dim), dtype=np.float32)
+            vectors = np.zeros((len(incoming), content.vectors.shape[1]), dtype=np.float32)
+        ids = np.array([book.book_id for book in incoming], dtype=np.int32)
+        rows = np.minimum(np.searchsorted(self.catalogue.book_ids, ids), max(self.num_books - 1, 0))
+        known = (self.num_books > 0) & (self.catalogue.book_ids[rows] == ids) if self.num_books else ids < 0
+        same_text = known.copy()
+        if content.encoder is not None and known.any():  # a re-encoding differs in the last float bits: compare
+            difference = abs(content.features[rows[known]] - features[np.flatnonzero(known)])
+            same_text[known] = np.asarray(difference.max(axis=1).todense()).ravel() < 1e-5
+        same_name = known & np.array(
+            [
+                (b.title, b.authors) == (self.catalogue.titles[r], self.catalogue.authors[r])
+                for b, r in zip(incoming, rows, strict=True)
+            ]
+        )
+        changed = np.flatnonzero(~(same_text & same_name))
+        if len(changed) == 0:
+            return self
+        incoming = [incoming[i] for i in changed]
+        features = sp.vstack(  # books whose text is unchanged keep their trained rows
+            [content.features[rows[i]] if same_text[i] else features[i] for i in changed], format="csr"
+        )
+        vectors = np.stack([content.vectors[rows[i]] if same_text[i] else vectors[i] for i in changed])
+        replaced = self.catalogue.positions([book.book_id for book in incoming])
+        keep = np.setdiff1d(np.arange(self.num_books), replaced)
+        old_ids = self.catalogue.book_ids[keep]
+        new_ids = np.array([book.book_id for book in incoming], dtype=np.int32)
+        order = np.argsort(np.concatenate([old_ids, new_ids]), kind="stable")
+        catalogue = Catalogue(
+            np.concatenate([old_ids, new_ids])[order],
+            [([self.catalogue.titles[p] for p in keep] + [b.title for b in incoming])[i] for i in order],
+            [([self.catalogue.authors[p] for p in keep] + [b.authors for b in incoming])[i] for i in order],
+        )
+        merged = ContentModel(
+            sp.csr_matrix(sp.vstack([content.features[keep], features], format="csr")[order]),
+            np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
+            content.encoder,
+        )
+        return HybridModel.assemble(self.meta, self.alpha, catalogue, self.cf, merged, self.popularity_prior)
+
+    def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
+        """Books like `book_id`, best first: cosine similarity of item factors and of content vectors, each a
+        z-score over the other books, blended with alpha (content alone for a book CF does not have); None when
+        the book is not in the catalogue."""
+        position = self.catalogue.position(book_id)
+        if position is None:
+            return None
+        others = np.array([position], dtype=np.int32)
+        count = self.num_books - 1
+        content_z = _Standardised(self.content.vectors @ self.content.vectors[position], others, count)
+        item = int(self._item_of_position[position])
+        if item < 0:
+            cf_z, weight = None, 0.0
+        else:
+            unit = self._unit_item_factors
+            raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
+            raw[self.cf_positions] = unit @ unit[item]
+            cf_z, weight = _Standardised(raw, others, count), self.alpha
+        ranking = content_z.scaled(1.0 - weight) + (cf_z.scaled(weight) if cf_z else 0.0)
+
+        def parts(p: int) -> tuple[float, float, float]:
+            cf = cf_z.at(p) if cf_z else 0.0
+            content = content_z.at(p)
+            return weight * cf + (1.0 - weight) * content, cf, content
+
+        return self._answer(Strategy.HYBRID, ranking + _TIE_BREAK * self.popularity, others, limit, parts).books
+
+    @cached_property
+    def _unit_item_factors(self) -> FloatArray:
+        norms = np.linalg.norm(self.cf.item_factors, axis=1, keepdims=True)
+        return (self.cf.item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
     def score(self, histories: Sequence[History]) -> Scores:
         """Standardised CF and content scores of every book for each user, and their blend."""
@@ -165,17 +310,17 @@ class HybridModel:
         count = np.maximum(candidates.sum(axis=1, keepdims=True), 1).astype(np.float32)
         content = _standardise(self._content_raw(histories), candidates, count)
         cf = np.zeros((len(histories), n), dtype=np.float32)
-        rows = [i for i, h in enumerate(histories) if h.cf_row is not None]
+        vectors = [h.user_vector(self.cf) for h in histories]
+        rows = [i for i, v in enumerate(vectors) if v is not None]
         if rows and self.cf.num_items:
-            cf_rows = np.array([histories[i].cf_row for i in rows], dtype=np.int64)
-            raw = self.cf.user_factors[cf_rows] @ self.cf.item_factors.T
+            raw = np.stack([v for v in vectors if v is not None]) @ self.cf.item_factors.T
             if len(self.cf_positions) == n:  # every book has interactions: the columns line up (both sorted)
                 full = raw
             else:
                 full = np.repeat(raw.min(axis=1, keepdims=True), n, axis=1)  # books nobody read: the lowest
                 full[:, self.cf_positions] = raw
             cf[rows] = _standardise(full, candidates[rows], count[rows])
-        has_cf = np.array([h.cf_row is not None for h in histories], dtype=bool)[:, None]
+        has_cf = np.array([v is not None for v in vectors], dtype=bool)[:, None]
         blended = np.where(has_cf, self.alpha * cf + (1.0 - self.alpha) * content, content)
         if self.popularity_prior > 0:
             # CF factors fitted on a little history say little: lean on what most readers liked, less with every
@@ -220,13 +365,11 @@ class HybridModel:
                 ranked[mode] += [self.catalogue.book_ids[p] for p in self.top(scores, k, mode)]
         return ranked
 
-    def recommend(
-        self, user_id: int, limit: int, fresh_history: Sequence[tuple[int, float | None]] = ()
-    ) -> Recommendations:
+    def recommend(self, user_id: int, limit: int, fresh_history: UserHistory | None = None) -> Recommendations:
         """Top `limit` books the user has not interacted with, best first: `score` for one user, in as few passes
         over the catalogue as the maths allows (a request's hot path).
 
-        `fresh_history` is (book_id, rating or None) known outside the model, used for users the CF model lacks.
+        `fresh_history`: everything the user did, when it is newer than the model (see `history`).
         """
         history = self.history(user_id, fresh_history)
         seen = np.unique(history.seen)
@@ -236,13 +379,14 @@ class HybridModel:
             return self._answer(Strategy.POPULAR, ranking, seen, limit, lambda p: (float(self.popularity[p]), 0, 0))
         content = self._content_raw([history])[0]
         content_z = _Standardised(content, seen, candidates)
-        if history.cf_row is None:
+        user_vector = history.user_vector(self.cf)
+        if user_vector is None:
             strategy, trust = Strategy.CONTENT, 1.0
             cf_z = _Standardised(np.zeros(self.num_books, dtype=np.float32), seen, candidates)
             ranking = content_z.scaled(1.0)
         else:
             strategy = Strategy.HYBRID
-            raw = self.cf.item_factors @ self.cf.user_factors[history.cf_row]
+            raw = self.cf.item_factors @ user_vector
             if len(self.cf_positions) < self.num_books:  # books nobody read: as low as the lowest
                 full = np.full(self.num_books, raw.min() if len(raw) else 0.0, dtype=np.float32)
                 full[self.cf_positions] = raw
@@ -315,6 +459,15 @@ class _Standardised:
         return (float(self.values[position]) - self.mean) * self.inverse
 
 
+def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool:
+    if len(history.seen) != len(seen):
+        return False
+    mine, theirs = np.argsort(history.seen), np.argsort(seen)
+    return bool(
+        np.array_equal(history.seen[mine], seen[theirs]) and np.allclose(history.weights[mine], weights[theirs])
+    )
+
+
 def _standardise(scores: FloatArray, candidates: npt.NDArray[np.bool_], count: FloatArray) -> FloatArray:
     """Row-wise z-scores over each row's candidates (`count` of them; 0 where a row has no spread)."""
     mask = candidates.astype(np.float32)
@@ -336,4 +489,10 @@ def warm(model: HybridModel) -> None:
     """Runs each code path once, so the first real request after a swap pays no first-call costs."""
     model.recommend(user_id=0, limit=1)
     if model.cf.num_users:
-        model.recommend(user_id=int(model.cf.user_ids[0]), limit=1)
+        user_id = int(model.cf.user_ids[0])
+        model.recommend(user_id=user_id, limit=1)
+        positions, _weights = model.cf.history(0)
+        books = model.catalogue.book_ids[model.cf_positions[positions]]
+        model.recommend(user_id=user_id, limit=1, fresh_history=[(int(b), None) for b in books])  # the fold-in
+    if model.num_books:
+        model.similar(int(model.catalogue.book_ids[0]), limit=1)

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from recommender.schedule import Schedule
-from recommender.serving.manager import ModelManager
+from recommender.serving.cluster import Cluster
+from recommender.storage.db import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -17,12 +18,12 @@ class Scheduler:
     def __init__(
         self,
         schedule: Schedule,
-        manager: ModelManager,
+        cluster: Cluster,
         new_interactions: Callable[[], Awaitable[int]],
         min_new_interactions: int = 0,
     ) -> None:
         self._schedule = schedule
-        self._manager = manager
+        self._cluster = cluster
         self._new_interactions = new_interactions
         self._min_new = min_new_interactions
         self.next_tick: datetime | None = None
@@ -36,7 +37,7 @@ class Scheduler:
             await self.tick()
 
     async def tick(self) -> None:
-        if self._manager.state.running:
+        if self._cluster.retraining:
             log.info("scheduled retrain skipped: a retrain is running")
             return
         if self._min_new:
@@ -52,7 +53,12 @@ class Scheduler:
                     self._min_new,
                 )
                 return
-        if self._manager.start_retrain() is None:
+        try:
+            started = await self._cluster.start_retrain()
+        except DatabaseUnavailable as exc:
+            log.warning("scheduled retrain skipped: %s", exc)
+            return
+        if not started:
             log.info("scheduled retrain skipped: a retrain is running")
         else:
             log.info("scheduled retrain started")

@@ -16,6 +16,8 @@ from threadpoolctl import threadpool_limits
 from recommender import demo
 from recommender.schedule import Schedule
 from recommender.serving.auth import AuthInterceptor, Credentials
+from recommender.serving.cluster import Cluster
+from recommender.serving.freshness import FreshData
 from recommender.serving.manager import ModelBuilder, ModelManager
 from recommender.serving.scheduler import Scheduler
 from recommender.serving.servicer import RecommenderServicer
@@ -31,7 +33,8 @@ from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-STATE_CHANGING = {"Retrain", "Rollback"}  # RPCs that need the admin credential when one is configured
+# RPCs that need the admin credential when one is configured.
+STATE_CHANGING = {"Retrain", "Rollback", "RecordInteractions", "UpsertBooks"}
 
 
 async def prepare_database(db: Database, settings: Settings) -> None:
@@ -59,6 +62,7 @@ def make_trainer(settings: Settings, dsn: str) -> Trainer:
         training_params(settings),
         settings.keep_versions,
         quality_policy(settings),
+        shared_artifacts=settings.artifact_store == "postgres",
     )
 
 
@@ -81,7 +85,8 @@ class GrpcService:
         self._metrics_server: WSGIServer | None = None
         self._scheduler: Scheduler | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
-        self._follow_task: asyncio.Task[None] | None = None
+        self._cluster: Cluster | None = None
+        self._fresh: FreshData | None = None
 
     @property
     def manager(self) -> ModelManager:
@@ -99,7 +104,8 @@ class GrpcService:
             await self._db.migrate()  # the main process fills an empty database
         else:
             await prepare_database(self._db, self.settings)
-        versions = Versions(Registry(self._db), store)
+        shared = self._db if self.settings.artifact_store == "postgres" else None
+        versions = Versions(Registry(self._db), store, shared)
         try:
             model = await versions.load_active()
         except OSError as exc:
@@ -119,10 +125,12 @@ class GrpcService:
         )
         self._serving_changed()
         await self._publish_health()
+        self._fresh = FreshData(self._db)
+        await self._fresh.start(model)
+        self._cluster = Cluster(self.dsn, self._db, self._manager, versions, self._fresh, retrains=not self.worker)
+        await self._cluster.start()
         if not self.worker:
             self._start_metrics_server()
-        else:
-            self._follow_task = asyncio.create_task(self._follow(versions))
         if self.settings.retrain_schedule and not self.worker:
             self._start_scheduler(Schedule.parse(self.settings.retrain_schedule), versions.registry, self._db)
         credentials = Credentials.from_settings(self.settings)
@@ -134,7 +142,9 @@ class GrpcService:
         servicer = RecommenderServicer(
             self._manager,
             versions,
-            self._db.user_history,
+            self._db,
+            self._cluster,
+            self._fresh,
             self.settings.start_alpha,
             next_scheduled_retrain=lambda: self._scheduler.next_tick if self._scheduler else None,
         )
@@ -154,22 +164,12 @@ class GrpcService:
         await server.start()
         self._server = server
         log.info("gRPC server listening on %s:%d", self.settings.grpc_host, self.port)
-        if model is None and not self.worker:
+        if model is None and not self.worker and await self._cluster.start_retrain():
             log.info("no model artifact yet: training the first model; Recommend is UNAVAILABLE until it is ready")
-            self._manager.start_retrain()
         elif model is None:
-            log.info("no model yet: waiting for the main process to train the first one")
+            log.info("no model yet: waiting for another process to train the first one")
         else:
             log.info("serving model version %s", model.meta.version)
-
-    async def _follow(self, versions: Versions, interval: float = 1.0) -> None:
-        """A worker serves what the registry says is active, within `interval` seconds of a change."""
-        while True:
-            try:
-                await versions.follow(self.manager)
-            except Exception as exc:  # the database may be away for a while: keep serving, try again
-                log.warning("cannot check the active version: %s", exc)
-            await asyncio.sleep(interval)
 
     def _needs_credentials(self, method: str) -> bool:
         """Calls that change state always; the Recommender's reads when RECOMMENDER_AUTH_READS is set. Health
@@ -203,9 +203,9 @@ class GrpcService:
             active = await registry.active()
             return await db.interactions_changed_since(active.created_at if active else None)
 
-        assert self._manager is not None
+        assert self._cluster is not None
         self._scheduler = Scheduler(
-            schedule, self._manager, new_interactions, self.settings.retrain_min_new_interactions
+            schedule, self._cluster, new_interactions, self.settings.retrain_min_new_interactions
         )
         self._scheduler_task = asyncio.create_task(self._scheduler.run())
         log.info("retraining on the schedule %r", schedule.text)
@@ -218,9 +218,8 @@ class GrpcService:
 
     async def stop(self, grace: float = 5.0) -> None:
         """In-flight calls get `grace` seconds; a running retrain stops at its next checkpoint."""
-        for task in (self._scheduler_task, self._follow_task):
-            if task is not None:
-                task.cancel()
+        if self._scheduler_task is not None:
+            self._scheduler_task.cancel()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
@@ -230,5 +229,9 @@ class GrpcService:
         if self._manager is not None:
             await asyncio.to_thread(self._manager.shutdown)
             self._store.unmark_serving()
+        if self._cluster is not None:
+            await self._cluster.stop()  # after the retrain stopped: frees the retrain lock
+        if self._fresh is not None:
+            await self._fresh.stop()
         if self._db is not None:
             await self._db.close()

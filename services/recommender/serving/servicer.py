@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import math
+import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -11,9 +13,14 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from recommender.model.hybrid import HybridModel
+from recommender.model.dataset import Book, Interaction
+from recommender.model.hybrid import HybridModel, UserHistory
+from recommender.serving.cluster import Cluster
+from recommender.serving.freshness import FreshData
 from recommender.serving.manager import Busy, ModelManager
 from recommender.serving.versions import VersionNotFound, Versions, VersionUnavailable
+from recommender.storage.db import Database, DatabaseUnavailable, UnknownBooks
+from recommender.storage.events import Event, Kind
 from recommender.storage.registry import VersionRecord
 from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
@@ -26,9 +33,9 @@ MAX_LIMIT = 100
 RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for status."
 RETRAIN_RUNNING = "Retraining already in progress"
 MODEL_NOT_LOADED = "Model not loaded"
-
-# (book_id, rating or None) of what a user did, read from the database for users the model has not seen.
-HistoryLookup = Callable[[int], Awaitable[list[tuple[int, float | None]]]]
+MAX_BATCH = 1000  # entries per RecordInteractions or UpsertBooks call
+SHOWN_PROBLEMS = 20  # bad entries named in one error message
+MAX_FUTURE_SECONDS = 86_400  # timestamps further ahead than this are a mistake (milliseconds, say)
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -36,35 +43,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self,
         manager: ModelManager,
         versions: Versions,
-        history: HistoryLookup,
+        db: Database,
+        cluster: Cluster,
+        fresh: FreshData,
         alpha: float,
         next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
     ) -> None:
         self._manager = manager
         self._versions = versions
-        self._history = history
+        self._db = db
+        self._cluster = cluster
+        self._fresh = fresh
         self._alpha = alpha  # the configured blend weight, shown until a model is loaded
         self._next_scheduled_retrain = next_scheduled_retrain
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
     ) -> pb.RecommendResponse:
-        limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
         if request.user_id == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required: a positive integer")
         if request.user_id < 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
             )
-        if not 1 <= limit <= MAX_LIMIT:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIMIT}, got {limit}"
-            )
-        model = await self._loaded_model(context)
-        fresh: list[tuple[int, float | None]] = []
-        if model.cf.user_row(request.user_id) is None:
-            fresh = await self._fresh_history(request.user_id)
-        result = model.recommend(request.user_id, limit, fresh)
+        limit = await _limit(request, context)
+        model = self._fresh.serving(await self._loaded_model(context))
+        result = model.recommend(request.user_id, limit, await self._current_history(model, request.user_id))
         return pb.RecommendResponse(
             user_id=request.user_id,
             strategy=result.strategy.value,
@@ -92,7 +96,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             "alpha": self._alpha,
             "cf_model": pb.CfModelInfo(),
             "content_model": pb.ContentModelInfo(),
-            "is_retraining": state.running,
+            "is_retraining": self._cluster.retraining,
             "last_retrain_error": state.last_error,
             "last_retrain": _last_retrain(state.last),
             "next_scheduled_retrain": _timestamp(self._next_scheduled_retrain()),
@@ -102,6 +106,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 stage=progress.stage, percent=round(progress.percent, 1), started_at=_timestamp(progress.started_at)
             )
         if model is not None:
+            model = self._fresh.serving(model)
             fields |= {
                 "status": "loaded",
                 "alpha": model.alpha,
@@ -122,7 +127,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
     ) -> pb.RetrainResponse:
-        if self._manager.start_retrain(force=request.force) is None:
+        try:
+            started = await self._cluster.start_retrain(force=request.force)
+        except DatabaseUnavailable as exc:  # the retrain could not even read its data
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no retrain started: {exc}")
+        if not started:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         log.info("retrain started on request%s", " (forced: the promotion gate is skipped)" if request.force else "")
         return pb.RetrainResponse(status="accepted", message=RETRAIN_ACCEPTED)
@@ -131,6 +140,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.RollbackResponse]
     ) -> pb.RollbackResponse:
         try:
+            self._cluster.check_not_busy()
             version = await self._versions.rollback(self._manager, request.version.strip())
         except Busy:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
@@ -156,7 +166,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse]
     ) -> pb.HealthResponse:
         return pb.HealthResponse(
-            status="retraining" if self._manager.state.running else "ok",
+            status="retraining" if self._cluster.retraining else "ok",
             models_loaded=self._manager.model is not None,
         )
 
@@ -167,13 +177,174 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         assert model is not None
         return model
 
-    async def _fresh_history(self, user_id: int) -> list[tuple[int, float | None]]:
-        """A new user's history; without the database they still get popular books, not an error."""
+    async def RecordInteractions(
+        self,
+        request: pb.RecordInteractionsRequest,
+        context: grpc.aio.ServicerContext[pb.RecordInteractionsRequest, pb.RecordInteractionsResponse],
+    ) -> pb.RecordInteractionsResponse:
+        entries = request.interactions
+        await _check_batch("interactions", len(entries), context)
+        latest = time.time() + MAX_FUTURE_SECONDS
+        problems = [problem for i, entry in enumerate(entries) for problem in _interaction_problems(i, entry, latest)]
+        await _abort_if(problems, context)
+        interactions = [
+            Interaction(
+                user_id=e.user_id,
+                book_id=e.book_id,
+                rating=e.rating if e.HasField("rating") else None,
+                timestamp=float(e.timestamp) if e.HasField("timestamp") else None,
+            )
+            for e in entries
+        ]
         try:
-            return await self._history(user_id)
+            await self._db.record_interactions(interactions)
+        except UnknownBooks as exc:
+            missing = set(exc.book_ids)
+            await _abort_if(
+                [
+                    f"interactions[{i}]: book {e.book_id} is not in the catalogue"
+                    for i, e in enumerate(entries)
+                    if e.book_id in missing
+                ],
+                context,
+            )
+        except Exception:
+            log.warning("could not record interactions", exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing recorded: the database cannot be written")
+        # This replica answers with them at once; the others when the change notice reaches them.
+        self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
+        return pb.RecordInteractionsResponse(recorded=len(interactions))
+
+    async def UpsertBooks(
+        self,
+        request: pb.UpsertBooksRequest,
+        context: grpc.aio.ServicerContext[pb.UpsertBooksRequest, pb.UpsertBooksResponse],
+    ) -> pb.UpsertBooksResponse:
+        entries = request.books
+        await _check_batch("books", len(entries), context)
+        problems: list[str] = []
+        first_seen: dict[int, int] = {}
+        for i, entry in enumerate(entries):
+            problems += _book_problems(i, entry)
+            if entry.book_id in first_seen:
+                problems.append(f"books[{i}].book_id {entry.book_id} is also books[{first_seen[entry.book_id]}]")
+            first_seen.setdefault(entry.book_id, i)
+        await _abort_if(problems, context)
+        try:
+            stored = await self._db.existing_book_ids(first_seen)
+            await _abort_if(
+                [
+                    f"books[{i}]: title is required for a new book ({e.book_id} is not in the catalogue)"
+                    for i, e in enumerate(entries)
+                    if e.book_id not in stored and not e.HasField("title")
+                ],
+                context,
+            )
+            counts = await self._db.upsert_books([_book_change(entry) for entry in entries])
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.warning("could not write books", exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing written: the database cannot be written")
+        await self._fresh.books_changed()
+        return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
+
+    async def SimilarBooks(
+        self,
+        request: pb.SimilarBooksRequest,
+        context: grpc.aio.ServicerContext[pb.SimilarBooksRequest, pb.SimilarBooksResponse],
+    ) -> pb.SimilarBooksResponse:
+        if request.book_id < 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"book_id must be a positive integer, got {request.book_id}"
+            )
+        limit = await _limit(request, context)
+        model = self._fresh.serving(await self._loaded_model(context))
+        books = model.similar(request.book_id, limit)
+        if books is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"book {request.book_id} is not in the catalogue")
+        assert books is not None
+        return pb.SimilarBooksResponse(
+            book_id=request.book_id,
+            model_version=model.meta.version,
+            books=[
+                pb.SimilarBook(book_id=b.book_id, title=b.title, authors=b.authors, score=_rounded(b.score))
+                for b in books
+            ],
+        )
+
+    async def _current_history(self, model: HybridModel, user_id: int) -> UserHistory | None:
+        """The user's history when it is newer than the model; None (the model's record) when the database
+        cannot be read, so that answers go on."""
+        try:
+            return await self._fresh.history(model, user_id)
         except Exception:
             log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
-            return []
+            return None
+
+
+async def _limit(
+    request: pb.RecommendRequest | pb.SimilarBooksRequest, context: grpc.aio.ServicerContext[Any, Any]
+) -> int:
+    limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
+    if not 1 <= limit <= MAX_LIMIT:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
+    return limit
+
+
+async def _check_batch(name: str, size: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if not 1 <= size <= MAX_BATCH:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must hold 1 to {MAX_BATCH} entries, got {size}")
+
+
+async def _abort_if(problems: list[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """INVALID_ARGUMENT naming the bad entries, when there are any: nothing was written."""
+    if problems:
+        shown = "; ".join(problems[:SHOWN_PROBLEMS])
+        more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nothing written: {shown}{more}")
+
+
+def _interaction_problems(i: int, entry: pb.InteractionInput, latest: float) -> list[str]:
+    problems = [
+        f"interactions[{i}].{name} must be a positive integer, got {value}"
+        for name, value in (("user_id", entry.user_id), ("book_id", entry.book_id))
+        if value < 1
+    ]
+    if entry.HasField("rating") and not (math.isfinite(entry.rating) and 0 <= entry.rating <= 5):
+        problems.append(f"interactions[{i}].rating must be between 0 and 5, got {entry.rating:g}")
+    if entry.HasField("timestamp") and not 0 < entry.timestamp <= latest:
+        problems.append(f"interactions[{i}].timestamp must be Unix seconds up to now, got {entry.timestamp}")
+    return problems
+
+
+def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
+    problems = []
+    if entry.book_id < 1:
+        problems.append(f"books[{i}].book_id must be a positive integer, got {entry.book_id}")
+    if entry.HasField("title") and not entry.title.strip():
+        problems.append(f"books[{i}].title must not be empty")
+    if entry.HasField("genres") and not all(v.WhichOneof("kind") == "string_value" for v in entry.genres.values):
+        problems.append(f"books[{i}].genres must be an array of strings")
+    return problems
+
+
+def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
+    """The book as given, and the columns it gives (the others keep their stored values)."""
+    columns = ["book_id", *(name for name in ("title", "authors", "description") if entry.HasField(name))]
+    if entry.HasField("genres"):
+        columns.append("genres")
+    if entry.HasField("published_year"):
+        columns.append("published_year")
+    book = Book(
+        book_id=entry.book_id,
+        title=entry.title.strip(),
+        authors=entry.authors,
+        description=entry.description,
+        genres=tuple(v.string_value for v in entry.genres.values),
+        published_year=entry.published_year if entry.HasField("published_year") else None,
+    )
+    return book, columns
 
 
 def _metrics(values: dict[str, float]) -> pb.Metrics:

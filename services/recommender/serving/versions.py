@@ -8,6 +8,7 @@ import logging
 from recommender.model.hybrid import HybridModel, warm
 from recommender.serving.manager import ModelManager
 from recommender.storage.artifacts import ArtifactError, ArtifactStore
+from recommender.storage.db import Database
 from recommender.storage.registry import Registry, Status, VersionRecord
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,12 @@ class VersionUnavailable(ValueError):
 
 
 class Versions:
-    def __init__(self, registry: Registry, store: ArtifactStore) -> None:
+    def __init__(self, registry: Registry, store: ArtifactStore, shared: Database | None = None) -> None:
+        """`shared`: the database that holds every version's files (RECOMMENDER_ARTIFACT_STORE=postgres), for
+        versions trained on another host; the local folder is then a cache."""
         self.registry = registry
         self.store = store
+        self.shared = shared
 
     async def load_active(self) -> HybridModel | None:
         """The registry's active version; if its artifact cannot load, the most recent retired one that can (with
@@ -91,11 +95,17 @@ class Versions:
 
     async def _previous(self) -> str:
         for record in await self.registry.retired():
-            if self.store.is_complete(record.version):
+            if self.store.is_complete(record.version) or self.shared is not None:
                 return record.version
         raise VersionNotFound("no earlier version to roll back to")
 
     async def _try_load(self, version: str) -> HybridModel | None:
+        if self.shared is not None and not self.store.is_complete(version):
+            files = await self.shared.artifact_files(version)
+            if files:
+                await asyncio.to_thread(self.store.install, version, files)
+                log.info("fetched model version %s from the database", version)
+
         def load() -> HybridModel:
             model = self.store.load(version)
             warm(model)

@@ -26,7 +26,7 @@ import psutil
 import scipy.sparse as sp
 
 from recommender.model.cf import CFModel
-from recommender.model.content import DIMENSIONS, ContentModel, reduce
+from recommender.model.content import DIMENSIONS, ContentModel, TextEncoder, reduce
 from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,12 @@ class ArtifactStore:
         sp.save_npz(incoming / "cf_user_items.npz", model.cf.user_items)
         sp.save_npz(incoming / "content_features.npz", model.content.features)
         np.save(incoming / "content_vectors.npy", model.content.vectors)
+        encoder = model.content.encoder
+        if encoder is not None:
+            arrays = {"vocabulary": np.array(encoder.vocabulary, dtype=str), "idf": encoder.idf}
+            if encoder.components is not None:
+                arrays["components"] = encoder.components
+            np.savez(incoming / "content_encoder.npz", **arrays)  # type: ignore[arg-type]
         manifest = {
             "format": FORMAT,
             "version": version,
@@ -117,6 +123,29 @@ class ArtifactStore:
             "metrics": model.meta.metrics,
         }
         _write_atomically(incoming / MANIFEST, json.dumps(manifest, indent=2))
+        return self._commit(incoming, version)
+
+    def files(self, version: str) -> dict[str, bytes]:
+        """The files of a complete version, by name (to keep a copy in another store)."""
+        if not self.is_complete(version):
+            raise ArtifactError(f"version {version} is not complete")
+        return {path.name: path.read_bytes() for path in (self.versions_dir / version).iterdir() if path.is_file()}
+
+    def install(self, version: str, files: dict[str, bytes]) -> None:
+        """Writes a version fetched from another store; like `save`, it is complete or absent."""
+        if MANIFEST not in files:
+            raise ArtifactError(f"version {version} has no {MANIFEST} in the store it came from")
+        incoming = self.root / f".incoming-{version}"
+        shutil.rmtree(incoming, ignore_errors=True)
+        incoming.mkdir(parents=True)
+        for name, data in files.items():
+            if name != MANIFEST:
+                (incoming / Path(name).name).write_bytes(data)
+        (incoming / MANIFEST).write_bytes(files[MANIFEST])  # last: it marks the version complete
+        shutil.rmtree(self.versions_dir / version, ignore_errors=True)
+        self._commit(incoming, version)
+
+    def _commit(self, incoming: Path, version: str) -> Path:
         for path in incoming.iterdir():
             _fsync(path)
         target = self.versions_dir / version
@@ -167,7 +196,7 @@ class ArtifactStore:
             vectors = (
                 np.load(vectors_file, allow_pickle=False) if vectors_file.exists() else reduce(features, DIMENSIONS)
             )  # versions from before the dense vectors get them computed
-            content = ContentModel(features, vectors)
+            content = ContentModel(features, vectors, _load_encoder(folder / "content_encoder.npz"))
             meta = ModelMeta(
                 version,
                 datetime.fromisoformat(manifest["trained_at"]),
@@ -206,6 +235,15 @@ class ArtifactStore:
         for version in removed:
             shutil.rmtree(self.versions_dir / version, ignore_errors=True)
         return removed
+
+
+def _load_encoder(path: Path) -> TextEncoder | None:
+    """None for versions saved before books could be added between retrains."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as arrays:
+        components = arrays["components"] if "components" in arrays.files else None
+        return TextEncoder(arrays["vocabulary"].tolist(), arrays["idf"], components)
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -16,11 +17,14 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.storage.events import Event, Kind, notify
 
 log = logging.getLogger(__name__)
 
 # One lock id for schema changes and the demo seed, so that several processes starting together take turns.
 _SCHEMA_LOCK = 0x7265636F  # "reco"
+# Held while a retrain runs anywhere in the cluster (see RetrainLock).
+_RETRAIN_LOCK = 0x72657472  # "retr"
 
 # Statements that move a whole catalogue (imports, the demo seed, the training snapshot) may take minutes at
 # millions of interactions; every other statement keeps the pool's 60 s.
@@ -37,8 +41,23 @@ class ImportCounts:
     updated: int
 
 
+class UnknownBooks(ValueError):
+    """Interactions refer to books that are not in the catalogue."""
+
+    def __init__(self, book_ids: Sequence[int]) -> None:
+        self.book_ids = list(book_ids)
+        super().__init__("interactions refer to books that do not exist: " + ", ".join(map(str, self.book_ids)))
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or refuses the connection; the message says where and why."""
+
+
+_CONNECT_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
+    return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc) or type(exc).__name__}")
 
 
 def describe(dsn: str) -> str:
@@ -62,9 +81,8 @@ class Database:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_size, command_timeout=60, timeout=connect_seconds
             )
-        except (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(dsn)}: {reason}") from exc
+        except _CONNECT_ERRORS as exc:
+            raise _unavailable(dsn, exc) from exc
         return cls(pool)
 
     async def close(self) -> None:
@@ -137,18 +155,38 @@ class Database:
         """
         async with self._pool.acquire() as conn, conn.transaction():
             await _upsert_books(conn, books, book_columns)
-            missing = await conn.fetch(
-                "SELECT DISTINCT b FROM unnest($1::integer[]) AS b WHERE NOT EXISTS "
-                "(SELECT 1 FROM books WHERE book_id = b) ORDER BY b LIMIT 10",
-                sorted({i.book_id for i in interactions}),
-            )
-            if missing:
-                ids = ", ".join(str(row["b"]) for row in missing)
-                raise ValueError(f"interactions refer to books that do not exist: {ids}")
-            return await _merge_interactions(conn, interactions)
+            await _check_books_exist(conn, interactions)
+            counts = await _merge_interactions(conn, interactions)
+            await _notify_changes(conn, [b.book_id for b in books], interactions)
+            return counts
 
-    async def add_interactions(self, interactions: Sequence[Interaction]) -> ImportCounts:
+    async def record_interactions(self, interactions: Sequence[Interaction]) -> ImportCounts:
+        """Merges new events (as `import_data` does) in one transaction and tells the other processes whose
+        history changed. Raises UnknownBooks, writing nothing, when a book does not exist."""
         return await self.import_data([], interactions)
+
+    async def upsert_books(self, books: Sequence[tuple[Book, Collection[str]]]) -> ImportCounts:
+        """Adds or updates books in one transaction: of a stored book, only its given columns change."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            ids = [book.book_id for book, _ in books]
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM books WHERE book_id = ANY($1::integer[])", sorted(set(ids))
+            )
+            untitled = [book.book_id for book, columns in books if "title" not in columns]
+            # The row proposed for an existing book must pass the table's checks before it becomes an update.
+            titles = dict(
+                await conn.fetch("SELECT book_id, title FROM books WHERE book_id = ANY($1::integer[])", untitled)
+            )
+            groups: dict[frozenset[str], list[Book]] = {}
+            for book, columns in books:
+                stored_title = titles.get(book.book_id)
+                kept = dataclasses.replace(book, title=stored_title) if stored_title else book
+                groups.setdefault(frozenset(columns), []).append(kept)
+            for columns, group in groups.items():
+                await _upsert_books(conn, group, columns)
+            await _notify_changes(conn, ids, [])
+        added = len(set(ids)) - stored
+        return ImportCounts(added=added, updated=stored)
 
     async def load_training_data(self) -> TrainingData:
         """One consistent snapshot of books and interactions (a single REPEATABLE READ transaction)."""
@@ -166,17 +204,7 @@ class Database:
                 timeout=BULK_SECONDS,
             )
             rows = _binary_copy_rows(b"".join(chunks), _INTERACTION_ROW)
-        books = [
-            Book(
-                book_id=row["book_id"],
-                title=row["title"],
-                authors=row["authors"],
-                description=row["description"],
-                genres=tuple(row["genres"]),
-                published_year=row["published_year"],
-            )
-            for row in book_rows
-        ]
+        books = [_book(row) for row in book_rows]
         return TrainingData(
             books=books,
             user_ids=rows["user_id"].astype(np.int32),
@@ -196,6 +224,55 @@ class Database:
         rows = await self._pool.fetch("SELECT book_id, rating FROM interactions WHERE user_id = $1", user_id)
         return [(row["book_id"], row["rating"]) for row in rows]
 
+    async def users_changed_since(self, moment: datetime) -> list[int]:
+        """Users with interactions added or changed at or after `moment`."""
+        rows = await self._pool.fetch("SELECT DISTINCT user_id FROM interactions WHERE updated_at >= $1", moment)
+        return [row["user_id"] for row in rows]
+
+    async def books_changed_since(self, moment: datetime) -> list[Book]:
+        """Books added or changed at or after `moment`."""
+        return await self._books("WHERE updated_at >= $1", moment)
+
+    async def books_by_id(self, book_ids: Iterable[int]) -> list[Book]:
+        return await self._books("WHERE book_id = ANY($1::integer[])", sorted(set(book_ids)))
+
+    async def _books(self, where: str, *args: object) -> list[Book]:
+        rows = await self._pool.fetch(
+            f"SELECT book_id, title, authors, description, genres, published_year FROM books {where} ORDER BY book_id",
+            *args,
+        )
+        return [_book(row) for row in rows]
+
+    async def retrain_running(self) -> bool:
+        """Whether some process of the cluster holds the retrain lock."""
+        running: bool = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = 0 "
+            "AND objid::bigint = $1 AND objsubid = 1 AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+            _RETRAIN_LOCK,
+        )
+        return running
+
+    async def save_artifact_files(self, version: str, files: dict[str, bytes]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM model_artifacts WHERE version = $1", version)
+            await conn.executemany(
+                "INSERT INTO model_artifacts (version, name, data) VALUES ($1, $2, $3)",
+                [(version, name, data) for name, data in files.items()],
+                timeout=BULK_SECONDS,
+            )
+
+    async def artifact_files(self, version: str) -> dict[str, bytes]:
+        """The stored files of `version`; empty when the database holds none."""
+        rows = await self._pool.fetch(
+            "SELECT name, data FROM model_artifacts WHERE version = $1", version, timeout=BULK_SECONDS
+        )
+        return {row["name"]: bytes(row["data"]) for row in rows}
+
+    async def delete_artifact_files(self, keep: Collection[str]) -> None:
+        """Deletes the stored files of every version but `keep`."""
+        await self._pool.execute("DELETE FROM model_artifacts WHERE NOT version = ANY($1::text[])", list(keep))
+
     async def interactions_changed_since(self, moment: datetime | None) -> int:
         """(user, book) rows added or changed after `moment` (all of them when None)."""
         count: int = await self._pool.fetchval(
@@ -210,6 +287,74 @@ class Database:
         )
         assert row is not None
         return dict(row)
+
+
+class RetrainLock:
+    """One retrain in the whole cluster at a time: a session-level advisory lock, held on a connection of its own
+    for as long as the retrain runs. PostgreSQL frees it when that connection ends, so a process that dies in the
+    middle of a retrain frees it too."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._conn: asyncpg.Connection | None = None
+
+    async def acquire(self) -> bool:
+        """True when this process now holds the lock; False when another one does. Raises DatabaseUnavailable."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+        except _CONNECT_ERRORS as exc:
+            raise _unavailable(self._dsn, exc) from exc
+        try:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RETRAIN_LOCK):
+                await conn.close()
+                return False
+            await notify(conn, Event(Kind.RETRAIN))
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        return True
+
+    async def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _RETRAIN_LOCK)
+            await notify(conn, Event(Kind.RETRAIN))
+        finally:
+            await conn.close()  # frees the lock even when the statements above failed
+
+
+def _book(row: asyncpg.Record) -> Book:
+    return Book(
+        book_id=row["book_id"],
+        title=row["title"],
+        authors=row["authors"],
+        description=row["description"],
+        genres=tuple(row["genres"]),
+        published_year=row["published_year"],
+    )
+
+
+async def _check_books_exist(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> None:
+    missing = await conn.fetch(
+        "SELECT DISTINCT b FROM unnest($1::integer[]) AS b WHERE NOT EXISTS "
+        "(SELECT 1 FROM books WHERE book_id = b) ORDER BY b",
+        sorted({i.book_id for i in interactions}),
+    )
+    if missing:
+        raise UnknownBooks([row["b"] for row in missing])
+
+
+async def _notify_changes(
+    conn: asyncpg.Connection, book_ids: Sequence[int], interactions: Sequence[Interaction]
+) -> None:
+    """Tells the other processes, when this transaction commits, which books and users' histories changed."""
+    if book_ids:
+        await notify(conn, Event.about(Kind.BOOKS, book_ids))
+    if interactions:
+        await notify(conn, Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
 
 
 # One row of the snapshot in PostgreSQL's binary COPY format: a field count, then each field's length and value,
@@ -248,22 +393,23 @@ async def _transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns: Collection[str]) -> None:
-    """Inserts new books whole; of existing ones, updates only `columns` (book_id and title always)."""
+    """Inserts new books whole; of existing ones, updates only `columns`."""
     records = [(b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year) for b in books]
     if not records:
         return
-    updated = ["title", *(name for name in BOOK_COLUMNS if name in columns and name not in ("book_id", "title"))]
+    updated = [name for name in BOOK_COLUMNS if name in columns and name != "book_id"]
     await conn.execute("CREATE TEMPORARY TABLE incoming_books (LIKE books INCLUDING DEFAULTS) ON COMMIT DROP")
     await conn.copy_records_to_table(
         "incoming_books", records=records, columns=list(BOOK_COLUMNS), timeout=BULK_SECONDS
     )
     names = ", ".join(BOOK_COLUMNS)
-    assignments = ", ".join(f"{name} = excluded.{name}" for name in updated)
+    assignments = "".join(f"{name} = excluded.{name}, " for name in updated)
     await conn.execute(
         f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books "
-        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}, updated_at = now()",
+        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}updated_at = now()",
         timeout=BULK_SECONDS,
     )
+    await conn.execute("DROP TABLE incoming_books")  # a transaction may upsert several groups of columns
 
 
 async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> ImportCounts:

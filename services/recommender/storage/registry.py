@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 
 from recommender.storage.db import Database
+from recommender.storage.events import Event, Kind, notify
 
 
 class Status(StrEnum):
@@ -61,6 +62,8 @@ class Registry:
                 json.dumps(record.evaluation),
                 record.training_seconds,
             )
+            if record.status is Status.ACTIVE:
+                await notify(conn, Event(Kind.VERSION))
 
     async def activate(self, version: str, reason: str) -> None:
         """Makes a stored version the active one (a rollback); the active one retires."""
@@ -71,6 +74,7 @@ class Registry:
                 version,
                 reason,
             )
+            await notify(conn, Event(Kind.VERSION))
 
     async def get(self, version: str) -> VersionRecord | None:
         row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE version = $1", version)

@@ -126,6 +126,8 @@ class Trainer:
     params: TrainingParams  # the configured knobs: where tuning starts on the first version, or all of it if off
     keep_versions: int
     policy: QualityPolicy = field(default_factory=QualityPolicy)
+    # Keep every version's files in the database too, for replicas on hosts that do not share the artifacts folder.
+    shared_artifacts: bool = False
 
     def __call__(self, control: RetrainControl | None = None) -> RetrainResult:
         """The whole retrain in this process (a worker thread, or the CLI)."""
@@ -162,6 +164,8 @@ class Trainer:
             raise
         self.store.set_current(result.version)
         self.store.prune(self.keep_versions)
+        if self.shared_artifacts:
+            asyncio.run(self._prune_shared())
         log.info(
             "version %s is active: %d users, %d items, %d interactions, %d features; %s",
             result.version, model.cf.num_users, model.cf.num_items, model.cf.nnz, model.content.feature_dim,
@@ -223,6 +227,8 @@ class Trainer:
         )
         control.stage("saving")
         self.store.save(dataclasses.replace(final, meta=meta))
+        if self.shared_artifacts:
+            asyncio.run(self._upload(version))
         if not before:
             reason = "the first version"
         elif force:
@@ -276,6 +282,14 @@ class Trainer:
     async def _snapshot(self) -> Snapshot:
         async with await Database.connect(self.dsn, max_size=1) as db:
             return Snapshot(await db.load_training_data(), await Registry(db).active())
+
+    async def _upload(self, version: str) -> None:
+        async with await Database.connect(self.dsn, max_size=1) as db:
+            await db.save_artifact_files(version, self.store.files(version))
+
+    async def _prune_shared(self) -> None:
+        async with await Database.connect(self.dsn, max_size=1) as db:
+            await db.delete_artifact_files(keep=self.store.complete_versions())
 
     async def _record(self, record: VersionRecord) -> None:
         async with await Database.connect(self.dsn, max_size=1) as db:

@@ -1,0 +1,152 @@
+"""What changed in the database after the served model's snapshot, so that answers reflect it before a retrain.
+
+Kept current by change notices (see storage/events.py), so every replica sees a write made through any of them:
+- users whose history is newer than the model are answered from their current history, with CF factors folded
+  in (`HybridModel.recommend` with `fresh_history`); their histories are cached until a notice names them;
+- books added or edited since the snapshot join the served catalogue, with content vectors at once.
+
+When notices may have been missed, every user is read fresh until the changes since the model's snapshot are
+known again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from datetime import timedelta
+
+from recommender.model.hybrid import HybridModel, UserHistory
+from recommender.storage.db import Database
+from recommender.storage.events import Event, Kind
+
+log = logging.getLogger(__name__)
+
+# Clocks of the trainer and the database may disagree by this much: changes that close to the snapshot count as
+# newer than it (which costs a fold-in, never a wrong answer).
+CLOCK_MARGIN = timedelta(seconds=60)
+
+
+class FreshData:
+    def __init__(self, db: Database, max_cached: int = 10_000) -> None:
+        self._db = db
+        self._max_cached = max_cached
+        self._target: HybridModel | None = None  # the model served now
+        self._synced: HybridModel | None = None  # the model the state below describes
+        self._extended: HybridModel | None = None  # `_synced` with the books changed since its snapshot
+        self._users: set[int] = set()  # users with interactions newer than `_synced`
+        self._noticed: set[int] = set()  # users named in notices since the running sync began
+        self._any_user = False  # every user may be newer (notices were missed): read them all until a sync
+        self._all_noticed = False  # a notice said "any user" since the running sync began
+        self._cache: OrderedDict[int, UserHistory] = OrderedDict()
+        self._epoch = 0  # bumped by every notice about interactions: a history read across one is not cached
+        self._wake = asyncio.Event()
+        self._syncs = (0, 0)  # syncs started, and the number of the last one finished
+        self._synced_now = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, model: HybridModel | None) -> None:
+        """Learns what changed since `model`'s snapshot, then keeps up in the background."""
+        if model is not None:
+            self._target = model
+            try:
+                await self._sync(model)
+            except Exception as exc:
+                log.warning("cannot read the changes since model version %s: %s", model.meta.version, exc)
+                self.on_reconnect()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def serving(self, model: HybridModel) -> HybridModel:
+        """`model` with the books added or changed since its snapshot (once they are known)."""
+        if model is not self._target:
+            self._target = model
+            self._wake.set()
+        if model is self._synced and self._extended is not None:
+            return self._extended
+        return model
+
+    async def history(self, model: HybridModel, user_id: int) -> UserHistory | None:
+        """The user's whole current history when the model's record of them may be out of date, else None."""
+        known = model.cf.user_row(user_id) is not None
+        if known and not self._any_user and user_id not in self._users:
+            return None  # (between a swap and its sync, the users of the last sync and of the notices since)
+        cached = self._cache.get(user_id)
+        if cached is not None:
+            self._cache.move_to_end(user_id)
+            return cached
+        epoch = self._epoch
+        history = await self._db.user_history(user_id)
+        if epoch == self._epoch:
+            self._cache[user_id] = history
+            if len(self._cache) > self._max_cached:
+                self._cache.popitem(last=False)
+        return history
+
+    async def books_changed(self, wait_seconds: float = 5.0) -> None:
+        """Books were just written through this process: returns once the served catalogue has them."""
+        if self._target is None:
+            return
+        wanted = self._syncs[0] + 1
+        self._wake.set()
+        async with self._synced_now:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._synced_now.wait_for(lambda: self._syncs[1] >= wanted), wait_seconds)
+
+    def on_event(self, event: Event) -> None:
+        if event.kind is Kind.INTERACTIONS:
+            self._epoch += 1
+            if not event.ids:  # too many to name
+                self.on_reconnect()
+                return
+            self._users.update(event.ids)
+            self._noticed.update(event.ids)
+            for user_id in event.ids:
+                self._cache.pop(user_id, None)
+        elif event.kind is Kind.BOOKS:
+            self._wake.set()
+
+    def on_reconnect(self) -> None:
+        """Notices may have been missed: read every user fresh until the next sync."""
+        self._epoch += 1
+        self._any_user = self._all_noticed = True
+        self._cache.clear()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            model = self._target
+            if model is None:
+                continue
+            try:
+                await self._sync(model)
+            except Exception as exc:  # the database may be away: keep reading users fresh, try again soon
+                log.warning("cannot read the changes since model version %s: %s", model.meta.version, exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def _sync(self, model: HybridModel) -> None:
+        since = model.data_as_of - CLOCK_MARGIN
+        number = self._syncs[0] + 1
+        self._syncs = (number, self._syncs[1])
+        self._noticed, self._all_noticed = set(), False
+        users = await self._db.users_changed_since(since)
+        books = await self._db.books_changed_since(since)
+        extended = await asyncio.to_thread(model.with_books, books)
+        if model is not self._target:
+            return  # another model took over meanwhile: its own sync follows
+        self._synced, self._extended = model, extended
+        self._users = set(users) | self._noticed
+        self._any_user = self._all_noticed
+        self._cache.clear()
+        self._syncs = (self._syncs[0], number)
+        async with self._synced_now:
+            self._synced_now.notify_all()
+        if books:
+            log.info("serving %d books added or changed since version %s's snapshot", len(books), model.meta.version)

@@ -1,0 +1,236 @@
+"""Several server processes on one PostgreSQL: fresh data through the API, folded in on every replica before any
+retrain; one retrain in the cluster at a time; every replica following promotions and rollbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from recommender import demo
+from recommender.serving.service import make_trainer
+from recommender.settings import Settings
+from recommender.storage.db import Database
+from recommender.training.progress import RetrainControl
+from recommender.training.trainer import RetrainResult
+from recommender.v1 import recommender_pb2 as pb
+from tests.conftest import RunningService, StartService, wait_for
+from tests.test_gateway import _health, start_server
+from tests.test_service import _demo_sizes, status_of
+
+FOLLOW_SECONDS = 2.0  # what the issue allows between a promotion on one replica and the others serving it
+
+
+def genres_by_book(settings: Settings) -> dict[int, str]:
+    return {b.book_id: b.genres[0] for b in demo.generate(settings.demo_seed, **_demo_sizes()).books}
+
+
+def interaction_count(settings: Settings) -> int:
+    async def count() -> int:
+        async with await Database.connect(settings.database_url or "") as db:
+            return (await db.counts())["interactions"]
+
+    return asyncio.run(count())
+
+
+def seconds_until(condition: object, timeout: float = 10) -> float:
+    started = time.monotonic()
+    wait_for(condition, timeout=timeout, interval=0.02)  # type: ignore[arg-type]
+    return time.monotonic() - started
+
+
+@pytest.fixture
+def replicas(start_service: StartService) -> tuple[RunningService, RunningService]:
+    """Two replicas of the service on one database; the first trained the model both serve."""
+    first = start_service()
+    wait_for(lambda: first.service.manager.model is not None and not first.service.manager.state.running)
+    second = start_service()
+    wait_for(lambda: second.service.manager.model is not None)
+    return first, second
+
+
+def test_a_batch_with_bad_entries_is_refused_whole_and_names_them(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, _second = replicas
+    before = interaction_count(settings)
+    code, message = status_of(
+        lambda: first.client.record_interactions(
+            [
+                pb.InteractionInput(user_id=5, book_id=1, rating=4),
+                pb.InteractionInput(user_id=5, book_id=999_999),
+                pb.InteractionInput(user_id=0, book_id=2, rating=7),
+            ]
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "interactions[2].user_id must be a positive integer" in message
+    assert "interactions[2].rating must be between 0 and 5, got 7" in message
+    assert "interactions[0]" not in message
+    code, message = status_of(
+        lambda: first.client.record_interactions(
+            [pb.InteractionInput(user_id=5, book_id=1, rating=4), pb.InteractionInput(user_id=5, book_id=999_999)]
+        )
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message == "nothing written: interactions[1]: book 999999 is not in the catalogue"
+    code, message = status_of(lambda: first.client.record_interactions([]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "1 to 1000 entries" in message
+    too_many = [pb.InteractionInput(user_id=5, book_id=1)] * 1001
+    assert status_of(lambda: first.client.record_interactions(too_many))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert interaction_count(settings) == before  # nothing of any refused batch was written
+
+
+def test_interactions_written_on_one_replica_change_the_others_answers_before_a_retrain(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, second = replicas
+    genres = genres_by_book(settings)
+    version = second.client.model_info().version
+    user = 1
+    shown = [r.book_id for r in second.client.recommend(user_id=user, limit=10).recommendations]
+    read = shown[:5]
+    new_user = 888_001
+    genre = genres[shown[0]]
+    liked = [b for b, g in genres.items() if g == genre][:12]
+    assert second.client.recommend(user_id=new_user, limit=5).strategy == "popular"
+
+    written = first.client.record_interactions(
+        [pb.InteractionInput(user_id=user, book_id=b, rating=5) for b in read]
+        + [pb.InteractionInput(user_id=new_user, book_id=b, rating=5, timestamp=1_700_000_000) for b in liked]
+    )
+    assert written.recorded == len(read) + len(liked)
+
+    def read_books_gone() -> bool:
+        answer = second.client.recommend(user_id=user, limit=10)
+        return not set(read) & {r.book_id for r in answer.recommendations}
+
+    lag = seconds_until(read_books_gone, timeout=FOLLOW_SECONDS)
+    print(f"fold-in visible on the other replica after {lag * 1000:.0f} ms")
+    fresh = second.client.recommend(user_id=new_user, limit=5)
+    assert fresh.strategy == "hybrid" and fresh.model_version == version  # folded in: no retrain happened
+    ids = [r.book_id for r in fresh.recommendations]
+    assert not set(liked) & set(ids)
+    assert sum(genres[b] == genre for b in ids) >= 3, ids
+
+
+def test_similar_books_share_the_genre_and_unknown_books_are_not_found(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, _second = replicas
+    genres = genres_by_book(settings)
+    for book_id in (1, 2, 3):
+        answer = first.client.similar_books(book_id, limit=5)
+        assert answer.book_id == book_id and len(answer.books) == 5
+        assert book_id not in [b.book_id for b in answer.books]
+        assert sum(genres[b.book_id] == genres[book_id] for b in answer.books) >= 3, answer
+        scores = [b.score for b in answer.books]
+        assert scores == sorted(scores, reverse=True)
+    code, message = status_of(lambda: first.client.similar_books(999_999))
+    assert code == grpc.StatusCode.NOT_FOUND and message == "book 999999 is not in the catalogue"
+    assert status_of(lambda: first.client.similar_books(1, limit=0))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_books_added_on_one_replica_get_content_scores_everywhere_at_once(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, second = replicas
+    catalogue = demo.generate(settings.demo_seed, **_demo_sizes()).books
+    model = first.client.similar_books(catalogue[0].book_id, limit=1)
+    template = catalogue[0]
+    code, message = status_of(lambda: first.client.upsert_books([pb.BookInput(book_id=50_001)]))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert message == "nothing written: books[0]: title is required for a new book (50001 is not in the catalogue)"
+    genres = pb.BookInput().genres
+    genres.extend(list(template.genres))
+    added = first.client.upsert_books(
+        [
+            pb.BookInput(
+                book_id=50_001, title="A new " + template.title, description=template.description, genres=genres
+            ),
+            pb.BookInput(book_id=template.book_id, authors="A. N. Editor"),  # only the authors change
+        ]
+    )
+    assert (added.added, added.updated) == (1, 1)
+    similar = first.client.similar_books(50_001, limit=5)  # this replica: at once
+    assert similar.model_version == model.model_version
+    by_id = {b.book_id: b for b in catalogue}
+    assert sum(by_id[b.book_id].genres[0] == template.genres[0] for b in similar.books) >= 3, similar
+    wait_for(lambda: _similar_or_none(second, 50_001) is not None, timeout=FOLLOW_SECONDS)
+    edited = next(b for b in first.client.similar_books(50_001, limit=100).books if b.book_id == template.book_id)
+    assert (edited.title, edited.authors) == (template.title, "A. N. Editor")
+
+
+def _similar_or_none(running: RunningService, book_id: int) -> pb.SimilarBooksResponse | None:
+    try:
+        return running.client.similar_books(book_id, limit=3)
+    except grpc.RpcError:
+        return None
+
+
+def test_one_retrain_in_the_cluster_and_every_replica_follows_promotions_and_rollbacks(
+    start_service: StartService, settings: Settings
+) -> None:
+    second = start_service()  # trains the first version
+    wait_for(lambda: second.service.manager.model is not None and not second.service.manager.state.running)
+    release = threading.Event()
+    trainer = make_trainer(settings, settings.database_url or "")
+
+    def slow_retrain(control: RetrainControl) -> RetrainResult:
+        release.wait(60)
+        return trainer(control)
+
+    first = start_service(build=slow_retrain)
+    wait_for(lambda: first.service.manager.model is not None)
+    old = second.client.model_info().version
+    assert first.client.retrain(force=True).status == "accepted"
+    code, message = status_of(second.client.retrain)
+    assert (code, message) == (grpc.StatusCode.ABORTED, "Retraining already in progress")
+    wait_for(lambda: second.client.health().status == "retraining", timeout=FOLLOW_SECONDS)
+    assert second.client.model_info().is_retraining
+    assert status_of(lambda: second.client.rollback())[0] == grpc.StatusCode.ABORTED
+
+    release.set()
+    wait_for(lambda: not first.service.manager.state.running, timeout=60)
+    new = first.client.model_info().version
+    assert new != old
+    lag = seconds_until(lambda: second.client.model_info().version == new, timeout=FOLLOW_SECONDS)
+    print(f"the other replica served the promoted version after {lag * 1000:.0f} ms")
+    wait_for(lambda: second.client.health().status == "ok", timeout=FOLLOW_SECONDS)
+
+    assert second.client.rollback().version == old
+    lag = seconds_until(lambda: first.client.model_info().version == old, timeout=FOLLOW_SECONDS)
+    print(f"the other replica followed the rollback after {lag * 1000:.0f} ms")
+
+
+def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_through_the_database(
+    start_service: StartService, settings: Settings, tmp_path: Path
+) -> None:
+    shared = settings.model_copy(update={"artifact_store": "postgres"})  # no shared folder between the replicas
+    survivor = start_service(settings_=shared)
+    wait_for(lambda: survivor.service.manager.model is not None and not survivor.service.manager.state.running)
+    # A replica with an artifacts folder of its own: it can only get the version from the database.
+    doomed = start_server(
+        settings.database_url, tmp_path / "doomed", ARTIFACT_STORE="postgres", TUNING="auto", TUNING_SECONDS="60"
+    )
+    try:
+        info = httpx.get(f"{doomed.url}/api/v1/model/info", timeout=10).json()
+        assert info["version"] == survivor.client.model_info().version
+        assert httpx.post(f"{doomed.url}/api/v1/retrain", timeout=10).status_code == 200
+        wait_for(lambda: survivor.client.health().status == "retraining", timeout=FOLLOW_SECONDS)
+        assert _health(doomed) == {"status": "retraining", "models_loaded": True}
+        conflict = status_of(survivor.client.retrain)
+        assert conflict[0] == grpc.StatusCode.ABORTED
+    finally:
+        doomed.process.send_signal(signal.SIGKILL)
+        doomed.process.wait(10)
+    wait_for(lambda: survivor.client.health().status == "ok", timeout=5)
+    assert survivor.client.retrain(force=True).status == "accepted"  # the lock went with the dead replica
+    wait_for(lambda: not survivor.service.manager.state.running, timeout=60)
+    assert survivor.client.model_info().last_retrain.outcome == "promoted"
