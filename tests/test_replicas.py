@@ -4,7 +4,10 @@ retrain; one retrain in the cluster at a time; every replica following promotion
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,7 @@ import grpc
 import httpx
 import pytest
 
+from bench.harness import free_port
 from recommender import demo
 from recommender.serving.service import make_trainer
 from recommender.settings import Settings
@@ -21,7 +25,7 @@ from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
 from tests.conftest import RunningService, StartService, wait_for
-from tests.test_gateway import _health, start_server
+from tests.test_gateway import ROOT, _health, start_server
 from tests.test_service import _demo_sizes, status_of
 
 FOLLOW_SECONDS = 2.0  # what the issue allows between a promotion on one replica and the others serving it
@@ -234,3 +238,66 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
     assert survivor.client.retrain(force=True).status == "accepted"  # the lock went with the dead replica
     wait_for(lambda: not survivor.service.manager.state.running, timeout=60)
     assert survivor.client.model_info().last_retrain.outcome == "promoted"
+
+
+def health_at(url: str) -> object:
+    try:
+        return httpx.get(f"{url}/api/v1/health", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def served(running: RunningService, method: str) -> float:
+    return float(running.service.metrics.requests.labels(method, "OK")._value.get())
+
+
+def test_one_gateway_balances_every_call_over_the_replicas(
+    replicas: tuple[RunningService, RunningService], tmp_path: Path
+) -> None:
+    first, second = replicas
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "recommender.cli",
+        "gateway",
+        "--http-port",
+        str(port),
+        "--data-dir",
+        str(tmp_path),
+    ]
+    command += ["--upstream", first.target, "--upstream", second.target]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as gateway:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for(lambda: health_at(url) == {"status": "ok", "models_loaded": True}, timeout=30)
+            before = served(first, "Recommend"), served(second, "Recommend")
+            for user in range(1, 21):
+                with httpx.Client(base_url=url, timeout=10) as http:  # a new connection each time
+                    assert http.get(f"/api/v1/recommendations?user_id={user}&limit=3").status_code == 200
+            assert served(first, "Recommend") > before[0] and served(second, "Recommend") > before[1]
+            assert httpx.post(f"{url}/api/v1/retrain", timeout=10).status_code == 200  # either replica takes it
+            conflict = httpx.post(f"{url}/api/v1/retrain", timeout=10)
+            assert conflict.status_code == 409 and conflict.json() == {"detail": "Retraining already in progress"}
+        finally:
+            gateway.send_signal(signal.SIGTERM)
+            assert gateway.wait(30) == 0, gateway.stderr.read() if gateway.stderr else ""
+
+
+def test_train_beside_running_replicas_is_served_by_them_within_seconds(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, second = replicas
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "RECOMMENDER_ARTIFACTS_DIR": str(settings.artifacts_dir),
+        "RECOMMENDER_TUNING": "off",
+    }
+    result = subprocess.run(
+        [sys.executable, "train.py", "--force"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "running services switch to it within seconds" in result.stdout
+    version = result.stdout.split("trained model version ", 1)[1].split(":", 1)[0]
+    wait_for(lambda: {r.client.model_info().version for r in (first, second)} == {version}, timeout=FOLLOW_SECONDS)

@@ -98,6 +98,14 @@ class RecommenderClient:
             request.limit = limit
         return self._stub.SimilarBooks(request, **self._options(timeout))
 
+    def user_interactions(
+        self, user_id: int, limit: int | None = None, *, timeout: float | None = None
+    ) -> pb.UserInteractionsResponse:
+        request = pb.UserInteractionsRequest(user_id=user_id)
+        if limit is not None:
+            request.limit = limit
+        return self._stub.UserInteractions(request, **self._options(timeout))
+
     def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
         return self._stub.Health(pb.HealthRequest(), **self._options(timeout))
 

@@ -273,6 +273,35 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ],
         )
 
+    async def UserInteractions(
+        self,
+        request: pb.UserInteractionsRequest,
+        context: grpc.aio.ServicerContext[pb.UserInteractionsRequest, pb.UserInteractionsResponse],
+    ) -> pb.UserInteractionsResponse:
+        if request.user_id < 1:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
+            )
+        limit = await _limit(request, context)
+        try:
+            rows = await self._db.recent_interactions(request.user_id, limit)
+        except Exception:
+            log.warning("could not read the interactions of user %d", request.user_id, exc_info=True)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the interactions cannot be read: the database is down")
+        return pb.UserInteractionsResponse(
+            user_id=request.user_id,
+            interactions=[
+                pb.UserInteraction(
+                    book_id=row["book_id"],
+                    title=row["title"],
+                    authors=row["authors"],
+                    rating=row["rating"],
+                    occurred_at=_timestamp(row["occurred_at"]),
+                )
+                for row in rows
+            ],
+        )
+
     async def _current_history(self, model: HybridModel, user_id: int) -> UserHistory | None:
         """The user's history when it is newer than the model; None (the model's record) when the database
         cannot be read, so that answers go on."""
@@ -284,7 +313,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 async def _limit(
-    request: pb.RecommendRequest | pb.SimilarBooksRequest, context: grpc.aio.ServicerContext[Any, Any]
+    request: pb.RecommendRequest | pb.SimilarBooksRequest | pb.UserInteractionsRequest,
+    context: grpc.aio.ServicerContext[Any, Any],
 ) -> int:
     limit = request.limit if request.HasField("limit") else DEFAULT_LIMIT
     if not 1 <= limit <= MAX_LIMIT:

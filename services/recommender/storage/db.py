@@ -224,6 +224,17 @@ class Database:
         rows = await self._pool.fetch("SELECT book_id, rating FROM interactions WHERE user_id = $1", user_id)
         return [(row["book_id"], row["rating"]) for row in rows]
 
+    async def recent_interactions(self, user_id: int, limit: int) -> list[asyncpg.Record]:
+        """The user's latest `limit` interactions: book_id, title, authors, rating (or None) and occurred_at
+        (when the user last rated the book, else when they first interacted with it), most recent first."""
+        return await self.fetch(
+            "SELECT i.book_id, b.title, b.authors, i.rating, coalesce(i.rated_at, i.occurred_at) AS occurred_at "
+            "FROM interactions i JOIN books b USING (book_id) WHERE i.user_id = $1 "
+            "ORDER BY coalesce(i.rated_at, i.occurred_at) DESC, i.book_id LIMIT $2",
+            user_id,
+            limit,
+        )
+
     async def users_changed_since(self, moment: datetime) -> list[int]:
         """Users with interactions added or changed at or after `moment`."""
         rows = await self._pool.fetch("SELECT DISTINCT user_id FROM interactions WHERE updated_at >= $1", moment)

@@ -1,0 +1,218 @@
+"""The operator's dashboard in a real browser (headless Chromium from Debian's packages, driven by Selenium through
+chromium-driver), against the real service started with `python server.py` behind its Envoy."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from selenium import webdriver
+from selenium.webdriver import Chrome as WebDriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.conftest import create_database
+from tests.test_gateway import ROOT, Server, start_server
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER),
+    reason="needs Chromium and its driver from Debian's packages: apt-get install chromium chromium-driver "
+    "(.ci/run installs them)",
+)
+
+KEY = "dashboard-admin-key"
+SCREENSHOTS = ROOT / "docs"
+LAPTOP, PHONE = (1366, 900), (390, 844)
+SCREENSHOT_SIZES = {"laptop": (1366, 1500), "phone": PHONE}  # the laptop one tall enough to show the preview
+
+
+@pytest.fixture(scope="module")
+def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # A few seconds of tuning make a retrain long enough for the page to show its progress.
+    running = start_server(
+        create_database(postgres_url), tmp_path_factory.mktemp("dashboard"), API_KEY=KEY, TUNING="auto",
+        TUNING_SECONDS="3",
+    )  # fmt: skip
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingOptions", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
+    driver.set_window_size(*LAPTOP)
+    yield driver
+    driver.quit()
+
+
+def open_page(browser: WebDriver, server: Server, path: str = "/") -> None:
+    browser.get(server.url + path)
+    wait(browser, lambda: "loading" not in text(browser, "active") and rows(browser))
+    browser.get_log("browser")  # start each test with an empty console
+
+
+def wait(browser: WebDriver, condition: object, timeout: float = 30) -> None:
+    WebDriverWait(browser, timeout, poll_frequency=0.1).until(lambda _driver: condition())  # type: ignore[operator]
+
+
+def text(browser: WebDriver, element_id: str) -> str:
+    return str(browser.find_element(By.ID, element_id).text)
+
+
+def rows(browser: WebDriver) -> list[WebElement]:
+    return list(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr"))
+
+
+def active_version(server: Server) -> str:
+    version: str = httpx.get(f"{server.url}/api/v1/model/info", timeout=10).json()["version"]
+    return version
+
+
+def console_errors(browser: WebDriver, *, network: bool = False) -> list[str]:
+    """Errors in the browser's console: script errors, and with `network` failed loads too (Chromium logs every
+    4xx answer as one, including those a test provokes on purpose)."""
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" and (network or entry.get("source") != "network")
+    ]
+
+
+def set_key(browser: WebDriver, key: str) -> None:
+    field = browser.find_element(By.ID, "admin-key")
+    field.clear()
+    if key:
+        field.send_keys(key)
+
+
+def test_the_page_shows_the_active_version_and_every_version_without_console_errors(
+    browser: WebDriver, server: Server
+) -> None:
+    for path in ("/", "/dashboard/"):
+        open_page(browser, server, path)
+        version = active_version(server)
+        assert version in text(browser, "active")
+        assert "users" in text(browser, "active") and "Parameters" in text(browser, "active")
+        table = rows(browser)
+        assert len(table) == len(httpx.get(f"{server.url}/api/v1/models").json()["models"])
+        assert "active" in table[0].text and version in table[0].text
+        assert browser.find_elements(By.CSS_SELECTOR, "#chart svg circle")
+        assert text(browser, "health") == "ok"
+    browser.implicitly_wait(0)
+    browser.execute_script("return new Promise((done) => setTimeout(done, 2500))")  # a polling round or two
+    assert console_errors(browser, network=True) == []
+    assert "adminKey" not in browser.current_url and browser.execute_script("return localStorage.length") == 0
+
+
+def test_retrain_asks_for_the_key_then_shows_progress_and_the_new_version(browser: WebDriver, server: Server) -> None:
+    open_page(browser, server)
+    before = len(rows(browser))
+    set_key(browser, "")
+    browser.find_element(By.ID, "retrain").click()
+    wait(browser, lambda: "admin key is missing" in text(browser, "messages"))
+    set_key(browser, "not-the-key")
+    browser.find_element(By.ID, "retrain").click()
+    wait(browser, lambda: "admin key was not accepted" in text(browser, "messages"))
+    set_key(browser, KEY)
+    browser.find_element(By.ID, "retrain").click()
+    wait(browser, lambda: browser.find_element(By.ID, "retrain-progress").is_displayed())
+    assert "Retraining:" in text(browser, "retrain-progress")
+    wait(browser, lambda: len(rows(browser)) == before + 1, timeout=90)
+    wait(browser, lambda: not browser.find_element(By.ID, "retrain-progress").is_displayed())
+    assert "Before" in text(browser, "last") and "After" in text(browser, "last")
+    assert console_errors(browser) == []
+
+
+def test_rollback_from_the_page_changes_the_active_version(browser: WebDriver, server: Server) -> None:
+    open_page(browser, server)
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#versions button[data-version]")
+    if not buttons:  # a retired version to roll back to
+        httpx.post(f"{server.url}/api/v1/retrain", json={"force": True}, headers={"x-api-key": KEY})
+        wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#versions button[data-version]"), timeout=90)
+        wait(browser, lambda: text(browser, "health") == "ok", timeout=90)
+        buttons = browser.find_elements(By.CSS_SELECTOR, "#versions button[data-version]")
+    target = str(buttons[0].get_attribute("data-version"))
+    assert target != active_version(server)
+    set_key(browser, KEY)
+    buttons[0].click()
+    wait(browser, lambda: f"Now serving {target}" in text(browser, "messages"))
+    assert active_version(server) == target
+    wait(
+        browser,
+        lambda: (
+            target in rows(browser)[0].text or any("active" in row.text and target in row.text for row in rows(browser))
+        ),
+    )
+    assert target in text(browser, "active")
+
+
+def test_the_preview_lists_recommendations_and_similar_books(browser: WebDriver, server: Server) -> None:
+    open_page(browser, server)
+    field = browser.find_element(By.ID, "user-id")
+    field.clear()
+    field.send_keys("3")
+    field.submit()
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#recommendations li")) == 10)
+    reads = browser.find_elements(By.CSS_SELECTOR, "#reads li")
+    assert reads and "Nothing yet" not in reads[0].text
+    expected = httpx.get(f"{server.url}/api/v1/recommendations?user_id=3&limit=10").json()["recommendations"]
+    shown = browser.find_elements(By.CSS_SELECTOR, "#recommendations li button.book")
+    assert [b.text for b in shown] == [r["title"] for r in expected]
+    assert browser.find_elements(By.CSS_SELECTOR, "#recommendations .bar span")
+    shown[0].click()
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#similar li")) == 10)
+    assert expected[0]["title"] in text(browser, "similar-title")
+    similar = httpx.get(f"{server.url}/api/v1/books/{expected[0]['book_id']}/similar?limit=10").json()["books"]
+    assert [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#similar li button.book")] == [
+        b["title"] for b in similar
+    ]
+    field.clear()
+    field.send_keys("0")
+    browser.find_element(By.CSS_SELECTOR, "#preview-form button").click()
+    assert console_errors(browser) == []
+
+
+def test_api_errors_appear_in_the_page(browser: WebDriver, server: Server) -> None:
+    open_page(browser, server)
+    browser.execute_script("showSimilar({book_id: 77777777, title: 'nothing'})")
+    wait(browser, lambda: "not in the catalogue" in text(browser, "messages"))
+
+
+def test_screenshots_at_laptop_and_phone_widths(browser: WebDriver, server: Server) -> None:
+    SCREENSHOTS.mkdir(exist_ok=True)
+    try:
+        for name, size in SCREENSHOT_SIZES.items():
+            browser.set_window_size(*size)
+            open_page(browser, server)
+            field = browser.find_element(By.ID, "user-id")
+            field.clear()
+            field.send_keys("1")
+            field.submit()
+            wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#recommendations li"))
+            width = browser.execute_script("return document.documentElement.scrollWidth")
+            assert width <= size[0], f"the page is wider than the {name} screen"
+            browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+            path = SCREENSHOTS / f"dashboard-{name}.png"
+            browser.save_screenshot(str(path))
+            assert path.stat().st_size > 10_000
+    finally:
+        browser.set_window_size(*LAPTOP)
+
+
+def test_the_page_is_one_self_contained_file() -> None:
+    page = (ROOT / "gateway" / "dashboard.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org/2000/svg", "") and "https://" not in page
+    assert "localStorage" not in page and "sessionStorage" not in page and "document.cookie" not in page
+    assert Path(ROOT / "gateway" / "envoy.yaml").read_text().count("dashboard.html") == 1
