@@ -233,7 +233,7 @@ def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
         dataclasses.replace(PARAMS, popularity_prior=10.0, tfidf_max_features=2000),
     )
     fresh = [(5, 5.0), (17, None), (40, 2.0)]
-    for user, history in [*((u, ()) for u in range(1, 81)), (10_000, fresh), (10_001, ())]:
+    for user, history in [*((u, None) for u in range(1, 81)), (10_000, fresh), (10_001, ())]:
         fast = model.recommend(user, 10, history)
         scores = model.score([model.history(user, history)])
         slow = model.top(scores, 10)[0]

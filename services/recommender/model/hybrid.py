@@ -345,14 +345,19 @@ class HybridModel:
 
     def top(self, scores: Scores, k: int, mode: Mode = Mode.HYBRID) -> list[IntArray]:
         """Each user's k best candidate catalogue positions by `mode`, best first; popularity breaks ties."""
-        by = {
-            Mode.HYBRID: scores.blended,
-            Mode.CF: scores.cf,
-            Mode.CONTENT: scores.content,
-            Mode.POPULAR: np.broadcast_to(self.popularity, scores.blended.shape),
-        }[mode]
-        ranking = np.where(scores.candidates, by + _TIE_BREAK * self.popularity, -np.inf)
-        return [_top_k(row, min(k, int(c.sum()))) for row, c in zip(ranking, scores.candidates, strict=True)]
+        if mode is Mode.POPULAR:  # one order for everybody: each user's first k books they do not have
+            return [
+                order[c[order]][:k]
+                for order, c in zip([self._popular_order] * len(scores.candidates), scores.candidates, strict=True)
+            ]
+        by = {Mode.HYBRID: scores.blended, Mode.CF: scores.cf, Mode.CONTENT: scores.content}[mode]
+        ranking = np.where(scores.candidates, by + _TIE_BREAK * self.popularity, -np.inf).astype(np.float32)
+        return _top_k_rows(ranking, [min(k, int(c.sum())) for c in scores.candidates])
+
+    @cached_property
+    def _popular_order(self) -> IntArray:
+        """Catalogue rows by popularity, most popular first (ties: lower row first, as `_top_k_rows` breaks them)."""
+        return np.argsort(-self.popularity, kind="stable").astype(np.int32)
 
     def rank_users(
         self, user_ids: Sequence[int], k: int, modes: Sequence[Mode] = (Mode.HYBRID,), batch: int = 256
@@ -417,7 +422,8 @@ class HybridModel:
     ) -> Recommendations:
         ranking = ranking.astype(np.float32, copy=True)
         ranking[seen] = -np.inf
-        top = [(int(p), *parts(int(p))) for p in _top_k(ranking, min(limit, self.num_books - len(seen)))]
+        best = _top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
+        top = [(int(p), *parts(int(p))) for p in best]
         # The scores shown are computed apart from the ranking vector: order by them, so that the answer always
         # reads best first (the two orders differ only where float rounding meets a near-tie).
         top.sort(key=lambda item: (-item[1], -self.popularity[item[0]]))
@@ -469,20 +475,31 @@ def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool
 
 
 def _standardise(scores: FloatArray, candidates: npt.NDArray[np.bool_], count: FloatArray) -> FloatArray:
-    """Row-wise z-scores over each row's candidates (`count` of them; 0 where a row has no spread)."""
-    mask = candidates.astype(np.float32)
-    mean = np.einsum("ij,ij->i", scores, mask)[:, None] / count
-    centred = (scores - mean).astype(np.float32)
-    spread = np.sqrt(np.einsum("ij,ij,ij->i", centred, centred, mask)[:, None] / count)
-    safe = np.where(spread > 1e-9, spread, 1.0)
-    return np.where(spread > 1e-9, centred / safe, 0.0).astype(np.float32)
+    """Row-wise z-scores over each row's candidates (`count` of them; 0 where a row has no spread). Sums in float64,
+    as the request path's `_Standardised` does, from one masked copy of the scores."""
+    masked = np.where(candidates, scores, np.float32(0.0))
+    mean = masked.sum(axis=1, dtype=np.float64)[:, None] / count
+    squares = np.einsum("ij,ij->i", masked, masked, dtype=np.float64)[:, None] / count
+    spread = np.sqrt(np.maximum(squares - mean**2, 0.0))
+    inverse = np.where(spread > 1e-9, 1.0 / np.where(spread > 1e-9, spread, 1.0), 0.0)
+    return ((scores - mean.astype(np.float32)) * inverse.astype(np.float32)).astype(np.float32)
 
 
-def _top_k(ranking: FloatArray, k: int) -> IntArray:
-    if k <= 0:
-        return np.zeros(0, dtype=np.int32)
-    part = np.argpartition(-ranking, k - 1)[:k]
-    return part[np.argsort(-ranking[part], kind="stable")].astype(np.int32)
+def _top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
+    """Each row's `ks[i]` best positions, best first (ties: the lower position first). One partition of the whole
+    matrix finds each row's k-th best value (partitioning values is about twice as fast as partitioning indices),
+    then each row sorts the few at or above it."""
+    width = ranking.shape[1]
+    k = max(ks, default=0)
+    if k <= 0 or width == 0:
+        return [np.zeros(0, dtype=np.int32) for _ in ks]
+    threshold = np.partition(ranking, width - k, axis=1)[:, width - k]
+    tops = []
+    for row, limit, bar in zip(ranking, ks, threshold, strict=True):
+        best = np.flatnonzero(row >= bar)
+        best = best[np.argsort(-row[best], kind="stable")][:limit]
+        tops.append(best.astype(np.int32))
+    return tops
 
 
 def warm(model: HybridModel) -> None:

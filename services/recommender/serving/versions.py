@@ -57,8 +57,8 @@ class Versions:
         return None
 
     async def follow(self, manager: ModelManager) -> str | None:
-        """Serves the registry's active version if this process serves another (a worker following the main
-        process's retrains and rollbacks); returns the version it switched to."""
+        """Serves the registry's active version if this process serves another (a promotion or a rollback made by
+        another process: a replica, a worker's main process, `train`); returns the version it switched to."""
         active = await self.registry.active()
         current = manager.model
         if active is None or (current is not None and current.meta.version == active.version):

@@ -99,8 +99,9 @@ class ArtifactStore:
             user_factors=model.cf.user_factors,
             item_factors=model.cf.item_factors,
         )
-        sp.save_npz(incoming / "cf_user_items.npz", model.cf.user_items)
-        sp.save_npz(incoming / "content_features.npz", model.content.features)
+        # Uncompressed: zlib took 0.9 s of a 1M-interaction save, for files the disk holds easily.
+        sp.save_npz(incoming / "cf_user_items.npz", model.cf.user_items, compressed=False)
+        sp.save_npz(incoming / "content_features.npz", model.content.features, compressed=False)
         np.save(incoming / "content_vectors.npy", model.content.vectors)
         encoder = model.content.encoder
         if encoder is not None:

@@ -25,7 +25,7 @@ from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.db import Database
 from recommender.storage.registry import Registry, Status, VersionRecord
 from recommender.training.progress import RetrainControl
-from recommender.training.quality import Trial, fit_and_measure, measure_parts, tune
+from recommender.training.quality import Trial, fit_and_measure, tune
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Trainer:
         control.stage("evaluating")
         active_params = self._params_of(active) if active else None
         candidate, active_trial = self._candidate(the_split, fitted_content, active_params, should_stop)
-        evaluation = {name: m.as_dict() for name, m in measure_parts(candidate.model, the_split).items()}
+        evaluation = {name: m.as_dict() for name, m in candidate.measured_parts(the_split).items()}
         before: dict[str, float] = {}
         if active_trial is not None:
             before = evaluation["active"] = active_trial.metrics.as_dict()
@@ -253,11 +253,12 @@ class Trainer:
         (refitted on the split's training part: the active model itself has seen the held-out books)."""
         active_trial = None
         if active_params is not None:
-            active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop)
+            # Measured with its parts: with a short tuning budget it is often the one released.
+            active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop, parts=True)
         if not self.policy.tuning:
             if active_trial is not None and active_trial.params == self.params:
                 return active_trial, active_trial
-            return fit_and_measure(the_split, self.params, fitted_content, should_stop), active_trial
+            return fit_and_measure(the_split, self.params, fitted_content, should_stop, parts=True), active_trial
         best, fits = tune(
             the_split,
             active_params or self.params,
