@@ -211,10 +211,13 @@ class GrpcService:
         log.info("retraining on the schedule %r", schedule.text)
 
     async def _publish_health(self) -> None:
+        """gRPC health: the Recommender serves once it has a model (readiness: Envoy's checks, Kubernetes'
+        readiness probe); the server as a whole ("") serves while it runs (liveness: a process waiting for its
+        first model must not be restarted)."""
         serving = self._manager is not None and self._manager.model is not None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, status)
+        await self._health.set(SERVICE_NAME, status)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self, grace: float = 5.0) -> None:
         """In-flight calls get `grace` seconds; a running retrain stops at its next checkpoint."""
