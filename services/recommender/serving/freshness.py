@@ -126,7 +126,7 @@ class FreshData:
                 continue
             try:
                 await self._sync(model)
-            except Exception as exc:  # the database may be away: keep reading users fresh, try again soon
+            except Exception as exc:  # the database may be away: answer from what is known, try again soon
                 log.warning("cannot read the changes since model version %s: %s", model.meta.version, exc)
                 await asyncio.sleep(1.0)
                 self._wake.set()
@@ -148,5 +148,9 @@ class FreshData:
         self._syncs = (self._syncs[0], number)
         async with self._synced_now:
             self._synced_now.notify_all()
-        if books:
-            log.info("serving %d books added or changed since version %s's snapshot", len(books), model.meta.version)
+        if extended is not model:
+            log.info(
+                "serving books added or changed since version %s's snapshot: %d books in the catalogue now",
+                model.meta.version,
+                extended.num_books,
+            )

@@ -62,10 +62,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.RecommendResponse:
         if request.user_id == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required: a positive integer")
-        if request.user_id < 0:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
-            )
+        await _positive("user_id", request.user_id, context)
         limit = await _limit(request, context)
         model = self._fresh.serving(await self._loaded_model(context))
         result = model.recommend(request.user_id, limit, await self._current_history(model, request.user_id))
@@ -254,10 +251,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.SimilarBooksRequest,
         context: grpc.aio.ServicerContext[pb.SimilarBooksRequest, pb.SimilarBooksResponse],
     ) -> pb.SimilarBooksResponse:
-        if request.book_id < 1:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"book_id must be a positive integer, got {request.book_id}"
-            )
+        await _positive("book_id", request.book_id, context)
         limit = await _limit(request, context)
         model = self._fresh.serving(await self._loaded_model(context))
         books = model.similar(request.book_id, limit)
@@ -278,10 +272,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         request: pb.UserInteractionsRequest,
         context: grpc.aio.ServicerContext[pb.UserInteractionsRequest, pb.UserInteractionsResponse],
     ) -> pb.UserInteractionsResponse:
-        if request.user_id < 1:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"user_id must be a positive integer, got {request.user_id}"
-            )
+        await _positive("user_id", request.user_id, context)
         limit = await _limit(request, context)
         try:
             rows = await self._db.recent_interactions(request.user_id, limit)
@@ -310,6 +301,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except Exception:
             log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
             return None
+
+
+async def _positive(name: str, value: int, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if value < 1:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must be a positive integer, got {value}")
 
 
 async def _limit(
