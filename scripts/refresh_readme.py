@@ -1,7 +1,8 @@
 """Regenerates the README's sample outputs from a real run: `.venv/bin/python scripts/refresh_readme.py`.
 
 Starts `python server.py` on free ports with a fresh embedded PostgreSQL and the default demo catalogue, replays
-the guide's curl session and `python test_retrain.py` against it, and rewrites the console block that follows each
+the guide's curl session, `python test_retrain.py` and a session of fresh data (interactions, books, similar books)
+against it, and rewrites the console block that follows each
 `<!-- sample: NAME -->` marker in README.md. `--check` only says whether the README's blocks still have the shape
 of a real run (the same commands, the same JSON keys), since versions, times and scores change with every run.
 """
@@ -36,12 +37,14 @@ class Call:
     method: str
     path: str
     comment: str = ""
+    body: dict[str, object] | None = None
 
     def command(self) -> str:
         url = SHOWN_URL + self.path
-        url = f'"{url}"' if "&" in url else url
+        url = f'"{url}"' if "?" in url else url
         verb = "" if self.method == "GET" else f"-X {self.method} "
-        return f"$ curl {verb}{url}" + (f"   # {self.comment}" if self.comment else "")
+        data = "" if self.body is None else f" -d '{json.dumps(self.body, separators=(',', ':'))}'"
+        return f"$ curl {verb}{url}{data}" + (f"   # {self.comment}" if self.comment else "")
 
 
 WAIT_UNTIL_IDLE = Call("WAIT", "")
@@ -55,6 +58,31 @@ CURL_SESSION = [
     Call("GET", "/api/v1/model/info"),
     Call("GET", "/api/v1/recommendations?user_id=1&limit=5"),
     Call("GET", "/api/v1/recommendations?user_id=1&limit=1000"),
+]
+NEW_READER = 900_001
+FRESH_DATA_SESSION = [
+    Call("GET", f"/api/v1/recommendations?user_id={NEW_READER}&limit=3", "a new reader: popular books"),
+    Call(
+        "POST",
+        "/api/v1/interactions",
+        body={
+            "interactions": [
+                {"user_id": NEW_READER, "book_id": 12, "rating": 5},
+                {"user_id": NEW_READER, "book_id": 40, "rating": 4},
+            ]
+        },
+    ),
+    Call("GET", f"/api/v1/recommendations?user_id={NEW_READER}&limit=3", "at once, no retrain"),
+    Call("GET", f"/api/v1/users/{NEW_READER}/interactions?limit=5"),
+    Call("GET", "/api/v1/books/12/similar?limit=3"),
+    Call(
+        "POST",
+        "/api/v1/books",
+        body={
+            "books": [{"book_id": 5001, "title": "The Glass Orchard", "authors": "Ada Quill", "genres": ["fantasy"]}]
+        },
+    ),
+    Call("POST", "/api/v1/interactions", body={"interactions": [{"user_id": NEW_READER, "book_id": 999999}]}),
 ]
 
 
@@ -101,16 +129,16 @@ def _health(url: str) -> dict[str, object]:
     return body
 
 
-def curl_session(url: str) -> str:
+def curl_session(url: str, session: list[Call]) -> str:
     lines: list[str] = []
     previous: Call | None = None
     with httpx.Client(base_url=url, timeout=60) as client:
-        for call in CURL_SESSION:
+        for call in session:
             if call is WAIT_UNTIL_IDLE:
                 while _health(url).get("status") != "ok":
                     time.sleep(0.2)
                 continue
-            response = client.request(call.method, call.path)
+            response = client.request(call.method, call.path, json=call.body)
             if previous is not None and not previous.path == call.path == "/api/v1/health":  # a polling loop
                 lines.append("")
             previous = call
@@ -157,7 +185,11 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="refresh-readme-") as tmp,
         running_server(Path(tmp), args.tuning_seconds) as url,
     ):
-        samples = {"curl": curl_session(url), "test-retrain": test_script(url)}
+        samples = {
+            "curl": curl_session(url, CURL_SESSION),
+            "test-retrain": test_script(url),
+            "fresh-data": curl_session(url, FRESH_DATA_SESSION),
+        }
     text = README.read_text(encoding="utf-8")
     found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
     if set(found) != set(samples):
