@@ -58,10 +58,16 @@ class Catalogue:
 
     def positions(self, book_ids: npt.ArrayLike) -> IntArray:
         """Catalogue rows of the given ids; ids not in the catalogue are dropped."""
+        rows, known = self.lookup(book_ids)
+        return rows[known]
+
+    def lookup(self, book_ids: npt.ArrayLike) -> tuple[IntArray, npt.NDArray[np.bool_]]:
+        """For each id, its catalogue row and whether it is in the catalogue (the row is meaningless where not)."""
         ids = np.asarray(book_ids, dtype=np.int32)
-        rows = np.searchsorted(self.book_ids, ids)
-        known = (rows < len(self.book_ids)) & (self.book_ids[np.minimum(rows, len(self.book_ids) - 1)] == ids)
-        return rows[known].astype(np.int32)
+        if len(self.book_ids) == 0:
+            return np.zeros(len(ids), dtype=np.int32), np.zeros(len(ids), dtype=bool)
+        rows = np.minimum(np.searchsorted(self.book_ids, ids), len(self.book_ids) - 1).astype(np.int32)
+        return rows, self.book_ids[rows] == ids
 
 
 @dataclass(frozen=True)
@@ -231,9 +237,7 @@ class HybridModel:
         else:
             features = sp.csr_matrix((len(incoming), content.feature_dim), dtype=np.float32)
             vectors = np.zeros((len(incoming), content.vectors.shape[1]), dtype=np.float32)
-        ids = np.array([book.book_id for book in incoming], dtype=np.int32)
-        rows = np.minimum(np.searchsorted(self.catalogue.book_ids, ids), max(self.num_books - 1, 0))
-        known = (self.num_books > 0) & (self.catalogue.book_ids[rows] == ids) if self.num_books else ids < 0
+        rows, known = self.catalogue.lookup([book.book_id for book in incoming])
         same_text = known.copy()
         if content.encoder is not None and known.any():  # a re-encoding differs in the last float bits: compare
             difference = abs(content.features[rows[known]] - features[np.flatnonzero(known)])
@@ -252,16 +256,12 @@ class HybridModel:
             [content.features[rows[i]] if same_text[i] else features[i] for i in changed], format="csr"
         )
         vectors = np.stack([content.vectors[rows[i]] if same_text[i] else vectors[i] for i in changed])
-        replaced = self.catalogue.positions([book.book_id for book in incoming])
-        keep = np.setdiff1d(np.arange(self.num_books), replaced)
-        old_ids = self.catalogue.book_ids[keep]
-        new_ids = np.array([book.book_id for book in incoming], dtype=np.int32)
-        order = np.argsort(np.concatenate([old_ids, new_ids]), kind="stable")
-        catalogue = Catalogue(
-            np.concatenate([old_ids, new_ids])[order],
-            [([self.catalogue.titles[p] for p in keep] + [b.title for b in incoming])[i] for i in order],
-            [([self.catalogue.authors[p] for p in keep] + [b.authors for b in incoming])[i] for i in order],
-        )
+        keep = np.setdiff1d(np.arange(self.num_books), rows[changed][known[changed]])
+        ids = np.concatenate([self.catalogue.book_ids[keep], [book.book_id for book in incoming]]).astype(np.int32)
+        order = np.argsort(ids, kind="stable")
+        titles = [self.catalogue.titles[p] for p in keep] + [b.title for b in incoming]
+        authors = [self.catalogue.authors[p] for p in keep] + [b.authors for b in incoming]
+        catalogue = Catalogue(ids[order], [titles[i] for i in order], [authors[i] for i in order])
         merged = ContentModel(
             sp.csr_matrix(sp.vstack([content.features[keep], features], format="csr")[order]),
             np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
@@ -314,12 +314,7 @@ class HybridModel:
         rows = [i for i, v in enumerate(vectors) if v is not None]
         if rows and self.cf.num_items:
             raw = np.stack([v for v in vectors if v is not None]) @ self.cf.item_factors.T
-            if len(self.cf_positions) == n:  # every book has interactions: the columns line up (both sorted)
-                full = raw
-            else:
-                full = np.repeat(raw.min(axis=1, keepdims=True), n, axis=1)  # books nobody read: the lowest
-                full[:, self.cf_positions] = raw
-            cf[rows] = _standardise(full, candidates[rows], count[rows])
+            cf[rows] = _standardise(self._all_books(raw), candidates[rows], count[rows])
         has_cf = np.array([v is not None for v in vectors], dtype=bool)[:, None]
         blended = np.where(has_cf, self.alpha * cf + (1.0 - self.alpha) * content, content)
         if self.popularity_prior > 0:
@@ -335,6 +330,15 @@ class HybridModel:
         blended = np.where(has_history, blended, self.popularity).astype(np.float32)
         return Scores(blended, cf, content, candidates)
 
+    def _all_books(self, raw: FloatArray) -> FloatArray:
+        """CF scores (of the CF items, in the last axis) spread over the catalogue; books nobody read score as
+        low as the lowest."""
+        if len(self.cf_positions) == self.num_books:  # every book has interactions: the columns line up (both sorted)
+            return raw
+        full = np.repeat(raw.min(axis=-1, keepdims=True), self.num_books, axis=-1).astype(np.float32)
+        full[..., self.cf_positions] = raw
+        return full
+
     def _content_raw(self, histories: Sequence[History]) -> FloatArray:
         """Cosine similarity of every book to each user's profile (the weighted mean of the books they liked)."""
         profiles = np.zeros((len(histories), self.content.vectors.shape[1]), dtype=np.float32)
@@ -346,10 +350,8 @@ class HybridModel:
     def top(self, scores: Scores, k: int, mode: Mode = Mode.HYBRID) -> list[IntArray]:
         """Each user's k best candidate catalogue positions by `mode`, best first; popularity breaks ties."""
         if mode is Mode.POPULAR:  # one order for everybody: each user's first k books they do not have
-            return [
-                order[c[order]][:k]
-                for order, c in zip([self._popular_order] * len(scores.candidates), scores.candidates, strict=True)
-            ]
+            order = self._popular_order
+            return [order[c[order]][:k] for c in scores.candidates]
         by = {Mode.HYBRID: scores.blended, Mode.CF: scores.cf, Mode.CONTENT: scores.content}[mode]
         ranking = np.where(scores.candidates, by + _TIE_BREAK * self.popularity, -np.inf).astype(np.float32)
         return _top_k_rows(ranking, [min(k, int(c.sum())) for c in scores.candidates])
@@ -391,12 +393,7 @@ class HybridModel:
             ranking = content_z.scaled(1.0)
         else:
             strategy = Strategy.HYBRID
-            raw = self.cf.item_factors @ user_vector
-            if len(self.cf_positions) < self.num_books:  # books nobody read: as low as the lowest
-                full = np.full(self.num_books, raw.min() if len(raw) else 0.0, dtype=np.float32)
-                full[self.cf_positions] = raw
-                raw = full
-            cf_z = _Standardised(raw, seen, candidates)
+            cf_z = _Standardised(self._all_books(self.cf.item_factors @ user_vector), seen, candidates)
             liked = float((history.weights > 0).sum())
             trust = liked / (liked + self.popularity_prior) if self.popularity_prior > 0 else 1.0
             ranking = cf_z.scaled(trust * self.alpha) + content_z.scaled(trust * (1.0 - self.alpha))
