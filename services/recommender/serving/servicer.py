@@ -19,7 +19,7 @@ from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.manager import Busy, ModelManager
 from recommender.serving.versions import VersionNotFound, Versions, VersionUnavailable
-from recommender.storage.db import Database, DatabaseUnavailable, UnknownBooks
+from recommender.storage.db import Database, DatabaseUnavailable, UnknownBooks, UntitledBooks
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import VersionRecord
 from recommender.training.trainer import RetrainResult
@@ -228,18 +228,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             first_seen.setdefault(entry.book_id, i)
         await _abort_if(problems, context)
         try:
-            stored = await self._db.existing_book_ids(first_seen)
+            counts = await self._db.upsert_books([_book_change(entry) for entry in entries])
+        except UntitledBooks as exc:
+            untitled = set(exc.book_ids)
             await _abort_if(
                 [
                     f"books[{i}]: title is required for a new book ({e.book_id} is not in the catalogue)"
                     for i, e in enumerate(entries)
-                    if e.book_id not in stored and not e.HasField("title")
+                    if e.book_id in untitled
                 ],
                 context,
             )
-            counts = await self._db.upsert_books([_book_change(entry) for entry in entries])
-        except grpc.aio.AbortError:
-            raise
         except Exception:
             log.warning("could not write books", exc_info=True)
             await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing written: the database cannot be written")

@@ -31,6 +31,7 @@ _RETRAIN_LOCK = 0x72657472  # "retr"
 BULK_SECONDS = 3600.0
 
 BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
+_SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,14 @@ class UnknownBooks(ValueError):
     def __init__(self, book_ids: Sequence[int]) -> None:
         self.book_ids = list(book_ids)
         super().__init__("interactions refer to books that do not exist: " + ", ".join(map(str, self.book_ids)))
+
+
+class UntitledBooks(ValueError):
+    """New books without a title (the catalogue needs one)."""
+
+    def __init__(self, book_ids: Sequence[int]) -> None:
+        self.book_ids = list(book_ids)
+        super().__init__("new books need a title: " + ", ".join(map(str, self.book_ids)))
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -109,7 +118,7 @@ class Database:
     async def migrate(self) -> list[str]:
         """Applies the migrations not applied yet, in name order, each in its own transaction; returns them."""
         applied_now = []
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -133,7 +142,7 @@ class Database:
 
     async def seed_if_empty(self, books: Sequence[Book], interactions: Sequence[Interaction]) -> bool:
         """Writes the demo catalogue into an empty database; False when there were books already."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK)
             if await conn.fetchval("SELECT EXISTS (SELECT 1 FROM books)"):
                 return False
@@ -153,7 +162,7 @@ class Database:
         are merged into one row per (user, book) (see `_merge_interactions`), so importing the same rows twice
         changes nothing. Raises ValueError naming the first interactions whose book does not exist.
         """
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await _upsert_books(conn, books, book_columns)
             await _check_books_exist(conn, interactions)
             counts = await _merge_interactions(conn, interactions)
@@ -166,34 +175,30 @@ class Database:
         return await self.import_data([], interactions)
 
     async def upsert_books(self, books: Sequence[tuple[Book, Collection[str]]]) -> ImportCounts:
-        """Adds or updates books in one transaction: of a stored book, only its given columns change."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            ids = [book.book_id for book, _ in books]
-            stored = await conn.fetchval(
-                "SELECT count(*) FROM books WHERE book_id = ANY($1::integer[])", sorted(set(ids))
-            )
-            untitled = [book.book_id for book, columns in books if "title" not in columns]
-            # The row proposed for an existing book must pass the table's checks before it becomes an update.
-            titles = dict(
-                await conn.fetch("SELECT book_id, title FROM books WHERE book_id = ANY($1::integer[])", untitled)
-            )
+        """Adds or updates books in one transaction: of a stored book, only its given columns change. Raises
+        UntitledBooks, writing nothing, for new books without a title."""
+        async with self.transaction() as conn:
+            ids = sorted({book.book_id for book, _ in books})
+            stored = dict(await conn.fetch("SELECT book_id, title FROM books WHERE book_id = ANY($1::integer[])", ids))
+            untitled = [
+                book.book_id for book, columns in books if "title" not in columns and book.book_id not in stored
+            ]
+            if untitled:
+                raise UntitledBooks(untitled)
             groups: dict[frozenset[str], list[Book]] = {}
             for book, columns in books:
-                stored_title = titles.get(book.book_id)
-                kept = dataclasses.replace(book, title=stored_title) if stored_title else book
+                # The row proposed for a stored book must pass the table's checks before it becomes an update.
+                kept = book if "title" in columns else dataclasses.replace(book, title=stored[book.book_id])
                 groups.setdefault(frozenset(columns), []).append(kept)
             for columns, group in groups.items():
                 await _upsert_books(conn, group, columns)
             await _notify_changes(conn, ids, [])
-        added = len(set(ids)) - stored
-        return ImportCounts(added=added, updated=stored)
+        return ImportCounts(added=len(ids) - len(stored), updated=len(stored))
 
     async def load_training_data(self) -> TrainingData:
         """One consistent snapshot of books and interactions (a single REPEATABLE READ transaction)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            book_rows = await conn.fetch(
-                "SELECT book_id, title, authors, description, genres, published_year FROM books ORDER BY book_id"
-            )
+            book_rows = await conn.fetch(f"{_SELECT_BOOKS} ORDER BY book_id")
             # PostgreSQL's binary COPY, read straight into NumPy: no Python object per interaction.
             chunks: list[bytes] = []
             await conn.copy_from_query(
@@ -244,14 +249,8 @@ class Database:
         """Books added or changed at or after `moment`."""
         return await self._books("WHERE updated_at >= $1", moment)
 
-    async def books_by_id(self, book_ids: Iterable[int]) -> list[Book]:
-        return await self._books("WHERE book_id = ANY($1::integer[])", sorted(set(book_ids)))
-
     async def _books(self, where: str, *args: object) -> list[Book]:
-        rows = await self._pool.fetch(
-            f"SELECT book_id, title, authors, description, genres, published_year FROM books {where} ORDER BY book_id",
-            *args,
-        )
+        rows = await self._pool.fetch(f"{_SELECT_BOOKS} {where} ORDER BY book_id", *args)
         return [_book(row) for row in rows]
 
     async def retrain_running(self) -> bool:
@@ -265,7 +264,7 @@ class Database:
         return running
 
     async def save_artifact_files(self, version: str, files: dict[str, bytes]) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await conn.execute("DELETE FROM model_artifacts WHERE version = $1", version)
             await conn.executemany(
                 "INSERT INTO model_artifacts (version, name, data) VALUES ($1, $2, $3)",
