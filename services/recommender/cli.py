@@ -173,19 +173,19 @@ async def _serve(settings: Settings, dsn: str) -> int:
 
     service = GrpcService(settings, dsn)
     envoy: Envoy | None = None
+    stop = _stop_signal()
     workers: list[tuple[asyncio.subprocess.Process, int]] = []
     try:
         await service.start()
         workers = await _start_workers(settings, dsn, settings.workers - 1)
         if not settings.gateway:
-            await _stop_requested()
+            await stop.wait()
             return 0
         envoy = Envoy(settings, service.port, [port for _, port in workers])
         await envoy.start()
-        return await _run_until_stopped(envoy)
+        return await _run_until_stopped(envoy, stop)
     except (OSError, GatewayError) as exc:
-        log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")  # a timeout says nothing
-        return 1
+        return _failed_to_start(exc)
     finally:
         if envoy is not None:
             await envoy.stop()
@@ -196,19 +196,24 @@ async def _serve(settings: Settings, dsn: str) -> int:
         await service.stop()
 
 
-async def _stop_requested() -> None:
-    """Returns at SIGINT, SIGTERM or SIGHUP."""
+def _failed_to_start(exc: Exception) -> int:
+    log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")  # a timeout says nothing
+    return 1
+
+
+def _stop_signal() -> asyncio.Event:
+    """An event set at SIGINT, SIGTERM or SIGHUP (from now on: start-up included)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
-async def _run_until_stopped(envoy: Envoy) -> int:
+async def _run_until_stopped(envoy: Envoy, stop: asyncio.Event) -> int:
     """0 when asked to stop; 1 when Envoy stopped on its own."""
     envoy_exit = asyncio.create_task(envoy.stopped())
-    stop_requested = asyncio.create_task(_stop_requested())
+    stop_requested = asyncio.create_task(stop.wait())
     await asyncio.wait({envoy_exit, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
     stop_requested.cancel()
     if envoy_exit.done():
@@ -238,13 +243,13 @@ async def _gateway(settings: Settings, upstreams: list[Upstream]) -> int:
     from recommender.gateway.envoy import Envoy, GatewayError
 
     envoy = Envoy(settings, 0, upstreams=upstreams)
+    stop = _stop_signal()
     try:
         await envoy.start()
         log.info("balancing over %s", ", ".join(f"{u.host}:{u.port}" for u in upstreams))
-        return await _run_until_stopped(envoy)
+        return await _run_until_stopped(envoy, stop)
     except (OSError, GatewayError) as exc:
-        log.error("%s", exc if str(exc) else f"{type(exc).__name__} while starting")
-        return 1
+        return _failed_to_start(exc)
     finally:
         await envoy.stop()
 
@@ -283,9 +288,7 @@ async def _worker(settings: Settings) -> int:
         raise RuntimeError("this is a serving worker: retrains run in the main process")
 
     service = GrpcService(settings, settings.database_url or "", no_retrains, worker=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    stop = _stop_signal()
     try:
         await service.start()
         print(f"{WORKER_READY}{service.port}", flush=True)

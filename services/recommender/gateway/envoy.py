@@ -85,13 +85,12 @@ def api_routes(rules: list[HttpRule], timeout: str = "30s", balanced: bool = Fal
     routes: list[dict[str, object]] = []
     for path, methods in sorted(allowed.items()):
         other_methods = {"name": ":method", "string_match": {"safe_regex": {"regex": "|".join(methods)}}}
-        shown = re.sub(r"\{([^}]+)\}", r"{\1}", path)
         routes.append(
             {
                 "match": {**_path_match(path), "headers": [{**other_methods, "invert_match": True}]},
                 "direct_response": {
                     "status": 405,
-                    "body": {"inline_string": f"{shown} takes {' or '.join(methods)} only"},
+                    "body": {"inline_string": f"{path} takes {' or '.join(methods)} only"},
                 },
                 "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
             }

@@ -64,7 +64,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required: a positive integer")
         await _positive("user_id", request.user_id, context)
         limit = await _limit(request, context)
-        model = self._fresh.serving(await self._loaded_model(context))
+        model = await self._loaded_model(context)
         result = model.recommend(request.user_id, limit, await self._current_history(model, request.user_id))
         return pb.RecommendResponse(
             user_id=request.user_id,
@@ -168,11 +168,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         )
 
     async def _loaded_model(self, context: grpc.aio.ServicerContext[Any, Any]) -> HybridModel:
+        """The served model, with the books added since its snapshot; UNAVAILABLE before the first one."""
         model = self._manager.model
         if model is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, MODEL_NOT_LOADED)
         assert model is not None
-        return model
+        return self._fresh.serving(model)
 
     async def RecordInteractions(
         self,
@@ -252,7 +253,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.SimilarBooksResponse:
         await _positive("book_id", request.book_id, context)
         limit = await _limit(request, context)
-        model = self._fresh.serving(await self._loaded_model(context))
+        model = await self._loaded_model(context)
         books = model.similar(request.book_id, limit)
         if books is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"book {request.book_id} is not in the catalogue")
