@@ -83,9 +83,13 @@ def start_server(
 
 
 def _health(server: Server) -> dict[str, Any] | None:
-    """The health answer, or None while nothing answers on the HTTP port."""
+    return health_at(server.url)
+
+
+def health_at(url: str) -> dict[str, Any] | None:
+    """The health answer of the gateway at `url`, or None while nothing answers there."""
     try:
-        body: dict[str, Any] = httpx.get(f"{server.url}/api/v1/health", timeout=2).json()
+        body: dict[str, Any] = httpx.get(f"{url}/api/v1/health", timeout=2).json()
     except (httpx.HTTPError, ValueError):
         return None
     return body

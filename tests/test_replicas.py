@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,7 @@ from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
 from tests.conftest import RunningService, StartService, wait_for
-from tests.test_gateway import ROOT, _health, start_server
+from tests.test_gateway import ROOT, _health, health_at, start_server
 from tests.test_service import _demo_sizes, status_of
 
 FOLLOW_SECONDS = 2.0  # what the issue allows between a promotion on one replica and the others serving it
@@ -43,9 +44,9 @@ def interaction_count(settings: Settings) -> int:
     return asyncio.run(count())
 
 
-def seconds_until(condition: object, timeout: float = 10) -> float:
+def seconds_until(condition: Callable[[], bool], timeout: float = 10) -> float:
     started = time.monotonic()
-    wait_for(condition, timeout=timeout, interval=0.02)  # type: ignore[arg-type]
+    wait_for(condition, timeout=timeout, interval=0.02)
     return time.monotonic() - started
 
 
@@ -238,13 +239,6 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
     assert survivor.client.retrain(force=True).status == "accepted"  # the lock went with the dead replica
     wait_for(lambda: not survivor.service.manager.state.running, timeout=60)
     assert survivor.client.model_info().last_retrain.outcome == "promoted"
-
-
-def health_at(url: str) -> object:
-    try:
-        return httpx.get(f"{url}/api/v1/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return None
 
 
 def served(running: RunningService, method: str) -> float:

@@ -66,6 +66,7 @@ class Cluster:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # ended before the loop closes
         await self._listener.stop()
         await self._release()
 

@@ -60,6 +60,7 @@ class FreshData:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     def serving(self, model: HybridModel) -> HybridModel:
         """`model` with the books added or changed since its snapshot (once they are known)."""
