@@ -15,7 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from bench.harness import MEDIUM, WORK, service, write_results
 from recommender.model.hybrid import HybridModel, warm
-from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.artifacts import LocalArtifactStore
 
 CALLS = 2000
 
@@ -31,13 +31,18 @@ def per_call_ms(call: Callable[[int], object], users: list[int]) -> tuple[float,
     return times[len(times) // 2], times[int(len(times) * 0.99)]
 
 
+def newest(store: LocalArtifactStore) -> HybridModel | None:
+    versions = store.complete_versions()
+    return store.read(versions[0]) if versions else None
+
+
 def main() -> None:
-    store = ArtifactStore(WORK / MEDIUM.name / "artifacts")
-    model = store.load_latest()
+    store = LocalArtifactStore(WORK / MEDIUM.name / "artifacts")
+    model = newest(store)
     if model is None:
         with service(MEDIUM):
             pass
-        model = store.load_latest()
+        model = newest(store)
     assert model is not None
     threadpool_limits(1, user_api="blas")  # as the service serves
     warm(model)

@@ -19,11 +19,25 @@ import asyncpg
 import pytest
 
 from recommender.client import RecommenderClient
-from recommender.serving.manager import ModelBuilder
+from recommender.model.hybrid import HybridModel
+from recommender.serving.retrain import RetrainRunner, RetrainState
 from recommender.serving.service import GrpcService
 from recommender.settings import Settings, load_settings
+from recommender.training.progress import RetrainControl
+from recommender.training.trainer import RetrainResult
 
 T = TypeVar("T")
+
+# A retrain run on a thread of the test (the real trainer wrapped, or a stand-in that fails or waits).
+ModelBuilder = Callable[[RetrainControl], RetrainResult]
+
+
+def in_thread(build: ModelBuilder) -> RetrainRunner:
+    async def run(control: RetrainControl) -> RetrainResult:
+        return await asyncio.to_thread(build, control)
+
+    return run
+
 
 # Small enough that a retrain takes well under a second, big enough for ALS and TF-IDF to find signal.
 SMALL_DEMO = {"demo_books": 400, "demo_users": 150, "demo_interactions": 4000}
@@ -60,6 +74,20 @@ def create_database(postgres_url: str) -> str:
 
     asyncio.run(create())
     return with_database(postgres_url, name)
+
+
+def active_version(database_url: str) -> str | None:
+    """The registry's active version, read straight from the database."""
+
+    async def read() -> str | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            version: str | None = await conn.fetchval("SELECT version FROM model_versions WHERE status = 'active'")
+            return version
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 @pytest.fixture
@@ -108,18 +136,28 @@ class RunningService:
     def target(self) -> str:
         return f"127.0.0.1:{self.service.port}"
 
+    @property
+    def model(self) -> HybridModel | None:
+        return self.service.versions.model
+
+    @property
+    def retrain(self) -> RetrainState:
+        assert self.service.coordinator is not None, "a serving worker does not retrain"
+        return self.service.coordinator.state
+
 
 StartService = Callable[..., RunningService]
 
 
 @pytest.fixture
 def start_service(settings: Settings) -> Iterator[StartService]:
-    """Starts the real gRPC service; `build` replaces the trainer (to make it fail, for example)."""
+    """Starts the real gRPC service; `build` replaces the trainer's child process (to make it fail, for example)."""
     started: list[RunningService] = []
     loop = LoopThread()
 
     def start(build: ModelBuilder | None = None, settings_: Settings | None = None) -> RunningService:
-        service = GrpcService(settings_ or settings, (settings_ or settings).database_url or "", build)
+        chosen = settings_ or settings
+        service = GrpcService(chosen, chosen.database_url or "", in_thread(build) if build else None)
         loop.run(service.start())
         running = RunningService(service, RecommenderClient(f"127.0.0.1:{service.port}", max_attempts=2), loop)
         started.append(running)
@@ -136,7 +174,7 @@ def start_service(settings: Settings) -> Iterator[StartService]:
 def trained_service(start_service: StartService) -> RunningService:
     """A service whose first model is trained and loaded."""
     running = start_service()
-    wait_for(lambda: running.service.manager.model is not None and not running.service.manager.state.running)
+    wait_for(lambda: running.model is not None and not running.retrain.running)
     return running
 
 

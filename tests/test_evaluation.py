@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from recommender.model.dataset import Book, Interaction, TrainingData
-from recommender.model.evaluation import Split, SplitParams, evaluate, split
+from recommender.model.evaluation import Split, evaluate, split
+from recommender.model.params import SplitParams
 
 BOOKS = [Book(i, f"Book {i}") for i in range(1, 21)]
 

@@ -16,7 +16,7 @@ import pytest
 
 from recommender.model.dataset import TrainingData
 from recommender.storage.db import Database
-from tests.conftest import create_database
+from tests.conftest import active_version, create_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,7 +201,8 @@ def test_train_command_seeds_an_empty_database_and_writes_a_version(database_url
     )
     assert result.returncode == 0, result.stderr
     assert "trained model version" in result.stdout and "300 books" in result.stdout
-    current = (tmp_path / "artifacts" / "CURRENT").read_text().strip()
+    current = active_version(database_url)
+    assert current is not None and current in result.stdout
     assert (tmp_path / "artifacts" / "versions" / current / "manifest.json").is_file()
     assert counts(database_url)["books"] == 300
 
@@ -266,13 +267,14 @@ def test_training_beside_a_running_service_keeps_the_version_it_serves(database_
         )
 
     assert train().returncode == 0
-    served = (artifacts / "CURRENT").read_text().strip()
+    served = active_version(database_url)
+    assert served is not None
     with subprocess.Popen(["sleep", "60"]) as service:  # stands in for a live server process serving `served`
         marker = artifacts / "serving" / f"{socket.gethostname()}-{service.pid}"
         marker.parent.mkdir()
         marker.write_text(served + "\n")
         result = train()
-        result = train()  # two more versions with keep_versions=1: only the served one may survive beside CURRENT
+        result = train()  # two more versions with keep_versions=1: only the served one may survive beside the active
         service.kill()
     assert result.returncode == 0, result.stderr
     assert "running services switch to it within seconds" in result.stdout

@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from recommender.model.cf import ALSParams, interaction_weights
+from recommender.model.cf import interaction_weights
 from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel, Strategy
-from recommender.model.training import TrainingParams, train
+from recommender.model.params import ALSParams, TrainingParams
 
 # Two clear tastes: books 1-10 are about dragons, 11-20 about detectives; users 1-6 read dragons, 7-12 detectives.
 BOOKS = [
@@ -91,8 +92,8 @@ def test_a_popularity_prior_steers_users_with_little_history() -> None:
 
 
 def test_alpha_one_ranks_by_cf_and_zero_by_content(model: HybridModel) -> None:
-    cf_only = HybridModel.assemble(model.meta, 1.0, model.catalogue, model.cf, model.content)
-    content_only = HybridModel.assemble(model.meta, 0.0, model.catalogue, model.cf, model.content)
+    cf_only = model.with_blend(alpha=1.0)
+    content_only = model.with_blend(alpha=0.0)
     for book in cf_only.recommend(2, 20).books:
         assert book.score == pytest.approx(book.cf_score)
     for book in content_only.recommend(2, 20).books:
@@ -209,7 +210,7 @@ def test_interactions_with_books_outside_the_catalogue_are_left_out() -> None:
 
 
 def test_training_stops_when_asked() -> None:
-    from recommender.model.training import TrainingCancelled
+    from recommender.model.fit import TrainingCancelled
 
     calls = 0
 
@@ -224,8 +225,9 @@ def test_training_stops_when_asked() -> None:
 
 
 def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
-    """recommend() takes shortcuts for speed; the answers are those of score(), the path evaluation measures."""
+    """recommend() takes shortcuts for speed; the answers are those of the batch scoring evaluation measures."""
     from recommender import demo
+    from recommender.model import ranking
 
     catalogue = demo.generate(3, 300, 80, 2500)
     model = train(
@@ -235,8 +237,8 @@ def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
     fresh = [(5, 5.0), (17, None), (40, 2.0)]
     for user, history in [*((u, None) for u in range(1, 81)), (10_000, fresh), (10_001, ())]:
         fast = model.recommend(user, 10, history)
-        scores = model.score([model.history(user, history)])
-        slow = model.top(scores, 10)[0]
+        scores = ranking.score(model, [model.history(user, history)])
+        slow = ranking.top(model, scores, 10)[0]
         assert [b.book_id for b in fast.books] == model.catalogue.book_ids[slow].tolist(), user
         for book, position in zip(fast.books, slow, strict=True):
             assert book.score == pytest.approx(float(scores.blended[0, position]), abs=1e-4)

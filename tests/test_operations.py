@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
-from recommender.serving.service import make_trainer
+from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import RetrainResult
+from recommender.training.trainer import RetrainResult, make_trainer
 from recommender.v1 import recommender_pb2 as pb
 from tests.conftest import RunningService, StartService, create_database, wait_for
 from tests.test_service import add_interactions, status_of, wait_until_idle
@@ -162,6 +162,15 @@ def test_a_schedule_waits_for_enough_new_interactions(
     wait_for(lambda: running.client.model_info().version != version, timeout=20)
 
 
+def metrics_address(data_dir: Path, role: str = "main") -> str:
+    """The endpoint this process's service of `role` listed in the data folder's targets file."""
+    entries = read_targets(data_dir / TARGETS_FILE)
+    mine = [e for e in entries if e["labels"]["pid"] == str(os.getpid()) and e["labels"]["role"] == role]
+    assert len(mine) == 1, entries
+    address: str = mine[0]["targets"][0]
+    return address
+
+
 def test_metrics_count_requests_retrains_and_describe_the_model(
     start_service: StartService, settings: Settings
 ) -> None:
@@ -172,7 +181,7 @@ def test_metrics_count_requests_retrains_and_describe_the_model(
     status_of(lambda: running.client.recommend(user_id=-5))
     running.client.retrain()
     wait_until_idle(running)
-    address = (settings.data_dir / "metrics-address").read_text().strip()
+    address = metrics_address(settings.data_dir)
     assert address.startswith("127.0.0.1:")
     text = httpx.get(f"http://{address}/metrics", timeout=5).text
     values = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line[:1] != "#"}
@@ -273,10 +282,9 @@ def test_stopping_the_service_kills_a_retrain_running_in_its_child_process(
 ) -> None:
     # The real, isolated trainer, made long by a tuning budget of a minute.
     running = start_service(settings_=with_settings(settings, tuning="auto", tuning_seconds=60.0))
-    manager = running.service.manager
 
     def evaluating() -> bool:
-        progress = manager.state.progress
+        progress = running.retrain.progress
         return progress is not None and progress.stage == "evaluating"
 
     wait_for(evaluating, timeout=60)
@@ -286,5 +294,5 @@ def test_stopping_the_service_kills_a_retrain_running_in_its_child_process(
     started = time.monotonic()
     running.loop.run(running.service.stop(grace=1))
     assert time.monotonic() - started < 10
-    assert manager.state.last_error == "cancelled: the service is shutting down"
+    assert running.retrain.last_error == "cancelled: the service is shutting down"
     wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in trainers), timeout=10)

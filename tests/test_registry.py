@@ -101,7 +101,7 @@ def test_a_rejected_version_cannot_be_rolled_back_to(start_service: StartService
 def test_tuning_chooses_and_stores_its_parameters(start_service: StartService, settings: Settings) -> None:
     tuned = settings.model_copy(update={"tuning": "auto", "tuning_seconds": 3.0, "alpha": "auto"})
     running = start_service(settings_=tuned)
-    wait_for(lambda: running.service.manager.model is not None and not running.service.manager.state.running)
+    wait_for(lambda: running.model is not None and not running.retrain.running)
     info = running.client.model_info()
     stored = {m.version: m for m in running.client.list_models().models}[info.version]
     assert dict(stored.params) == dict(info.params)

@@ -19,11 +19,10 @@ import pytest
 
 from bench.harness import free_port
 from recommender import demo
-from recommender.serving.service import make_trainer
 from recommender.settings import Settings
 from recommender.storage.db import Database
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import RetrainResult
+from recommender.training.trainer import RetrainResult, make_trainer
 from recommender.v1 import recommender_pb2 as pb
 from tests.conftest import RunningService, StartService, wait_for
 from tests.test_gateway import ROOT, _health, health_at, start_server
@@ -54,9 +53,9 @@ def seconds_until(condition: Callable[[], bool], timeout: float = 10) -> float:
 def replicas(start_service: StartService) -> tuple[RunningService, RunningService]:
     """Two replicas of the service on one database; the first trained the model both serve."""
     first = start_service()
-    wait_for(lambda: first.service.manager.model is not None and not first.service.manager.state.running)
+    wait_for(lambda: first.model is not None and not first.retrain.running)
     second = start_service()
-    wait_for(lambda: second.service.manager.model is not None)
+    wait_for(lambda: second.model is not None)
     return first, second
 
 
@@ -183,7 +182,7 @@ def test_one_retrain_in_the_cluster_and_every_replica_follows_promotions_and_rol
     start_service: StartService, settings: Settings
 ) -> None:
     second = start_service()  # trains the first version
-    wait_for(lambda: second.service.manager.model is not None and not second.service.manager.state.running)
+    wait_for(lambda: second.model is not None and not second.retrain.running)
     release = threading.Event()
     trainer = make_trainer(settings, settings.database_url or "")
 
@@ -192,7 +191,7 @@ def test_one_retrain_in_the_cluster_and_every_replica_follows_promotions_and_rol
         return trainer(control)
 
     first = start_service(build=slow_retrain)
-    wait_for(lambda: first.service.manager.model is not None)
+    wait_for(lambda: first.model is not None)
     old = second.client.model_info().version
     assert first.client.retrain(force=True).status == "accepted"
     code, message = status_of(second.client.retrain)
@@ -202,7 +201,7 @@ def test_one_retrain_in_the_cluster_and_every_replica_follows_promotions_and_rol
     assert status_of(lambda: second.client.rollback())[0] == grpc.StatusCode.ABORTED
 
     release.set()
-    wait_for(lambda: not first.service.manager.state.running, timeout=60)
+    wait_for(lambda: not first.retrain.running, timeout=60)
     new = first.client.model_info().version
     assert new != old
     lag = seconds_until(lambda: second.client.model_info().version == new, timeout=FOLLOW_SECONDS)
@@ -219,7 +218,7 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
 ) -> None:
     shared = settings.model_copy(update={"artifact_store": "postgres"})  # no shared folder between the replicas
     survivor = start_service(settings_=shared)
-    wait_for(lambda: survivor.service.manager.model is not None and not survivor.service.manager.state.running)
+    wait_for(lambda: survivor.model is not None and not survivor.retrain.running)
     # A replica with an artifacts folder of its own: it can only get the version from the database.
     doomed = start_server(
         settings.database_url, tmp_path / "doomed", ARTIFACT_STORE="postgres", TUNING="auto", TUNING_SECONDS="60"
@@ -237,7 +236,7 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
         doomed.process.wait(10)
     wait_for(lambda: survivor.client.health().status == "ok", timeout=5)
     assert survivor.client.retrain(force=True).status == "accepted"  # the lock went with the dead replica
-    wait_for(lambda: not survivor.service.manager.state.running, timeout=60)
+    wait_for(lambda: not survivor.retrain.running, timeout=60)
     assert survivor.client.model_info().last_retrain.outcome == "promoted"
 
 

@@ -18,14 +18,12 @@ import pytest
 from recommender import demo
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
-from recommender.model.training import TrainingCancelled
-from recommender.serving.manager import ModelBuilder
-from recommender.serving.service import make_trainer
+from recommender.model.fit import TrainingCancelled
 from recommender.settings import Settings
 from recommender.storage.db import Database
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import RetrainResult
-from tests.conftest import SMALL_DEMO, RunningService, StartService, wait_for
+from recommender.training.trainer import RetrainResult, make_trainer
+from tests.conftest import SMALL_DEMO, ModelBuilder, RunningService, StartService, wait_for
 
 
 def status_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
@@ -43,7 +41,7 @@ def add_interactions(settings: Settings, rows: list[Interaction]) -> None:
 
 
 def wait_until_idle(running: RunningService) -> None:
-    wait_for(lambda: not running.service.manager.state.running)
+    wait_for(lambda: not running.retrain.running)
 
 
 def slowed(settings: Settings, seconds: float, calls: list[float] | None = None) -> ModelBuilder:
@@ -232,7 +230,7 @@ def test_start_up_skips_a_half_written_version(start_service: StartService, sett
     (settings.artifacts_dir / ".incoming-99990101T000000000001Z-eeeeee").mkdir()
 
     second = start_service()
-    assert second.service.manager.model is not None
+    assert second.model is not None
     assert second.client.model_info().version == good
 
 
@@ -314,4 +312,4 @@ def test_stopping_the_service_cancels_a_running_retrain(start_service: StartServ
     started = time.monotonic()
     running.loop.run(running.service.stop(grace=1))
     assert time.monotonic() - started < 5
-    assert running.service.manager.state.last_error == "cancelled: the service is shutting down"
+    assert running.retrain.last_error == "cancelled: the service is shutting down"

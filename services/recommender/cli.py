@@ -167,9 +167,11 @@ def serve(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings, dsn: str) -> int:
-    """The gRPC server and Envoy together: both run, or the command exits non-zero saying why."""
+    """The gRPC server and Envoy together: both run, or the command exits non-zero saying why. Stopping ends
+    Envoy, the workers, a running retrain and the fork server before the command returns."""
     from recommender.gateway.envoy import Envoy, GatewayError
     from recommender.serving.service import GrpcService
+    from recommender.training.child import stop_fork_server
 
     service = GrpcService(settings, dsn)
     envoy: Envoy | None = None
@@ -188,12 +190,21 @@ async def _serve(settings: Settings, dsn: str) -> int:
         return _failed_to_start(exc)
     finally:
         if envoy is not None:
-            await envoy.stop()
+            await envoy.stop(grace=2.0)
         for process, _port in workers:
             process.terminate()
-        for process, _port in workers:
+        await asyncio.gather(service.stop(), *(_ended(process) for process, _port in workers))
+        stop_fork_server()
+
+
+async def _ended(process: asyncio.subprocess.Process, grace: float = 3.0) -> None:
+    """Waits for a terminated child, killing it after `grace` seconds."""
+    try:
+        async with asyncio.timeout(grace):
             await process.wait()
-        await service.stop()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
 
 
 def _failed_to_start(exc: Exception) -> int:
@@ -271,7 +282,8 @@ async def _start_workers(settings: Settings, dsn: str, count: int) -> list[tuple
             *die_with_parent(), sys.executable, "-m", "recommender.cli", "worker", env=env, stdout=PIPE
         )
         assert process.stdout is not None
-        line = (await asyncio.wait_for(process.stdout.readline(), 120)).decode()
+        async with asyncio.timeout(120):
+            line = (await process.stdout.readline()).decode()
         if not line.startswith(WORKER_READY):
             raise OSError(f"a serving worker did not start (exit code {await process.wait()})")
         started.append((process, int(line.removeprefix(WORKER_READY))))
@@ -282,12 +294,9 @@ async def _start_workers(settings: Settings, dsn: str, count: int) -> list[tuple
 
 async def _worker(settings: Settings) -> int:
     """One serving process beside the main one: it follows the registry's active version and never retrains."""
-    from recommender.serving.service import GrpcService
+    from recommender.serving.service import GrpcService, Role
 
-    def no_retrains(_control: RetrainControl) -> RetrainResult:
-        raise RuntimeError("this is a serving worker: retrains run in the main process")
-
-    service = GrpcService(settings, settings.database_url or "", no_retrains, worker=True)
+    service = GrpcService(settings, settings.database_url or "", role=Role.WORKER)
     stop = _stop_signal()
     try:
         await service.start()
@@ -299,19 +308,21 @@ async def _worker(settings: Settings) -> int:
 
 
 def train(settings: Settings, force: bool = False) -> int:
-    from recommender.serving.service import make_trainer, prepare_database
+    from recommender.storage.artifacts import LocalArtifactStore
+    from recommender.storage.registry import Outcome
+    from recommender.training.child import TrainingFailed
+    from recommender.training.trainer import make_trainer
 
     with database_url(settings) as dsn:
-
-        async def prepare() -> None:
-            async with await Database.connect(dsn, max_size=1) as db:
-                await prepare_database(db, settings)
-
-        asyncio.run(prepare())
+        asyncio.run(_prepare(settings, dsn))
         trainer = make_trainer(settings, dsn)
         with _progress_display() as on_progress:
             control = RetrainControl(force=force, on_progress=on_progress)
-            result = asyncio.run(_train_holding_the_lock(dsn, trainer, control))
+            try:
+                result = asyncio.run(_train_holding_the_lock(dsn, trainer, control, settings.log_format))
+            except TrainingFailed as exc:
+                print(f"recommender train: the retrain failed, the active version stays: {exc}", file=sys.stderr)
+                return 1
             control.finish()
     if result is None:
         print(
@@ -320,29 +331,44 @@ def train(settings: Settings, force: bool = False) -> int:
             file=sys.stderr,
         )
         return 1
-    model = result.model
-    if model is None:
+    if result.outcome is Outcome.REJECTED:
         print(f"version {result.version} was rejected: {result.reason}; the active version stays")
         return 0
+    sizes = result.data_sizes
     print(
-        f"trained model version {model.meta.version}: {model.cf.num_users} users, {model.cf.num_items} items, "
-        f"{model.cf.nnz} matrix entries, {model.content.num_books} books, {model.content.feature_dim} features "
-        f"in {result.seconds:.1f} s; written to {settings.artifacts_dir.resolve()}; promoted: {result.reason}"
+        f"trained model version {result.version}: {sizes.get('users', 0)} users, {sizes.get('books', 0)} books, "
+        f"{sizes.get('interactions', 0)} interactions in {result.seconds:.1f} s; written to "
+        f"{settings.artifacts_dir.resolve()}; promoted: {result.reason}"
     )
-    if trainer.store.served_versions():
+    if LocalArtifactStore(settings.artifacts_dir).served_versions():
         print("running services switch to it within seconds (they follow the registry)")
     return 0
 
 
-async def _train_holding_the_lock(dsn: str, trainer: Trainer, control: RetrainControl) -> RetrainResult | None:
-    """The retrain, holding the cluster's retrain lock; None when a retrain runs elsewhere."""
+async def _prepare(settings: Settings, dsn: str) -> None:
+    from recommender.storage.seed import DemoSize, prepare_database
+
+    async with await Database.connect(dsn, max_size=1) as db:
+        size = DemoSize(settings.demo_seed, settings.demo_books, settings.demo_users, settings.demo_interactions)
+        await prepare_database(db, size)
+
+
+async def _train_holding_the_lock(
+    dsn: str, trainer: Trainer, control: RetrainControl, log_format: str
+) -> RetrainResult | None:
+    """The retrain in a child process (Ctrl-C kills it), holding the cluster's retrain lock; None when a retrain
+    runs elsewhere. A failed retrain raises, saying why."""
+    from recommender.training.child import ChildProcessTrainer, start_fork_server, stop_fork_server
+
     lock = RetrainLock(dsn)
     if not await lock.acquire():
         return None
     try:
-        return await asyncio.to_thread(trainer, control)
+        start_fork_server()
+        return await ChildProcessTrainer(trainer, log_format)(control)
     finally:
         await lock.release()
+        stop_fork_server()
 
 
 def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: Path | None) -> int:

@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recommender.model.params import ALSParams, QualityPolicy, SplitParams, TrainingParams
 from recommender.schedule import Schedule
 
-DEFAULT_ALPHA = 0.6
+_ALS, _TRAINING, _QUALITY, _SPLIT = ALSParams(), TrainingParams(), QualityPolicy(), SplitParams()
 
 
 class SettingsError(ValueError):
@@ -41,26 +42,26 @@ class Settings(BaseSettings):
     # disk) or "postgres" (the files are also stored in the database; the folder is each host's cache).
     artifact_store: Literal["local", "postgres"] = "local"
     # The CF weight of the blend, 0-1, or "auto": chosen by training on the validation split.
-    alpha: float | Literal["auto"] = 0.6
+    alpha: float | Literal["auto"] = _TRAINING.alpha
     # Training knobs.
-    train_threads: int = Field(default=1, ge=1, le=64)
+    train_threads: int = Field(default=_ALS.threads, ge=1, le=64)
     # auto: implicit's GPU ALS when CUDA is usable (the `gpu` extra on an NVIDIA machine), else the CPU.
     train_device: Literal["auto", "cpu", "gpu"] = "auto"
-    als_factors: int = Field(default=64, ge=1, le=1024)
-    als_iterations: int = Field(default=15, ge=1, le=200)
-    als_regularization: float = Field(default=0.05, ge=0.0)
-    als_confidence: float = Field(default=1.0, gt=0.0)
-    als_rating_scale: float = Field(default=1.0, ge=0.0)
-    popularity_prior: float = Field(default=10.0, ge=0.0)
+    als_factors: int = Field(default=_ALS.factors, ge=1, le=1024)
+    als_iterations: int = Field(default=_ALS.iterations, ge=1, le=200)
+    als_regularization: float = Field(default=_ALS.regularization, ge=0.0)
+    als_confidence: float = Field(default=_ALS.confidence, gt=0.0)
+    als_rating_scale: float = Field(default=_ALS.rating_scale, ge=0.0)
+    popularity_prior: float = Field(default=_TRAINING.popularity_prior, ge=0.0)
     # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
-    tuning: Literal["auto", "off"] = "auto"
-    tuning_seconds: float = Field(default=5.0, ge=0.0)
-    gate_tolerance: float = Field(default=0.01, ge=0.0)
-    eval_holdout: float = Field(default=0.2, gt=0.0, lt=1.0)
-    eval_min_positives: int = Field(default=5, ge=2)
-    eval_seed: int = 42
-    eval_split: Literal["random", "time"] = "random"
-    eval_max_users: int = Field(default=5000, ge=1)
+    tuning: Literal["auto", "off"] = "auto" if _QUALITY.tuning else "off"
+    tuning_seconds: float = Field(default=_QUALITY.tuning_seconds, ge=0.0)
+    gate_tolerance: float = Field(default=_QUALITY.gate_tolerance, ge=0.0)
+    eval_holdout: float = Field(default=_SPLIT.holdout, gt=0.0, lt=1.0)
+    eval_min_positives: int = Field(default=_SPLIT.min_positives, ge=2)
+    eval_seed: int = _SPLIT.seed
+    eval_split: Literal["random", "time"] = "time" if _SPLIT.by_time else "random"
+    eval_max_users: int = Field(default=_SPLIT.max_users, ge=1)
     # Operations: credentials for the calls that change state, the retrain schedule, metrics and logs.
     api_key: SecretStr | None = Field(default=None, min_length=8)
     jwt_secret: SecretStr | None = Field(default=None, min_length=16)
@@ -75,7 +76,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     # Serving processes behind Envoy: the main one (which also retrains) and workers that follow its versions.
     workers: int = Field(default=1, ge=1, le=64)
-    tfidf_max_features: int = Field(default=10_000, ge=1, le=1_000_000)
+    tfidf_max_features: int = Field(default=_TRAINING.tfidf_max_features, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.
     demo_seed: int = 42
@@ -92,8 +93,8 @@ class Settings(BaseSettings):
 
     @property
     def start_alpha(self) -> float:
-        """The alpha to train with (and to show before the first model): "auto" starts from the default 0.6."""
-        return DEFAULT_ALPHA if self.alpha == "auto" else float(self.alpha)
+        """The alpha to train with (and to show before the first model): "auto" starts from the default."""
+        return _TRAINING.alpha if self.alpha == "auto" else float(self.alpha)
 
     @field_validator("retrain_schedule")
     @classmethod

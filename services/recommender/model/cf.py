@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import TrainingData
+from recommender.model.params import ALSParams
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -21,24 +24,13 @@ DISLIKE_BELOW = 3.0
 
 
 @dataclass(frozen=True)
-class ALSParams:
-    factors: int = 64
-    iterations: int = 15
-    regularization: float = 0.05
-    confidence: float = 1.0  # implicit's alpha: how much a weight adds to the confidence
-    rating_scale: float = 1.0  # how much each star above the dislike threshold adds to the weight
-    threads: int = 1
-    random_state: int = 42
-    device: str = "cpu"  # "gpu": implicit's CUDA ALS
-
-
-@dataclass(frozen=True)
 class CFModel:
     user_ids: IntArray  # sorted; row i of user_factors and user_items
     item_ids: IntArray  # sorted book ids that have interactions; row j of item_factors
     user_factors: FloatArray
     item_factors: FloatArray
     user_items: sp.csr_matrix  # interaction weights (negative: disliked); every entry is a book the user has
+    params: ALSParams = field(default_factory=ALSParams)  # what it was fitted with
 
     @property
     def num_users(self) -> int:
@@ -64,6 +56,31 @@ class CFModel:
     def scores(self, row: int) -> FloatArray:
         """Predicted preference of the user for every item."""
         return self.item_factors @ self.user_factors[row]
+
+    def fold_in(self, items: IntArray, weights: FloatArray) -> FloatArray | None:
+        """The user factors ALS would give a history of `items` (CF item indices) with these `weights`, the item
+        factors held fixed (implicit's `recalculate_user`: one least-squares solve, about k^3 + len(history) * k^2
+        operations); None for an empty history or a model without items."""
+        if len(items) == 0 or self.num_items == 0:
+            return None
+        row = sp.csr_matrix(
+            (weights, (np.zeros(len(items), dtype=np.int32), items)), shape=(1, self.num_items), dtype=np.float32
+        )
+        row.sum_duplicates()
+        return np.asarray(self._solver.recalculate_user(0, row), dtype=np.float32)
+
+    @cached_property
+    def _solver(self) -> AlternatingLeastSquares:
+        """implicit's model around these item factors, with the regularisation and confidence they were fitted
+        with (so a folded-in user is solved as training would have solved them)."""
+        solver = AlternatingLeastSquares(
+            factors=self.item_factors.shape[1],
+            regularization=self.params.regularization,
+            alpha=self.params.confidence,
+            num_threads=1,
+        )
+        solver.item_factors = self.item_factors
+        return solver
 
 
 def interaction_weights(ratings: npt.ArrayLike, rating_scale: float = 1.0) -> FloatArray:
@@ -106,14 +123,14 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
     to the CPU for serving). `on_iteration` may raise to abort the fit."""
     device = params.device
     if device == "gpu":
-        from implicit.gpu.als import AlternatingLeastSquares
+        from implicit.gpu.als import AlternatingLeastSquares as Solver
     else:
-        from implicit.cpu.als import AlternatingLeastSquares  # never the GPU class by accident, even with CUDA
+        Solver = AlternatingLeastSquares  # the CPU class: never the GPU one by accident, even with CUDA
 
     user_ids, item_ids, user_items = confidence_matrix(data, params.rating_scale)
     if user_items.nnz == 0:
         empty = np.zeros((0, params.factors), dtype=np.float32)
-        return CFModel(user_ids, item_ids, empty, empty, user_items)
+        return CFModel(user_ids, item_ids, empty, empty, user_items, params)
 
     def callback(iteration: int, _elapsed: float, _loss: float) -> None:
         if on_iteration is not None:
@@ -122,7 +139,7 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
     # implicit warns and slows down when BLAS runs its own threads beside ALS's.
     with threadpool_limits(1, "blas"):
         options = {"num_threads": params.threads} if device != "gpu" else {}
-        als = AlternatingLeastSquares(
+        als = Solver(
             factors=params.factors,
             iterations=params.iterations,
             regularization=params.regularization,
@@ -139,4 +156,5 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
         user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
         item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
         user_items=user_items,
+        params=params,
     )

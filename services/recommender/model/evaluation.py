@@ -17,22 +17,14 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.model.dataset import TrainingData
+from recommender.model.params import SplitParams
 
 IntArray = npt.NDArray[np.int32]
 # Given a user id and k, the user's top-k book ids, best first.
 Ranker = Callable[[int, int], IntArray]
 
 K = 10
-
-
-@dataclass(frozen=True)
-class SplitParams:
-    holdout: float = 0.2
-    min_positives: int = 5
-    seed: int = 42
-    by_time: bool = False
-    like_threshold: float = 4.0
-    max_users: int = 5000  # evaluate a random sample of the eligible users beyond this (metrics settle long before)
+_DEFAULT = SplitParams()
 
 
 @dataclass(frozen=True)
@@ -46,7 +38,7 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Metrics:
+class RankingMetrics:
     precision_at_10: float
     recall_at_10: float
     ndcg_at_10: float
@@ -67,7 +59,7 @@ def positives(data: TrainingData, like_threshold: float) -> npt.NDArray[np.bool_
     return np.isnan(data.ratings) | (data.ratings >= like_threshold)
 
 
-def split(data: TrainingData, params: SplitParams = SplitParams()) -> Split:
+def split(data: TrainingData, params: SplitParams = _DEFAULT) -> Split:
     """Deterministic for a given snapshot and params."""
     rng = np.random.default_rng(params.seed)
     liked = positives(data, params.like_threshold)
@@ -93,10 +85,10 @@ def split(data: TrainingData, params: SplitParams = SplitParams()) -> Split:
     return Split(train=data.subset(~test), held_out=held_out)
 
 
-def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Metrics:
+def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> RankingMetrics:
     """Precision, recall and NDCG at k averaged over the split's users, and catalogue coverage."""
     if not split_.held_out:
-        return Metrics(0.0, 0.0, 0.0, 0.0, 0)
+        return RankingMetrics(0.0, 0.0, 0.0, 0.0, 0)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     precision = recall = ndcg = 0.0
     shown: set[int] = set()
@@ -109,4 +101,4 @@ def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Me
         ideal = discounts[: min(len(relevant), k)].sum()
         ndcg += float(discounts[: len(top)][hits].sum() / ideal)
     n = len(split_.held_out)
-    return Metrics(float(precision / n), float(recall / n), ndcg / n, len(shown) / max(catalogue_size, 1), n)
+    return RankingMetrics(float(precision / n), float(recall / n), ndcg / n, len(shown) / max(catalogue_size, 1), n)

@@ -1,36 +1,39 @@
 """The served model: CF and content scores, each standardised over the user's candidate books (z-scores), blended
-as alpha * cf + (1 - alpha) * content.
+as alpha * cf + (1 - alpha) * content, and leaning on popularity for users with little history (`blend_weights`).
 
 Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
 Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
 content evidence outvote CF. Measured (NDCG@10, same split, alpha 0.6): Goodreads sample 0.289 z-score vs 0.275
 min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
+
+This module is the request path; evaluation's batch ranking of many users lives in model/ranking.py and blends
+with the same `blend_weights`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from implicit.cpu.als import AlternatingLeastSquares
 
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
+from recommender.model.params import TrainingParams
 
 # (book_id, rating or None) of everything a user did, read from the database.
 UserHistory = Sequence[tuple[int, float | None]]
 
 # Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
-_TIE_BREAK = 1e-6
+TIE_BREAK = 1e-6
 
 
 class Strategy(StrEnum):
@@ -91,17 +94,8 @@ class ModelMeta:
     version: str
     trained_at: datetime
     training_seconds: float
-    params: dict[str, Any] = field(default_factory=dict)  # what training chose (ALS knobs, alpha, ...)
+    params: TrainingParams = field(default_factory=TrainingParams)  # what training chose
     metrics: dict[str, float] = field(default_factory=dict)  # offline metrics of this configuration
-
-
-class Mode(StrEnum):
-    """What to rank by: the served blend, or one of its parts (for evaluation; CF applies to users it has)."""
-
-    HYBRID = "hybrid"
-    CF = "cf"
-    CONTENT = "content"
-    POPULAR = "popular"
 
 
 @dataclass(frozen=True)
@@ -119,39 +113,52 @@ class History:
             return self.factors
         return cf.user_factors[self.cf_row] if self.cf_row is not None else None
 
+    @property
+    def liked(self) -> int:
+        return int((self.weights > 0).sum())
+
 
 @dataclass(frozen=True)
-class Scores:
-    """Per user (rows) and catalogue book (columns)."""
+class BlendWeights:
+    """Per user: the weights of the standardised CF, content and popularity scores in their ranking."""
 
-    blended: FloatArray
-    cf: FloatArray
-    content: FloatArray
-    candidates: npt.NDArray[np.bool_]  # books the user does not have
+    cf: npt.NDArray[np.float64]
+    content: npt.NDArray[np.float64]
+    popular: npt.NDArray[np.float64]
+
+
+def blend_weights(alpha: float, popularity_prior: float, liked: npt.ArrayLike, has_cf: npt.ArrayLike) -> BlendWeights:
+    """The blend, the one formula every ranking uses (one user or many: arrays broadcast).
+
+    A user CF knows: `alpha * cf + (1 - alpha) * content`, mixed with popularity in proportion
+    `prior / (prior + liked books)`: CF factors fitted on a little history say little, so a user with three books
+    leans on what most readers liked and one with fifty on their own taste. With a prior of 10, users with 3
+    training books do better than with popularity alone (NDCG@10 on Goodreads 0.0511 vs 0.0504, MovieLens 0.0683
+    vs 0.0678; 0.0315 and 0.0296 without the prior), at a cost of about 1% for everybody. A user CF does not know
+    (no history it has, or a book without factors in `similar`): content alone.
+    """
+    liked_ = np.asarray(liked, dtype=np.float64)
+    known = np.asarray(has_cf, dtype=bool)
+    trust = liked_ / (liked_ + popularity_prior) if popularity_prior > 0 else np.ones_like(liked_)
+    trust = np.where(known, trust, 1.0)
+    return BlendWeights(
+        cf=np.where(known, trust * alpha, 0.0),
+        content=np.where(known, trust * (1.0 - alpha), 1.0),
+        popular=1.0 - trust,
+    )
 
 
 @dataclass(frozen=True)
 class HybridModel:
     meta: ModelMeta
-    alpha: float
     catalogue: Catalogue
     cf: CFModel
     content: ContentModel
     cf_positions: IntArray  # catalogue row of each CF item
     popularity: FloatArray  # per catalogue row, in [0, 1]
-    # How many liked books a user needs before their own scores outweigh popularity (see `score`).
-    popularity_prior: float = 0.0
 
     @classmethod
-    def assemble(
-        cls,
-        meta: ModelMeta,
-        alpha: float,
-        catalogue: Catalogue,
-        cf: CFModel,
-        content: ContentModel,
-        popularity_prior: float = 0.0,
-    ) -> HybridModel:
+    def assemble(cls, meta: ModelMeta, catalogue: Catalogue, cf: CFModel, content: ContentModel) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
         liked = cf.user_items.copy()
@@ -159,7 +166,24 @@ class HybridModel:
         counts[cf_positions] = np.asarray(liked.sum(axis=0)).ravel()  # users who liked each book
         top = counts.max() if len(counts) else 0.0
         popularity = counts / top if top > 0 else counts
-        return cls(meta, alpha, catalogue, cf, content, cf_positions, popularity, popularity_prior)
+        return cls(meta, catalogue, cf, content, cf_positions, popularity)
+
+    @property
+    def alpha(self) -> float:
+        return self.meta.params.alpha
+
+    @property
+    def popularity_prior(self) -> float:
+        return self.meta.params.popularity_prior
+
+    def with_blend(self, alpha: float | None = None, popularity_prior: float | None = None) -> HybridModel:
+        """The same fits blended otherwise (no refit)."""
+        params = dataclasses.replace(
+            self.meta.params,
+            alpha=self.alpha if alpha is None else alpha,
+            popularity_prior=self.popularity_prior if popularity_prior is None else popularity_prior,
+        )
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
 
     @property
     def num_books(self) -> int:
@@ -182,28 +206,18 @@ class HybridModel:
         ratings = dict(fresh_history)
         seen = self.catalogue.positions([book_id for book_id, _ in fresh_history])
         rated = [ratings[int(self.catalogue.book_ids[p])] for p in seen]
-        weights = interaction_weights(
-            [np.nan if r is None else r for r in rated], self.meta.params.get("rating_scale", 1.0)
-        )
+        weights = interaction_weights([np.nan if r is None else r for r in rated], self.cf.params.rating_scale)
         recorded = self.history(user_id)
         if recorded.cf_row is not None and _same_history(recorded, seen, weights):
             return recorded  # nothing new after all: the trained factors, not a refit of them
         return History(None, seen, weights, self.fold_in(seen, weights))
 
     def fold_in(self, positions: IntArray, weights: FloatArray) -> FloatArray | None:
-        """The user factors ALS would give this history with the item factors held fixed (implicit's
-        `recalculate_user`: one least-squares solve, about k^3 + len(history) * k^2 operations); None when CF knows
-        none of the books."""
+        """CF factors for a history of catalogue `positions` (see `CFModel.fold_in`); None when CF knows none of
+        the books."""
         items = self._item_of_position[positions]
         known = items >= 0
-        if not known.any() or self.cf.num_items == 0:
-            return None
-        row = sp.csr_matrix(
-            (weights[known], (np.zeros(int(known.sum()), dtype=np.int32), items[known])),
-            shape=(1, self.cf.num_items),
-        )
-        row.sum_duplicates()
-        return np.asarray(self._solver.recalculate_user(0, row), dtype=np.float32)
+        return self.cf.fold_in(items[known], weights[known])
 
     @cached_property
     def _item_of_position(self) -> IntArray:
@@ -211,18 +225,6 @@ class HybridModel:
         items = np.full(self.num_books, -1, dtype=np.int32)
         items[self.cf_positions] = np.arange(len(self.cf_positions), dtype=np.int32)
         return items
-
-    @cached_property
-    def _solver(self) -> AlternatingLeastSquares:
-        params = self.meta.params
-        solver = AlternatingLeastSquares(
-            factors=self.cf.item_factors.shape[1],
-            regularization=float(params.get("regularization", 0.05)),
-            alpha=float(params.get("confidence", 1.0)),
-            num_threads=1,
-        )
-        solver.item_factors = self.cf.item_factors
-        return solver
 
     def with_books(self, books: Sequence[Book]) -> HybridModel:
         """This model with `books` added to the catalogue or updated in it: content vectors from the version's
@@ -267,7 +269,7 @@ class HybridModel:
             np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
             content.encoder,
         )
-        return HybridModel.assemble(self.meta, self.alpha, catalogue, self.cf, merged, self.popularity_prior)
+        return HybridModel.assemble(self.meta, catalogue, self.cf, merged)
 
     def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
         """Books like `book_id`, best first: cosine similarity of item factors and of content vectors, each a
@@ -280,57 +282,20 @@ class HybridModel:
         count = self.num_books - 1
         content_z = _Standardised(self.content.vectors @ self.content.vectors[position], others, count)
         item = int(self._item_of_position[position])
-        if item < 0:
-            cf_z, weight = None, 0.0
-        else:
+        raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
+        if item >= 0:
             unit = self._unit_item_factors
-            raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
             raw[self.cf_positions] = unit @ unit[item]
-            cf_z, weight = _Standardised(raw, others, count), self.alpha
-        ranking = content_z.scaled(1.0 - weight) + (cf_z.scaled(weight) if cf_z else 0.0)
-
-        def parts(p: int) -> tuple[float, float, float]:
-            cf = cf_z.at(p) if cf_z else 0.0
-            content = content_z.at(p)
-            return weight * cf + (1.0 - weight) * content, cf, content
-
-        return self._answer(Strategy.HYBRID, ranking + _TIE_BREAK * self.popularity, others, limit, parts).books
+        weights = blend_weights(self.alpha, 0.0, 0, has_cf=item >= 0)
+        cf_z = _Standardised(raw, others, count)
+        return self._ranked(Strategy.HYBRID, weights, cf_z, content_z, None, others, limit).books
 
     @cached_property
     def _unit_item_factors(self) -> FloatArray:
         norms = np.linalg.norm(self.cf.item_factors, axis=1, keepdims=True)
         return (self.cf.item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
-    def score(self, histories: Sequence[History]) -> Scores:
-        """Standardised CF and content scores of every book for each user, and their blend."""
-        n = self.num_books
-        candidates = np.ones((len(histories), n), dtype=bool)
-        for i, h in enumerate(histories):
-            candidates[i, h.seen] = False
-        count = np.maximum(candidates.sum(axis=1, keepdims=True), 1).astype(np.float32)
-        content = _standardise(self._content_raw(histories), candidates, count)
-        cf = np.zeros((len(histories), n), dtype=np.float32)
-        vectors = [h.user_vector(self.cf) for h in histories]
-        rows = [i for i, v in enumerate(vectors) if v is not None]
-        if rows and self.cf.num_items:
-            raw = np.stack([v for v in vectors if v is not None]) @ self.cf.item_factors.T
-            cf[rows] = _standardise(self._all_books(raw), candidates[rows], count[rows])
-        has_cf = np.array([v is not None for v in vectors], dtype=bool)[:, None]
-        blended = np.where(has_cf, self.alpha * cf + (1.0 - self.alpha) * content, content)
-        if self.popularity_prior > 0:
-            # CF factors fitted on a little history say little: lean on what most readers liked, less with every
-            # book the user liked. With a prior of 10, users with 3 training books do better than with popularity
-            # alone (NDCG@10 on Goodreads 0.0511 vs 0.0504, MovieLens 0.0683 vs 0.0678; 0.0315 and 0.0296 without
-            # the prior), at a cost of about 1% for everybody. Users CF does not know keep their content answers.
-            liked = np.array([int((h.weights > 0).sum()) for h in histories], dtype=np.float32)[:, None]
-            trust = np.where(has_cf, liked / (liked + self.popularity_prior), 1.0).astype(np.float32)
-            popular = _standardise(np.broadcast_to(self.popularity, blended.shape), candidates, count)
-            blended = trust * blended + (1.0 - trust) * popular
-        has_history = np.array([len(h.seen) > 0 for h in histories], dtype=bool)[:, None]
-        blended = np.where(has_history, blended, self.popularity).astype(np.float32)
-        return Scores(blended, cf, content, candidates)
-
-    def _all_books(self, raw: FloatArray) -> FloatArray:
+    def spread_cf(self, raw: FloatArray) -> FloatArray:
         """CF scores (of the CF items, in the last axis) spread over the catalogue; books nobody read score as
         low as the lowest."""
         if len(self.cf_positions) == self.num_books:  # every book has interactions: the columns line up (both sorted)
@@ -339,7 +304,7 @@ class HybridModel:
         full[..., self.cf_positions] = raw
         return full
 
-    def _content_raw(self, histories: Sequence[History]) -> FloatArray:
+    def content_raw(self, histories: Sequence[History]) -> FloatArray:
         """Cosine similarity of every book to each user's profile (the weighted mean of the books they liked)."""
         profiles = np.zeros((len(histories), self.content.vectors.shape[1]), dtype=np.float32)
         for i, h in enumerate(histories):
@@ -347,34 +312,9 @@ class HybridModel:
                 profiles[i] = self.content.profile(h.seen, np.maximum(h.weights, 0.0))
         return self.content.scores(profiles)
 
-    def top(self, scores: Scores, k: int, mode: Mode = Mode.HYBRID) -> list[IntArray]:
-        """Each user's k best candidate catalogue positions by `mode`, best first; popularity breaks ties."""
-        if mode is Mode.POPULAR:  # one order for everybody: each user's first k books they do not have
-            order = self._popular_order
-            return [order[c[order]][:k] for c in scores.candidates]
-        by = {Mode.HYBRID: scores.blended, Mode.CF: scores.cf, Mode.CONTENT: scores.content}[mode]
-        ranking = np.where(scores.candidates, by + _TIE_BREAK * self.popularity, -np.inf).astype(np.float32)
-        return _top_k_rows(ranking, [min(k, int(c.sum())) for c in scores.candidates])
-
-    @cached_property
-    def _popular_order(self) -> IntArray:
-        """Catalogue rows by popularity, most popular first (ties: lower row first, as `_top_k_rows` breaks them)."""
-        return np.argsort(-self.popularity, kind="stable").astype(np.int32)
-
-    def rank_users(
-        self, user_ids: Sequence[int], k: int, modes: Sequence[Mode] = (Mode.HYBRID,), batch: int = 256
-    ) -> dict[Mode, list[IntArray]]:
-        """The top-k book ids of many users at once, by each of `modes` (for evaluation)."""
-        ranked: dict[Mode, list[IntArray]] = {mode: [] for mode in modes}
-        for start in range(0, len(user_ids), batch):
-            scores = self.score([self.history(user) for user in user_ids[start : start + batch]])
-            for mode in modes:
-                ranked[mode] += [self.catalogue.book_ids[p] for p in self.top(scores, k, mode)]
-        return ranked
-
     def recommend(self, user_id: int, limit: int, fresh_history: UserHistory | None = None) -> Recommendations:
-        """Top `limit` books the user has not interacted with, best first: `score` for one user, in as few passes
-        over the catalogue as the maths allows (a request's hot path).
+        """Top `limit` books the user has not interacted with, best first, in as few passes over the catalogue as
+        the maths allows (a request's hot path); model/ranking.py ranks many users the same way at once.
 
         `fresh_history`: everything the user did, when it is newer than the model (see `history`).
         """
@@ -382,61 +322,60 @@ class HybridModel:
         seen = np.unique(history.seen)
         candidates = self.num_books - len(seen)
         if len(seen) == 0:
-            ranking = self.popularity + _TIE_BREAK * self.popularity
-            return self._answer(Strategy.POPULAR, ranking, seen, limit, lambda p: (float(self.popularity[p]), 0, 0))
-        content = self._content_raw([history])[0]
-        content_z = _Standardised(content, seen, candidates)
+            return self._popular(limit)
+        content_z = _Standardised(self.content_raw([history])[0], seen, candidates)
         user_vector = history.user_vector(self.cf)
         if user_vector is None:
-            strategy, trust = Strategy.CONTENT, 1.0
-            cf_z = _Standardised(np.zeros(self.num_books, dtype=np.float32), seen, candidates)
-            ranking = content_z.scaled(1.0)
+            strategy, raw = Strategy.CONTENT, np.zeros(self.num_books, dtype=np.float32)
         else:
-            strategy = Strategy.HYBRID
-            cf_z = _Standardised(self._all_books(self.cf.item_factors @ user_vector), seen, candidates)
-            liked = float((history.weights > 0).sum())
-            trust = liked / (liked + self.popularity_prior) if self.popularity_prior > 0 else 1.0
-            ranking = cf_z.scaled(trust * self.alpha) + content_z.scaled(trust * (1.0 - self.alpha))
+            strategy, raw = Strategy.HYBRID, self.spread_cf(self.cf.item_factors @ user_vector)
+        weights = blend_weights(self.alpha, self.popularity_prior, history.liked, has_cf=user_vector is not None)
         popular_z = _Standardised(self.popularity, seen, candidates)
-        if trust < 1.0:
-            ranking += popular_z.scaled(1.0 - trust)
-        ranking += _TIE_BREAK * self.popularity
+        cf_z = _Standardised(raw, seen, candidates)
+        return self._ranked(strategy, weights, cf_z, content_z, popular_z, seen, limit)
 
-        def parts(p: int) -> tuple[float, float, float]:
-            cf, content = cf_z.at(p), content_z.at(p)
-            part = self.alpha * cf + (1.0 - self.alpha) * content if strategy is Strategy.HYBRID else content
-            return trust * part + (1.0 - trust) * popular_z.at(p), cf, content
+    def _popular(self, limit: int) -> Recommendations:
+        """For a user with no history: the most liked books, scored by popularity."""
+        best = top_k_rows((self.popularity + TIE_BREAK * self.popularity)[None, :], [min(limit, self.num_books)])[0]
+        return Recommendations(
+            Strategy.POPULAR, [self._scored(int(p), float(self.popularity[p]), 0.0, 0.0) for p in best]
+        )
 
-        return self._answer(strategy, ranking, seen, limit, parts)
-
-    def _answer(
+    def _ranked(
         self,
         strategy: Strategy,
-        ranking: FloatArray,
+        weights: BlendWeights,
+        cf_z: _Standardised,
+        content_z: _Standardised,
+        popular_z: _Standardised | None,
         seen: IntArray,
         limit: int,
-        parts: Callable[[int], tuple[float, float, float]],
     ) -> Recommendations:
+        """The `limit` best books by the blend of the standardised parts, `seen` excluded."""
+        parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content))]
+        if popular_z is not None:
+            parts.append((popular_z, float(weights.popular)))
+        ranking = TIE_BREAK * self.popularity
+        for z, weight in parts:
+            if weight:
+                ranking = ranking + z.scaled(weight)
         ranking = ranking.astype(np.float32, copy=True)
         ranking[seen] = -np.inf
-        best = _top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
-        top = [(int(p), *parts(int(p))) for p in best]
+        best = top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
+        top = [(int(p), sum(weight * z.at(int(p)) for z, weight in parts)) for p in best]
         # The scores shown are computed apart from the ranking vector: order by them, so that the answer always
         # reads best first (the two orders differ only where float rounding meets a near-tie).
         top.sort(key=lambda item: (-item[1], -self.popularity[item[0]]))
-        return Recommendations(
-            strategy,
-            [
-                ScoredBook(
-                    book_id=int(self.catalogue.book_ids[p]),
-                    title=self.catalogue.titles[p],
-                    authors=self.catalogue.authors[p],
-                    score=score,
-                    cf_score=cf,
-                    content_score=content,
-                )
-                for p, score, cf, content in top
-            ],
+        return Recommendations(strategy, [self._scored(p, score, cf_z.at(p), content_z.at(p)) for p, score in top])
+
+    def _scored(self, position: int, score: float, cf: float, content: float) -> ScoredBook:
+        return ScoredBook(
+            book_id=int(self.catalogue.book_ids[position]),
+            title=self.catalogue.titles[position],
+            authors=self.catalogue.authors[position],
+            score=score,
+            cf_score=cf,
+            content_score=content,
         )
 
 
@@ -471,18 +410,7 @@ def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool
     )
 
 
-def _standardise(scores: FloatArray, candidates: npt.NDArray[np.bool_], count: FloatArray) -> FloatArray:
-    """Row-wise z-scores over each row's candidates (`count` of them; 0 where a row has no spread). Sums in float64,
-    as the request path's `_Standardised` does, from one masked copy of the scores."""
-    masked = np.where(candidates, scores, np.float32(0.0))
-    mean = masked.sum(axis=1, dtype=np.float64)[:, None] / count
-    squares = np.einsum("ij,ij->i", masked, masked, dtype=np.float64)[:, None] / count
-    spread = np.sqrt(np.maximum(squares - mean**2, 0.0))
-    inverse = np.where(spread > 1e-9, 1.0 / np.where(spread > 1e-9, spread, 1.0), 0.0)
-    return ((scores - mean.astype(np.float32)) * inverse.astype(np.float32)).astype(np.float32)
-
-
-def _top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
+def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
     """Each row's `ks[i]` best positions, best first (ties: the lower position first). One partition of the whole
     matrix finds each row's k-th best value (partitioning values is about twice as fast as partitioning indices),
     then each row sorts the few at or above it."""

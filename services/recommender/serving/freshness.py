@@ -45,6 +45,7 @@ class FreshData:
         self._syncs = (0, 0)  # syncs started, and the number of the last one finished
         self._synced_now = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def start(self, model: HybridModel | None) -> None:
         """Learns what changed since `model`'s snapshot, then keeps up in the background."""
@@ -57,16 +58,22 @@ class FreshData:
                 self.on_reconnect()
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, seconds: float = 2.0) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._task
 
-    def serving(self, model: HybridModel) -> HybridModel:
-        """`model` with the books added or changed since its snapshot (once they are known)."""
+    def on_swap(self, model: HybridModel) -> None:
+        """A new model serves: learn what changed since its snapshot (in the background)."""
         if model is not self._target:
             self._target = model
             self._wake.set()
+
+    def serving(self, model: HybridModel) -> HybridModel:
+        """`model` with the books added or changed since its snapshot (once they are known)."""
         if model is self._synced and self._extended is not None:
             return self._extended
         return model
@@ -94,9 +101,9 @@ class FreshData:
             return
         wanted = self._syncs[0] + 1
         self._wake.set()
-        async with self._synced_now:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._synced_now.wait_for(lambda: self._syncs[1] >= wanted), wait_seconds)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_seconds), self._synced_now:
+                await self._synced_now.wait_for(lambda: self._syncs[1] >= wanted)
 
     def on_event(self, event: Event) -> None:
         if event.kind is Kind.INTERACTIONS:
@@ -119,7 +126,7 @@ class FreshData:
         self._wake.set()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
             self._wake.clear()
             model = self._target

@@ -1,34 +1,35 @@
-"""Process wiring for the gRPC side: database, model handle, servicer, health and reflection on one grpc.aio server."""
+"""Process wiring for the gRPC side, in two assemblies: the serving node every process runs (database, version
+manager, fresh data, the cluster's notices, metrics, the gRPC server with health and reflection), and the retrain
+coordinator and schedule that only processes that may train add to it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from wsgiref.simple_server import WSGIServer
+from enum import StrEnum
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # what `health.aio` re-exports
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 from threadpoolctl import threadpool_limits
 
-from recommender import demo
-from recommender.schedule import Schedule
+from recommender.model.hybrid import HybridModel
+from recommender.schedule import Schedule, Scheduler
 from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
-from recommender.serving.manager import ModelBuilder, ModelManager
-from recommender.serving.scheduler import Scheduler
+from recommender.serving.retrain import RetrainCoordinator, RetrainRunner
 from recommender.serving.servicer import RecommenderServicer
-from recommender.serving.telemetry import Metrics, ObservingInterceptor
-from recommender.serving.versions import Versions
+from recommender.serving.telemetry import MetricsEndpoint, ObservingInterceptor, ServiceMetrics
+from recommender.serving.versions import VersionManager
 from recommender.settings import Settings
-from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.artifacts import ArtifactStore, open_store
 from recommender.storage.db import Database
 from recommender.storage.registry import Registry
-from recommender.training.isolation import IsolatedTrainer
-from recommender.training.trainer import Trainer, quality_policy, training_params
+from recommender.storage.seed import DemoSize, prepare_database
+from recommender.training.child import ChildProcessTrainer, start_fork_server
+from recommender.training.trainer import make_trainer
 from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -37,116 +38,119 @@ log = logging.getLogger(__name__)
 STATE_CHANGING = {"Retrain", "Rollback", "RecordInteractions", "UpsertBooks"}
 
 
-async def prepare_database(db: Database, settings: Settings) -> None:
-    """Migrates, and on first start fills an empty database with the demo catalogue."""
-    await db.migrate()
-    if (await db.counts())["books"] > 0:
-        return
-    catalogue = await asyncio.to_thread(
-        demo.generate, settings.demo_seed, settings.demo_books, settings.demo_users, settings.demo_interactions
-    )
-    if await db.seed_if_empty(catalogue.books, catalogue.interactions):
-        log.info(
-            "the database was empty: filled it with the demo catalogue (%d books, %d users, %d interactions); "
-            "`recommender import` loads your own",
-            len(catalogue.books),
-            settings.demo_users,
-            len(catalogue.interactions),
-        )
-
-
-def make_trainer(settings: Settings, dsn: str) -> Trainer:
-    return Trainer(
-        dsn,
-        ArtifactStore(settings.artifacts_dir),
-        training_params(settings),
-        settings.keep_versions,
-        quality_policy(settings),
-        shared_artifacts=settings.artifact_store == "postgres",
-    )
+class Role(StrEnum):
+    MAIN = "main"  # serves, and retrains: `recommender serve`, each replica
+    WORKER = "worker"  # serves only, following the registry: RECOMMENDER_WORKERS beside a main process
 
 
 class GrpcService:
-    """`await start()`, then serve on `port` until `await stop()`."""
+    """`await start()`, then serve on `port` until `await stop()` (bounded: a few seconds in any state)."""
 
-    def __init__(self, settings: Settings, dsn: str, build: ModelBuilder | None = None, worker: bool = False) -> None:
-        """`worker`: a serving process beside the main one: it never retrains, and follows the registry."""
+    def __init__(self, settings: Settings, dsn: str, trainer: RetrainRunner | None = None, role: Role = Role.MAIN):
+        """`trainer`: how the main role runs a retrain (default: a child process per retrain)."""
         self.settings = settings
-        self.worker = worker
         self.dsn = dsn
+        self.role = role
         self.port = 0
-        self._build: ModelBuilder = build or IsolatedTrainer(make_trainer(settings, dsn), settings.log_format)
+        self.metrics = ServiceMetrics()
+        self._trainer = trainer
         self._db: Database | None = None
-        self._server: grpc.aio.Server | None = None
-        self._manager: ModelManager | None = None
-        self._store = ArtifactStore(settings.artifacts_dir)
-        self._health = health_aio.HealthServicer()
-        self.metrics = Metrics()
-        self._metrics_server: WSGIServer | None = None
+        self._versions: VersionManager | None = None
+        self.coordinator: RetrainCoordinator | None = None
+        self._fresh: FreshData | None = None
+        self._cluster: Cluster | None = None
         self._scheduler: Scheduler | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
-        self._cluster: Cluster | None = None
-        self._fresh: FreshData | None = None
+        self._endpoint: MetricsEndpoint | None = None
+        self._server: grpc.aio.Server | None = None
+        self._store: ArtifactStore | None = None
+        self._health = health_aio.HealthServicer()
+        self._health_update: asyncio.Future[None] | None = None
 
     @property
-    def manager(self) -> ModelManager:
-        assert self._manager is not None, "start() first"
-        return self._manager
+    def versions(self) -> VersionManager:
+        assert self._versions is not None, "start() first"
+        return self._versions
 
     async def start(self) -> None:
         # Requests run one after another on the event loop: one BLAS thread serves a request as fast as two
         # (0.43 ms against 0.47 ms for recommend at 10,000 books) and leaves the other core to Envoy and retrains.
         threadpool_limits(1, user_api="blas")
-        store = self._store
-        log.info("model artifacts in %s", store.root.resolve())
-        self._db = await Database.connect(self.dsn)
-        if self.worker:
-            await self._db.migrate()  # the main process fills an empty database
+        settings = self.settings
+        self._db = db = await Database.connect(self.dsn)
+        trains = self.role is Role.MAIN
+        if trains:
+            size = DemoSize(settings.demo_seed, settings.demo_books, settings.demo_users, settings.demo_interactions)
+            await prepare_database(db, size)
         else:
-            await prepare_database(self._db, self.settings)
-        shared = self._db if self.settings.artifact_store == "postgres" else None
-        versions = Versions(Registry(self._db), store, shared)
-        try:
-            model = await versions.load_active()
-        except OSError as exc:
-            raise OSError(f"cannot read the model artifacts in {store.root}: {exc}") from exc
-        loop = asyncio.get_running_loop()
+            await db.migrate()  # the main process fills an empty database
+        self._store = store = open_store(settings.artifacts_dir, db if settings.artifact_store == "postgres" else None)
+        log.info("model artifacts in %s", store.root.resolve())
+        registry = Registry(db)
+        self._versions = versions = VersionManager(registry, store)
+        versions.subscribe(self._served)
+        if trains:
+            self.coordinator = self._coordinator(store, registry)
+            await self.coordinator.clean_up()
+        model = await versions.start()
+        self._fresh = FreshData(db)
+        await self._fresh.start(model)
+        versions.subscribe(self._fresh.on_swap)
+        coordinator = self.coordinator
+        self._cluster = Cluster(
+            self.dsn, db, versions, self._fresh, retraining_here=lambda: coordinator is not None and coordinator.running
+        )
+        await self._cluster.start()
+        await self._publish_health()
+        self._endpoint = MetricsEndpoint(
+            self.metrics,
+            settings.metrics_host,
+            settings.metrics_port if trains else 0,
+            settings.data_dir,
+            self.role.value,
+        )
+        self._endpoint.start()
+        if trains and settings.retrain_schedule:
+            self._start_scheduler(Schedule.parse(settings.retrain_schedule), registry, db)
+        await self._serve_grpc()
+        if model is None and self.coordinator is not None and await self.coordinator.start():
+            log.info("no model yet: training the first model; Recommend is UNAVAILABLE until it is ready")
+        elif model is None:
+            log.info("no model yet: waiting for another process to train the first one")
 
-        def on_change() -> None:  # called from the retrain thread too
-            self._serving_changed()
-            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._publish_health()))
-
-        self._manager = ModelManager(
-            model,
-            self._build,
-            on_change,
+    def _coordinator(self, store: ArtifactStore, registry: Registry) -> RetrainCoordinator:
+        trainer = self._trainer
+        if trainer is None:
+            start_fork_server()  # from the event loop's thread, so that it dies with the service
+            trainer = ChildProcessTrainer(make_trainer(self.settings, self.dsn), self.settings.log_format)
+        return RetrainCoordinator(
+            self.dsn,
+            trainer,
+            self.versions,
+            store,
+            registry,
+            on_change=lambda: self.metrics.retraining.set(1 if self.coordinator and self.coordinator.running else 0),
             on_stage_done=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
             on_finished=lambda result: self.metrics.retrains.labels(result.outcome.value).inc(),
         )
-        self._serving_changed()
-        await self._publish_health()
-        self._fresh = FreshData(self._db)
-        await self._fresh.start(model)
-        self._cluster = Cluster(self.dsn, self._db, self._manager, versions, self._fresh, retrains=not self.worker)
-        await self._cluster.start()
-        if not self.worker:
-            self._start_metrics_server()
-        if self.settings.retrain_schedule and not self.worker:
-            self._start_scheduler(Schedule.parse(self.settings.retrain_schedule), versions.registry, self._db)
+
+    async def _serve_grpc(self) -> None:
+        assert self._db is not None and self._cluster is not None and self._fresh is not None
         credentials = Credentials.from_settings(self.settings)
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(self.metrics), AuthInterceptor(credentials, self._needs_credentials)],
             options=[("grpc.so_reuseport", 0)],
         )
+        scheduler = self._scheduler
         servicer = RecommenderServicer(
-            self._manager,
-            versions,
+            self.versions,
             self._db,
             self._cluster,
             self._fresh,
             self.settings.start_alpha,
-            next_scheduled_retrain=lambda: self._scheduler.next_tick if self._scheduler else None,
+            self.coordinator,
+            next_scheduled_retrain=lambda: scheduler.next_tick if scheduler else None,
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -163,13 +167,7 @@ class GrpcService:
             raise OSError(f"cannot listen for gRPC on {address}: the port is in use or the host is not local")
         await server.start()
         self._server = server
-        log.info("gRPC server listening on %s:%d", self.settings.grpc_host, self.port)
-        if model is None and not self.worker and await self._cluster.start_retrain():
-            log.info("no model artifact yet: training the first model; Recommend is UNAVAILABLE until it is ready")
-        elif model is None:
-            log.info("no model yet: waiting for another process to train the first one")
-        else:
-            log.info("serving model version %s", model.meta.version)
+        log.info("gRPC server listening on %s:%d (%s)", self.settings.grpc_host, self.port, self.role.value)
 
     def _needs_credentials(self, method: str) -> bool:
         """Calls that change state always; the Recommender's reads when RECOMMENDER_AUTH_READS is set. Health
@@ -179,33 +177,27 @@ class GrpcService:
             return False
         return name in STATE_CHANGING or self.settings.auth_reads
 
-    def _serving_changed(self) -> None:
-        assert self._manager is not None
-        model, state = self._manager.model, self._manager.state
-        self.metrics.retraining.set(1 if state.running else 0)
-        if model is not None:
+    def _served(self, model: HybridModel) -> None:
+        """After every swap: metrics, the marker that keeps the version from being pruned, gRPC health."""
+        self.metrics.serving(model)
+        if self._store is not None:
             self._store.mark_serving(model.meta.version)
-            self.metrics.serving(model)
-
-    def _start_metrics_server(self) -> None:
-        server, _thread = start_http_server(
-            self.settings.metrics_port, self.settings.metrics_host, registry=self.metrics.registry
-        )
-        self._metrics_server = server
-        address = f"{self.settings.metrics_host}:{server.server_port}"
-        published = self.settings.data_dir / "metrics-address"
-        published.parent.mkdir(parents=True, exist_ok=True)
-        published.write_text(address + "\n", encoding="utf-8")
-        log.info("Prometheus metrics on http://%s/metrics (also in %s)", address, published.resolve())
+        self._health_update = asyncio.ensure_future(self._publish_health())
 
     def _start_scheduler(self, schedule: Schedule, registry: Registry, db: Database) -> None:
+        coordinator, cluster = self.coordinator, self._cluster
+        assert coordinator is not None and cluster is not None
+
         async def new_interactions() -> int:
             active = await registry.active()
             return await db.interactions_changed_since(active.created_at if active else None)
 
-        assert self._cluster is not None
         self._scheduler = Scheduler(
-            schedule, self._cluster, new_interactions, self.settings.retrain_min_new_interactions
+            schedule,
+            coordinator.start,
+            lambda: cluster.retraining,
+            new_interactions,
+            self.settings.retrain_min_new_interactions,
         )
         self._scheduler_task = asyncio.create_task(self._scheduler.run())
         log.info("retraining on the schedule %r", schedule.text)
@@ -214,27 +206,27 @@ class GrpcService:
         """gRPC health: the Recommender serves once it has a model (readiness: Envoy's checks, Kubernetes'
         readiness probe); the server as a whole ("") serves while it runs (liveness: a process waiting for its
         first model must not be restarted)."""
-        serving = self._manager is not None and self._manager.model is not None
+        serving = self._versions is not None and self._versions.model is not None
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self._health.set(SERVICE_NAME, status)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """In-flight calls get `grace` seconds; a running retrain stops at its next checkpoint."""
+    async def stop(self, grace: float = 1.0) -> None:
+        """A running retrain is killed; in-flight calls get `grace` seconds; every background task ends."""
         if self._scheduler_task is not None:
             self._scheduler_task.cancel()
+        if self.coordinator is not None:
+            await self.coordinator.stop()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-        if self._manager is not None:
-            await asyncio.to_thread(self._manager.shutdown)
-            self._store.unmark_serving()
+        if self._endpoint is not None:
+            self._endpoint.stop()
         if self._cluster is not None:
-            await self._cluster.stop()  # after the retrain stopped: frees the retrain lock
+            await self._cluster.stop()
         if self._fresh is not None:
             await self._fresh.stop()
+        if self._store is not None:
+            self._store.unmark_serving()
         if self._db is not None:
             await self._db.close()

@@ -17,12 +17,11 @@ from recommender.model.dataset import Book, Interaction
 from recommender.model.hybrid import HybridModel, UserHistory
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
-from recommender.serving.manager import Busy, ModelManager
-from recommender.serving.versions import VersionNotFound, Versions, VersionUnavailable
-from recommender.storage.db import Database, DatabaseUnavailable, UnknownBooks, UntitledBooks
+from recommender.serving.retrain import RetrainCoordinator, RetrainState
+from recommender.serving.versions import VersionManager, VersionNotFound, VersionUnavailable, is_available
+from recommender.storage.db import DATABASE_ERRORS, Database, UnknownBooks, UntitledBooks
 from recommender.storage.events import Event, Kind
-from recommender.storage.registry import VersionRecord
-from recommender.training.trainer import RetrainResult
+from recommender.storage.registry import Outcome, VersionRecord
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -33,6 +32,7 @@ MAX_LIMIT = 100
 RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for status."
 RETRAIN_RUNNING = "Retraining already in progress"
 MODEL_NOT_LOADED = "Model not loaded"
+WORKER_RETRAIN = "this process only serves: send retrains and rollbacks to the main process or a replica"
 MAX_BATCH = 1000  # entries per RecordInteractions or UpsertBooks call
 SHOWN_PROBLEMS = 20  # bad entries named in one error message
 MAX_FUTURE_SECONDS = 86_400  # timestamps further ahead than this are a mistake (milliseconds, say)
@@ -41,21 +41,23 @@ MAX_FUTURE_SECONDS = 86_400  # timestamps further ahead than this are a mistake 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
     def __init__(
         self,
-        manager: ModelManager,
-        versions: Versions,
+        versions: VersionManager,
         db: Database,
         cluster: Cluster,
         fresh: FreshData,
         alpha: float,
+        coordinator: RetrainCoordinator | None = None,
         next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
     ) -> None:
-        self._manager = manager
+        """`coordinator`: None in a serving worker, which neither retrains nor rolls back."""
         self._versions = versions
         self._db = db
         self._cluster = cluster
         self._fresh = fresh
         self._alpha = alpha  # the configured blend weight, shown until a model is loaded
+        self._coordinator = coordinator
         self._next_scheduled_retrain = next_scheduled_retrain
+        self._latest: VersionRecord | None = None  # the registry's newest version, as last read
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -86,48 +88,51 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def ModelInfo(
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
     ) -> pb.ModelInfoResponse:
-        model, state = self._manager.model, self._manager.state
-        progress = state.progress
-        fields: dict[str, Any] = {
-            "status": "not_loaded",
-            "alpha": self._alpha,
-            "cf_model": pb.CfModelInfo(),
-            "content_model": pb.ContentModelInfo(),
-            "is_retraining": self._cluster.retraining,
-            "last_retrain_error": state.last_error,
-            "last_retrain": _last_retrain(state.last),
-            "next_scheduled_retrain": _timestamp(self._next_scheduled_retrain()),
-        }
-        if progress is not None:
-            fields["retrain_progress"] = pb.RetrainProgress(
-                stage=progress.stage, percent=round(progress.percent, 1), started_at=_timestamp(progress.started_at)
+        state = self._coordinator.state if self._coordinator else None
+        latest = await self._latest_version()
+        info = pb.ModelInfoResponse(
+            status="not_loaded",
+            alpha=self._alpha,
+            cf_model=pb.CfModelInfo(),
+            content_model=pb.ContentModelInfo(),
+            is_retraining=self._cluster.retraining,
+            last_retrain_error=_last_error(state, latest),
+            last_retrain=_last_retrain(latest),
+            next_scheduled_retrain=_timestamp(self._next_scheduled_retrain()),
+        )
+        if state is not None and state.progress is not None:
+            progress = state.progress
+            info.retrain_progress.CopyFrom(
+                pb.RetrainProgress(
+                    stage=progress.stage, percent=round(progress.percent, 1), started_at=_timestamp(progress.started_at)
+                )
             )
+        model = self._versions.model
         if model is not None:
             model = self._fresh.serving(model)
-            fields |= {
-                "status": "loaded",
-                "alpha": model.alpha,
-                "cf_model": pb.CfModelInfo(
-                    num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz
-                ),
-                "content_model": pb.ContentModelInfo(
-                    num_books=model.content.num_books, feature_dim=model.content.feature_dim
-                ),
-                "version": model.meta.version,
-                "trained_at": _timestamp(model.meta.trained_at),
-                "training_seconds": round(model.meta.training_seconds, 3),
-                "metrics": _metrics(model.meta.metrics),
-                "params": _struct(model.meta.params),
-            }
-        return pb.ModelInfoResponse(**fields)
+            info.status = "loaded"
+            info.alpha = model.alpha
+            info.cf_model.CopyFrom(
+                pb.CfModelInfo(num_users=model.cf.num_users, num_items=model.cf.num_items, matrix_nnz=model.cf.nnz)
+            )
+            info.content_model.CopyFrom(
+                pb.ContentModelInfo(num_books=model.content.num_books, feature_dim=model.content.feature_dim)
+            )
+            info.version = model.meta.version
+            info.trained_at.FromDatetime(model.meta.trained_at)
+            info.training_seconds = round(model.meta.training_seconds, 3)
+            info.metrics.CopyFrom(_metrics(model.meta.metrics))
+            info.params.CopyFrom(_struct(model.meta.params.as_dict()))
+        return info
 
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
     ) -> pb.RetrainResponse:
+        coordinator = await self._coordinating(context)
         try:
-            started = await self._cluster.start_retrain(force=request.force)
-        except DatabaseUnavailable as exc:  # the retrain could not even read its data
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no retrain started: {exc}")
+            started = await coordinator.start(force=request.force)
+        except DATABASE_ERRORS as exc:  # the retrain lock cannot even be asked for
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no retrain started: {_database_problem(exc)}")
         if not started:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         log.info("retrain started on request%s", " (forced: the promotion gate is skipped)" if request.force else "")
@@ -136,15 +141,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def Rollback(
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.RollbackResponse]
     ) -> pb.RollbackResponse:
-        try:
-            self._cluster.check_not_busy()
-            version = await self._versions.rollback(self._manager, request.version.strip())
-        except Busy:
+        await self._coordinating(context)
+        if self._cluster.retraining:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
+        try:
+            version = await self._versions.rollback(request.version.strip())
         except VersionNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing rolled back: {_database_problem(exc)}")
         return pb.RollbackResponse(status="rolled_back", version=version)
 
     async def ListModels(
@@ -154,26 +161,44 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.ListModelsResponse:
         try:
             records = await self._versions.registry.versions()
-        except Exception:
-            log.warning("could not read the model registry", exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the model registry cannot be read: the database is down")
-        return pb.ListModelsResponse(models=[_model_version(record) for record in records])
+            available = await self._versions.available()
+        except DATABASE_ERRORS as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the model registry cannot be read: {_database_problem(exc)}"
+            )
+        return pb.ListModelsResponse(models=[_model_version(record, available) for record in records])
 
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse]
     ) -> pb.HealthResponse:
         return pb.HealthResponse(
             status="retraining" if self._cluster.retraining else "ok",
-            models_loaded=self._manager.model is not None,
+            models_loaded=self._versions.model is not None,
         )
 
     async def _loaded_model(self, context: grpc.aio.ServicerContext[Any, Any]) -> HybridModel:
         """The served model, with the books added since its snapshot; UNAVAILABLE before the first one."""
-        model = self._manager.model
+        model = self._versions.model
         if model is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, MODEL_NOT_LOADED)
         assert model is not None
         return self._fresh.serving(model)
+
+    async def _coordinating(self, context: grpc.aio.ServicerContext[Any, Any]) -> RetrainCoordinator:
+        """This process's retrain coordinator; FAILED_PRECONDITION in a serving worker, which has none."""
+        if self._coordinator is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, WORKER_RETRAIN)
+        assert self._coordinator is not None
+        return self._coordinator
+
+    async def _latest_version(self) -> VersionRecord | None:
+        """The registry's newest version (what the last retrain anywhere did); the last one read while the
+        database is away."""
+        try:
+            self._latest = await self._versions.registry.latest()
+        except DATABASE_ERRORS:
+            log.warning("could not read the registry; answering with what was read before")
+        return self._latest
 
     async def RecordInteractions(
         self,
@@ -206,9 +231,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
-        except Exception:
-            log.warning("could not record interactions", exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing recorded: the database cannot be written")
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {_database_problem(exc)}")
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
         return pb.RecordInteractionsResponse(recorded=len(interactions))
@@ -240,9 +264,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
-        except Exception:
-            log.warning("could not write books", exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "nothing written: the database cannot be written")
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing written: {_database_problem(exc)}")
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
 
@@ -276,9 +299,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         limit = await _limit(request, context)
         try:
             rows = await self._db.recent_interactions(request.user_id, limit)
-        except Exception:
-            log.warning("could not read the interactions of user %d", request.user_id, exc_info=True)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the interactions cannot be read: the database is down")
+        except DATABASE_ERRORS as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the interactions cannot be read: {_database_problem(exc)}"
+            )
         return pb.UserInteractionsResponse(
             user_id=request.user_id,
             interactions=[
@@ -298,8 +322,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         cannot be read, so that answers go on."""
         try:
             return await self._fresh.history(model, user_id)
-        except Exception:
-            log.warning("could not read the history of user %d; answering without it", user_id, exc_info=True)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not read the history of user %d; answering without it: %s", user_id, exc)
             return None
 
 
@@ -377,17 +401,31 @@ def _metrics(values: dict[str, float]) -> pb.Metrics:
     return pb.Metrics(**{name: round(values.get(name, 0.0), 6) for name in pb.Metrics.DESCRIPTOR.fields_by_name})
 
 
-def _last_retrain(result: RetrainResult | None) -> pb.LastRetrain | None:
-    if result is None:
+def _last_retrain(record: VersionRecord | None) -> pb.LastRetrain | None:
+    if record is None:
         return None
     return pb.LastRetrain(
-        outcome=result.outcome.value,
-        version=result.version,
-        metrics_before=_metrics(result.metrics_before) if result.metrics_before else None,
-        metrics_after=_metrics(result.metrics_after) if result.metrics_after else None,
-        reason=result.reason,
-        seconds=round(result.seconds, 3),
+        outcome=record.outcome.value,
+        version=record.version,
+        metrics_before=_metrics(record.metrics_before) if record.metrics_before else None,
+        metrics_after=_metrics(record.metrics) if record.metrics else None,
+        reason=record.reason,
+        seconds=round(record.training_seconds, 3),
     )
+
+
+def _last_error(state: RetrainState | None, latest: VersionRecord | None) -> str:
+    """Why the last retrain failed (empty when it did not): the registry's newest version says it for the whole
+    cluster, unless this process's own retrain ended later without a record (the database was away, say)."""
+    finished = state.finished_at if state is not None else None
+    newer = finished is not None and (latest is None or latest.created_at is None or finished > latest.created_at)
+    if state is not None and newer:
+        return state.last_error
+    return latest.reason if latest is not None and latest.outcome is Outcome.FAILED else ""
+
+
+def _database_problem(exc: BaseException) -> str:
+    return str(exc) if "PostgreSQL" in str(exc) else f"the database cannot be reached ({type(exc).__name__})"
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:
@@ -404,7 +442,7 @@ def _struct(values: dict[str, Any]) -> Struct:
     return struct
 
 
-def _model_version(record: VersionRecord) -> pb.ModelVersion:
+def _model_version(record: VersionRecord, available: set[str]) -> pb.ModelVersion:
     sizes = record.data_sizes
     return pb.ModelVersion(
         version=record.version,
@@ -417,6 +455,8 @@ def _model_version(record: VersionRecord) -> pb.ModelVersion:
             users=sizes.get("users", 0), books=sizes.get("books", 0), interactions=sizes.get("interactions", 0)
         ),
         training_seconds=round(record.training_seconds, 3),
+        artifact_available=is_available(record, available),
+        outcome=record.outcome.value,
     )
 
 

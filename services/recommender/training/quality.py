@@ -10,21 +10,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from recommender.model.content import ContentModel
-from recommender.model.evaluation import IntArray, K, Metrics, Ranker, Split, evaluate
-from recommender.model.hybrid import Catalogue, HybridModel, Mode
-from recommender.model.training import TrainingParams, train
+from recommender.model.evaluation import IntArray, K, Ranker, RankingMetrics, Split, evaluate
+from recommender.model.fit import train
+from recommender.model.hybrid import Catalogue, HybridModel
+from recommender.model.params import TrainingParams
+from recommender.model.ranking import Mode, rank_users
 
 log = logging.getLogger(__name__)
 
 ALPHAS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def measure_modes(model: HybridModel, split: Split, modes: tuple[Mode, ...]) -> dict[Mode, Metrics]:
+def measure_modes(model: HybridModel, split: Split, modes: tuple[Mode, ...]) -> dict[Mode, RankingMetrics]:
     """The metrics of `model` (fitted on `split.train`) ranking by each mode, on the split's held-out books."""
     users = list(split.held_out)
     return {
         mode: evaluate(_lookup(dict(zip(users, lists, strict=True))), split, model.num_books)
-        for mode, lists in model.rank_users(users, K, modes).items()
+        for mode, lists in rank_users(model, users, K, modes).items()
     }
 
 
@@ -32,14 +34,14 @@ def _lookup(ranked: dict[int, IntArray]) -> Ranker:
     return lambda user, _k: ranked[user]
 
 
-def measure(model: HybridModel, split: Split, mode: Mode = Mode.HYBRID) -> Metrics:
+def measure(model: HybridModel, split: Split, mode: Mode = Mode.HYBRID) -> RankingMetrics:
     return measure_modes(model, split, (mode,))[mode]
 
 
 PART_NAMES = {Mode.HYBRID: "hybrid", Mode.CF: "cf", Mode.CONTENT: "content", Mode.POPULAR: "popularity"}
 
 
-def measure_parts(model: HybridModel, split: Split) -> dict[str, Metrics]:
+def measure_parts(model: HybridModel, split: Split) -> dict[str, RankingMetrics]:
     """The blend, each of its parts, and popularity, on the same split (one scoring pass)."""
     return {PART_NAMES[mode]: m for mode, m in measure_modes(model, split, tuple(PART_NAMES)).items()}
 
@@ -48,11 +50,11 @@ def measure_parts(model: HybridModel, split: Split) -> dict[str, Metrics]:
 class Trial:
     params: TrainingParams
     model: HybridModel  # fitted on the split's training part
-    metrics: Metrics
+    metrics: RankingMetrics
     seconds: float
-    parts: dict[str, Metrics] | None = None  # measure_parts of the model, when measured in the same pass
+    parts: dict[str, RankingMetrics] | None = None  # measure_parts of the model, when measured in the same pass
 
-    def measured_parts(self, split: Split) -> dict[str, Metrics]:
+    def measured_parts(self, split: Split) -> dict[str, RankingMetrics]:
         return self.parts if self.parts is not None else measure_parts(self.model, split)
 
 
@@ -75,7 +77,7 @@ def fit_and_measure(
 
 def with_alpha(trial: Trial, alpha: float, split: Split) -> Trial:
     """The same fits blended with another alpha: no refit needed."""
-    model = dataclasses.replace(trial.model, alpha=alpha)
+    model = trial.model.with_blend(alpha=alpha)
     params = dataclasses.replace(trial.params, alpha=alpha)
     return Trial(params, model, measure(model, split), trial.seconds)
 

@@ -1,5 +1,10 @@
 """One retrain as a measured release: snapshot, evaluate (and tune) on a held-out split, gate against the active
-version on the same split, then fit on all data, write the artifact and record the version in the registry."""
+version on the same split, fit on all data, write the artifact, record the version in the registry.
+
+Training ends there: "artifact written, registry record added, notice sent". Serving processes learn of the new
+version from the registry and load it themselves (serving/versions.py), whoever trained it: a service's child
+process, `recommender train`, another replica.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +12,28 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
+from pathlib import Path
 
 import numpy as np
 
-from recommender.model.cf import ALSParams, cuda_available
+from recommender.model.cf import cuda_available
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
-from recommender.model.evaluation import Split, SplitParams, split
-from recommender.model.hybrid import Catalogue, HybridModel
-from recommender.model.training import TrainingCancelled, TrainingParams, fit_content, new_version, train
+from recommender.model.evaluation import Split, split
+from recommender.model.fit import TrainingCancelled, fit_content, new_version, train
+from recommender.model.hybrid import Catalogue
+from recommender.model.params import ALSParams, QualityPolicy, SplitParams, TrainingParams
 from recommender.settings import Settings
-from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.artifacts import ArtifactStore, open_store, prune
 from recommender.storage.db import Database
-from recommender.storage.registry import Registry, Status, VersionRecord
+from recommender.storage.registry import Outcome, Registry, Status, VersionRecord
 from recommender.training.progress import RetrainControl
 from recommender.training.quality import Trial, fit_and_measure, tune
 
 log = logging.getLogger(__name__)
-
-
-class Outcome(StrEnum):
-    PROMOTED = "promoted"
-    REJECTED = "rejected"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -44,25 +44,7 @@ class RetrainResult:
     seconds: float
     metrics_before: dict[str, float] = field(default_factory=dict)  # the active version's, on the same split
     metrics_after: dict[str, float] = field(default_factory=dict)  # the candidate's
-    model: HybridModel | None = None  # the promoted model, as loaded back from its artifact
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What the heavy part of a retrain decided. A promoted one (with the registry record to write when it is
-    published) has its artifact written but is not active yet; a rejected one is recorded already."""
-
-    result: RetrainResult
-    record: VersionRecord | None
-
-
-@dataclass(frozen=True)
-class QualityPolicy:
-    tuning: bool = True
-    tuning_seconds: float = 10.0
-    tune_alpha: bool = False
-    gate_tolerance: float = 0.01
-    split: SplitParams = field(default_factory=SplitParams)
+    data_sizes: dict[str, int] = field(default_factory=dict)  # users, books and interactions of the snapshot
 
 
 def training_params(settings: Settings) -> TrainingParams:
@@ -105,6 +87,17 @@ def quality_policy(settings: Settings) -> QualityPolicy:
     )
 
 
+def make_trainer(settings: Settings, dsn: str) -> Trainer:
+    return Trainer(
+        dsn,
+        settings.artifacts_dir,
+        training_params(settings),
+        settings.keep_versions,
+        quality_policy(settings),
+        shared_artifacts=settings.artifact_store == "postgres",
+    )
+
+
 @dataclass(frozen=True)
 class Snapshot:
     data: TrainingData
@@ -121,8 +114,10 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Trainer:
+    """Plain data, so that it travels to the child process that runs it (training/child.py)."""
+
     dsn: str
-    store: ArtifactStore
+    artifacts_dir: Path
     params: TrainingParams  # the configured knobs: where tuning starts on the first version, or all of it if off
     keep_versions: int
     policy: QualityPolicy = field(default_factory=QualityPolicy)
@@ -130,64 +125,61 @@ class Trainer:
     shared_artifacts: bool = False
 
     def __call__(self, control: RetrainControl | None = None) -> RetrainResult:
-        """The whole retrain in this process (a worker thread, or the CLI)."""
-        return self.publish(self.prepare(control or RetrainControl()))
+        """The whole retrain on this thread, with an event loop of its own for the database steps."""
+        return asyncio.run(self.run(control or RetrainControl()))
 
-    def prepare(self, control: RetrainControl) -> Candidate:
-        """The heavy part: snapshot, evaluate, gate, fit and write the artifact. Each database step runs on its own
-        short event loop and connection, so it can run in a worker thread or a child process."""
+    async def run(self, control: RetrainControl) -> RetrainResult:
+        """The caller holds the cluster's retrain lock. The CPU-heavy steps run on this loop's thread: nothing else
+        shares the loop."""
         started = time.perf_counter()
-        control.stage("loading")
-        snapshot = asyncio.run(self._snapshot())
-        data = snapshot.data
-        log.info("training on %d books and %d interactions", len(data.books), data.num_interactions)
-        version = new_version(datetime.now(UTC))
-        try:
-            return self._release(snapshot, version, started, control)
-        except TrainingCancelled:
-            raise
-        except Exception as exc:
-            self._record_failure(VersionRecord(version, Status.FAILED, data_sizes=snapshot.sizes), exc)
-            raise
+        async with await Database.connect(self.dsn, max_size=2) as db:
+            registry = Registry(db)
+            store = open_store(self.artifacts_dir, db if self.shared_artifacts else None)
+            control.stage("loading")
+            snapshot = Snapshot(await db.load_training_data(), await registry.active())
+            removed = await store.clean({record.version for record in await registry.versions()})
+            if removed:
+                log.info("removed model files no registered version owns (left by a stopped retrain): %s", removed)
+            version = new_version(datetime.now(UTC))
+            log.info(
+                "training version %s on %d books and %d interactions",
+                version,
+                len(snapshot.data.books),
+                snapshot.data.num_interactions,
+            )
+            try:
+                return await self._release(snapshot, version, started, control, registry, store)
+            except (TrainingCancelled, asyncio.CancelledError):
+                await _quietly(store.remove([version]))
+                raise
+            except Exception as exc:
+                await _quietly(store.remove([version]))
+                failed = VersionRecord(
+                    version,
+                    Status.FAILED,
+                    Outcome.FAILED,
+                    reason=f"{type(exc).__name__}: {exc}",
+                    data_sizes=snapshot.sizes,
+                    training_seconds=time.perf_counter() - started,
+                )
+                await _quietly(registry.add(failed))  # the database may be what failed: the log still says why
+                raise
 
-    def publish(self, candidate: Candidate) -> RetrainResult:
-        """Makes a promoted candidate the active version: loads its artifact back (what runs is what a restart or
-        another replica would load), records it, and returns it with the model to serve."""
-        result = candidate.result
-        if candidate.record is None:
-            return result
-        try:
-            model = self.store.load(result.version)
-            asyncio.run(self._record(candidate.record))
-        except Exception as exc:
-            self._record_failure(candidate.record, exc)
-            raise
-        self.store.set_current(result.version)
-        self.store.prune(self.keep_versions)
-        if self.shared_artifacts:
-            asyncio.run(self._prune_shared())
-        log.info(
-            "version %s is active: %d users, %d items, %d interactions, %d features; %s",
-            result.version, model.cf.num_users, model.cf.num_items, model.cf.nnz, model.content.feature_dim,
-            result.reason,
-        )  # fmt: skip
-        return dataclasses.replace(result, model=model)
-
-    def _record_failure(self, record: VersionRecord, exc: Exception) -> None:
-        failed = dataclasses.replace(record, status=Status.FAILED, reason=f"{type(exc).__name__}: {exc}")
-        try:
-            asyncio.run(self._record(failed))
-        except Exception:  # the database may be what failed: the log and the caller still say why
-            log.warning("could not record failed version %s in the registry", record.version, exc_info=True)
-
-    def _release(self, snapshot: Snapshot, version: str, started: float, control: RetrainControl) -> Candidate:
+    async def _release(
+        self,
+        snapshot: Snapshot,
+        version: str,
+        started: float,
+        control: RetrainControl,
+        registry: Registry,
+        store: ArtifactStore,
+    ) -> RetrainResult:
         data, active, should_stop = snapshot.data, snapshot.active, control.should_stop
         control.stage("content")
         the_split = split(data, self.policy.split)
         fitted_content = fit_content(data.books, self.params)
         control.stage("evaluating")
-        active_params = self._params_of(active) if active else None
-        candidate, active_trial = self._candidate(the_split, fitted_content, active_params, should_stop)
+        candidate, active_trial = self._candidate(the_split, fitted_content, active, should_stop)
         evaluation = {name: m.as_dict() for name, m in candidate.measured_parts(the_split).items()}
         before: dict[str, float] = {}
         if active_trial is not None:
@@ -202,55 +194,62 @@ class Trainer:
         record = VersionRecord(
             version,
             Status.ACTIVE,
+            Outcome.PROMOTED,
             params=candidate.params.as_dict(),
             data_sizes=snapshot.sizes,
             metrics=after,
             evaluation=evaluation,
         )
         tolerance = self.policy.gate_tolerance
-        force = control.force
-        if before and not force and after["ndcg_at_10"] < before["ndcg_at_10"] - tolerance:
+        if before and not control.force and after["ndcg_at_10"] < before["ndcg_at_10"] - tolerance:
             reason = (
                 f"NDCG@10 {after['ndcg_at_10']:.4f} is below the active version's {before['ndcg_at_10']:.4f} "
                 f"by more than {tolerance:g}"
             )
             seconds = time.perf_counter() - started
-            asyncio.run(self._record(dataclasses.replace(record, status=Status.REJECTED, reason=reason)))
+            rejected = dataclasses.replace(
+                record, status=Status.REJECTED, outcome=Outcome.REJECTED, reason=reason, training_seconds=seconds
+            )
+            await registry.add(rejected)
             log.info("version %s rejected: %s; %s keeps serving", version, reason, active and active.version)
-            return Candidate(RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after), None)
+            return RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after, snapshot.sizes)
 
         control.stage("cf")
         final = train(data, candidate.params, should_stop, fitted_content)
+        control.stage("saving")
         # The version's training time is the whole release so far (evaluation and tuning included).
         meta = dataclasses.replace(
             final.meta, version=version, metrics=after, training_seconds=time.perf_counter() - started
         )
-        control.stage("saving")
-        self.store.save(dataclasses.replace(final, meta=meta))
-        if self.shared_artifacts:
-            asyncio.run(self._upload(version))
+        await store.save(dataclasses.replace(final, meta=meta))
         if not before:
             reason = "the first version"
-        elif force:
+        elif control.force:
             reason = f"forced (NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f})"
         else:
             reason = f"NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f}"
         seconds = time.perf_counter() - started
-        log.info("trained version %s in %.1f s", version, seconds)
-        return Candidate(
-            RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after),
-            dataclasses.replace(record, reason=reason, training_seconds=seconds),
-        )
+        await registry.add(dataclasses.replace(record, reason=reason, training_seconds=seconds))
+        log.info("version %s is active (trained in %.1f s): %s", version, seconds, reason)
+        try:
+            registered = [r.version for r in await registry.versions()]
+            pruned = await prune(store, registered, {version}, self.keep_versions)
+            if pruned:
+                log.info("pruned the files of versions %s (RECOMMENDER_KEEP_VERSIONS)", ", ".join(pruned))
+        except Exception as exc:  # the version is active already: a failed clean-up is for the next retrain
+            log.warning("could not prune old versions: %s", exc)
+        return RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after, snapshot.sizes)
 
     def _candidate(
         self,
         the_split: Split,
         fitted_content: tuple[Catalogue, ContentModel],
-        active_params: TrainingParams | None,
+        active: VersionRecord | None,
         should_stop: Callable[[], bool],
     ) -> tuple[Trial, Trial | None]:
         """The configuration to release, measured on the split, and the active configuration measured there too
         (refitted on the split's training part: the active model itself has seen the held-out books)."""
+        active_params = self._params_of(active) if active else None
         active_trial = None
         if active_params is not None:
             # Measured with its parts: with a short tuning budget it is often the one released.
@@ -280,18 +279,10 @@ class Trainer:
             params, tfidf_max_features=self.params.tfidf_max_features, popularity_prior=self.params.popularity_prior
         )
 
-    async def _snapshot(self) -> Snapshot:
-        async with await Database.connect(self.dsn, max_size=1) as db:
-            return Snapshot(await db.load_training_data(), await Registry(db).active())
 
-    async def _upload(self, version: str) -> None:
-        async with await Database.connect(self.dsn, max_size=1) as db:
-            await db.save_artifact_files(version, self.store.files(version))
-
-    async def _prune_shared(self) -> None:
-        async with await Database.connect(self.dsn, max_size=1) as db:
-            await db.delete_artifact_files(keep=self.store.complete_versions())
-
-    async def _record(self, record: VersionRecord) -> None:
-        async with await Database.connect(self.dsn, max_size=1) as db:
-            await Registry(db).add(record)
+async def _quietly(step: Awaitable[object]) -> None:
+    """A clean-up step after a failure: its own failure is logged, never raised over the first one."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning("clean-up after a failed retrain: %s", str(exc) or type(exc).__name__)

@@ -1,0 +1,175 @@
+"""The retrain coordinator, only in processes that may train (Gorse's master, beside the serving node): one retrain
+at a time in the whole cluster (PostgreSQL's retrain lock), the trainer run (a child process in production), then
+the version manager told to serve what it promoted.
+
+Whatever happens (a failed or cancelled retrain, a lost database), the lock, the in-process flag and the progress
+are released, so that the next retrain works without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from recommender.model.fit import TrainingCancelled
+from recommender.serving.versions import VersionManager
+from recommender.storage.artifacts import ArtifactStore
+from recommender.storage.db import RetrainLock
+from recommender.storage.registry import Outcome, Registry
+from recommender.training.progress import Progress, RetrainControl
+from recommender.training.trainer import RetrainResult
+
+log = logging.getLogger(__name__)
+
+# Runs one retrain to its end (artifact written, registry record added); cancelling it stops the training.
+RetrainRunner = Callable[[RetrainControl], Awaitable[RetrainResult]]
+
+CANCELLED = "cancelled: the service is shutting down"
+CLEAN_UP_SECONDS = 5.0  # what a stop waits for the lock's release and the clean-up of a failed retrain
+
+
+class Busy(Exception):
+    """A retrain (or a rollback) is running."""
+
+
+@dataclass(frozen=True)
+class RetrainState:
+    running: bool
+    last_error: str = ""  # empty when the last retrain here succeeded or none has run
+    finished_at: datetime | None = None  # when the last retrain here ended
+    progress: Progress | None = None  # while one runs
+
+
+class RetrainCoordinator:
+    def __init__(
+        self,
+        dsn: str,
+        run: RetrainRunner,
+        versions: VersionManager,
+        store: ArtifactStore,
+        registry: Registry,
+        on_change: Callable[[], None] = lambda: None,
+        on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
+        on_finished: Callable[[RetrainResult], None] = lambda result: None,
+    ) -> None:
+        self._dsn = dsn
+        self._run = run
+        self._versions = versions
+        self._store = store
+        self._registry = registry
+        self._on_change = on_change
+        self._on_stage_done = on_stage_done
+        self._on_finished = on_finished
+        self._state = RetrainState(running=False)
+        self._control: RetrainControl | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def state(self) -> RetrainState:
+        control = self._control
+        if control is None:
+            return self._state
+        return RetrainState(True, self._state.last_error, self._state.finished_at, control.progress)
+
+    @property
+    def running(self) -> bool:
+        return self._state.running
+
+    async def start(self, force: bool = False) -> bool:
+        """Starts a retrain in the background; False when one runs here or anywhere else in the cluster, or while
+        stopping. Raises DatabaseUnavailable when the retrain lock cannot be asked for."""
+        if self._stopping or self._state.running:
+            return False
+        lock = RetrainLock(self._dsn)
+        if not await lock.acquire():
+            return False
+        if self._stopping or self._state.running:  # changed while the lock was being taken
+            await _released(lock)
+            return False
+        control = RetrainControl(lambda: self._stopping, force, self._on_stage_done)
+        self._state = RetrainState(True, self._state.last_error, self._state.finished_at)
+        self._control = control
+        self._task = asyncio.create_task(self._retrain(lock, control))
+        self._on_change()
+        return True
+
+    async def clean_up(self) -> None:
+        """Removes what retrains that died half-way left in the artifact store, when no retrain runs anywhere."""
+        lock = RetrainLock(self._dsn)
+        if not await lock.acquire(announce=False):
+            return
+        try:
+            await self._clean()
+        finally:
+            await _released(lock)
+
+    async def stop(self) -> None:
+        """Kills a running retrain and waits (boundedly) for its lock to be released."""
+        self._stopping = True
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                async with asyncio.timeout(CLEAN_UP_SECONDS + 1):
+                    await task
+
+    async def _retrain(self, lock: RetrainLock, control: RetrainControl) -> None:
+        started = time.perf_counter()
+        result: RetrainResult | None = None
+        error = ""
+        try:
+            result = await self._run(control)
+            if result.outcome is Outcome.PROMOTED:
+                control.stage("swapping")
+                await self._versions.follow()
+                if self._versions.version != result.version:
+                    error = f"version {result.version} was promoted but cannot be served here (see the log)"
+            control.finish()
+        except TrainingCancelled:
+            error = CANCELLED
+            log.info("retrain cancelled: the service is shutting down")
+        except asyncio.CancelledError:
+            error = CANCELLED
+            log.info("retrain cancelled: the service is shutting down")
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.exception("retrain failed; the previous model keeps serving")
+            result = RetrainResult(Outcome.FAILED, "", error, time.perf_counter() - started)
+        finally:
+            try:
+                if error and error != CANCELLED:
+                    await self._clean()
+            finally:
+                await _released(lock)
+                self._state = RetrainState(False, error, datetime.now(UTC))
+                self._control = None
+                if result is not None:
+                    self._on_finished(result)
+                self._on_change()
+
+    async def _clean(self) -> None:
+        """What a retrain left half-way; the caller holds the retrain lock, so no retrain is writing."""
+        try:
+            async with asyncio.timeout(CLEAN_UP_SECONDS):
+                registered = {record.version for record in await self._registry.versions()}
+                removed = await self._store.clean(registered)
+        except Exception as exc:
+            log.warning("could not clean up the artifacts folder: %s", str(exc) or type(exc).__name__)
+            return
+        if removed:
+            log.info("removed model files no registered version owns (left by a stopped retrain): %s", removed)
+
+
+async def _released(lock: RetrainLock) -> None:
+    try:
+        async with asyncio.timeout(CLEAN_UP_SECONDS):
+            await lock.release()
+    except Exception as exc:  # closing its connection frees it anyway
+        log.warning("releasing the retrain lock: %s", str(exc) or type(exc).__name__)
