@@ -42,7 +42,8 @@ def trainers(pid: int) -> list[psutil.Process]:
     found = []
     for process in descendants(pid):
         with contextlib.suppress(psutil.Error):
-            if "forkserver" in " ".join(process.parent().cmdline()):
+            parent = process.parent()
+            if parent is not None and "forkserver" in " ".join(parent.cmdline()):
                 found.append(process)
     return found
 
@@ -95,10 +96,12 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("state", ["idle, with workers", "mid-retrain", "database down", "during a rollback"])
 def test_a_stop_ends_everything_within_seconds_in_every_state(home: Path, state: str) -> None:
     pgdata = home / "var" / "pgdata"
-    settings = {"workers": "3"} if state.startswith("idle") else {}
-    if state == "mid-retrain":
-        settings = {"tuning": "auto", "tuning_seconds": "60"}  # a retrain that lasts
-    server = start_server(None, home, **settings)
+    if state.startswith("idle"):
+        server = start_server(None, home, workers="3")
+    elif state == "mid-retrain":
+        server = start_server(None, home, tuning="auto", tuning_seconds="60")  # a retrain that lasts
+    else:
+        server = start_server(None, home)
     try:
         if state == "mid-retrain":
             assert httpx.post(f"{server.url}/api/v1/retrain", timeout=10).status_code == 200
