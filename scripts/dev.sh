@@ -4,6 +4,8 @@
 #   scripts/dev.sh run     setup, then start the service (gRPC :50051, JSON/HTTP :8001, embedded PostgreSQL)
 #   scripts/dev.sh test    setup, lint, then the whole test suite (extra arguments go to pytest)
 #   scripts/dev.sh lint    ruff, mypy, buf lint and the generated-files check
+#   scripts/dev.sh screenshots   the README's dashboard screenshots (docs/), from a real service in Chromium
+#   scripts/dev.sh faults  the fault campaign at length (database killed, artifacts damaged, disk full)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +35,7 @@ case "$command" in
     run) setup && exec "$VENV_PY" server.py "$@" ;;
     test) setup && lint && exec "$VENV_PY" -m pytest "$@" ;;
     lint) lint ;;
-    *) echo "usage: scripts/dev.sh setup|run|test|lint [args]" >&2; exit 2 ;;
+    faults) setup && exec "$VENV_PY" -m bench.faults "$@" ;;
+    screenshots) setup && RECOMMENDER_SCREENSHOTS_DIR=docs exec "$VENV_PY" -m pytest tests/test_dashboard.py -k screenshots ;;
+    *) echo "usage: scripts/dev.sh setup|run|test|lint|screenshots|faults [args]" >&2; exit 2 ;;
 esac

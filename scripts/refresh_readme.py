@@ -43,7 +43,8 @@ class Call:
         url = SHOWN_URL + self.path
         url = f'"{url}"' if "?" in url else url
         verb = "" if self.method == "GET" else f"-X {self.method} "
-        data = "" if self.body is None else f" -d '{json.dumps(self.body, separators=(',', ':'))}'"
+        body = json.dumps(self.body, separators=(",", ":"))
+        data = "" if self.body is None else f" -H 'Content-Type: application/json' -d '{body}'"
         return f"$ curl {verb}{url}{data}" + (f"   # {self.comment}" if self.comment else "")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -24,8 +25,14 @@ import pytest
 from bench.harness import free_port
 from recommender.client import RecommenderClient
 from recommender.processes import is_alive
-from tests.conftest import SMALL_DEMO, active_version, create_database, wait_for
+from recommender.serving.telemetry import TARGETS_FILE, read_targets
+from recommender.settings import Settings
+from recommender.storage.db import RetrainLock
+from recommender.training.progress import RetrainControl
+from recommender.training.trainer import make_trainer
+from tests.conftest import SMALL_DEMO, StartService, active_version, create_database, wait_for
 from tests.test_gateway import ROOT, Server, start_server
+from tests.test_replicas import scraped
 
 STOP_SECONDS = 5.0  # what the service promises for a stop, in any state
 
@@ -237,3 +244,159 @@ def test_a_server_killed_mid_retrain_leaves_no_trainer_and_its_restart_cleans_up
         loop.call_soon_threadsafe(release.set)
         loop.call_soon_threadsafe(loop.stop)
         holder.join(5)
+
+
+@contextlib.contextmanager
+def immutable(*folders: Path) -> Iterator[None]:
+    """The folders made unwritable, even for root (`chattr +i`); the test is skipped where the file system cannot."""
+    done: list[Path] = []
+    try:
+        for folder in folders:
+            folder.mkdir(parents=True, exist_ok=True)
+            result = subprocess.run(["chattr", "+i", str(folder)], capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                pytest.skip(f"cannot make {folder} immutable here: {result.stderr.strip() or 'chattr failed'}")
+            done.append(folder)
+        yield
+    finally:
+        for folder in done:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_a_retrain_that_cannot_write_fails_cleanly_and_the_next_one_works(
+    start_service: StartService, settings: Settings
+) -> None:
+    running = start_service()
+    wait_for(lambda: running.model is not None and not running.retrain.running)
+    client, version = running.client, running.client.model_info().version
+    artifacts = settings.artifacts_dir
+    with immutable(artifacts, artifacts / "versions", artifacts / "serving"):
+        assert client.retrain(force=True).status == "accepted"
+        wait_for(lambda: not running.retrain.running, timeout=60)
+        info = client.model_info()
+        assert info.version == version and "Operation not permitted" in info.last_retrain_error, info
+        assert info.last_retrain.outcome == "failed"
+        assert client.health().status == "ok" and len(client.recommend(user_id=2, limit=3).recommendations) == 3
+        assert client.retrain(force=True).status == "accepted"  # not wedged: the lock and the flag were released
+        wait_for(lambda: not running.retrain.running, timeout=60)
+    assert client.retrain(force=True).status == "accepted"
+    wait_for(lambda: not running.retrain.running, timeout=60)
+    info = client.model_info()
+    assert info.version != version and info.last_retrain_error == "" and info.last_retrain.outcome == "promoted"
+    assert client.rollback().version == version
+    assert client.model_info().version == version
+    assert not list(artifacts.glob(".incoming-*"))
+
+
+def test_a_rollback_that_fails_half_way_changes_nothing_anywhere(
+    start_service: StartService, settings: Settings
+) -> None:
+    first = start_service()
+    wait_for(lambda: first.model is not None and not first.retrain.running)
+    old = first.client.model_info().version
+    first.client.retrain(force=True)
+    wait_for(lambda: not first.retrain.running, timeout=60)
+    second = start_service()
+    new = first.client.model_info().version
+    assert new != old and second.client.model_info().version == new
+    url = settings.database_url or ""
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    # The registry refuses the change after the version was loaded: the half-way point.
+    asyncio.run(
+        sql(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$;"
+            "CREATE TRIGGER refuse BEFORE UPDATE ON model_versions FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        first.client.rollback(old)
+    # An error the service does not expect: 500 / INTERNAL without internals, the request id to find it in the log.
+    assert refused.value.code() == grpc.StatusCode.INTERNAL
+    assert (refused.value.details() or "").startswith("internal error (request id ")
+    time.sleep(0.5)
+    assert active_version(url) == new
+    assert first.client.model_info().version == second.client.model_info().version == new
+    assert first.client.recommend(user_id=2, limit=2).model_version == new
+    asyncio.run(sql("DROP TRIGGER refuse ON model_versions"))
+    assert first.client.rollback(old).version == old
+    wait_for(lambda: second.client.model_info().version == old, timeout=2)
+    assert active_version(url) == old
+
+
+def test_any_interleaving_of_retrains_rollbacks_and_train_leaves_exactly_one_active_version(
+    start_service: StartService, settings: Settings
+) -> None:
+    first = start_service()
+    wait_for(lambda: first.model is not None and not first.retrain.running)
+    second = start_service()
+    url = settings.database_url or ""
+    trainer = make_trainer(settings, url)
+
+    async def train_holding_the_lock() -> None:  # what `train.py` does, in this process
+        lock = RetrainLock(url)
+        if await lock.acquire():
+            try:
+                await asyncio.to_thread(trainer, RetrainControl(force=True))
+            finally:
+                await lock.release()
+
+    async def actives() -> int:
+        conn = await asyncpg.connect(url)
+        try:
+            count: int = await conn.fetchval("SELECT count(*) FROM model_versions WHERE status = 'active'")
+            return count
+        finally:
+            await conn.close()
+
+    def act(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(12):
+            replica = rng.choice((first, second))
+            action = rng.choice(("retrain", "force", "rollback", "train"))
+            with contextlib.suppress(grpc.RpcError):  # 409 and 400 are answers too
+                if action == "train":
+                    asyncio.run(train_holding_the_lock())
+                elif action == "rollback":
+                    replica.client.rollback()
+                else:
+                    replica.client.retrain(force=action == "force")
+            time.sleep(rng.uniform(0, 0.3))
+
+    counts: list[int] = []
+    threads = [threading.Thread(target=act, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        counts.append(asyncio.run(actives()))
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join()
+    wait_for(lambda: not first.retrain.running and not second.retrain.running, timeout=60)
+    assert set(counts) == {1}, counts  # never none, never two
+    active = active_version(url)
+    wait_for(lambda: {r.client.model_info().version for r in (first, second)} == {active}, timeout=5)
+
+
+def test_every_serving_process_counts_its_requests(postgres_url: str, tmp_path: Path) -> None:
+    server = start_server(create_database(postgres_url), tmp_path, workers="3")
+    try:
+        entries = read_targets(tmp_path / "var" / TARGETS_FILE)
+        assert sorted(e["labels"]["role"] for e in entries) == ["main", "worker", "worker"]
+        addresses = [e["targets"][0] for e in entries]
+        sample = 'recommender_requests_total{code="OK",method="Recommend"}'
+        for user in range(1, 31):
+            with httpx.Client(timeout=10) as http:  # a new connection each time
+                http.get(f"{server.url}/api/v1/recommendations?user_id={user}&limit=3").raise_for_status()
+        counted = [scraped(address, sample) for address in addresses]
+        assert sum(counted) == 30, counted
+        assert sum(1 for count in counted if count > 0) >= 2, counted  # spread over the processes
+    finally:
+        stop_and_check(server)
+    assert read_targets(tmp_path / "var" / TARGETS_FILE) == []  # each process took itself out

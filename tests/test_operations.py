@@ -296,3 +296,36 @@ def test_stopping_the_service_kills_a_retrain_running_in_its_child_process(
     assert time.monotonic() - started < 10
     assert running.retrain.last_error == "cancelled: the service is shutting down"
     wait_for(lambda: not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in trainers), timeout=10)
+
+
+def test_during_an_outage_every_call_is_503_naming_the_database_and_the_log_stays_readable(
+    start_service: StartService,
+    settings: Settings,
+    own_postgres: tuple[str, Callable[[], None], Callable[[], None]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, stop, start = own_postgres
+    running = start_service(settings_=with_settings(settings, database_url=url))
+    wait_until_idle(running)
+    running.client.retrain(force=True)
+    wait_until_idle(running)
+    stop()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+    calls: list[Callable[[], object]] = [
+        running.client.rollback,
+        running.client.list_models,
+        lambda: running.client.user_interactions(2),
+        *[lambda: running.client.record_interactions([pb.InteractionInput(user_id=5, book_id=1)])] * 20,
+    ]
+    for call in calls:
+        code, message = status_of(call)
+        assert code == grpc.StatusCode.UNAVAILABLE, message
+        assert "PostgreSQL at" in message and "cannot" in message, message
+    assert running.client.recommend(user_id=2, limit=3).recommendations  # serving goes on
+    failed = [r for r in caplog.records if "answered UNAVAILABLE" in r.getMessage()]
+    assert len(failed) == len(calls)  # one line per failed request
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for an outage the messages name"
+    start()
+    wait_for(lambda: len(running.client.list_models().models) == 2, timeout=20)  # back without a restart
+    assert running.client.record_interactions([pb.InteractionInput(user_id=5, book_id=1)]).recorded == 1

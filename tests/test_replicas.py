@@ -19,6 +19,7 @@ import pytest
 
 from bench.harness import free_port
 from recommender import demo
+from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.storage.db import Database
 from recommender.training.progress import RetrainControl
@@ -294,3 +295,37 @@ def test_train_beside_running_replicas_is_served_by_them_within_seconds(
     assert "running services switch to it within seconds" in result.stdout
     version = result.stdout.split("trained model version ", 1)[1].split(":", 1)[0]
     wait_for(lambda: {r.client.model_info().version for r in (first, second)} == {version}, timeout=FOLLOW_SECONDS)
+
+
+def scraped(address: str, sample: str) -> float:
+    """One sample's value on a Prometheus endpoint (0 when absent)."""
+    for line in httpx.get(f"http://{address}/metrics", timeout=5).text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_every_replica_answers_the_same_and_every_request_is_counted(
+    replicas: tuple[RunningService, RunningService], settings: Settings
+) -> None:
+    first, second = replicas
+    first.client.retrain(force=True)
+    wait_for(lambda: not first.retrain.running, timeout=60)
+    version = first.client.model_info().version
+    wait_for(lambda: second.client.model_info().version == version, timeout=FOLLOW_SECONDS)
+    one, other = first.client.model_info(), second.client.model_info()
+    for field in ("version", "trained_at", "training_seconds", "metrics", "params", "last_retrain", "alpha"):
+        assert getattr(one, field) == getattr(other, field), field
+    assert one.last_retrain.outcome == "promoted" and one.last_retrain.version == version
+    assert one.last_retrain_error == other.last_retrain_error == ""
+
+    # Each replica has an endpoint of its own, both listed in the data folder's targets file.
+    entries = [e for e in read_targets(settings.data_dir / TARGETS_FILE) if e["labels"]["pid"] == str(os.getpid())]
+    addresses = [e["targets"][0] for e in entries]
+    assert len(addresses) == 2
+    sample = 'recommender_requests_total{code="OK",method="Recommend"}'
+    before = sum(scraped(address, sample) for address in addresses)
+    for user in range(1, 8):
+        first.client.recommend(user_id=user, limit=3)
+        second.client.recommend(user_id=user, limit=3)
+    assert sum(scraped(address, sample) for address in addresses) == before + 14

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import subprocess
 import sys
@@ -313,3 +314,27 @@ def test_stopping_the_service_cancels_a_running_retrain(start_service: StartServ
     running.loop.run(running.service.stop(grace=1))
     assert time.monotonic() - started < 5
     assert running.retrain.last_error == "cancelled: the service is shutting down"
+
+
+def test_a_damaged_active_version_is_marked_failed_and_start_up_serves_the_one_before(
+    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = start_service()
+    wait_until_idle(first)
+    good = first.client.model_info().version
+    first.client.retrain(force=True)
+    wait_until_idle(first)
+    damaged = first.client.model_info().version
+    first.loop.run(first.service.stop(grace=1))
+    cf = settings.artifacts_dir / "versions" / damaged / "cf.npz"
+    cf.write_bytes(cf.read_bytes()[: cf.stat().st_size // 2])
+
+    caplog.set_level(logging.WARNING)
+    second = start_service()
+    assert second.client.model_info().version == good
+    statuses = {m.version: (m.status, m.reason) for m in second.client.list_models().models}
+    assert statuses[good][0] == "active"
+    assert statuses[damaged][0] == "failed" and "cf.npz does not match its checksum" in statuses[damaged][1]
+    time.sleep(4.5)  # two polls of the registry: the damage is said once, not every 2 s
+    assert sum("failed verification" in r.getMessage() for r in caplog.records) == 1
+    assert status_of(lambda: second.client.rollback(damaged))[0] == grpc.StatusCode.FAILED_PRECONDITION

@@ -456,12 +456,13 @@ async def _import(dsn: str, books: importer.Parsed[Book], interactions: importer
         if errors:
             shown = errors[:50]
             more = f"\n... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
-            print("nothing imported; fix these rows:\n" + "\n".join(shown) + more, file=sys.stderr)
+            read = f"{books.read} book rows and {interactions.read} interaction rows read"
+            print(f"nothing imported ({read}); fix these rows:\n" + "\n".join(shown) + more, file=sys.stderr)
             return 1
         written = await db.import_data(books.rows, interactions.rows, books.columns)
     pairs = len({(i.user_id, i.book_id) for i in interactions.rows})
     print(
-        f"imported {len(books.rows)} books and {len(interactions.rows)} interactions: {written.added} new, "
+        f"read and imported {books.read} book rows and {interactions.read} interaction rows: {written.added} new, "
         f"{written.updated} updated and {pairs - written.added - written.updated} unchanged (user, book) pairs"
     )
     return 0

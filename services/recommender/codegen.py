@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
 STUBS_DIR = ROOT / "services"
 DESCRIPTOR = ROOT / "gateway" / "recommender.binpb"
+OPENAPI = ROOT / "gateway" / "openapi.json"
 PROTO_FILES = ("recommender/v1/recommender.proto",)
 STUB_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 
@@ -61,6 +62,19 @@ def generate(stubs_dir: Path, descriptor: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed; see the messages above")
+    write_openapi(descriptor, descriptor.with_name(OPENAPI.name))
+
+
+def write_openapi(descriptor: Path, target: Path) -> None:
+    """The OpenAPI document of the JSON API, from the descriptor set just written."""
+    import json
+
+    from recommender.gateway.contract import Contract
+    from recommender.gateway.openapi import document
+
+    service = "recommender.v1.Recommender"  # the generated stubs may not be importable yet
+    text = json.dumps(document(Contract(descriptor, service), "Recommender", "v1"), indent=2) + "\n"
+    target.write_text(text, encoding="utf-8")
 
 
 def generated_files(stubs_dir: Path) -> list[Path]:
@@ -73,7 +87,7 @@ def stale_files() -> list[str]:
         fresh_stubs, fresh_descriptor = Path(tmp) / "stubs", Path(tmp) / "recommender.binpb"
         generate(fresh_stubs, fresh_descriptor)
         pairs = list(zip(generated_files(fresh_stubs), generated_files(STUBS_DIR), strict=True))
-        pairs.append((fresh_descriptor, DESCRIPTOR))
+        pairs += [(fresh_descriptor, DESCRIPTOR), (fresh_descriptor.with_name(OPENAPI.name), OPENAPI)]
         return [
             str(current.relative_to(ROOT))
             for fresh, current in pairs

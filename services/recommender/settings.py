@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recommender.model.params import ALSParams, QualityPolicy, SplitParams, TrainingParams
 from recommender.schedule import Schedule
 
 _ALS, _TRAINING, _QUALITY, _SPLIT = ALSParams(), TrainingParams(), QualityPolicy(), SplitParams()
+HOST = re.compile(r"^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")
+ORIGIN = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
 
 
 class SettingsError(ValueError):
@@ -63,11 +66,16 @@ class Settings(BaseSettings):
     eval_split: Literal["random", "time"] = "time" if _SPLIT.by_time else "random"
     eval_max_users: int = Field(default=_SPLIT.max_users, ge=1)
     # Operations: credentials for the calls that change state, the retrain schedule, metrics and logs.
-    api_key: SecretStr | None = Field(default=None, min_length=8)
-    jwt_secret: SecretStr | None = Field(default=None, min_length=16)
+    api_key: SecretStr | None = None  # at least 8 characters
+    jwt_secret: SecretStr | None = None  # at least 16
     jwt_public_key: str | None = None  # PEM text, or the path of a PEM file
     jwt_audience: str | None = None
     auth_reads: bool = False
+    # The Host names the HTTP gateway answers to, comma-separated, or "*" for any; by default the loopback names
+    # when it listens on loopback (a web page that rebinds its own name to 127.0.0.1 gets nothing), else any.
+    allowed_hosts: str | None = None
+    # Web origins (scheme://host[:port]) whose pages may call the API from a browser (CORS), comma-separated.
+    cors_origins: str | None = None
     retrain_schedule: str | None = None
     retrain_min_new_interactions: int = Field(default=0, ge=0)
     metrics_host: str = "127.0.0.1"
@@ -104,12 +112,63 @@ class Settings(BaseSettings):
     @field_validator("jwt_public_key")
     @classmethod
     def _public_key(cls, value: str | None) -> str | None:
-        if value and "-----BEGIN" not in value:
+        if value is None:
+            return None
+        if "-----BEGIN" not in value:
             try:
                 value = Path(value).read_text(encoding="utf-8")
             except OSError as exc:
                 raise ValueError(f"must be a PEM public key or the path of one ({exc.strerror})") from None
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            load_pem_public_key(value.encode())
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"is not a PEM public key that can be read ({exc})") from None
         return value
+
+    @field_validator("api_key", "jwt_secret", mode="before")
+    @classmethod
+    def _secret(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, str):
+            if value != value.strip():
+                raise ValueError("must not start or end with spaces (a blank or padded key is a mistake)")
+            shortest = 8 if info.field_name == "api_key" else 16
+            if len(value) < shortest:
+                raise ValueError(f"must be at least {shortest} characters long")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        hosts = [host.strip() for host in value.split(",") if host.strip()]
+        if not hosts or any(not HOST.match(host) for host in hosts):
+            raise ValueError('must be host names or addresses, comma-separated (no ports), or "*"')
+        return ",".join(hosts)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        origins = [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        if not origins or any(not ORIGIN.match(origin) for origin in origins):
+            raise ValueError("must be web origins like https://app.example.com:8443, comma-separated")
+        return ",".join(origins)
+
+    @property
+    def hosts(self) -> list[str]:
+        """The Host names the gateway answers to (["*"]: any)."""
+        if self.allowed_hosts:
+            return self.allowed_hosts.split(",")
+        loopback = self.http_host in ("127.0.0.1", "localhost", "::1", "[::1]") or self.http_host.startswith("127.")
+        return ["localhost", "127.0.0.1", "[::1]"] if loopback else ["*"]
+
+    @property
+    def origins(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
 
     @property
     def has_credentials(self) -> bool:

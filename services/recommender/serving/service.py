@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from recommender.gateway.envoy import MAX_BODY_BYTES
 from recommender.model.hybrid import HybridModel
 from recommender.schedule import Schedule, Scheduler
 from recommender.serving.auth import AuthInterceptor, Credentials
@@ -137,10 +138,11 @@ class GrpcService:
     async def _serve_grpc(self) -> None:
         assert self._db is not None and self._cluster is not None and self._fresh is not None
         credentials = Credentials.from_settings(self.settings)
-        # No SO_REUSEPORT: a second server on the same port must fail, not silently share it.
+        # No SO_REUSEPORT: a second server on the same port must fail, not silently share it. Messages up to twice
+        # the gateway's body limit: a JSON body transcodes to a smaller message.
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(self.metrics), AuthInterceptor(credentials, self._needs_credentials)],
-            options=[("grpc.so_reuseport", 0)],
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 2 * MAX_BODY_BYTES)],
         )
         scheduler = self._scheduler
         servicer = RecommenderServicer(

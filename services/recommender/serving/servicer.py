@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -13,13 +12,14 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
 from recommender.model.hybrid import HybridModel, UserHistory
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.retrain import RetrainCoordinator, RetrainState
 from recommender.serving.versions import VersionManager, VersionNotFound, VersionUnavailable, is_available
-from recommender.storage.db import DATABASE_ERRORS, Database, UnknownBooks, UntitledBooks
+from recommender.storage.db import DATABASE_ERRORS, CommitUncertain, Database, UnknownBooks, UntitledBooks
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import Outcome, VersionRecord
 from recommender.v1 import recommender_pb2 as pb
@@ -35,7 +35,6 @@ MODEL_NOT_LOADED = "Model not loaded"
 WORKER_RETRAIN = "this process only serves: send retrains and rollbacks to the main process or a replica"
 MAX_BATCH = 1000  # entries per RecordInteractions or UpsertBooks call
 SHOWN_PROBLEMS = 20  # bad entries named in one error message
-MAX_FUTURE_SECONDS = 86_400  # timestamps further ahead than this are a mistake (milliseconds, say)
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -132,7 +131,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             started = await coordinator.start(force=request.force)
         except DATABASE_ERRORS as exc:  # the retrain lock cannot even be asked for
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no retrain started: {_database_problem(exc)}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no retrain started: {self._db.unreachable(exc)}")
         if not started:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         log.info("retrain started on request%s", " (forced: the promotion gate is skipped)" if request.force else "")
@@ -142,6 +141,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext[pb.RollbackRequest, pb.RollbackResponse]
     ) -> pb.RollbackResponse:
         await self._coordinating(context)
+        await _abort_if_invalid(validation.version_problems("version", request.version.strip()), context)
         if self._cluster.retraining:
             await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         try:
@@ -151,7 +151,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing rolled back: {_database_problem(exc)}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing rolled back: {self._db.unreachable(exc)}")
         return pb.RollbackResponse(status="rolled_back", version=version)
 
     async def ListModels(
@@ -164,7 +164,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             available = await self._versions.available()
         except DATABASE_ERRORS as exc:
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"the model registry cannot be read: {_database_problem(exc)}"
+                grpc.StatusCode.UNAVAILABLE, f"the model registry cannot be read: {self._db.unreachable(exc)}"
             )
         return pb.ListModelsResponse(models=[_model_version(record, available) for record in records])
 
@@ -207,8 +207,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.RecordInteractionsResponse:
         entries = request.interactions
         await _check_batch("interactions", len(entries), context)
-        latest = time.time() + MAX_FUTURE_SECONDS
-        problems = [problem for i, entry in enumerate(entries) for problem in _interaction_problems(i, entry, latest)]
+        now = time.time()
+        problems = [problem for i, entry in enumerate(entries) for problem in _interaction_problems(i, entry, now)]
         await _abort_if(problems, context)
         interactions = [
             Interaction(
@@ -231,8 +231,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
+        except CommitUncertain as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {_database_problem(exc)}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {self._db.unreachable(exc)}")
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
         return pb.RecordInteractionsResponse(recorded=len(interactions))
@@ -264,8 +266,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
+        except CommitUncertain as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing written: {_database_problem(exc)}")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing written: {self._db.unreachable(exc)}")
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
 
@@ -301,7 +305,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             rows = await self._db.recent_interactions(request.user_id, limit)
         except DATABASE_ERRORS as exc:
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"the interactions cannot be read: {_database_problem(exc)}"
+                grpc.StatusCode.UNAVAILABLE, f"the interactions cannot be read: {self._db.unreachable(exc)}"
             )
         return pb.UserInteractionsResponse(
             user_id=request.user_id,
@@ -347,6 +351,11 @@ async def _check_batch(name: str, size: int, context: grpc.aio.ServicerContext[A
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} must hold 1 to {MAX_BATCH} entries, got {size}")
 
 
+async def _abort_if_invalid(problems: list[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    if problems:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+
+
 async def _abort_if(problems: list[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """INVALID_ARGUMENT naming the bad entries, when there are any: nothing was written."""
     if problems:
@@ -355,28 +364,35 @@ async def _abort_if(problems: list[str], context: grpc.aio.ServicerContext[Any, 
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nothing written: {shown}{more}")
 
 
-def _interaction_problems(i: int, entry: pb.InteractionInput, latest: float) -> list[str]:
-    problems = [
-        f"interactions[{i}].{name} must be a positive integer, got {value}"
-        for name, value in (("user_id", entry.user_id), ("book_id", entry.book_id))
-        if value < 1
+def _interaction_problems(i: int, entry: pb.InteractionInput, now: float) -> list[str]:
+    name = f"interactions[{i}]"
+    return [
+        *validation.id_problems(f"{name}.user_id", entry.user_id),
+        *validation.id_problems(f"{name}.book_id", entry.book_id),
+        *validation.rating_problems(f"{name}.rating", entry.rating if entry.HasField("rating") else None),
+        *validation.timestamp_problems(
+            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None, now
+        ),
     ]
-    if entry.HasField("rating") and not (math.isfinite(entry.rating) and 0 <= entry.rating <= 5):
-        problems.append(f"interactions[{i}].rating must be between 0 and 5, got {entry.rating:g}")
-    if entry.HasField("timestamp") and not 0 < entry.timestamp <= latest:
-        problems.append(f"interactions[{i}].timestamp must be Unix seconds up to now, got {entry.timestamp}")
-    return problems
 
 
 def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
-    problems = []
-    if entry.book_id < 1:
-        problems.append(f"books[{i}].book_id must be a positive integer, got {entry.book_id}")
-    if entry.HasField("title") and not entry.title.strip():
-        problems.append(f"books[{i}].title must not be empty")
-    if entry.HasField("genres") and not all(v.WhichOneof("kind") == "string_value" for v in entry.genres.values):
-        problems.append(f"books[{i}].genres must be an array of strings")
-    return problems
+    name = f"books[{i}]"
+    problems = validation.id_problems(f"{name}.book_id", entry.book_id)
+    genres: tuple[str, ...] | None = None
+    if entry.HasField("genres"):
+        if all(v.WhichOneof("kind") == "string_value" for v in entry.genres.values):
+            genres = tuple(v.string_value for v in entry.genres.values)
+        else:
+            problems.append(f"{name}.genres must be an array of strings")
+    return problems + validation.book_text_problems(
+        f"{name}.",
+        title=entry.title if entry.HasField("title") else None,
+        authors=entry.authors if entry.HasField("authors") else None,
+        description=entry.description if entry.HasField("description") else None,
+        genres=genres,
+        published_year=entry.published_year if entry.HasField("published_year") else None,
+    )
 
 
 def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
@@ -422,10 +438,6 @@ def _last_error(state: RetrainState | None, latest: VersionRecord | None) -> str
     if state is not None and newer:
         return state.last_error
     return latest.reason if latest is not None and latest.outcome is Outcome.FAILED else ""
-
-
-def _database_problem(exc: BaseException) -> str:
-    return str(exc) if "PostgreSQL" in str(exc) else f"the database cannot be reached ({type(exc).__name__})"
 
 
 def _timestamp(moment: datetime | None) -> Timestamp | None:

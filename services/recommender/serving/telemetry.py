@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -82,14 +83,20 @@ class ServiceMetrics:
 
 class ObservingInterceptor(UnaryInterceptor):
     """Counts and times every call by method and code, and gives it a request id: Envoy's `x-request-id` (or a new
-    one) is set for the call's log lines and sent back in the response metadata (Envoy makes it a header)."""
+    one) is set for the call's log lines and sent back in the response metadata (Envoy makes it a header).
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
+    A call that fails on the service's side is one log line; an unexpected exception becomes INTERNAL
+    "internal error (request id ...)" without internals, with its traceback logged at most once a minute per kind
+    of failure, so that the log stays readable through an outage."""
+
+    def __init__(self, metrics: ServiceMetrics, traceback_every: float = 60.0) -> None:
         self._metrics = metrics
+        self._tracebacks = Throttle(traceback_every)
 
     def wrap(self, details: grpc.HandlerCallDetails, behaviour: Behaviour) -> Behaviour | None:
         metadata = dict(details.invocation_metadata or ())
-        call_id = str(metadata.get("x-request-id") or uuid.uuid4())
+        given = str(metadata.get("x-request-id") or "")
+        call_id = given if REQUEST_ID.match(given) else str(uuid.uuid4())
         method = details.method.rsplit("/", 1)[-1]
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -100,16 +107,43 @@ class ObservingInterceptor(UnaryInterceptor):
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 code = _code_name(context.code())
+                if code in SERVICE_SIDE:
+                    log.warning("%s answered %s: %s", method, code, context.details())
                 raise
-            except Exception:
-                code = "UNKNOWN"
-                raise
+            except Exception as exc:
+                code = "INTERNAL"
+                kind = f"{type(exc).__name__} in {method}"
+                if self._tracebacks.allows(kind):
+                    log.exception("%s failed (request id %s)", method, call_id)
+                else:
+                    log.error("%s failed: %s: %s (traceback logged within the minute)", method, type(exc).__name__, exc)
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request id {call_id})")
             finally:
                 self._metrics.requests.labels(method, code).inc()
                 self._metrics.latency.labels(method, code).observe(time.perf_counter() - started)
                 request_id.reset(token)
 
         return observed
+
+
+# Codes that say the service failed, not the client: each such answer is one log line.
+SERVICE_SIDE = {"UNAVAILABLE", "INTERNAL", "UNKNOWN", "DATA_LOSS"}
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class Throttle:
+    """Allows one event of each kind per `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def allows(self, kind: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self._seconds) < self._seconds:
+            return False
+        self._last[kind] = now
+        return True
 
 
 def _code_name(code: object) -> str:
@@ -152,7 +186,7 @@ class MetricsEndpoint:
         self._targets.parent.mkdir(parents=True, exist_ok=True)
         with _locked(self._targets.with_name(f".{TARGETS_FILE}.lock")):
             entries = [entry for entry in read_targets(self._targets) if _still_running(entry)]
-            entries = [entry for entry in entries if entry["labels"].get("pid") != str(os.getpid())]
+            entries = [entry for entry in entries if entry.get("targets") != [self.address]]
             if add:
                 labels = {"role": self._role, "pid": str(os.getpid()), "host": socket.gethostname()}
                 entries.append({"targets": [self.address], "labels": labels})

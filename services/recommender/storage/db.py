@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
 from types import TracebackType
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
@@ -30,6 +33,9 @@ _RETRAIN_LOCK = 0x72657472  # "retr"
 # Statements that move a whole catalogue (imports, the demo seed, the training snapshot) may take minutes at
 # millions of interactions; every other statement keeps the pool's 60 s.
 BULK_SECONDS = 3600.0
+WRITE_ATTEMPTS = 5  # a write PostgreSQL aborts for a deadlock or a serialization failure is run again
+
+T = TypeVar("T")
 
 BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
 _SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
@@ -63,6 +69,17 @@ class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or refuses the connection; the message says where and why."""
 
 
+class CommitUncertain(DatabaseUnavailable):
+    """The connection was lost while committing: the write may or may not have landed. Writes merge, so sending
+    the same one again is safe."""
+
+    def __init__(self, where: str, exc: BaseException) -> None:
+        super().__init__(
+            f"the connection to PostgreSQL at {where} was lost while committing ({type(exc).__name__}): the write "
+            "may have landed; sending it again is safe (the same entries merge into the same rows)"
+        )
+
+
 _CONNECT_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 # The database is away, shutting down or out of resources: a 503 / UNAVAILABLE, not a problem with the request.
@@ -92,8 +109,9 @@ def describe(dsn: str) -> str:
 class Database:
     """A connection pool and the queries the service runs; `async with Database.connect(dsn) as db:`."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str = "") -> None:
         self._pool = pool
+        self.where = describe(dsn) if dsn else "the database"  # host:port/dbname, for messages
 
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, connect_seconds: float = 10) -> Database:
@@ -104,7 +122,7 @@ class Database:
             )
         except _CONNECT_ERRORS as exc:
             raise _unavailable(dsn, exc) from exc
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self, seconds: float = 2.0) -> None:
         """Closes the pool; connections still busy after `seconds` (a database that went away) are dropped."""
@@ -125,6 +143,12 @@ class Database:
     def transaction(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """`async with db.transaction() as conn:` a pooled connection inside a transaction."""
         return _transaction(self._pool)
+
+    def unreachable(self, exc: BaseException) -> str:
+        """Words for a failure that DATABASE_ERRORS caught, naming the database."""
+        if isinstance(exc, DatabaseUnavailable):
+            return str(exc)
+        return f"PostgreSQL at {self.where} cannot be reached ({type(exc).__name__}: {str(exc)[:200]})"
 
     async def fetch(self, query: str, *args: object) -> list[asyncpg.Record]:
         return list(await self._pool.fetch(query, *args))
@@ -179,12 +203,15 @@ class Database:
         are merged into one row per (user, book) (see `_merge_interactions`), so importing the same rows twice
         changes nothing. Raises ValueError naming the first interactions whose book does not exist.
         """
-        async with self.transaction() as conn:
+
+        async def write(conn: asyncpg.Connection) -> ImportCounts:
             await _upsert_books(conn, books, book_columns)
             await _check_books_exist(conn, interactions)
             counts = await _merge_interactions(conn, interactions)
             await _notify_changes(conn, [b.book_id for b in books], interactions)
             return counts
+
+        return await self._retried(write)
 
     async def record_interactions(self, interactions: Sequence[Interaction]) -> ImportCounts:
         """Merges new events (as `import_data` does) in one transaction and tells the other processes whose
@@ -194,8 +221,9 @@ class Database:
     async def upsert_books(self, books: Sequence[tuple[Book, Collection[str]]]) -> ImportCounts:
         """Adds or updates books in one transaction: of a stored book, only its given columns change. Raises
         UntitledBooks, writing nothing, for new books without a title."""
-        async with self.transaction() as conn:
-            ids = sorted({book.book_id for book, _ in books})
+        ids = sorted({book.book_id for book, _ in books})
+
+        async def write(conn: asyncpg.Connection) -> ImportCounts:
             stored = dict(await conn.fetch("SELECT book_id, title FROM books WHERE book_id = ANY($1::integer[])", ids))
             untitled = [
                 book.book_id for book, columns in books if "title" not in columns and book.book_id not in stored
@@ -207,10 +235,50 @@ class Database:
                 # The row proposed for a stored book must pass the table's checks before it becomes an update.
                 kept = book if "title" in columns else dataclasses.replace(book, title=stored[book.book_id])
                 groups.setdefault(frozenset(columns), []).append(kept)
-            for columns, group in groups.items():
+            for columns, group in sorted(groups.items(), key=lambda item: sorted(item[0])):
                 await _upsert_books(conn, group, columns)
             await _notify_changes(conn, ids, [])
-        return ImportCounts(added=len(ids) - len(stored), updated=len(stored))
+            return ImportCounts(added=len(ids) - len(stored), updated=len(stored))
+
+        return await self._retried(write)
+
+    async def _retried(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`write` in one transaction, run again when PostgreSQL aborts it for a deadlock or a serialization
+        failure (what the other writer did is then part of what it sees); writes lock rows in key order, so this
+        is the rare case. A connection lost while committing raises CommitUncertain: the write may have landed."""
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return await self._committed(write)
+            except asyncpg.TransactionRollbackError as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                log.info("retrying a write that PostgreSQL aborted (%s)", type(exc).__name__)
+                await asyncio.sleep(random.uniform(0.005, 0.05) * attempt)
+        raise AssertionError("unreachable")
+
+    async def _committed(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`write` in a transaction; what fails after the commit (giving the connection back) is not a failure."""
+        committed = False
+        try:
+            async with self._pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    result = await write(conn)
+                except BaseException:
+                    with contextlib.suppress(*DATABASE_ERRORS):
+                        await transaction.rollback()
+                    raise
+                try:
+                    await transaction.commit()
+                except DATABASE_ERRORS as exc:
+                    raise CommitUncertain(self.where, exc) from exc
+                committed = True
+        except DATABASE_ERRORS:
+            if not committed:
+                raise
+            log.info("a write committed; its connection failed afterwards")
+        return result
 
     async def load_training_data(self) -> TrainingData:
         """One consistent snapshot of books and interactions (a single REPEATABLE READ transaction)."""
@@ -439,7 +507,7 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
     names = ", ".join(BOOK_COLUMNS)
     assignments = "".join(f"{name} = excluded.{name}, " for name in updated)
     await conn.execute(
-        f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books "
+        f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books ORDER BY book_id "  # rows locked in key order
         f"ON CONFLICT (book_id) DO UPDATE SET {assignments}updated_at = now()",
         timeout=BULK_SECONDS,
     )
@@ -447,21 +515,28 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
 
 
 async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> ImportCounts:
-    """Merges events into one row per (user, book), so that the same events merged twice change nothing.
+    """Merges events into one row per (user, book) by the merge rule, so that the same events merged twice, or
+    in another order, or split into other batches, end the same:
 
-    The rating is the one given last (an event without a timestamp happened now), and an event without a rating
-    (a read, a click) keeps the rating there is; occurred_at is the first event's time. Rows that nothing
-    changes are not touched, so their updated_at stays.
+    - the stored rating is the one with the latest timestamp (an event without one happened at the transaction's
+      now()); on equal timestamps the later arrival wins (within a batch, the later entry);
+    - a repeated rating with a newer timestamp moves `rated_at` forward, so that an older event arriving later
+      cannot win over it;
+    - an event without a rating (a read, a click) never erases a rating;
+    - `occurred_at` is the earliest event's time (the first contact);
+    - rows that nothing changes are not touched, so their `updated_at` stays.
+
+    Rows are written in (user, book) order, so that concurrent merges lock them in the same order (no deadlock).
     """
     if not interactions:
         return ImportCounts(0, 0)
     await conn.execute(
-        "INSERT INTO users (user_id) SELECT DISTINCT unnest($1::integer[]) ON CONFLICT DO NOTHING",
+        "INSERT INTO users (user_id) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING",  # in key order
         sorted({i.user_id for i in interactions}),
     )
     # Unix seconds travel as numbers (no datetime object per row); a missing time is the transaction's now().
     await conn.execute(
-        "CREATE TEMPORARY TABLE incoming_events (seq integer, user_id integer, book_id integer, rating real, "
+        "CREATE TEMPORARY TABLE incoming_events (seq integer, user_id integer, book_id integer, rating float8, "
         "seconds float8) ON COMMIT DROP"
     )
     await conn.copy_records_to_table(
@@ -484,7 +559,7 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
             FROM events GROUP BY user_id, book_id
         ), merged AS (
         INSERT INTO interactions AS i (user_id, book_id, rating, rated_at, occurred_at)
-        SELECT user_id, book_id, rating, rated_at, occurred_at FROM grouped
+        SELECT user_id, book_id, rating, rated_at, occurred_at FROM grouped ORDER BY user_id, book_id
         ON CONFLICT (user_id, book_id) DO UPDATE SET
             rating = CASE WHEN excluded.rated_at >= coalesce(i.rated_at, '-infinity') THEN excluded.rating
                           ELSE i.rating END,
@@ -492,7 +567,8 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
                             ELSE i.rated_at END,
             occurred_at = least(i.occurred_at, excluded.occurred_at),
             updated_at = now()
-        WHERE (excluded.rated_at >= coalesce(i.rated_at, '-infinity') AND excluded.rating IS DISTINCT FROM i.rating)
+        WHERE (excluded.rated_at >= coalesce(i.rated_at, '-infinity')
+               AND (excluded.rated_at IS DISTINCT FROM i.rated_at OR excluded.rating IS DISTINCT FROM i.rating))
            OR excluded.occurred_at < i.occurred_at
         RETURNING (xmax = 0) AS inserted
         )

@@ -1,26 +1,34 @@
-"""Reads the CSV files of `recommender import`, checking every row; nothing is written unless all rows are good."""
+"""Reads the CSV files of `recommender import`, strictly, checking every row against the limits the API applies
+(model/validation.py); nothing is written unless all rows are good.
+
+Strict means: a quote left open, a row with more or fewer fields than the header, a NUL character or bytes that are
+not UTF-8 are errors with their line number, never a row silently merged into another or cut short.
+"""
 
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
 
 T = TypeVar("T")
-MAX_RATING = 5.0
+
+# Fields far beyond any limit of model/validation.py are still read whole, so that the row is refused naming the
+# field and its length rather than as unreadable CSV.
+FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 
 
 class RowError(ValueError):
-    """One bad value; the reader adds the file and line."""
+    """One bad row; the reader adds the file and line."""
 
 
 class FileError(ValueError):
-    """A file that cannot be read as the import format at all (missing, not UTF-8, missing columns)."""
+    """A file that cannot be read as the import format at all (missing, unreadable, missing columns)."""
 
 
 @dataclass
@@ -30,6 +38,7 @@ class Parsed(Generic[T]):
     rows: list[T] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)  # line number of each row, for later checks
     problems: list[tuple[int, str]] = field(default_factory=list)  # (line, what is wrong)
+    read: int = 0  # rows read, good or bad
 
     def errors(self) -> list[str]:
         """`file:line: problem`, in line order."""
@@ -59,85 +68,106 @@ def check_books_exist(parsed: Parsed[Interaction], known_book_ids: set[int]) -> 
 def _read(path: Path, required: tuple[str, ...], make: Callable[[dict[str, str]], T]) -> Parsed[T]:
     """Every row, or a FileError when the file as a whole cannot be read."""
     parsed: Parsed[T] = Parsed(path)
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     try:
-        # utf-8-sig: spreadsheets ("CSV UTF-8") start the file with a byte-order mark.
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [name.strip() for name in reader.fieldnames or []]
+        # utf-8-sig: spreadsheets ("CSV UTF-8") start the file with a byte-order mark. Bytes that are not UTF-8
+        # are kept (surrogateescape) so that the row holding them is named, not the whole file refused.
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(f, strict=True)
+            header = [name.strip() for name in next(reader, [])]
             missing = [name for name in required if name not in header]
             if missing:
                 shown = ", ".join(header) or "(empty)"
                 raise FileError(f"{path}: missing column(s) {', '.join(missing)}; the header is: {shown}")
-            reader.fieldnames = header
             parsed.columns = frozenset(header)
-            for row in reader:
+            while True:
+                line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
                 try:
-                    parsed.rows.append(make(_complete(row, len(header))))
-                    parsed.lines.append(reader.line_num)
+                    fields = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:  # a quote left open runs to the end of the file: nothing after it is sure
+                    parsed.read += 1
+                    parsed.problems.append((line, f"this row is not valid CSV: {exc} (a quote left open?)"))
+                    break
+                if not fields:
+                    continue  # a blank line
+                parsed.read += 1
+                try:
+                    parsed.rows.append(make(_row(header, fields)))
+                    parsed.lines.append(line)
                 except RowError as exc:
-                    parsed.problems.append((reader.line_num, str(exc)))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+                    parsed.problems.append((line, str(exc)))
+    except (OSError, csv.Error) as exc:
         raise FileError(f"cannot read {path}: {exc}") from None
     return parsed
 
 
-def _complete(row: dict[str | None, str | list[str] | None], width: int) -> dict[str, str]:
-    """The row's values, stripped; a RowError when it has more or fewer fields than the header."""
-    if None in row:
-        raise RowError(f"the row has more fields than the header ({width})")
-    absent = [str(name) for name, value in row.items() if value is None]
-    if absent:
-        raise RowError(f"the row has {width - len(absent)} field(s), the header {width}: no {', '.join(absent)}")
-    return {str(name): str(value).strip() for name, value in row.items()}
+def _row(header: list[str], fields: list[str]) -> dict[str, str]:
+    """The row's values by column, stripped; a RowError when it has more or fewer fields than the header or holds
+    a NUL character."""
+    if len(fields) != len(header):
+        raise RowError(f"the row has {len(fields)} field(s), the header {len(header)}")
+    if any("\x00" in value for value in fields):
+        raise RowError("the row contains a NUL character")
+    return {name: value.strip() for name, value in zip(header, fields, strict=True)}
 
 
-def _positive_int(row: dict[str, str], name: str) -> int:
+def _int(row: dict[str, str], name: str) -> int:
     value = row.get(name, "")
     try:
-        number = int(value)
+        return int(value)
     except ValueError:
-        raise RowError(f"{name} must be a positive integer, got {value!r}") from None
-    if number <= 0:
-        raise RowError(f"{name} must be a positive integer, got {value!r}")
-    if number >= 2**31:
-        raise RowError(f"{name} must be below 2^31, got {value!r}")
-    return number
+        raise RowError(f"{name} must be a whole number, got {validation.shown(value)}") from None
 
 
-def _optional_float(row: dict[str, str], name: str, low: float, high: float) -> float | None:
+def _float(row: dict[str, str], name: str) -> float | None:
     value = row.get(name, "")
     if value == "":
         return None
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
-        raise RowError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or not low <= number <= high:
-        raise RowError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return number
+        raise RowError(f"{name} must be a number, got {validation.shown(value)}") from None
+
+
+def _raise_if(problems: list[str]) -> None:
+    if problems:
+        raise RowError("; ".join(problems))
 
 
 def _book(row: dict[str, str]) -> Book:
-    title = row.get("title", "")
-    if not title:
-        raise RowError("title must not be empty")
-    year = row.get("published_year", "")
-    if year and not year.lstrip("-").isdigit():
-        raise RowError(f"published_year must be a whole year, got {year!r}")
-    return Book(
-        book_id=_positive_int(row, "book_id"),
-        title=title,
+    book_id = _int(row, "book_id")
+    year = _int(row, "published_year") if row.get("published_year") else None
+    genres = tuple(g.strip() for g in row.get("genres", "").split("|") if g.strip())
+    book = Book(
+        book_id=book_id,
+        title=row.get("title", ""),
         authors=row.get("authors", ""),
         description=row.get("description", ""),
-        genres=tuple(g.strip() for g in row.get("genres", "").split("|") if g.strip()),
-        published_year=int(year) if year else None,
+        genres=genres,
+        published_year=year,
     )
+    _raise_if(
+        validation.id_problems("book_id", book_id)
+        + validation.book_text_problems(
+            "", book.title, book.authors, book.description, book.genres, book.published_year
+        )
+    )
+    return book
 
 
 def _interaction(row: dict[str, str]) -> Interaction:
-    return Interaction(
-        user_id=_positive_int(row, "user_id"),
-        book_id=_positive_int(row, "book_id"),
-        rating=_optional_float(row, "rating", 0.0, MAX_RATING),
-        timestamp=_optional_float(row, "timestamp", 0.0, 32_503_680_000.0),  # up to the year 3000
+    interaction = Interaction(
+        user_id=_int(row, "user_id"),
+        book_id=_int(row, "book_id"),
+        rating=_float(row, "rating"),
+        timestamp=_float(row, "timestamp"),
     )
+    _raise_if(
+        validation.id_problems("user_id", interaction.user_id)
+        + validation.id_problems("book_id", interaction.book_id)
+        + validation.rating_problems("rating", interaction.rating)
+        + validation.timestamp_problems("timestamp", interaction.timestamp)
+    )
+    return interaction
