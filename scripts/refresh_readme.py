@@ -106,7 +106,7 @@ def running_server(workdir: Path, tuning_seconds: float | None = None) -> Iterat
         "RECOMMENDER_HTTP_PORT": str(http_port),
     }
     if tuning_seconds is not None:
-        env["RECOMMENDER_TUNING_SECONDS"] = str(tuning_seconds)
+        env["RECOMMENDER_TUNING_SECONDS"] = str(tuning_seconds)  # a cap on the searches' trials
     url = f"http://127.0.0.1:{http_port}"
     with open(workdir / "server.log", "w") as log:
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)

@@ -42,7 +42,8 @@ def server(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     # Two versions' files kept: older retired versions lose theirs, and the page must not offer them.
     running = start_server(
         create_database(postgres_url), tmp_path_factory.mktemp("dashboard"), API_KEY=KEY, TUNING="auto",
-        TUNING_SECONDS="3", KEEP_VERSIONS="2",
+        TUNING_TRIALS="1000", RETRAIN_TRIALS="1000", TUNING_SECONDS="3",
+        KEEP_VERSIONS="2",
     )  # fmt: skip
     yield running
     running.stop()
@@ -191,6 +192,9 @@ def test_the_preview_lists_recommendations_and_similar_books(browser: WebDriver,
     shown = browser.find_elements(By.CSS_SELECTOR, "#recommendations li button.book")
     assert [b.text for b in shown] == [r["title"] for r in expected]
     assert browser.find_elements(By.CSS_SELECTOR, "#recommendations .bar span")
+    reasons = browser.find_elements(By.CSS_SELECTOR, "#recommendations .because")
+    first_reason = expected[0]["because"][0]["title"]
+    assert reasons and reasons[0].text.startswith("Because you read ") and first_reason in reasons[0].text
     shown[0].click()
     wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#similar li")) == 10)
     assert expected[0]["title"] in text(browser, "similar-title")

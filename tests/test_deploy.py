@@ -77,7 +77,7 @@ def test_every_command_the_deployment_runs_is_one_the_service_takes() -> None:
     assert len(commands) >= 5
     for args in commands:
         parsed = _parser().parse_args(args)
-        assert parsed.command in ("serve", "gateway", "train")
+        assert parsed.command in ("serve", "gateway", "train", "tune")
 
 
 def test_the_compose_file_runs_two_replicas_behind_one_gateway_on_one_database() -> None:

@@ -153,7 +153,9 @@ def test_recommendations_list_books_best_first(http: httpx.Client) -> None:
     books = body["recommendations"]
     assert len(books) == 5
     for book in books:
-        assert set(book) == {"book_id", "title", "authors", "score", "cf_score", "content_score"}
+        assert set(book) == {"book_id", "title", "authors", "score", "cf_score", "content_score", "because"}
+        assert 1 <= len(book["because"]) <= 3
+        assert set(book["because"][0]) == {"book_id", "title", "part", "share"}
         assert isinstance(book["book_id"], int) and isinstance(book["title"], str) and book["title"]
         assert isinstance(book["authors"], str)
         # JSON numbers (a score of exactly 1 prints as 1), never strings
@@ -371,7 +373,11 @@ def test_the_readme_samples_come_from_a_real_run() -> None:
 def test_models_rollback_and_force_over_http(http: httpx.Client) -> None:
     wait_idle(http)
     info = http.get("/api/v1/model/info").json()
-    assert set(info["metrics"]) == {"ndcg_at_10", "precision_at_10", "recall_at_10", "coverage"}
+    assert set(info["metrics"]) == {"ndcg_at_10", "precision_at_10", "recall_at_10", "coverage"} | {
+        "ndcg_at_10_cold",
+        "precision_at_10_cold",
+        "recall_at_10_cold",
+    }
     assert isinstance(info["params"]["factors"], (int, float)) and info["params"]["alpha"] == info["alpha"]
     assert info["last_retrain"]["outcome"] in ("promoted", "rejected")
     models = http.get("/api/v1/models").json()["models"]

@@ -106,7 +106,9 @@ def test_a_stop_ends_everything_within_seconds_in_every_state(home: Path, state:
     if state.startswith("idle"):
         server = start_server(None, home, workers="3")
     elif state == "mid-retrain":
-        server = start_server(None, home, tuning="auto", tuning_seconds="60")  # a retrain that lasts
+        server = start_server(
+            None, home, tuning="auto", retrain_trials="10000", tuning_seconds="60"
+        )  # a retrain that lasts
     else:
         server = start_server(None, home)
     try:
@@ -137,7 +139,10 @@ def test_a_stop_ends_everything_within_seconds_in_every_state(home: Path, state:
 # lock that the retrain needs next: the snapshot (loading), the registry record (saving, with the version's files
 # already complete on disk); evaluating and fitting last by their own work.
 HOLD = {"loading": "LOCK TABLE books IN ACCESS EXCLUSIVE MODE", "saving": "LOCK TABLE model_versions IN EXCLUSIVE MODE"}
-SLOW = {"evaluating": {"tuning": "auto", "tuning_seconds": "60"}, "cf": {"als_iterations": "200"}}
+SLOW = {
+    "evaluating": {"tuning": "auto", "retrain_trials": "10000", "tuning_seconds": "60"},
+    "cf": {"als_iterations": "200"},
+}
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ def interactions() -> list[Interaction]:
 # Few factors: with as many factors as users, ALS would memorise the matrix instead of generalising.
 # No popularity prior here: these tests look at the blend itself (the prior has its own test).
 PARAMS = TrainingParams(
-    als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6, popularity_prior=0.0
+    als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6, popularity_prior=0.0, cf_prior=0.0
 )
 
 
@@ -232,7 +232,7 @@ def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
     catalogue = demo.generate(3, 300, 80, 2500)
     model = train(
         TrainingData.from_interactions(catalogue.books, catalogue.interactions),
-        dataclasses.replace(PARAMS, popularity_prior=10.0, tfidf_max_features=2000),
+        dataclasses.replace(PARAMS, popularity_prior=10.0, cf_prior=3.0, tfidf_max_features=2000),
     )
     fresh = [(5, 5.0), (17, None), (40, 2.0)]
     for user, history in [*((u, None) for u in range(1, 81)), (10_000, fresh), (10_001, ())]:
@@ -244,3 +244,34 @@ def test_the_request_path_answers_as_the_batch_scoring_does() -> None:
             assert book.score == pytest.approx(float(scores.blended[0, position]), abs=1e-4)
             assert book.cf_score == pytest.approx(float(scores.cf[0, position]), abs=1e-4)
             assert book.content_score == pytest.approx(float(scores.content[0, position]), abs=1e-4)
+
+
+def test_each_recommendation_says_which_of_the_readers_books_it_comes_from() -> None:
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from recommender import demo
+
+    catalogue = demo.generate(5, 300, 80, 2500)
+    model = train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, als=ALSParams(factors=16, regularization=0.1, confidence=2.0)),
+    )
+    user = int(model.cf.user_ids[3])
+    answer = model.recommend(user, 5)
+    items, weights = model.cf.history(3)
+    read = set(model.catalogue.book_ids[model.cf_positions[items]].tolist())
+    for book in answer.books:
+        assert 1 <= len(book.because) <= 3
+        assert {r.book_id for r in book.because} <= read and all(r.part in ("cf", "content") for r in book.because)
+        shares = [r.share for r in book.because]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-6
+    # The CF part is implicit's own explanation of ALS.
+    solver = AlternatingLeastSquares(factors=16, regularization=0.1, alpha=2.0)
+    solver.item_factors = model.cf.item_factors
+    target = int(model.cf.item_ids.tolist().index(answer.books[0].book_id))
+    row = model.cf.user_items[3]
+    _score, expected, _weights = solver.explain(0, row, target, N=len(items))
+    mine = model.cf.explain(items, weights, np.array([target], dtype=np.int32))[0]
+    for item, contribution in expected:
+        assert mine[list(items).index(item)] == pytest.approx(contribution, rel=1e-3, abs=1e-5)
+    assert model.recommend(user, 5, explain=False).books[0].because == ()

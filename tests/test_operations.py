@@ -281,7 +281,7 @@ def test_stopping_the_service_kills_a_retrain_running_in_its_child_process(
     start_service: StartService, settings: Settings
 ) -> None:
     # The real, isolated trainer, made long by a tuning budget of a minute.
-    running = start_service(settings_=with_settings(settings, tuning="auto", tuning_seconds=60.0))
+    running = start_service(settings_=with_settings(settings, tuning="auto", tuning_trials=10_000, tuning_seconds=60.0))
 
     def evaluating() -> bool:
         progress = running.retrain.progress

@@ -100,7 +100,7 @@ def test_unsafe_or_bad_operations_settings_stop_start_up(
 def test_a_sigkill_mid_retrain_then_a_plain_restart_serves_again(tmp_path: Path) -> None:
     ports = free_port(), free_port()
     # Tuning for 6 s makes a retrain long enough to be killed in the middle.
-    first = start_server(None, tmp_path, ports=ports, TUNING="auto", TUNING_SECONDS="6")
+    first = start_server(None, tmp_path, ports=ports, TUNING="auto", RETRAIN_TRIALS="1000", TUNING_SECONDS="6")
     version = httpx.get(f"{first.url}/api/v1/model/info", timeout=10).json()["version"]
     envoys = first.envoy_pids()
     assert httpx.post(f"{first.url}/api/v1/retrain", timeout=10).status_code == 200
@@ -111,7 +111,7 @@ def test_a_sigkill_mid_retrain_then_a_plain_restart_serves_again(tmp_path: Path)
     wait_for(lambda: not any(psutil.pid_exists(pid) for pid in envoys), timeout=10)  # died with its parent
 
     started = time.monotonic()
-    second = start_server(None, tmp_path, ports=ports, TUNING="auto", TUNING_SECONDS="6")
+    second = start_server(None, tmp_path, ports=ports, TUNING="auto", RETRAIN_TRIALS="1000", TUNING_SECONDS="6")
     seconds = time.monotonic() - started
     try:
         assert _healthy(second)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 
 from recommender.settings import Settings
+from recommender.storage.db import Database
 from tests.conftest import StartService, wait_for
 from tests.test_service import slowed, status_of, wait_until_idle
 
@@ -99,20 +102,32 @@ def test_a_rejected_version_cannot_be_rolled_back_to(start_service: StartService
 
 
 def test_tuning_chooses_and_stores_its_parameters(start_service: StartService, settings: Settings) -> None:
-    tuned = settings.model_copy(update={"tuning": "auto", "tuning_seconds": 3.0, "alpha": "auto"})
+    tuned = settings.model_copy(update={"tuning": "auto", "tuning_trials": 4, "retrain_trials": 2, "alpha": "auto"})
     running = start_service(settings_=tuned)
     wait_for(lambda: running.model is not None and not running.retrain.running)
     info = running.client.model_info()
     stored = {m.version: m for m in running.client.list_models().models}[info.version]
     assert dict(stored.params) == dict(info.params)
     assert info.alpha == info.params["alpha"] and 0.0 <= info.alpha <= 1.0
-    assert set(info.params) >= {"factors", "regularization", "iterations", "confidence", "rating_scale", "alpha"}
-    # A retrain warm-starts from that choice: the active configuration is measured on the same split.
+    knobs = {"factors", "regularization", "iterations", "confidence", "rating_scale", "alpha", "popularity_prior"}
+    assert set(info.params) >= knobs | {"cf_prior"}
+    assert info.metrics.ndcg_at_10_cold > 0  # the cold slice is measured and stored
+    # A retrain warm-starts from that choice: the active configuration is measured on the same split, tried first.
     running.client.retrain()
     wait_until_idle(running)
     last = running.client.model_info().last_retrain
     assert last.outcome == "promoted" and last.metrics_before.ndcg_at_10 > 0
-    assert last.metrics_after.ndcg_at_10 >= last.metrics_before.ndcg_at_10
+    assert last.metrics_before.ndcg_at_10_cold > 0
+    assert trials_recorded(settings) >= 4 + 2  # both searches' fits, where the next one starts
+
+
+def trials_recorded(settings: Settings) -> int:
+    async def count() -> int:
+        async with await Database.connect(settings.database_url or "") as db:
+            row = await db.fetchrow("SELECT count(*) AS n FROM tuning_trials")
+            return int(row["n"]) if row else 0
+
+    return asyncio.run(count())
 
 
 @pytest.mark.parametrize("version", ["", "  "])

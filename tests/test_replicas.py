@@ -222,7 +222,12 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
     wait_for(lambda: survivor.model is not None and not survivor.retrain.running)
     # A replica with an artifacts folder of its own: it can only get the version from the database.
     doomed = start_server(
-        settings.database_url, tmp_path / "doomed", ARTIFACT_STORE="postgres", TUNING="auto", TUNING_SECONDS="60"
+        settings.database_url,
+        tmp_path / "doomed",
+        ARTIFACT_STORE="postgres",
+        TUNING="auto",
+        RETRAIN_TRIALS="10000",
+        TUNING_SECONDS="60",
     )
     try:
         info = httpx.get(f"{doomed.url}/api/v1/model/info", timeout=10).json()

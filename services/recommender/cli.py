@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             return train(settings, args.force)
         if command == "evaluate":
             return evaluate(settings, args.books, args.interactions, args.out)
+        if command == "tune":
+            return tune(settings)
         return import_files(settings, args.books, args.interactions)
     except DatabaseUnavailable as exc:
         where = "DATABASE_URL" if settings.database_url else f"the embedded PostgreSQL in {settings.embedded_pgdata}"
@@ -136,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     train_cmd = commands.add_parser("train", parents=[common, training], help="train a new model version now")
     train_cmd.add_argument("--force", action="store_true", help="promote it even if it scores worse than the active")
     commands.add_parser("worker", parents=[common])  # a serving process started by `serve` (RECOMMENDER_WORKERS)
+    commands.add_parser(
+        "tune",
+        parents=[common, training],
+        help="search for a better configuration now (the next retrains start from it); nothing is released",
+    )
     evaluate_cmd = commands.add_parser(
         "evaluate", parents=[training], help="run the evaluation protocol on CSV files in the import format"
     )
@@ -371,8 +378,27 @@ async def _train_holding_the_lock(
         stop_fork_server()
 
 
+def tune(settings: Settings) -> int:
+    """A search as its own job (run it from cron or the schedule of your platform): the first version's budget of
+    trials on the current data, recorded in the database for the next retrains."""
+    from recommender.training.trainer import make_trainer
+
+    with database_url(settings) as dsn:
+        asyncio.run(_prepare(settings, dsn))
+        os.nice(10)  # beside a service: its requests come first
+        trainer = make_trainer(settings, dsn)
+        best, tried = asyncio.run(trainer.search())
+    print(
+        f"searched {len(tried)} configurations: the best has NDCG@10 {best.metrics.ndcg:.4f}, and "
+        f"{best.metrics.ndcg_cold:.4f} for readers with {trainer.policy.split.cold_history} books; the next "
+        f"retrains start from {best.params.as_dict()}"
+    )
+    return 0
+
+
 def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: Path | None) -> int:
     from recommender.training import compare
+    from recommender.training.quality import Search
     from recommender.training.trainer import quality_policy, training_params
 
     try:
@@ -389,15 +415,11 @@ def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: P
     print(
         f"{len(books.rows)} books, {data.num_interactions} interactions; holding out {policy.split.holdout:.0%} of "
         f"the liked books (unrated, or rated {policy.split.like_threshold:g}+) of users with at least "
-        f"{policy.split.min_positives}, {'most recent' if policy.split.by_time else 'at random'}"
+        f"{policy.split.min_positives}, {'most recent' if policy.split.by_time else 'at random'}; "
+        f"{policy.split.cold_share:.0%} of them cut to {policy.split.cold_history} training books (cold)"
     )
-    rows = compare.compare(
-        data,
-        training_params(settings),
-        policy.split,
-        policy.tuning_seconds if policy.tuning else None,
-        policy.tune_alpha,
-    )
+    search = Search(policy.tuning_trials, policy.tuning_seconds, policy.split.seed, policy.tune_blend)
+    rows = compare.compare(data, training_params(settings), policy.split, search if policy.tuning else None)
     print(compare.table(rows))
     if out is not None:
         csv_path, png_path = compare.write(rows, out, f"{books_csv.parent.name}: {data.num_interactions} interactions")

@@ -56,9 +56,12 @@ class Settings(BaseSettings):
     als_confidence: float = Field(default=_ALS.confidence, gt=0.0)
     als_rating_scale: float = Field(default=_ALS.rating_scale, ge=0.0)
     popularity_prior: float = Field(default=_TRAINING.popularity_prior, ge=0.0)
+    cf_prior: float = Field(default=_TRAINING.cf_prior, ge=0.0)
     # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
     tuning: Literal["auto", "off"] = "auto" if _QUALITY.tuning else "off"
-    tuning_seconds: float = Field(default=_QUALITY.tuning_seconds, ge=0.0)
+    tuning_trials: int = Field(default=_QUALITY.tuning_trials, ge=1, le=10_000)
+    retrain_trials: int = Field(default=_QUALITY.retrain_trials, ge=1, le=10_000)
+    tuning_seconds: float = Field(default=_QUALITY.tuning_seconds, gt=0.0)
     gate_tolerance: float = Field(default=_QUALITY.gate_tolerance, ge=0.0)
     eval_holdout: float = Field(default=_SPLIT.holdout, gt=0.0, lt=1.0)
     eval_min_positives: int = Field(default=_SPLIT.min_positives, ge=2)
@@ -98,6 +101,11 @@ class Settings(BaseSettings):
         if isinstance(alpha, float) and not 0.0 <= alpha <= 1.0:
             raise ValueError("must be between 0 and 1, or auto")
         return alpha
+
+    @property
+    def tunes_blend(self) -> bool:
+        """Alpha and the popularity prior are searched unless alpha is set to a number."""
+        return self.alpha == "auto" or "alpha" not in self.model_fields_set
 
     @property
     def start_alpha(self) -> float:

@@ -3,13 +3,15 @@
 Protocol: users with at least `min_positives` positive interactions (unrated, or rated at or above the like
 threshold) are eligible (a random sample of `max_users` of them when there are more); `holdout` of each eligible
 user's positives (at least one) are held out, chosen at random with `seed` or, with `by_time`, the most recent
-ones. Everything else trains. A ranker then recommends `k` books
-per eligible user from the books they have not interacted with in training, and the metrics compare them with the
-held-out books.
+ones. A share of the evaluated users (`cold_share`) forms the cold slice: their training history is cut to
+`cold_history` interactions chosen at random, the rest dropped. Everything else trains. A ranker then recommends
+`k` books per evaluated user from the books they have not interacted with in training, and the metrics compare
+them with the held-out books, for the other evaluated users (the warm slice) and for the cold slice apart.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,10 +33,15 @@ _DEFAULT = SplitParams()
 class Split:
     train: TrainingData
     held_out: dict[int, IntArray]  # user id -> held-out book ids
+    cold: frozenset[int] = frozenset()  # evaluated users whose training history was cut to a few interactions
 
     @property
     def num_users(self) -> int:
         return len(self.held_out)
+
+    def slice(self, cold: bool) -> dict[int, IntArray]:
+        """The held-out books of the cold slice's users, or of the others."""
+        return {user: books for user, books in self.held_out.items() if (user in self.cold) == cold}
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,29 @@ class RankingMetrics:
             "ndcg_at_10": self.ndcg_at_10,
             "coverage": self.coverage,
         }
+
+
+@dataclass(frozen=True)
+class Report:
+    """A ranking's metrics on the split: the warm slice (readers with their history) and the cold one."""
+
+    warm: RankingMetrics
+    cold: RankingMetrics
+
+    @property
+    def ndcg(self) -> float:
+        return self.warm.ndcg_at_10
+
+    @property
+    def ndcg_cold(self) -> float:
+        return self.cold.ndcg_at_10
+
+    def as_dict(self) -> dict[str, float]:
+        """The warm slice's metrics under their plain names (and coverage, over both), the cold slice's as
+        `*_cold`."""
+        cold = self.cold.as_dict()
+        del cold["coverage"]
+        return self.warm.as_dict() | {f"{name}_cold": value for name, value in cold.items()}
 
 
 def positives(data: TrainingData, like_threshold: float) -> npt.NDArray[np.bool_]:
@@ -72,9 +102,12 @@ def split(data: TrainingData, params: SplitParams = _DEFAULT) -> Split:
         eligible = np.sort(rng.choice(eligible, size=params.max_users, replace=False))
     test = np.zeros(data.num_interactions, dtype=bool)
     held_out: dict[int, IntArray] = {}
-    for user, start, end in zip(users[eligible], starts[eligible], ends[eligible], strict=True):
-        rows = order[start:end]
-        rows = rows[liked[rows]]
+    cold_count = round(len(eligible) * params.cold_share)
+    cold = set(rng.choice(len(eligible), size=cold_count, replace=False).tolist()) if cold_count else set()
+    cold_users = set()
+    for index, (user, start, end) in enumerate(zip(users[eligible], starts[eligible], ends[eligible], strict=True)):
+        everything = order[start:end]
+        rows = everything[liked[everything]]
         count = max(1, round(len(rows) * params.holdout))
         if params.by_time:
             chosen = rows[np.argsort(data.timestamps[rows], kind="stable")[-count:]]
@@ -82,17 +115,29 @@ def split(data: TrainingData, params: SplitParams = _DEFAULT) -> Split:
             chosen = rng.choice(rows, size=count, replace=False)
         test[chosen] = True
         held_out[int(user)] = np.sort(data.book_ids[chosen]).astype(np.int32)
-    return Split(train=data.subset(~test), held_out=held_out)
+        if index in cold:
+            training = np.setdiff1d(everything, chosen)
+            kept = rng.choice(training, size=min(params.cold_history, len(training)), replace=False)
+            test[np.setdiff1d(training, kept)] = True  # dropped: neither trained on nor held out
+            cold_users.add(int(user))
+    return Split(train=data.subset(~test), held_out=held_out, cold=frozenset(cold_users))
 
 
-def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> RankingMetrics:
-    """Precision, recall and NDCG at k averaged over the split's users, and catalogue coverage."""
-    if not split_.held_out:
+def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Report:
+    """Precision, recall and NDCG at k averaged over each slice's users; catalogue coverage over both."""
+    shown: set[int] = set()
+    warm = _metrics(rank, split_.slice(cold=False), k, shown)
+    cold = _metrics(rank, split_.slice(cold=True), k, shown)
+    coverage = len(shown) / max(catalogue_size, 1)
+    return Report(dataclasses.replace(warm, coverage=coverage), dataclasses.replace(cold, coverage=coverage))
+
+
+def _metrics(rank: Ranker, held_out: dict[int, IntArray], k: int, shown: set[int]) -> RankingMetrics:
+    if not held_out:
         return RankingMetrics(0.0, 0.0, 0.0, 0.0, 0)
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     precision = recall = ndcg = 0.0
-    shown: set[int] = set()
-    for user, relevant in split_.held_out.items():
+    for user, relevant in held_out.items():
         top = rank(user, k)[:k]
         shown.update(int(b) for b in top)
         hits = np.isin(top, relevant)
@@ -100,5 +145,5 @@ def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Ra
         recall += hits.sum() / len(relevant)
         ideal = discounts[: min(len(relevant), k)].sum()
         ndcg += float(discounts[: len(top)][hits].sum() / ideal)
-    n = len(split_.held_out)
-    return RankingMetrics(float(precision / n), float(recall / n), ndcg / n, len(shown) / max(catalogue_size, 1), n)
+    n = len(held_out)
+    return RankingMetrics(float(precision / n), float(recall / n), ndcg / n, 0.0, n)

@@ -31,8 +31,11 @@ _SPEED_ONLY = frozenset({"threads", "device"})
 class TrainingParams:
     als: ALSParams = field(default_factory=ALSParams)
     tfidf_max_features: int = 10_000
+    # The blend (see model/hybrid.py's Blend), a search's starting point: measured on the Goodreads sample and
+    # MovieLens (both slices), readers with three books want a little popularity and more content than CF.
     alpha: float = 0.6  # the CF weight of the blend: alpha * cf + (1 - alpha) * content
-    popularity_prior: float = 10.0  # liked books a user needs before their own scores outweigh popularity
+    popularity_prior: float = 2.0  # liked books a user needs before their own scores outweigh popularity
+    cf_prior: float = 3.0  # liked books a user needs before CF weighs as much as alpha says (content fills in)
 
     def as_dict(self) -> dict[str, Any]:
         """The knobs that shape the model, flat (what the registry and the artifact store)."""
@@ -42,6 +45,7 @@ class TrainingParams:
             "tfidf_max_features": self.tfidf_max_features,
             "alpha": self.alpha,
             "popularity_prior": self.popularity_prior,
+            "cf_prior": self.cf_prior,
         }
 
     def with_values(self, values: dict[str, Any]) -> TrainingParams:
@@ -54,7 +58,7 @@ class TrainingParams:
         top = {
             k: _like(getattr(self, k), v)
             for k, v in values.items()
-            if k in ("tfidf_max_features", "alpha", "popularity_prior")
+            if k in ("tfidf_max_features", "alpha", "popularity_prior", "cf_prior")
         }
         return dataclasses.replace(self, als=als, **top)
 
@@ -74,14 +78,22 @@ class SplitParams:
     by_time: bool = False
     like_threshold: float = 4.0
     max_users: int = 5000  # evaluate a random sample of the eligible users beyond this (metrics settle long before)
+    # The cold slice: this share of the evaluated users keeps only `cold_history` training interactions, chosen at
+    # random with the seed (the readers a hybrid exists for).
+    cold_share: float = 0.25
+    cold_history: int = 3
 
 
 @dataclass(frozen=True)
 class QualityPolicy:
-    """How a retrain measures and gates its candidate."""
+    """How a retrain measures and gates its candidate, and what its search may spend."""
 
     tuning: bool = True
-    tuning_seconds: float = 5.0
-    tune_alpha: bool = False
+    tuning_trials: int = 20  # fits a first version's search (and `recommender tune`) spends
+    retrain_trials: int = 2  # fits a later retrain's search spends, the best known configurations first
+    tuning_seconds: float = 900.0  # a cap on any search's time, whatever its trials
+    tune_blend: bool = True  # alpha and the popularity prior are searched too
     gate_tolerance: float = 0.01
+    # The gate looks at the cold slice only when it has this many readers (fewer say little).
+    gate_cold_users: int = 20
     split: SplitParams = field(default_factory=SplitParams)

@@ -1,5 +1,5 @@
 """Ranking many users at once, for evaluation: every book scored for a batch of users in a few matrix products,
-blended with the request path's `blend_weights`, and ranked by the blend or by one of its parts."""
+blended with the request path's `Blend`, and ranked by the blend or by one of its parts."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.model.cf import FloatArray, IntArray
-from recommender.model.hybrid import TIE_BREAK, History, HybridModel, blend_weights, top_k_rows
+from recommender.model.hybrid import TIE_BREAK, History, HybridModel, top_k_rows
 
 
 class Mode(StrEnum):
@@ -47,12 +47,7 @@ def score(model: HybridModel, histories: Sequence[History]) -> Scores:
     if rows and model.cf.num_items:
         raw = np.stack([v for v in vectors if v is not None]) @ model.cf.item_factors.T
         cf[rows] = _standardise(model.spread_cf(raw), candidates[rows], count[rows])
-    weights = blend_weights(
-        model.alpha,
-        model.popularity_prior,
-        [h.liked for h in histories],
-        [v is not None for v in vectors],
-    )
+    weights = model.blend.weights([h.liked for h in histories], [v is not None for v in vectors])
     blended = weights.cf[:, None] * cf + weights.content[:, None] * content
     if weights.popular.any():
         popular = _standardise(np.broadcast_to(model.popularity, (len(histories), n)), candidates, count)

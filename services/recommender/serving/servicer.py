@@ -79,6 +79,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     score=_rounded(book.score),
                     cf_score=_rounded(book.cf_score),
                     content_score=_rounded(book.content_score),
+                    because=[
+                        pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=_rounded(r.share))
+                        for r in book.because
+                    ],
                 )
                 for book in result.books
             ],

@@ -156,6 +156,9 @@ class Database:
     async def fetchrow(self, query: str, *args: object) -> asyncpg.Record | None:
         return await self._pool.fetchrow(query, *args)
 
+    async def execute_many(self, query: str, rows: list[tuple[object, ...]]) -> None:
+        await self._pool.executemany(query, rows)
+
     async def migrate(self) -> list[str]:
         """Applies the migrations not applied yet, in name order, each in its own transaction; returns them."""
         applied_now = []

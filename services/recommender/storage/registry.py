@@ -53,6 +53,16 @@ class VersionRecord:
         return self.evaluation.get("active", {})
 
 
+@dataclass(frozen=True)
+class TrialRecord:
+    """One configuration a search measured."""
+
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    score: float
+    seconds: float
+
+
 _COLUMNS = (
     "version, status, outcome, reason, params, data_sizes, metrics, evaluation, training_seconds, created_at, "
     "activated_at"
@@ -137,6 +147,28 @@ class Registry:
             "ORDER BY activated_at DESC NULLS LAST, version DESC"
         )
         return [_record(row) for row in rows]
+
+    async def add_trials(self, version: str | None, trials: list[TrialRecord]) -> None:
+        """Records a search's trials (`version`: the retrain's; None for a search of its own)."""
+        if not trials:
+            return
+        await self._db.execute_many(
+            "INSERT INTO tuning_trials (version, params, metrics, score, seconds) "
+            "VALUES ($1, $2::jsonb, $3::jsonb, $4, $5)",
+            [(version, json.dumps(t.params), json.dumps(t.metrics), t.score, t.seconds) for t in trials],
+        )
+
+    async def best_trials(self, limit: int = 3, days: int = 30) -> list[dict[str, Any]]:
+        """The parameters of the best distinct configurations measured in the last `days` (where the next search
+        starts)."""
+        rows = await self._db.fetch(
+            "SELECT params FROM (SELECT DISTINCT ON (params) params, score FROM tuning_trials "
+            "WHERE created_at > now() - make_interval(days => $2) ORDER BY params, score DESC) best "
+            "ORDER BY score DESC LIMIT $1",
+            limit,
+            days,
+        )
+        return [json.loads(row["params"]) for row in rows]
 
 
 async def _retire_active(conn: asyncpg.Connection) -> None:

@@ -22,16 +22,16 @@ import numpy as np
 from recommender.model.cf import cuda_available
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
-from recommender.model.evaluation import Split, split
+from recommender.model.evaluation import Report, Split, split
 from recommender.model.fit import TrainingCancelled, fit_content, new_version, train
 from recommender.model.hybrid import Catalogue
 from recommender.model.params import ALSParams, QualityPolicy, SplitParams, TrainingParams
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore, open_store, prune
 from recommender.storage.db import Database
-from recommender.storage.registry import Outcome, Registry, Status, VersionRecord
+from recommender.storage.registry import Outcome, Registry, Status, TrialRecord, VersionRecord
 from recommender.training.progress import RetrainControl
-from recommender.training.quality import Trial, fit_and_measure, tune
+from recommender.training.quality import Search, Trial, fit_and_measure, tune
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def training_params(settings: Settings) -> TrainingParams:
         tfidf_max_features=settings.tfidf_max_features,
         alpha=settings.start_alpha,
         popularity_prior=settings.popularity_prior,
+        cf_prior=settings.cf_prior,
     )
 
 
@@ -74,8 +75,10 @@ def train_device(settings: Settings) -> str:
 def quality_policy(settings: Settings) -> QualityPolicy:
     return QualityPolicy(
         tuning=settings.tuning == "auto",
+        tuning_trials=settings.tuning_trials,
+        retrain_trials=settings.retrain_trials,
         tuning_seconds=settings.tuning_seconds,
-        tune_alpha=settings.alpha == "auto",
+        tune_blend=settings.tunes_blend,
         gate_tolerance=settings.gate_tolerance,
         split=SplitParams(
             holdout=settings.eval_holdout,
@@ -179,7 +182,9 @@ class Trainer:
         the_split = split(data, self.policy.split)
         fitted_content = fit_content(data.books, self.params)
         control.stage("evaluating")
-        candidate, active_trial = self._candidate(the_split, fitted_content, active, should_stop)
+        earlier = [self.params.with_values(values) for values in await registry.best_trials()]
+        candidate, active_trial, tried = self._candidate(the_split, fitted_content, active, earlier, should_stop)
+        await registry.add_trials(version, [_trial_record(trial) for trial in tried])
         evaluation = {name: m.as_dict() for name, m in candidate.measured_parts(the_split).items()}
         before: dict[str, float] = {}
         if active_trial is not None:
@@ -200,12 +205,9 @@ class Trainer:
             metrics=after,
             evaluation=evaluation,
         )
-        tolerance = self.policy.gate_tolerance
-        if before and not control.force and after["ndcg_at_10"] < before["ndcg_at_10"] - tolerance:
-            reason = (
-                f"NDCG@10 {after['ndcg_at_10']:.4f} is below the active version's {before['ndcg_at_10']:.4f} "
-                f"by more than {tolerance:g}"
-            )
+        refusal = worse(candidate.metrics, active_trial.metrics, self.policy) if active_trial else ""
+        if refusal and not control.force:
+            reason = refusal
             seconds = time.perf_counter() - started
             rejected = dataclasses.replace(
                 record, status=Status.REJECTED, outcome=Outcome.REJECTED, reason=reason, training_seconds=seconds
@@ -240,44 +242,86 @@ class Trainer:
             log.warning("could not prune old versions: %s", exc)
         return RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after, snapshot.sizes)
 
+    async def search(self) -> tuple[Trial, list[Trial]]:
+        """A search of its own (`recommender tune`): a first version's budget on a fresh snapshot, its trials
+        recorded so that the next retrains start from the best of them; nothing is released."""
+        async with await Database.connect(self.dsn, max_size=2) as db:
+            registry = Registry(db)
+            data, active = await db.load_training_data(), await registry.active()
+            earlier = [self.params.with_values(values) for values in await registry.best_trials()]
+            the_split = split(data, self.policy.split)
+            fitted_content = fit_content(data.books, self.params)
+            start = self._params_of(active) if active else self.params
+            search = Search(
+                self.policy.tuning_trials, self.policy.tuning_seconds, self.policy.split.seed, self.policy.tune_blend
+            )
+            best, tried = tune(the_split, start, fitted_content, search, earlier=earlier)
+            await registry.add_trials(None, [_trial_record(trial) for trial in tried])
+            return best, tried
+
     def _candidate(
         self,
         the_split: Split,
         fitted_content: tuple[Catalogue, ContentModel],
         active: VersionRecord | None,
+        earlier: list[TrainingParams],
         should_stop: Callable[[], bool],
-    ) -> tuple[Trial, Trial | None]:
-        """The configuration to release, measured on the split, and the active configuration measured there too
-        (refitted on the split's training part: the active model itself has seen the held-out books)."""
+    ) -> tuple[Trial, Trial | None, list[Trial]]:
+        """The configuration to release, measured on the split; the active configuration measured there too
+        (refitted on the split's training part: the active model itself has seen the held-out books); and every
+        trial of the search."""
         active_params = self._params_of(active) if active else None
         active_trial = None
         if active_params is not None:
-            # Measured with its parts: with a short tuning budget it is often the one released.
+            # Measured with its parts: with a short search it is often the one released.
             active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop, parts=True)
         if not self.policy.tuning:
             if active_trial is not None and active_trial.params == self.params:
-                return active_trial, active_trial
-            return fit_and_measure(the_split, self.params, fitted_content, should_stop, parts=True), active_trial
-        best, fits = tune(
-            the_split,
-            active_params or self.params,
-            fitted_content,
+                return active_trial, active_trial, []
+            chosen = fit_and_measure(the_split, self.params, fitted_content, should_stop, parts=True)
+            return chosen, active_trial, []
+        search = Search(
+            self.policy.retrain_trials if active else self.policy.tuning_trials,
             self.policy.tuning_seconds,
-            self.policy.tune_alpha,
-            should_stop,
-            first=active_trial,
+            self.policy.split.seed,
+            self.policy.tune_blend,
         )
-        log.info("tuning chose %s after %d fits", best.params.as_dict(), fits)
-        return best, active_trial
+        best, tried = tune(
+            the_split, active_params or self.params, fitted_content, search, should_stop, active_trial, earlier
+        )
+        log.info("tuning chose %s after %d trials", best.params.as_dict(), len(tried))
+        return best, active_trial, tried
 
     def _params_of(self, active: VersionRecord) -> TrainingParams:
-        """The active version's choice, with this process's settings for what is not tuned."""
+        """The active version's choice, with this process's settings for what is not searched."""
         params = self.params.with_values(active.params)
-        if not self.policy.tune_alpha:
-            params = dataclasses.replace(params, alpha=self.params.alpha)
-        return dataclasses.replace(
-            params, tfidf_max_features=self.params.tfidf_max_features, popularity_prior=self.params.popularity_prior
+        if not self.policy.tune_blend:
+            params = dataclasses.replace(
+                params,
+                alpha=self.params.alpha,
+                popularity_prior=self.params.popularity_prior,
+                cf_prior=self.params.cf_prior,
+            )
+        return dataclasses.replace(params, tfidf_max_features=self.params.tfidf_max_features)
+
+
+def worse(after: Report, before: Report, policy: QualityPolicy) -> str:
+    """Why the gate refuses a candidate (empty: it does not): a loss of more than the tolerance on the warm slice,
+    or on the cold slice when it has enough readers to say."""
+    tolerance = policy.gate_tolerance
+    if after.ndcg < before.ndcg - tolerance:
+        return f"NDCG@10 {after.ndcg:.4f} is below the active version's {before.ndcg:.4f} by more than {tolerance:g}"
+    enough = min(after.cold.users, before.cold.users) >= policy.gate_cold_users
+    if enough and after.ndcg_cold < before.ndcg_cold - tolerance:
+        return (
+            f"NDCG@10 of readers with {policy.split.cold_history} books {after.ndcg_cold:.4f} is below the active "
+            f"version's {before.ndcg_cold:.4f} by more than {tolerance:g}"
         )
+    return ""
+
+
+def _trial_record(trial: Trial) -> TrialRecord:
+    return TrialRecord(trial.params.as_dict(), trial.metrics.as_dict(), trial.score, trial.seconds)
 
 
 async def _quietly(step: Awaitable[object]) -> None:
