@@ -22,6 +22,8 @@ import httpx
 import numpy as np
 import psutil
 
+from recommender.serving.telemetry import TARGETS_FILE, read_targets
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results"
@@ -71,6 +73,15 @@ class Service:
             if time.monotonic() > deadline:
                 raise SystemExit("the service did not become idle in time")
             time.sleep(0.5)
+
+    def metrics_url(self) -> str:
+        """The main process's Prometheus endpoint, from the targets file in the data folder."""
+        entries = read_targets(self.data_dir / "var" / TARGETS_FILE)
+        pid = str(self.process.pid)
+        mine = [e for e in entries if e["labels"].get("role") == "main" and e["labels"].get("pid") == pid]
+        if not mine:
+            raise SystemExit(f"the service lists no metrics endpoint: {entries}")
+        return f"http://{mine[0]['targets'][0]}/metrics"
 
     def rss_bytes(self) -> int:
         return int(psutil.Process(self.process.pid).memory_info().rss)
@@ -138,3 +149,32 @@ def write_results(name: str, title: str, columns: list[str], rows: list[list[obj
         writer.writerows(rows)
     print(text)
     return path
+
+
+# (x, label, colour) of a dashed vertical line, and (label, xs, ys in ms, colour, dot size) of a set of points
+Mark = tuple[float, str, str]
+Points = tuple[str, Sequence[float], Sequence[float], str, float]
+
+
+def latency_chart(name: str, title: str, xlabel: str, points: Sequence[Points], marks: Sequence[Mark]) -> None:
+    """bench/results/<name>.png: latencies (log scale) over time, with events marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(11, 4))
+    for label, xs, ys, colour, size in points:
+        if xs:
+            axis.scatter(xs, ys, s=size, color=colour, label=label)
+    for x, label, colour in marks:
+        axis.axvline(x, color=colour, linestyle="--", label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("latency, ms")
+    axis.set_yscale("log")
+    axis.legend(loc="upper right")
+    axis.set_title(title)
+    figure.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    figure.savefig(RESULTS / f"{name}.png", dpi=100)
+    plt.close(figure)

@@ -51,7 +51,7 @@ def main() -> int:
     for interactions in (int(n) for n in args.sizes.split(",")):
         size = Size(BOOKS, max(interactions // 20, 100), interactions)
         with service(size) as running:
-            metrics_url = "http://" + (running.data_dir / "var" / "metrics-address").read_text().strip() + "/metrics"
+            metrics_url = running.metrics_url()
             before = stage_seconds(metrics_url)
             started = time.perf_counter()
             assert httpx.post(f"{running.url}/api/v1/retrain", timeout=10).status_code == 200

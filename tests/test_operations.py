@@ -312,16 +312,18 @@ def test_during_an_outage_every_call_is_503_naming_the_database_and_the_log_stay
     stop()
     caplog.clear()
     caplog.set_level(logging.INFO)
+    once = RecommenderClient(running.target, max_attempts=1)  # each call one request (the usual client retries)
     calls: list[Callable[[], object]] = [
-        running.client.rollback,
-        running.client.list_models,
-        lambda: running.client.user_interactions(2),
-        *[lambda: running.client.record_interactions([pb.InteractionInput(user_id=5, book_id=1)])] * 20,
+        once.rollback,
+        once.list_models,
+        lambda: once.user_interactions(2),
+        *[lambda: once.record_interactions([pb.InteractionInput(user_id=5, book_id=1)])] * 20,
     ]
     for call in calls:
         code, message = status_of(call)
         assert code == grpc.StatusCode.UNAVAILABLE, message
         assert "PostgreSQL at" in message and "cannot" in message, message
+    once.close()
     assert running.client.recommend(user_id=2, limit=3).recommendations  # serving goes on
     failed = [r for r in caplog.records if "answered UNAVAILABLE" in r.getMessage()]
     assert len(failed) == len(calls)  # one line per failed request

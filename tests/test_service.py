@@ -24,6 +24,8 @@ from recommender.settings import Settings
 from recommender.storage.db import Database
 from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult, make_trainer
+from recommender.v1 import recommender_pb2 as pb
+from recommender.v1 import recommender_pb2_grpc as pb_grpc
 from tests.conftest import SMALL_DEMO, ModelBuilder, RunningService, StartService, wait_for
 
 
@@ -338,3 +340,57 @@ def test_a_damaged_active_version_is_marked_failed_and_start_up_serves_the_one_b
     time.sleep(4.5)  # two polls of the registry: the damage is said once, not every 2 s
     assert sum("failed verification" in r.getMessage() for r in caplog.records) == 1
     assert status_of(lambda: second.client.rollback(damaged))[0] == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_right_after_a_retrain_nobody_is_newer_than_the_model(
+    trained_service: RunningService, settings: Settings
+) -> None:
+    """The model's snapshot says exactly what it includes: a freshly trained one folds in nobody and re-encodes
+    no book (before, everything written within a minute of the snapshot counted as newer)."""
+    fresh = trained_service.service._fresh
+    assert fresh is not None
+    wait_for(lambda: fresh.stale_users == 0 and fresh.added_books == 0, timeout=10)
+    add_interactions(settings, [Interaction(3, 7, 5.0)])
+    wait_for(lambda: fresh.stale_users == 1, timeout=5)  # exactly the one who wrote
+    trained_service.client.retrain()
+    wait_until_idle(trained_service)
+    wait_for(lambda: fresh.stale_users == 0, timeout=10)  # the new snapshot has them
+
+
+def test_concurrent_calls_are_answered_in_batches_each_as_it_would_be_alone(
+    start_service: StartService, settings: Settings
+) -> None:
+    running = start_service(settings_=settings.model_copy(update={"batch_wait_ms": 20.0}))
+    wait_for(lambda: running.model is not None and not running.retrain.running)
+    registry = running.service.metrics.registry
+    users = [*range(1, 25), 123_456]  # known users and one the model does not have
+    books = [*range(1, 25), 999_999]  # and one not in the catalogue
+
+    def batched(method: str) -> bool:
+        """Whether any batch of `method` so far held more than one call."""
+        calls = registry.get_sample_value("recommender_batch_size_count", {"method": method}) or 0.0
+        singles = registry.get_sample_value("recommender_batch_size_bucket", {"method": method, "le": "1.0"}) or 0.0
+        return calls > singles
+
+    async def main() -> None:
+        async with grpc.aio.insecure_channel(running.target) as channel:
+            stub = pb_grpc.RecommenderStub(channel)
+
+            async def similar(book: int) -> pb.SimilarBooksResponse | grpc.StatusCode:
+                try:
+                    return await stub.SimilarBooks(pb.SimilarBooksRequest(book_id=book, limit=5))
+                except grpc.aio.AioRpcError as error:
+                    return error.code()
+
+            alone = [await stub.Recommend(pb.RecommendRequest(user_id=user, limit=7)) for user in users]
+            similar_alone = [await similar(book) for book in books]
+            assert similar_alone[-1] == grpc.StatusCode.NOT_FOUND
+            for _round in range(30):  # calls sent together arrive together, usually in the first round
+                answers = [stub.Recommend(pb.RecommendRequest(user_id=user, limit=7)) for user in users]
+                assert list(await asyncio.gather(*answers)) == alone
+                assert list(await asyncio.gather(*(similar(book) for book in books))) == similar_alone
+                if batched("Recommend") and batched("SimilarBooks"):
+                    return
+
+    asyncio.run(main())
+    assert batched("Recommend") and batched("SimilarBooks")

@@ -43,7 +43,8 @@ def _service_config(max_attempts: int) -> str:
 
 
 class RecommenderClient:
-    """`credential`: the admin key (or a JWT), sent as `authorization: Bearer <credential>` with every call."""
+    """`credential`: the admin key (or a JWT), sent as `authorization: Bearer <credential>` with every call.
+    `max_attempts`: tries of a call answered UNAVAILABLE (1: no retries)."""
 
     def __init__(
         self,
@@ -55,10 +56,8 @@ class RecommenderClient:
     ) -> None:
         self.timeout = timeout
         self._metadata = (("authorization", f"Bearer {credential}"),) if credential else ()
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))],
-        )
+        retries = [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(max_attempts))]
+        self._channel = grpc.insecure_channel(target, options=retries if max_attempts > 1 else [])
         self._stub = pb_grpc.RecommenderStub(self._channel)
 
     def recommend(

@@ -82,9 +82,12 @@ class Settings(BaseSettings):
     retrain_schedule: str | None = None
     retrain_min_new_interactions: int = Field(default=0, ge=0)
     metrics_host: str = "127.0.0.1"
-    # 0: a free port, logged and written to <data_dir>/metrics-address.
+    # 0: a free port, logged and listed in <data_dir>/metrics-targets.json.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
+    # Dynamic batching of Recommend and SimilarBooks: how long a request waits for others, and how many at most.
+    batch_wait_ms: float = Field(default=0.0, ge=0.0, le=100.0)
+    batch_max: int = Field(default=32, ge=1, le=1024)
     # Serving processes behind Envoy: the main one (which also retrains) and workers that follow its versions.
     workers: int = Field(default=1, ge=1, le=64)
     tfidf_max_features: int = Field(default=_TRAINING.tfidf_max_features, ge=1, le=1_000_000)

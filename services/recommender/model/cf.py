@@ -15,6 +15,7 @@ from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import TrainingData
 from recommender.model.params import ALSParams
+from recommender.model.products import ExactProduct
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -57,9 +58,14 @@ class CFModel:
         start, end = self.user_items.indptr[row], self.user_items.indptr[row + 1]
         return self.user_items.indices[start:end], self.user_items.data[start:end]
 
-    def scores(self, row: int) -> FloatArray:
-        """Predicted preference of the user for every item."""
-        return self.item_factors @ self.user_factors[row]
+    def scores(self, user_factors: FloatArray) -> FloatArray:
+        """Predicted preference for every item (columns) of each row of user factors, each row the same whatever
+        the other rows (model/products.py)."""
+        return self._preference(user_factors)
+
+    @cached_property
+    def _preference(self) -> ExactProduct:
+        return ExactProduct.of(self.item_factors)
 
     def fold_in(self, items: IntArray, weights: FloatArray) -> FloatArray | None:
         """The user factors ALS would give a history of `items` (CF item indices) with these `weights`, the item

@@ -4,6 +4,7 @@ books they liked."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import Book
+from recommender.model.products import ExactProduct
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -61,10 +63,15 @@ class ContentModel:
         return np.asarray(weights.astype(np.float32) @ self.vectors[positions], dtype=np.float32)
 
     def scores(self, profiles: FloatArray) -> FloatArray:
-        """Cosine similarity of every book (columns) to each profile (rows); a zero profile scores 0 everywhere."""
+        """Cosine similarity of every book (columns) to each profile (rows); a zero profile scores 0 everywhere.
+        Each row is the same whatever the other rows (model/products.py)."""
         norms = np.linalg.norm(profiles, axis=1, keepdims=True)
-        unit = (profiles / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-        return np.asarray(unit @ self.vectors.T, dtype=np.float32)
+        return self.similarity((profiles / np.where(norms > 0, norms, 1.0)).astype(np.float32))
+
+    @cached_property
+    def similarity(self) -> ExactProduct:
+        """Dot products with every book's vector."""
+        return ExactProduct.of(self.vectors)
 
 
 def _vectorizer(**options: object) -> TfidfVectorizer:

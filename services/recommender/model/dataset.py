@@ -40,6 +40,7 @@ class TrainingData:
     book_ids: npt.NDArray[np.int32]
     ratings: npt.NDArray[np.float32]  # NaN where the user did not rate the book
     timestamps: npt.NDArray[np.float64]  # Unix seconds of the first interaction
+    snapshot: str = ""  # the database snapshot it was read in (PostgreSQL's pg_snapshot), "" when not from one
 
     @property
     def num_interactions(self) -> int:
@@ -65,5 +66,10 @@ class TrainingData:
     def subset(self, keep: npt.NDArray[np.bool_]) -> TrainingData:
         """The same catalogue with the interactions where `keep` is True."""
         return TrainingData(
-            self.books, self.user_ids[keep], self.book_ids[keep], self.ratings[keep], self.timestamps[keep]
+            self.books,
+            self.user_ids[keep],
+            self.book_ids[keep],
+            self.ratings[keep],
+            self.timestamps[keep],
+            self.snapshot,
         )

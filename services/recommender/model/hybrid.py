@@ -16,7 +16,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from functools import cached_property
 
@@ -28,6 +28,7 @@ from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weig
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
 from recommender.model.params import TrainingParams
+from recommender.model.products import ExactProduct
 
 # (book_id, rating or None) of everything a user did, read from the database.
 UserHistory = Sequence[tuple[int, float | None]]
@@ -95,6 +96,13 @@ class ScoredBook:
 
 
 @dataclass(frozen=True)
+class Request:
+    user_id: int
+    limit: int
+    fresh_history: UserHistory | None = None  # everything the user did, when it is newer than the model
+
+
+@dataclass(frozen=True)
 class Recommendations:
     strategy: Strategy
     books: list[ScoredBook]
@@ -107,6 +115,7 @@ class ModelMeta:
     training_seconds: float
     params: TrainingParams = field(default_factory=TrainingParams)  # what training chose
     metrics: dict[str, float] = field(default_factory=dict)  # offline metrics of this configuration
+    snapshot: str = ""  # the database snapshot its data was read in ("": unknown, anything may be newer)
 
 
 @dataclass(frozen=True)
@@ -211,11 +220,6 @@ class HybridModel:
     def num_books(self) -> int:
         return len(self.catalogue.book_ids)
 
-    @property
-    def data_as_of(self) -> datetime:
-        """A moment no later than the model's data snapshot: what changed since may be missing from it."""
-        return self.meta.trained_at - timedelta(seconds=self.meta.training_seconds)
-
     def history(self, user_id: int, fresh_history: UserHistory | None = None) -> History:
         """The model's record of the user; or, when given, `fresh_history` (everything the user did, newer than
         the model), with CF factors folded in from it."""
@@ -294,28 +298,50 @@ class HybridModel:
         return HybridModel.assemble(self.meta, catalogue, self.cf, merged)
 
     def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
-        """Books like `book_id`, best first: cosine similarity of item factors and of content vectors, each a
-        z-score over the other books, blended with alpha (content alone for a book CF does not have); None when
-        the book is not in the catalogue."""
-        position = self.catalogue.position(book_id)
-        if position is None:
-            return None
-        others = np.array([position], dtype=np.int32)
-        count = self.num_books - 1
-        content_z = _Standardised(self.content.vectors @ self.content.vectors[position], others, count)
-        item = int(self._item_of_position[position])
-        raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
-        if item >= 0:
-            unit = self._unit_item_factors
-            raw[self.cf_positions] = unit @ unit[item]
-        weights = Blend(self.alpha).weights(0, has_cf=item >= 0)
-        cf_z = _Standardised(raw, others, count)
-        return self._ranked(Strategy.HYBRID, weights, cf_z, content_z, None, others, limit).books
+        """Books like `book_id`, best first (see `similar_many`); None when the book is not in the catalogue."""
+        return self.similar_many([(book_id, limit)])[0]
+
+    def similar_many(self, requests: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
+        """For each (book id, limit): the books like it, best first: cosine similarity of item factors and of
+        content vectors, each a z-score over the other books, blended with alpha (content alone for a book CF does
+        not have); None for a book not in the catalogue. The products are computed for all requests together, and
+        an answer is the same alone or in a batch."""
+        positions = {
+            i: p for i, (book_id, _limit) in enumerate(requests) if (p := self.catalogue.position(book_id)) is not None
+        }
+        rows = list(positions.values())
+        content = self.content.similarity(self.content.vectors[rows])
+        items = {i: item for i, p in positions.items() if (item := int(self._item_of_position[p])) >= 0}
+        cf = self._item_similarity(self._item_similarity_rows[list(items.values())]) if items else None
+        cf_row = {i: row for row, i in enumerate(items)}
+        content_row = {i: row for row, i in enumerate(positions)}
+        answers: list[list[ScoredBook] | None] = []
+        for i, (_book_id, limit) in enumerate(requests):
+            if i not in positions:
+                answers.append(None)
+                continue
+            itself = np.array([positions[i]], dtype=np.int32)
+            count = self.num_books - 1
+            content_z = _Standardised(content[content_row[i]], itself, count)
+            raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
+            if cf is not None and i in cf_row:
+                raw[self.cf_positions] = cf[cf_row[i]]
+            weights = Blend(self.alpha).weights(0, has_cf=i in cf_row)
+            cf_z = _Standardised(raw, itself, count)
+            parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content))]
+            best, scores = self._ordered(self._ranked(parts, itself, limit), parts)
+            answers.append(self._books(best, scores, cf_z.at(best), content_z.at(best)))
+        return answers
 
     @cached_property
-    def _unit_item_factors(self) -> FloatArray:
+    def _item_similarity_rows(self) -> FloatArray:
+        """Item factors scaled to unit length: their dot products are cosine similarities."""
         norms = np.linalg.norm(self.cf.item_factors, axis=1, keepdims=True)
         return (self.cf.item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+    @cached_property
+    def _item_similarity(self) -> ExactProduct:
+        return ExactProduct.of(self._item_similarity_rows)
 
     def spread_cf(self, raw: FloatArray) -> FloatArray:
         """CF scores (of the CF items, in the last axis) spread over the catalogue; books nobody read score as
@@ -334,151 +360,182 @@ class HybridModel:
                 profiles[i] = self.content.profile(h.seen, np.maximum(h.weights, 0.0))
         return self.content.scores(profiles)
 
+    def cf_raw(self, vectors: FloatArray) -> FloatArray:
+        """CF scores of every book (spread over the catalogue) for each row of user factors."""
+        return self.spread_cf(self.cf.scores(vectors))
+
     def recommend(
         self, user_id: int, limit: int, fresh_history: UserHistory | None = None, explain: bool = True
     ) -> Recommendations:
-        """Top `limit` books the user has not interacted with, best first, in as few passes over the catalogue as
-        the maths allows (a request's hot path); model/ranking.py ranks many users the same way at once.
+        """Top `limit` books the user has not interacted with, best first (see `recommend_many`).
 
         `fresh_history`: everything the user did, when it is newer than the model (see `history`). `explain`: each
         book with the reader's books it comes from (`because`).
         """
-        history = self.history(user_id, fresh_history)
+        return self.recommend_many([Request(user_id, limit, fresh_history)], explain)[0]
+
+    def recommend_many(self, requests: Sequence[Request], explain: bool = True) -> list[Recommendations]:
+        """Each request's answer, the users' CF and content scores of every book computed together (one matrix
+        product each, what a request's hot path spends most on); a request's answer is the same alone or in a
+        batch. The rest per user, in as few passes over the catalogue as the maths allows; model/ranking.py ranks
+        many users the same way for evaluation."""
+        histories = [self.history(r.user_id, r.fresh_history) for r in requests]
+        with_history = [i for i, h in enumerate(histories) if len(h.seen)]
+        content = self.content_raw([histories[i] for i in with_history])
+        vectors = {i: v for i in with_history if (v := histories[i].user_vector(self.cf)) is not None}
+        cf = self.cf_raw(np.stack(list(vectors.values()))) if vectors else np.zeros((0, self.num_books), np.float32)
+        content_of = {i: content[row] for row, i in enumerate(with_history)}
+        cf_of = {i: cf[row] for row, i in enumerate(vectors)}
+        return [
+            self._recommend(histories[i], content_of[i], cf_of.get(i), r.limit, explain)
+            if i in content_of
+            else self._popular(r.limit)
+            for i, r in enumerate(requests)
+        ]
+
+    def _recommend(
+        self, history: History, content: FloatArray, cf: FloatArray | None, limit: int, explain: bool
+    ) -> Recommendations:
         seen = np.unique(history.seen)
         candidates = self.num_books - len(seen)
-        if len(seen) == 0:
-            return self._popular(limit)
-        content_z = _Standardised(self.content_raw([history])[0], seen, candidates)
-        user_vector = history.user_vector(self.cf)
-        if user_vector is None:
-            strategy, raw = Strategy.CONTENT, np.zeros(self.num_books, dtype=np.float32)
-        else:
-            strategy, raw = Strategy.HYBRID, self.spread_cf(self.cf.item_factors @ user_vector)
-        weights = self.blend.weights(history.liked, has_cf=user_vector is not None)
-        popular_z = _Standardised(self.popularity, seen, candidates)
-        cf_z = _Standardised(raw, seen, candidates)
-        answer = self._ranked(strategy, weights, cf_z, content_z, popular_z, seen, limit)
-        return self._explained(answer, history, weights, cf_z, content_z) if explain else answer
+        content_z = _Standardised(content, seen, candidates)
+        weights = self.blend.weights(history.liked, has_cf=cf is not None)
+        popular_z = _Standardised(self.popularity, seen, candidates, self._popularity_sums)
+        cf_z = _Standardised(self._no_cf if cf is None else cf, seen, candidates)
+        parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content)), (popular_z, float(weights.popular))]
+        best, scores = self._ordered(self._ranked(parts, seen, limit), parts)
+        because = self._because(best, history, weights, cf_z, content_z) if explain else None
+        strategy = Strategy.CONTENT if cf is None else Strategy.HYBRID
+        return Recommendations(strategy, self._books(best, scores, cf_z.at(best), content_z.at(best), because))
 
-    def _explained(
+    def _because(
         self,
-        answer: Recommendations,
+        positions: IntArray,
         history: History,
         weights: BlendWeights,
         cf_z: _Standardised,
         content_z: _Standardised,
         shown: int = 3,
-    ) -> Recommendations:
-        """Each recommendation with the reader's books it comes from most: what each liked book gives its score
-        through CF (implicit's explanation of ALS, in the z-score's units and the blend's weight) and through
-        content (its share of the profile's cosine similarity, likewise), the larger part named."""
+    ) -> list[tuple[Reason, ...]] | None:
+        """For each recommended book (at catalogue `positions`), the reader's books it comes from most: what each
+        liked book gives its score through CF (implicit's explanation of ALS, in the z-score's units and the
+        blend's weight) and through content (its share of the profile's cosine similarity, likewise), the larger
+        part named. None for a reader who liked nothing."""
         liked = history.weights > 0
-        books, book_weights = history.seen[liked], history.weights[liked]
-        if len(books) == 0 or not answer.books:
-            return answer
-        targets = self.catalogue.positions([book.book_id for book in answer.books])
-        profile = self.content.profile(books, book_weights)
-        norm = float(np.linalg.norm(profile)) or 1.0
-        content = self.content.vectors[targets] @ self.content.vectors[books].T
-        content *= book_weights * np.float32(content_z.inverse * float(weights.content) / norm)
+        mine, my_weights = history.seen[liked], history.weights[liked]
+        if len(mine) == 0 or len(positions) == 0:
+            return None
+        norm = float(np.linalg.norm(self.content.profile(mine, my_weights))) or 1.0
+        content = self.content.vectors[positions] @ self.content.vectors[mine].T
+        content *= my_weights * np.float32(content_z.inverse * float(weights.content) / norm)
         cf = np.zeros_like(content)
-        items, target_items = self._item_of_position[books], self._item_of_position[targets]
+        items, target_items = self._item_of_position[mine], self._item_of_position[positions]
         known, reachable = items >= 0, target_items >= 0
         if float(weights.cf) > 0 and known.any() and reachable.any():
-            given = self.cf.explain(items[known], book_weights[known], target_items[reachable])
+            given = self.cf.explain(items[known], my_weights[known], target_items[reachable])
             cf[np.ix_(reachable, known)] = given * np.float32(cf_z.inverse * float(weights.cf))
         total = np.maximum(cf, 0.0) + np.maximum(content, 0.0)
-        wholes = total.sum(axis=1)
+        wholes = total.sum(axis=1, keepdims=True)
         best = np.argsort(-total, axis=1, kind="stable")[:, :shown]
-        books_shown = books[best]
-        by_cf = np.take_along_axis(cf, best, axis=1) >= np.take_along_axis(content, best, axis=1)
-        shares = np.take_along_axis(total, best, axis=1) / np.where(wholes > 0, wholes, 1.0)[:, None]
-        ids, titles = self.catalogue.book_ids, self.catalogue.titles
-        return Recommendations(
-            answer.strategy,
-            [
-                ScoredBook(
-                    book.book_id,
-                    book.title,
-                    book.authors,
-                    book.score,
-                    book.cf_score,
-                    book.content_score,
-                    tuple(
-                        Reason(int(ids[p]), titles[p], "cf" if from_cf else "content", float(share))
-                        for p, from_cf, share in zip(books_shown[row], by_cf[row], shares[row], strict=True)
-                        if share > 0
-                    ),
-                )
-                for row, book in enumerate(answer.books)
-            ],
-        )
+        rows = np.arange(len(positions))[:, None]
+        shares = (total[rows, best] / np.where(wholes > 0, wholes, 1.0)).tolist()
+        parts = np.where(cf[rows, best] >= content[rows, best], "cf", "content").tolist()
+        sources = mine[best]
+        ids, rows_of, titles = self.catalogue.book_ids[sources].tolist(), sources.tolist(), self.catalogue.titles
+        return [
+            tuple(
+                Reason(book_id, titles[source], part, share)
+                for book_id, source, part, share in zip(ids[row], rows_of[row], parts[row], shares[row], strict=True)
+                if share > 0
+            )
+            for row in range(len(positions))
+        ]
 
     def _popular(self, limit: int) -> Recommendations:
         """For a user with no history: the most liked books, scored by popularity."""
-        best = top_k_rows((self.popularity + TIE_BREAK * self.popularity)[None, :], [min(limit, self.num_books)])[0]
-        return Recommendations(
-            Strategy.POPULAR, [self._scored(int(p), float(self.popularity[p]), 0.0, 0.0) for p in best]
-        )
+        best = top_k_rows(self._tie_broken_popularity[None, :], [min(limit, self.num_books)])[0]
+        zeros = np.zeros(len(best))
+        return Recommendations(Strategy.POPULAR, self._books(best, self.popularity[best], zeros, zeros))
 
-    def _ranked(
-        self,
-        strategy: Strategy,
-        weights: BlendWeights,
-        cf_z: _Standardised,
-        content_z: _Standardised,
-        popular_z: _Standardised | None,
-        seen: IntArray,
-        limit: int,
-    ) -> Recommendations:
-        """The `limit` best books by the blend of the standardised parts, `seen` excluded."""
-        parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content))]
-        if popular_z is not None:
-            parts.append((popular_z, float(weights.popular)))
+    def _ranked(self, parts: Sequence[tuple[_Standardised, float]], seen: IntArray, limit: int) -> IntArray:
+        """The catalogue positions of the `limit` best books by the weighted sum of the standardised `parts`,
+        `seen` excluded, in the order of that sum (popularity breaks ties)."""
         ranking = TIE_BREAK * self.popularity
         for z, weight in parts:
             if weight:
-                ranking = ranking + z.scaled(weight)
-        ranking = ranking.astype(np.float32, copy=True)
+                ranking += z.values * np.float32(weight * z.inverse)  # the z-score less a constant: same order
         ranking[seen] = -np.inf
-        best = top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
-        top = [(int(p), sum(weight * z.at(int(p)) for z, weight in parts)) for p in best]
-        # The scores shown are computed apart from the ranking vector: order by them, so that the answer always
-        # reads best first (the two orders differ only where float rounding meets a near-tie).
-        top.sort(key=lambda item: (-item[1], -self.popularity[item[0]]))
-        return Recommendations(strategy, [self._scored(p, score, cf_z.at(p), content_z.at(p)) for p, score in top])
+        return top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
 
-    def _scored(self, position: int, score: float, cf: float, content: float) -> ScoredBook:
-        return ScoredBook(
-            book_id=int(self.catalogue.book_ids[position]),
-            title=self.catalogue.titles[position],
-            authors=self.catalogue.authors[position],
-            score=score,
-            cf_score=cf,
-            content_score=content,
-        )
+    def _ordered(
+        self, best: IntArray, parts: Sequence[tuple[_Standardised, float]]
+    ) -> tuple[IntArray, npt.NDArray[np.float64]]:
+        """The books at `best` and their blended scores, in the order of those scores. The scores shown are
+        computed apart from the ranking vector (in float64, from the z-scores) and the books ordered by them, so
+        that an answer always reads best first (the two orders differ only where float rounding meets a near-tie;
+        popularity breaks ties)."""
+        scores = sum((weight * z.at(best) for z, weight in parts), np.zeros(len(best)))
+        order = np.lexsort((-self.popularity[best], -scores))
+        return best[order], scores[order]
+
+    def _books(
+        self,
+        positions: IntArray,
+        scores: npt.ArrayLike,
+        cf: npt.ArrayLike,
+        content: npt.ArrayLike,
+        because: list[tuple[Reason, ...]] | None = None,
+    ) -> list[ScoredBook]:
+        titles, authors = self.catalogue.titles, self.catalogue.authors
+        return [
+            ScoredBook(book_id, titles[p], authors[p], score, cf_score, content_score, reasons)
+            for book_id, p, score, cf_score, content_score, reasons in zip(
+                self.catalogue.book_ids[positions].tolist(),
+                positions.tolist(),
+                np.asarray(scores, dtype=np.float64).tolist(),
+                np.asarray(cf, dtype=np.float64).tolist(),
+                np.asarray(content, dtype=np.float64).tolist(),
+                because or [()] * len(positions),
+                strict=True,
+            )
+        ]
+
+    @cached_property
+    def _tie_broken_popularity(self) -> FloatArray:
+        return self.popularity + TIE_BREAK * self.popularity
+
+    @cached_property
+    def _popularity_sums(self) -> tuple[float, float]:
+        return _sums(self.popularity)
+
+    @cached_property
+    def _no_cf(self) -> FloatArray:
+        """CF scores of a reader CF does not know: none."""
+        return np.zeros(self.num_books, dtype=np.float32)
 
 
 class _Standardised:
     """One user's scores of every book as z-scores over their candidates, without a pass per step: the mean and
-    spread come from sums over all books less the books the user has."""
+    spread come from sums over all books (`totals`, when known) less the books the user has."""
 
-    def __init__(self, values: FloatArray, seen: IntArray, count: int) -> None:
+    def __init__(
+        self, values: FloatArray, seen: IntArray, count: int, totals: tuple[float, float] | None = None
+    ) -> None:
         self.values = values
+        total, squares = _sums(values) if totals is None else totals
         excluded = values[seen].astype(np.float64)
-        total = float(values.sum(dtype=np.float64)) - float(excluded.sum())
-        squares = float(np.dot(values, values)) - float(np.dot(excluded, excluded))
-        self.mean = total / max(count, 1)
-        variance = squares / max(count, 1) - self.mean**2
+        self.mean = (total - float(excluded.sum())) / max(count, 1)
+        variance = (squares - float(np.dot(excluded, excluded))) / max(count, 1) - self.mean**2
         spread = math.sqrt(variance) if variance > 0 else 0.0
         self.inverse = 1.0 / spread if spread > 1e-9 else 0.0
 
-    def scaled(self, weight: float) -> FloatArray:
-        """`weight` times the z-scores, less a constant (which no ranking minds)."""
-        return (self.values * np.float32(weight * self.inverse)).astype(np.float32)
+    def at(self, positions: IntArray) -> npt.NDArray[np.float64]:
+        return (self.values[positions].astype(np.float64) - self.mean) * self.inverse
 
-    def at(self, position: int) -> float:
-        return (float(self.values[position]) - self.mean) * self.inverse
+
+def _sums(values: FloatArray) -> tuple[float, float]:
+    """The sum and the sum of squares of `values`."""
+    return float(values.sum(dtype=np.float64)), float(np.dot(values, values))
 
 
 def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool:
@@ -491,20 +548,36 @@ def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool
 
 
 def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
-    """Each row's `ks[i]` best positions, best first (ties: the lower position first). One partition of the whole
-    matrix finds each row's k-th best value (partitioning values is about twice as fast as partitioning indices),
-    then each row sorts the few at or above it."""
-    width = ranking.shape[1]
-    k = max(ks, default=0)
-    if k <= 0 or width == 0:
+    """Each row's `ks[i]` best positions, best first (ties: the lower position first). Each row sorts the few
+    values at or above a bar that at least k of its values reach (`_bars`)."""
+    k = min(max(ks, default=0), ranking.shape[1])
+    if k <= 0:
         return [np.zeros(0, dtype=np.int32) for _ in ks]
-    threshold = np.partition(ranking, width - k, axis=1)[:, width - k]
     tops = []
-    for row, limit, bar in zip(ranking, ks, threshold, strict=True):
+    for row, limit, bar in zip(ranking, ks, _bars(ranking, k), strict=True):
         best = np.flatnonzero(row >= bar)
         best = best[np.argsort(-row[best], kind="stable")][:limit]
         tops.append(best.astype(np.int32))
     return tops
+
+
+# Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
+BAR_GROUPS = 256
+
+
+def _bars(ranking: FloatArray, k: int) -> FloatArray:
+    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below:
+    the k-th largest of the maxima of BAR_GROUPS interleaved groups (the k groups with the largest maxima each hold
+    a value at or above it). Four times as fast as partitioning the row for the k-th best value itself (14 against
+    60 us for 10,000 books), and the values above the bar are few."""
+    rows, width = ranking.shape
+    if k > BAR_GROUPS or width < BAR_GROUPS:
+        return np.partition(ranking, width - k, axis=1)[:, width - k]
+    whole = width - width % BAR_GROUPS
+    maxima = ranking[:, :whole].reshape(rows, -1, BAR_GROUPS).max(axis=1)
+    rest = width - whole
+    maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
+    return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
 
 
 def warm(model: HybridModel) -> None:

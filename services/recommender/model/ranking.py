@@ -45,8 +45,8 @@ def score(model: HybridModel, histories: Sequence[History]) -> Scores:
     vectors = [h.user_vector(model.cf) for h in histories]
     rows = [i for i, v in enumerate(vectors) if v is not None]
     if rows and model.cf.num_items:
-        raw = np.stack([v for v in vectors if v is not None]) @ model.cf.item_factors.T
-        cf[rows] = _standardise(model.spread_cf(raw), candidates[rows], count[rows])
+        raw = model.cf_raw(np.stack([v for v in vectors if v is not None]))
+        cf[rows] = _standardise(raw, candidates[rows], count[rows])
     weights = model.blend.weights([h.liked for h in histories], [v is not None for v in vectors])
     blended = weights.cf[:, None] * cf + weights.content[:, None] * content
     if weights.popular.any():

@@ -15,17 +15,13 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from datetime import timedelta
 
-from recommender.model.hybrid import HybridModel, UserHistory
+from recommender.model.dataset import Book
+from recommender.model.hybrid import HybridModel, UserHistory, warm
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind
 
 log = logging.getLogger(__name__)
-
-# Clocks of the trainer and the database may disagree by this much: changes that close to the snapshot count as
-# newer than it (which costs a fold-in, never a wrong answer).
-CLOCK_MARGIN = timedelta(seconds=60)
 
 
 class FreshData:
@@ -71,6 +67,18 @@ class FreshData:
         if model is not self._target:
             self._target = model
             self._wake.set()
+
+    @property
+    def stale_users(self) -> int:
+        """Users known to be newer than the served model (answered from their current history); -1: all may be."""
+        return -1 if self._any_user else len(self._users)
+
+    @property
+    def added_books(self) -> int:
+        """Books the served catalogue has beyond the model's own (added or changed since its snapshot)."""
+        if self._extended is None or self._synced is None:
+            return 0
+        return max(self._extended.num_books - self._synced.num_books, 0) or int(self._extended is not self._synced)
 
     def serving(self, model: HybridModel) -> HybridModel:
         """`model` with the books added or changed since its snapshot (once they are known)."""
@@ -140,13 +148,17 @@ class FreshData:
                 self._wake.set()
 
     async def _sync(self, model: HybridModel) -> None:
-        since = model.data_as_of - CLOCK_MARGIN
         number = self._syncs[0] + 1
         self._syncs = (number, self._syncs[1])
         self._noticed, self._all_noticed = set(), False
-        users = await self._db.users_changed_since(since)
-        books = await self._db.books_changed_since(since)
-        extended = await asyncio.to_thread(model.with_books, books)
+        snapshot = model.meta.snapshot
+        if not snapshot:  # a model that does not say what its data includes: everyone may be newer
+            self._noticed, self._all_noticed = set(), True
+            users, books = [], []
+        else:  # exactly the rows its snapshot does not see: none at all right after a retrain
+            users = await self._db.users_changed_since(snapshot)
+            books = await self._db.books_changed_since(snapshot)
+        extended = await asyncio.to_thread(_with_books, model, books)
         if model is not self._target:
             return  # another model took over meanwhile: its own sync follows
         self._synced, self._extended = model, extended
@@ -162,3 +174,11 @@ class FreshData:
                 model.meta.version,
                 extended.num_books,
             )
+
+
+def _with_books(model: HybridModel, books: list[Book]) -> HybridModel:
+    """`model` with `books`, warmed like any model before it serves (its caches are its own)."""
+    extended = model.with_books(books)
+    if extended is not model:
+        warm(extended)
+    return extended

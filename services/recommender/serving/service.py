@@ -18,6 +18,7 @@ from recommender.gateway.envoy import MAX_BODY_BYTES
 from recommender.model.hybrid import HybridModel
 from recommender.schedule import Schedule, Scheduler
 from recommender.serving.auth import AuthInterceptor, Credentials
+from recommender.serving.batching import BatchPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.retrain import RetrainCoordinator, RetrainRunner
@@ -97,6 +98,8 @@ class GrpcService:
         self._fresh = FreshData(db)
         await self._fresh.start(model)
         versions.subscribe(self._fresh.on_swap)
+        fresh = self._fresh
+        self.metrics.follow_fresh_data(lambda: fresh.stale_users)
         coordinator = self.coordinator
         self._cluster = Cluster(
             self.dsn, db, versions, self._fresh, retraining_here=lambda: coordinator is not None and coordinator.running
@@ -153,6 +156,8 @@ class GrpcService:
             self.settings.start_alpha,
             self.coordinator,
             next_scheduled_retrain=lambda: scheduler.next_tick if scheduler else None,
+            batching=BatchPolicy(self.settings.batch_wait_ms / 1000, self.settings.batch_max),
+            on_batch=lambda method, size: self.metrics.batch_size.labels(method).observe(size),
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

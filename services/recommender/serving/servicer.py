@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.struct_pb2 import Struct
@@ -14,7 +14,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
-from recommender.model.hybrid import HybridModel, UserHistory
+from recommender.model.hybrid import HybridModel, Recommendations, Request, ScoredBook, UserHistory
+from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.retrain import RetrainCoordinator, RetrainState
@@ -47,8 +48,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         alpha: float,
         coordinator: RetrainCoordinator | None = None,
         next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
+        batching: BatchPolicy = DEFAULT_BATCHING,
+        on_batch: Callable[[str, int], None] = lambda method, size: None,
     ) -> None:
-        """`coordinator`: None in a serving worker, which neither retrains nor rolls back."""
+        """`coordinator`: None in a serving worker, which neither retrains nor rolls back. Concurrent Recommend
+        (and SimilarBooks) calls are answered in batches (see serving/batching.py); `on_batch(method, size)` after
+        each."""
         self._versions = versions
         self._db = db
         self._cluster = cluster
@@ -57,6 +62,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._coordinator = coordinator
         self._next_scheduled_retrain = next_scheduled_retrain
         self._latest: VersionRecord | None = None  # the registry's newest version, as last read
+        self._recommendations: Batcher[tuple[HybridModel, Request], Recommendations] = Batcher(
+            per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
+        )
+        self._similar: Batcher[tuple[HybridModel, tuple[int, int]], list[ScoredBook] | None] = Batcher(
+            per_model(HybridModel.similar_many), batching, lambda size: on_batch("SimilarBooks", size)
+        )
 
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext[pb.RecommendRequest, pb.RecommendResponse]
@@ -66,27 +77,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         await _positive("user_id", request.user_id, context)
         limit = await _limit(request, context)
         model = await self._loaded_model(context)
-        result = model.recommend(request.user_id, limit, await self._current_history(model, request.user_id))
-        return pb.RecommendResponse(
-            user_id=request.user_id,
-            strategy=result.strategy.value,
-            model_version=model.meta.version,
-            recommendations=[
-                pb.RecommendedBook(
-                    book_id=book.book_id,
-                    title=book.title,
-                    authors=book.authors,
-                    score=_rounded(book.score),
-                    cf_score=_rounded(book.cf_score),
-                    content_score=_rounded(book.content_score),
-                    because=[
-                        pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=_rounded(r.share))
-                        for r in book.because
-                    ],
-                )
-                for book in result.books
-            ],
-        )
+        history = await self._current_history(model, request.user_id)
+        result = await self._recommendations((model, Request(request.user_id, limit, history)))
+        return recommend_response(request.user_id, model.meta.version, result)
 
     async def ModelInfo(
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
@@ -285,7 +278,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         await _positive("book_id", request.book_id, context)
         limit = await _limit(request, context)
         model = await self._loaded_model(context)
-        books = model.similar(request.book_id, limit)
+        books = await self._similar((model, (request.book_id, limit)))
         if books is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"book {request.book_id} is not in the catalogue")
         assert books is not None
@@ -419,6 +412,50 @@ def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
 
 def _metrics(values: dict[str, float]) -> pb.Metrics:
     return pb.Metrics(**{name: round(values.get(name, 0.0), 6) for name in pb.Metrics.DESCRIPTOR.fields_by_name})
+
+
+def recommend_response(user_id: int, version: str, result: Recommendations) -> pb.RecommendResponse:
+    return pb.RecommendResponse(
+        user_id=user_id,
+        strategy=result.strategy.value,
+        model_version=version,
+        recommendations=[
+            pb.RecommendedBook(
+                book_id=book.book_id,
+                title=book.title,
+                authors=book.authors,
+                score=_rounded(book.score),
+                cf_score=_rounded(book.cf_score),
+                content_score=_rounded(book.content_score),
+                because=[
+                    pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=_rounded(r.share))
+                    for r in book.because
+                ],
+            )
+            for book in result.books
+        ],
+    )
+
+
+Asked = TypeVar("Asked")
+Answered = TypeVar("Answered")
+
+
+def per_model(
+    answer: Callable[[HybridModel, Sequence[Asked]], list[Answered]],
+) -> Callable[[Sequence[tuple[HybridModel, Asked]]], list[Answered]]:
+    """A batch answered by the model each request was meant for (a swap can fall between two of them)."""
+
+    def answered(items: Sequence[tuple[HybridModel, Asked]]) -> list[Answered]:
+        groups: dict[int, tuple[HybridModel, list[int]]] = {}
+        for index, (model, _asked) in enumerate(items):
+            groups.setdefault(id(model), (model, []))[1].append(index)
+        answers: dict[int, Answered] = {}
+        for model, indices in groups.values():
+            answers |= zip(indices, answer(model, [items[i][1] for i in indices]), strict=True)
+        return [answers[i] for i in range(len(items))]
+
+    return answered
 
 
 def _last_retrain(record: VersionRecord | None) -> pb.LastRetrain | None:

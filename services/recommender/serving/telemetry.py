@@ -17,7 +17,7 @@ import re
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -36,6 +36,7 @@ STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 180
 log = logging.getLogger(__name__)
 
 TARGETS_FILE = "metrics-targets.json"
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
 class ServiceMetrics:
@@ -49,6 +50,13 @@ class ServiceMetrics:
         )
         self.latency = Histogram(
             "recommender_request_seconds", "RPC latency, by method and status code", ["method", "code"], registry=r
+        )
+        self.batch_size = Histogram(
+            "recommender_batch_size",
+            "requests answered by one call of the model, by method",
+            ["method"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
         )
         self.retrains = Counter(
             "recommender_retrains",
@@ -71,6 +79,14 @@ class ServiceMetrics:
         age = Gauge("recommender_model_age_seconds", "time since the serving version was trained", registry=r)
         age.set_function(lambda: time.time() - self._trained_at if self._trained_at else 0.0)
 
+    def follow_fresh_data(self, stale_users: Callable[[], int]) -> None:
+        """`stale_users()`: users answered from a history newer than the serving version (-1: all may be)."""
+        Gauge(
+            "recommender_users_newer_than_model",
+            "users answered from a history newer than the serving version (folded in); -1: every user may be",
+            registry=self.registry,
+        ).set_function(stale_users)
+
     def serving(self, model: HybridModel) -> None:
         self.model.info({"version": model.meta.version, "alpha": f"{model.alpha:g}"})
         for name, value in model.meta.metrics.items():
@@ -83,7 +99,7 @@ class ServiceMetrics:
 
 class ObservingInterceptor(UnaryInterceptor):
     """Counts and times every call by method and code, and gives it a request id: Envoy's `x-request-id` (or a new
-    one) is set for the call's log lines and sent back in the response metadata (Envoy makes it a header).
+    one) is set for the call's log lines and sent back in the trailing metadata (Envoy sets the HTTP header).
 
     A call that fails on the service's side is one log line; an unexpected exception becomes INTERNAL
     "internal error (request id ...)" without internals, with its traceback logged at most once a minute per kind
@@ -103,7 +119,9 @@ class ObservingInterceptor(UnaryInterceptor):
             token = request_id.set(call_id)
             started, code = time.perf_counter(), "OK"
             try:
-                await context.send_initial_metadata((("x-request-id", call_id),))
+                # In the trailers, which go with the status anyway (headers sent ahead cost a frame of their own);
+                # Envoy puts it in HTTP answers' headers itself.
+                context.set_trailing_metadata((("x-request-id", call_id),))
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 code = _code_name(context.code())

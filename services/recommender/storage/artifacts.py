@@ -378,6 +378,7 @@ def _write_files(folder: Path, model: HybridModel) -> None:
         "feature_dim": model.content.feature_dim,
         "params": model.meta.params.as_dict(),
         "metrics": model.meta.metrics,
+        "snapshot": model.meta.snapshot,
         "files": files,
     }
     _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2))  # last: it marks the version complete
@@ -447,6 +448,7 @@ def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
         float(manifest["training_seconds"]),
         params,
         {name: float(value) for name, value in manifest.get("metrics", {}).items()},
+        str(manifest.get("snapshot", "")),
     )
     return HybridModel.assemble(meta, catalogue, cf, content)
 

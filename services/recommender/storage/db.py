@@ -38,6 +38,12 @@ WRITE_ATTEMPTS = 5  # a write PostgreSQL aborts for a deadlock or a serializatio
 T = TypeVar("T")
 
 BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
+# Rows changed by a transaction the snapshot $1 does not see; every transaction before its xmin is seen, so the
+# index on changed_xid narrows the rows to look at.
+_UNSEEN = (
+    "changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint "
+    "AND NOT pg_visible_in_snapshot(changed_xid::text::xid8, $1::text::pg_snapshot)"
+)
 _SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
 
 
@@ -286,6 +292,8 @@ class Database:
     async def load_training_data(self) -> TrainingData:
         """One consistent snapshot of books and interactions (a single REPEATABLE READ transaction)."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # The transaction's own snapshot, taken by its first statement: what this data includes, exactly.
+            snapshot = await conn.fetchval("SELECT pg_current_snapshot()::text")
             book_rows = await conn.fetch(f"{_SELECT_BOOKS} ORDER BY book_id")
             # PostgreSQL's binary COPY, read straight into NumPy: no Python object per interaction.
             chunks: list[bytes] = []
@@ -304,6 +312,7 @@ class Database:
             book_ids=rows["book_id"].astype(np.int32),
             ratings=rows["rating"].astype(np.float32),
             timestamps=rows["time"].astype(np.float64),
+            snapshot=snapshot,
         )
 
     async def existing_book_ids(self, book_ids: Iterable[int]) -> set[int]:
@@ -328,14 +337,15 @@ class Database:
             limit,
         )
 
-    async def users_changed_since(self, moment: datetime) -> list[int]:
-        """Users with interactions added or changed at or after `moment`."""
-        rows = await self._pool.fetch("SELECT DISTINCT user_id FROM interactions WHERE updated_at >= $1", moment)
+    async def users_changed_since(self, snapshot: str) -> list[int]:
+        """Users with interactions added or changed by transactions `snapshot` (a pg_snapshot as text) does not
+        see: exactly what a model trained on that snapshot misses."""
+        rows = await self._pool.fetch(f"SELECT DISTINCT user_id FROM interactions WHERE {_UNSEEN}", snapshot)
         return [row["user_id"] for row in rows]
 
-    async def books_changed_since(self, moment: datetime) -> list[Book]:
-        """Books added or changed at or after `moment`."""
-        return await self._books("WHERE updated_at >= $1", moment)
+    async def books_changed_since(self, snapshot: str) -> list[Book]:
+        """Books added or changed by transactions `snapshot` does not see."""
+        return await self._books(f"WHERE {_UNSEEN}", snapshot)
 
     async def _books(self, where: str, *args: object) -> list[Book]:
         rows = await self._pool.fetch(f"{_SELECT_BOOKS} {where} ORDER BY book_id", *args)
@@ -511,7 +521,8 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
     assignments = "".join(f"{name} = excluded.{name}, " for name in updated)
     await conn.execute(
         f"INSERT INTO books ({names}) SELECT {names} FROM incoming_books ORDER BY book_id "  # rows locked in key order
-        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}updated_at = now()",
+        f"ON CONFLICT (book_id) DO UPDATE SET {assignments}updated_at = now(), "
+        "changed_xid = pg_current_xact_id()::text::bigint",
         timeout=BULK_SECONDS,
     )
     await conn.execute("DROP TABLE incoming_books")  # a transaction may upsert several groups of columns
@@ -569,7 +580,8 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
             rated_at = CASE WHEN excluded.rated_at >= coalesce(i.rated_at, '-infinity') THEN excluded.rated_at
                             ELSE i.rated_at END,
             occurred_at = least(i.occurred_at, excluded.occurred_at),
-            updated_at = now()
+            updated_at = now(),
+            changed_xid = pg_current_xact_id()::text::bigint
         WHERE (excluded.rated_at >= coalesce(i.rated_at, '-infinity')
                AND (excluded.rated_at IS DISTINCT FROM i.rated_at OR excluded.rating IS DISTINCT FROM i.rating))
            OR excluded.occurred_at < i.occurred_at

@@ -221,7 +221,11 @@ class Trainer:
         control.stage("saving")
         # The version's training time is the whole release so far (evaluation and tuning included).
         meta = dataclasses.replace(
-            final.meta, version=version, metrics=after, training_seconds=time.perf_counter() - started
+            final.meta,
+            version=version,
+            metrics=after,
+            training_seconds=time.perf_counter() - started,
+            snapshot=data.snapshot,
         )
         await store.save(dataclasses.replace(final, meta=meta))
         if not before:
