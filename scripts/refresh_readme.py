@@ -1,8 +1,8 @@
 """Regenerates the README's sample outputs from a real run: `.venv/bin/python scripts/refresh_readme.py`.
 
 Starts `python server.py` on free ports with a fresh embedded PostgreSQL and the default demo catalogue, replays
-the guide's curl session, `python test_retrain.py` and a session of fresh data (interactions, books, similar books)
-against it, and rewrites the console block that follows each
+the guide's curl session, `python test_retrain.py`, a session of fresh data (interactions, books, similar books)
+and one of online feedback and a canary against it, and rewrites the console block that follows each
 `<!-- sample: NAME -->` marker in README.md. `--check` only says whether the README's blocks still have the shape
 of a real run (the same commands, the same JSON keys), since versions, times and scores change with every run.
 """
@@ -39,6 +39,15 @@ class Call:
     comment: str = ""
     body: dict[str, object] | None = None
 
+    def filled(self, found: dict[str, object]) -> Call:
+        """The call with the "$name" values of its body replaced by what the session found (an answer's id...)."""
+        if self.body is None:
+            return self
+        text = json.dumps(self.body)
+        for name, value in found.items():
+            text = text.replace(f'"${name}"', json.dumps(value))
+        return Call(self.method, self.path, self.comment, json.loads(text))
+
     def command(self) -> str:
         url = SHOWN_URL + self.path
         url = f'"{url}"' if "?" in url else url
@@ -49,6 +58,7 @@ class Call:
 
 
 WAIT_UNTIL_IDLE = Call("WAIT", "")
+WAIT_FOR_IMPRESSIONS = Call("SLEEP", "")  # impressions are written in batches, within half a second
 CURL_SESSION = [
     Call("GET", "/api/v1/model/info"),
     Call("POST", "/api/v1/retrain"),
@@ -84,6 +94,21 @@ FRESH_DATA_SESSION = [
         },
     ),
     Call("POST", "/api/v1/interactions", body={"interactions": [{"user_id": NEW_READER, "book_id": 999999}]}),
+]
+
+
+ONLINE_SESSION = [
+    Call("GET", "/api/v1/recommendations?user_id=7&limit=3"),
+    Call(
+        "POST",
+        "/api/v1/feedback",
+        "the reader clicked the first book",
+        body={"events": [{"recommendation_id": "$recommendation_id", "book_id": "$book_id", "event": "click"}]},
+    ),
+    WAIT_FOR_IMPRESSIONS,
+    Call("GET", "/api/v1/model/online?bucket_minutes=60&hours=1"),
+    Call("POST", "/api/v1/model/canary", "the previous version, for 10% of the readers", {"version": "$retired"}),
+    Call("POST", "/api/v1/model/canary/abort", body={"reason": "seen enough"}),
 ]
 
 
@@ -133,20 +158,37 @@ def _health(url: str) -> dict[str, object]:
 def curl_session(url: str, session: list[Call]) -> str:
     lines: list[str] = []
     previous: Call | None = None
+    found: dict[str, object] = {}
     with httpx.Client(base_url=url, timeout=60) as client:
-        for call in session:
-            if call is WAIT_UNTIL_IDLE:
+        for asked in session:
+            if asked is WAIT_UNTIL_IDLE:
                 while _health(url).get("status") != "ok":
                     time.sleep(0.2)
                 continue
+            if asked is WAIT_FOR_IMPRESSIONS:
+                time.sleep(1.5)
+                continue
+            found |= _retired(client)
+            call = asked.filled(found)
             response = client.request(call.method, call.path, json=call.body)
+            answer = response.json()
+            if "recommendation_id" in answer:
+                found |= {"recommendation_id": answer["recommendation_id"]}
+                found |= {"book_id": answer["recommendations"][0]["book_id"]}
             if previous is not None and not previous.path == call.path == "/api/v1/health":  # a polling loop
                 lines.append("")
             previous = call
-            lines += [call.command(), json.dumps(response.json(), separators=(",", ":"), ensure_ascii=False)]
+            lines += [call.command(), json.dumps(answer, separators=(",", ":"), ensure_ascii=False)]
             if response.status_code != 200:
                 lines.append(f"HTTP {response.status_code}")
     return "\n".join(lines)
+
+
+def _retired(client: httpx.Client) -> dict[str, object]:
+    """{"retired": the newest retired version whose files are kept}, when there is one."""
+    models = client.get("/api/v1/models").json().get("models", [])
+    kept = [m["version"] for m in models if m["status"] == "retired" and m["artifact_available"]]
+    return {"retired": kept[0]} if kept else {}
 
 
 def test_script(url: str) -> str:
@@ -158,11 +200,15 @@ def test_script(url: str) -> str:
 
 
 def shape(text: str) -> list[str]:
-    """What stays the same from run to run: the commands, and the keys of each JSON answer."""
+    """What stays the same from run to run: the commands, and the keys of each JSON body and answer."""
     out = []
     for line in text.splitlines():
         if line.startswith("{"):
             out.append(" ".join(sorted(_keys(json.loads(line)))))
+        elif line.startswith("$") and " -d '" in line:  # a body may carry what an earlier answer gave: its keys
+            command, _, rest = line.partition(" -d '")
+            body, _, comment = rest.partition("'")
+            out.append(f"{command} -d {' '.join(sorted(_keys(json.loads(body))))}{comment}")
         elif line.startswith(("$", "HTTP")):
             out.append(line)
     return out
@@ -190,6 +236,7 @@ def main() -> int:
             "curl": curl_session(url, CURL_SESSION),
             "test-retrain": test_script(url),
             "fresh-data": curl_session(url, FRESH_DATA_SESSION),
+            "online": curl_session(url, ONLINE_SESSION),
         }
     text = README.read_text(encoding="utf-8")
     found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}

@@ -184,3 +184,13 @@ def wait_for(condition: Callable[[], bool], timeout: float = 60, interval: float
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
+
+
+@pytest.fixture
+def replicas(start_service: StartService) -> tuple[RunningService, RunningService]:
+    """Two replicas of the service on one database; the first trained the model both serve."""
+    first = start_service()
+    wait_for(lambda: first.model is not None and not first.retrain.running)
+    second = start_service()
+    wait_for(lambda: second.model is not None)
+    return first, second

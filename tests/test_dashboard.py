@@ -33,7 +33,7 @@ KEY = "dashboard-admin-key"
 # files.
 SCREENSHOTS_DIR = os.environ.get("RECOMMENDER_SCREENSHOTS_DIR")
 LAPTOP, PHONE = (1366, 900), (390, 844)
-SCREENSHOT_SIZES = {"laptop": (1366, 1500), "phone": PHONE}  # the laptop one tall enough to show the preview
+SCREENSHOT_SIZES = {"laptop": (1366, 1900), "phone": PHONE}  # the laptop one tall enough to show the preview
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +208,48 @@ def test_the_preview_lists_recommendations_and_similar_books(browser: WebDriver,
     assert console_errors(browser) == []
 
 
+def start_a_canary(browser: WebDriver, server: Server) -> str:
+    """A kept retired version as a canary for half the readers, with some traffic and clicks on both versions."""
+
+    def kept() -> list[str]:
+        models = httpx.get(f"{server.url}/api/v1/models").json()["models"]
+        return [m["version"] for m in models if m["status"] == "retired" and m["artifact_available"]]
+
+    while not kept():
+        retrain_and_wait(browser, server)
+    version = kept()[0]
+    admin = {"x-api-key": KEY}
+    started = httpx.post(f"{server.url}/api/v1/model/canary", json={"version": version, "share": 0.5}, headers=admin)
+    started.raise_for_status()
+    events = []
+    for user in range(1, 61):
+        answer = httpx.get(f"{server.url}/api/v1/recommendations?user_id={user}&limit=5").json()
+        if user % 3 == 0:
+            book = answer["recommendations"][user % 5]["book_id"]
+            events.append({"recommendation_id": answer["recommendation_id"], "book_id": book, "event": "click"})
+    httpx.post(f"{server.url}/api/v1/feedback", json={"events": events}, headers=admin).raise_for_status()
+    return version
+
+
+def test_a_running_canary_shows_its_online_numbers_and_can_be_aborted(browser: WebDriver, server: Server) -> None:
+    open_page(browser, server)
+    version = start_a_canary(browser, server)
+    open_page(browser, server)  # the online chart is drawn at load, then every 10 s
+    wait(browser, lambda: version in text(browser, "canary") and "Since it started" in text(browser, "canary"))
+    assert "50% of readers" in text(browser, "canary") and "Test:" in text(browser, "canary")
+    wait(browser, lambda: any("canary (50%)" in row.text for row in rows(browser)))
+    wait(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#online-chart polyline")) >= 2)
+    assert version in text(browser, "online-chart")  # the legend names every version with impressions
+    set_key(browser, KEY)
+    browser.find_element(By.ID, "canary-abort").click()
+    browser.switch_to.alert.accept()
+    wait(browser, lambda: f"Canary {version} aborted" in text(browser, "messages"))
+    wait(browser, lambda: not browser.find_element(By.ID, "canary-section").is_displayed())
+    status = {m["version"]: m["status"] for m in httpx.get(f"{server.url}/api/v1/models").json()["models"]}
+    assert status[version] == "rejected"
+    assert console_errors(browser) == []
+
+
 def test_api_errors_appear_in_the_page(browser: WebDriver, server: Server) -> None:
     open_page(browser, server)
     browser.execute_script("showSimilar({book_id: 77777777, title: 'nothing'})")
@@ -217,6 +259,8 @@ def test_api_errors_appear_in_the_page(browser: WebDriver, server: Server) -> No
 def test_screenshots_at_laptop_and_phone_widths(browser: WebDriver, server: Server, tmp_path: Path) -> None:
     folder = Path(SCREENSHOTS_DIR) if SCREENSHOTS_DIR else tmp_path
     folder.mkdir(parents=True, exist_ok=True)
+    open_page(browser, server)
+    start_a_canary(browser, server)  # the README shows a running canary
     try:
         for name, size in SCREENSHOT_SIZES.items():
             browser.set_window_size(*size)
@@ -226,6 +270,7 @@ def test_screenshots_at_laptop_and_phone_widths(browser: WebDriver, server: Serv
             field.send_keys("1")
             field.submit()
             wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#recommendations li"))
+            wait(browser, lambda: browser.find_elements(By.CSS_SELECTOR, "#online-chart polyline"))
             width = browser.execute_script("return document.documentElement.scrollWidth")
             assert width <= size[0], f"the page is wider than the {name} screen"
             browser.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
@@ -234,6 +279,7 @@ def test_screenshots_at_laptop_and_phone_widths(browser: WebDriver, server: Serv
             assert path.stat().st_size > 10_000
     finally:
         browser.set_window_size(*LAPTOP)
+        httpx.post(f"{server.url}/api/v1/model/canary/abort", json={}, headers={"x-api-key": KEY})
 
 
 def test_the_page_is_one_self_contained_file() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ def start_server(
         "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
         "RECOMMENDER_GRPC_PORT": str(grpc_port),
         "RECOMMENDER_HTTP_PORT": str(http_port),
+        # A port of its own: a free one picked by the server could be the HTTP port picked here, not yet bound.
+        "RECOMMENDER_METRICS_PORT": str(free_port()),
         "RECOMMENDER_ALS_ITERATIONS": "8",
         "RECOMMENDER_TUNING": "off",
         **{f"RECOMMENDER_{key.upper()}": str(value) for key, value in {**SMALL_DEMO, **settings}.items()},
@@ -148,8 +151,9 @@ def test_model_info_has_the_guides_fields_as_json_numbers(http: httpx.Client) ->
 
 def test_recommendations_list_books_best_first(http: httpx.Client) -> None:
     body = http.get("/api/v1/recommendations", params={"user_id": 1, "limit": 5}).json()
-    assert set(body) == {"user_id", "strategy", "model_version", "recommendations"}
+    assert set(body) == {"user_id", "strategy", "model_version", "recommendations", "recommendation_id"}
     assert body["user_id"] == 1 and body["strategy"] == "hybrid"
+    assert uuid.UUID(body["recommendation_id"]).version == 4
     books = body["recommendations"]
     assert len(books) == 5
     for book in books:
@@ -494,3 +498,58 @@ def test_a_start_stops_an_envoy_left_on_its_port_by_a_killed_run(tmp_path: Path)
     finally:
         if left.poll() is None:
             left.kill()
+
+
+def test_feedback_and_canaries_over_http(http: httpx.Client) -> None:
+    wait_idle(http)
+    answer = http.get("/api/v1/recommendations", params={"user_id": 2, "limit": 3}).json()
+    shown = answer["recommendations"][0]["book_id"]
+    click = {"recommendation_id": answer["recommendation_id"], "book_id": shown, "event": "click"}
+    assert http.post("/api/v1/feedback", json={"events": [click]}).json() == {"recorded": 1}
+    read = {
+        "user_id": 2,
+        "book_id": answer["recommendations"][1]["book_id"],
+        "recommendation_id": click["recommendation_id"],
+    }
+    assert http.post("/api/v1/interactions", json={"interactions": [read]}).json() == {"recorded": 1}
+
+    def online() -> dict[str, Any]:
+        models = http.get("/api/v1/models").json()["models"]
+        found: dict[str, Any] = next(m for m in models if m["version"] == answer["model_version"]).get("online", {})
+        return found
+
+    wait_for(lambda: online().get("clicks", 0) >= 1 and online().get("reads", 0) >= 1, timeout=15)
+    assert 0 < online()["mean_reciprocal_rank"]["value"] <= 1
+    bad = http.post("/api/v1/feedback", json={"events": [click, {**click, "recommendation_id": "x", "event": "like"}]})
+    assert bad.status_code == 400
+    assert bad.json()["detail"].startswith("nothing written: events[1].recommendation_id must be the recommendation_id")
+    assert "events[1].event must be one of click, read, dismiss" in bad.json()["detail"]
+
+    before = http.get("/api/v1/model/info").json()["version"]
+    assert http.post("/api/v1/retrain", json={"force": True}).status_code == 200
+    wait_idle(http)
+    started = http.post("/api/v1/model/canary", json={"version": before, "share": 0.25})
+    assert (started.status_code, started.json()) == (200, {"status": "canary", "version": before, "share": 0.25})
+    info = http.get("/api/v1/model/info").json()
+    assert info["canary"]["version"] == before and info["canary"]["share"] == 0.25
+    assert info["canary"]["online"].keys() >= {"impressions", "click_through_rate", "mean_reciprocal_rank"}
+    assert {m["version"]: m["status"] for m in http.get("/api/v1/models").json()["models"]}[before] == "canary"
+    missing = http.post("/api/v1/model/canary", json={"version": "nope"})
+    assert (missing.status_code, missing.json()) == (
+        404,
+        {"detail": "no model version 'nope'; GET /api/v1/models lists them"},
+    )
+    aborted = http.post("/api/v1/model/canary/abort", json={"reason": "checked by hand"})
+    assert aborted.json() == {"status": "aborted", "version": before}
+    nothing = http.post("/api/v1/model/canary/promote", json={})
+    assert (nothing.status_code, nothing.json()) == (400, {"detail": "no canary runs"})
+
+    def series() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = http.get("/api/v1/model/online?bucket_minutes=5&hours=1").json()["versions"]
+        return found
+
+    wait_for(lambda: before in {s["version"] for s in series()}, timeout=10)  # impressions are written in batches
+    point = next(s for s in series() if s["version"] == before)["points"][0]
+    assert point["impressions"] >= 1 and 0 <= point["click_through_rate"] <= 1
+    too_far = http.get("/api/v1/model/online", params={"hours": 5000})
+    assert (too_far.status_code, too_far.json()) == (400, {"detail": "hours must be between 1 and 2160, got 5000"})

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-import pytest
 
 from bench.harness import free_port
 from recommender import demo
@@ -48,16 +47,6 @@ def seconds_until(condition: Callable[[], bool], timeout: float = 10) -> float:
     started = time.monotonic()
     wait_for(condition, timeout=timeout, interval=0.02)
     return time.monotonic() - started
-
-
-@pytest.fixture
-def replicas(start_service: StartService) -> tuple[RunningService, RunningService]:
-    """Two replicas of the service on one database; the first trained the model both serve."""
-    first = start_service()
-    wait_for(lambda: first.model is not None and not first.retrain.running)
-    second = start_service()
-    wait_for(lambda: second.model is not None)
-    return first, second
 
 
 def test_a_batch_with_bad_entries_is_refused_whole_and_names_them(

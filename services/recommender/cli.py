@@ -345,7 +345,7 @@ def train(settings: Settings, force: bool = False) -> int:
     print(
         f"trained model version {result.version}: {sizes.get('users', 0)} users, {sizes.get('books', 0)} books, "
         f"{sizes.get('interactions', 0)} interactions in {result.seconds:.1f} s; written to "
-        f"{settings.artifacts_dir.resolve()}; promoted: {result.reason}"
+        f"{settings.artifacts_dir.resolve()}; {result.outcome.value}: {result.reason}"
     )
     if LocalArtifactStore(settings.artifacts_dir).served_versions():
         print("running services switch to it within seconds (they follow the registry)")

@@ -105,6 +105,31 @@ class RecommenderClient:
             request.limit = limit
         return self._stub.UserInteractions(request, **self._options(timeout))
 
+    def record_feedback(
+        self, events: list[pb.FeedbackEvent], *, timeout: float | None = None
+    ) -> pb.RecordFeedbackResponse:
+        return self._stub.RecordFeedback(pb.RecordFeedbackRequest(events=events), **self._options(timeout))
+
+    def start_canary(
+        self, version: str, share: float | None = None, *, timeout: float | None = None
+    ) -> pb.StartCanaryResponse:
+        request = pb.StartCanaryRequest(version=version)
+        if share is not None:
+            request.share = share
+        return self._stub.StartCanary(request, **self._options(timeout))
+
+    def promote_canary(self, *, timeout: float | None = None) -> pb.PromoteCanaryResponse:
+        return self._stub.PromoteCanary(pb.PromoteCanaryRequest(), **self._options(timeout))
+
+    def abort_canary(self, reason: str = "", *, timeout: float | None = None) -> pb.AbortCanaryResponse:
+        return self._stub.AbortCanary(pb.AbortCanaryRequest(reason=reason), **self._options(timeout))
+
+    def online_history(
+        self, bucket_minutes: int | None = None, hours: int | None = None, *, timeout: float | None = None
+    ) -> pb.OnlineHistoryResponse:
+        request = pb.OnlineHistoryRequest(bucket_minutes=bucket_minutes, hours=hours)
+        return self._stub.OnlineHistory(request, **self._options(timeout))
+
     def health(self, *, timeout: float | None = None) -> pb.HealthResponse:
         return self._stub.Health(pb.HealthRequest(), **self._options(timeout))
 

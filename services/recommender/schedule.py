@@ -48,15 +48,16 @@ class Scheduler:
         self,
         schedule: Schedule,
         start_retrain: Callable[[], Awaitable[bool]],
-        retraining: Callable[[], bool],
+        busy: Callable[[], str | None],
         new_interactions: Callable[[], Awaitable[int]],
         min_new_interactions: int = 0,
     ) -> None:
-        """`start_retrain` starts one (False when one runs in the cluster); `new_interactions` counts the (user,
-        book) rows added or changed since the active version."""
+        """`start_retrain` starts one (False when one runs in the cluster); `busy()` says why a tick must not
+        start one now (a retrain runs, a canary is being judged), None when it may; `new_interactions` counts the
+        (user, book) rows added or changed since the active version."""
         self._schedule = schedule
         self._start_retrain = start_retrain
-        self._retraining = retraining
+        self._busy = busy
         self._new_interactions = new_interactions
         self._min_new = min_new_interactions
         self.next_tick: datetime | None = None
@@ -70,8 +71,9 @@ class Scheduler:
             await self.tick()
 
     async def tick(self) -> None:
-        if self._retraining():
-            log.info("scheduled retrain skipped: a retrain is running")
+        why = self._busy()
+        if why:
+            log.info("scheduled retrain skipped: %s", why)
             return
         try:
             if self._min_new:

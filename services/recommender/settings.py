@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -15,6 +16,8 @@ from recommender.schedule import Schedule
 
 _ALS, _TRAINING, _QUALITY, _SPLIT = ALSParams(), TrainingParams(), QualityPolicy(), SplitParams()
 HOST = re.compile(r"^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")
+DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 ORIGIN = re.compile(r"^https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?$")
 
 
@@ -85,6 +88,17 @@ class Settings(BaseSettings):
     # 0: a free port, logged and listed in <data_dir>/metrics-targets.json.
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
+    # Impressions (every Recommend answer, for online metrics): recorded or not, kept how long, and how long after
+    # one a read of a shown book counts for it. Durations: seconds, or a number with s, m, h or d.
+    impressions: bool = True
+    impressions_retention: timedelta = timedelta(days=30)
+    attribution_window: timedelta = timedelta(days=7)
+    # Canaries: "auto" makes a retrain's candidate that passes the offline gate a canary at canary_share, promoted
+    # or aborted by a sequential test of its online metrics (or aborted after canary_max_impressions).
+    canary: Literal["off", "auto"] = "off"
+    canary_share: float = Field(default=0.1, gt=0.0, lt=1.0)
+    canary_max_impressions: int = Field(default=20_000, ge=100)
+    canary_check_seconds: float = Field(default=10.0, gt=0.0, le=3600.0)
     # Dynamic batching of Recommend and SimilarBooks: how long a request waits for others, and how many at most.
     batch_wait_ms: float = Field(default=0.0, ge=0.0, le=100.0)
     batch_max: int = Field(default=32, ge=1, le=1024)
@@ -114,6 +128,20 @@ class Settings(BaseSettings):
     def start_alpha(self) -> float:
         """The alpha to train with (and to show before the first model): "auto" starts from the default."""
         return _TRAINING.alpha if self.alpha == "auto" else float(self.alpha)
+
+    @field_validator("impressions_retention", "attribution_window", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> object:
+        if isinstance(value, str) and (found := DURATION.match(value.strip())):
+            return timedelta(seconds=float(found[1]) * DURATION_UNITS[found[2] or "s"])
+        return value
+
+    @field_validator("impressions_retention", "attribution_window")
+    @classmethod
+    def _positive_duration(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0")
+        return value
 
     @field_validator("retrain_schedule")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import uuid
 from datetime import UTC, datetime
 
 MAX_ID = 2**31 - 1  # ids are 32-bit in the API
@@ -108,4 +109,29 @@ def version_problems(name: str, value: str) -> list[str]:
             f"{name} must be a model version (letters, digits, '.', '_' and '-', at most {MAX_VERSION}), "
             f"got {shown(value)}"
         ]
+    return []
+
+
+FEEDBACK_EVENTS = ("click", "read", "dismiss")
+
+
+def recommendation_id_problems(name: str, value: str) -> list[str]:
+    """The id of a Recommend answer: a UUID, as the answer gave it."""
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return [f"{name} must be the recommendation_id of a Recommend answer (a UUID), got {shown(value)}"]
+    return []
+
+
+def event_problems(name: str, value: str) -> list[str]:
+    if value not in FEEDBACK_EVENTS:
+        return [f"{name} must be one of {', '.join(FEEDBACK_EVENTS)}, got {shown(value)}"]
+    return []
+
+
+def share_problems(name: str, value: float) -> list[str]:
+    """A share of the users: above 0, below 1."""
+    if not (math.isfinite(value) and 0 < value < 1):
+        return [f"{name} must be above 0 and below 1, got {shown(value)}"]
     return []

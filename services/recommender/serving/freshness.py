@@ -87,9 +87,12 @@ class FreshData:
         return model
 
     async def history(self, model: HybridModel, user_id: int) -> UserHistory | None:
-        """The user's whole current history when the model's record of them may be out of date, else None."""
+        """The user's whole current history when the model's record of them may be out of date, else None. For a
+        model other than the one served (a canary), always the current history: only the served model's changes
+        are followed, and `HybridModel.history` keeps the trained factors when nothing changed."""
         known = model.cf.user_row(user_id) is not None
-        if known and not self._any_user and user_id not in self._users:
+        followed = model is self._target or model is self._synced or model is self._extended
+        if known and followed and not self._any_user and user_id not in self._users:
             return None  # (between a swap and its sync, the users of the last sync and of the notices since)
         cached = self._cache.get(user_id)
         if cached is not None:

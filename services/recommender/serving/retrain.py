@@ -125,11 +125,13 @@ class RetrainCoordinator:
         error = ""
         try:
             result = await self._run(control)
-            if result.outcome is Outcome.PROMOTED:
+            if result.outcome in (Outcome.PROMOTED, Outcome.CANARY):
                 control.stage("swapping")
                 await self._versions.follow()
-                if self._versions.version != result.version:
-                    error = f"version {result.version} was promoted but cannot be served here (see the log)"
+                canary = self._versions.canary
+                served = self._versions.version if result.outcome is Outcome.PROMOTED else canary and canary.version
+                if served != result.version:
+                    error = f"version {result.version} ({result.outcome.value}) cannot be served here (see the log)"
             control.finish()
         except TrainingCancelled:
             error = CANCELLED

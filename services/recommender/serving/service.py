@@ -16,11 +16,15 @@ from threadpoolctl import threadpool_limits
 
 from recommender.gateway.envoy import MAX_BODY_BYTES
 from recommender.model.hybrid import HybridModel
+from recommender.model.online import SequentialTest
 from recommender.schedule import Schedule, Scheduler
 from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.batching import BatchPolicy
+from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
+from recommender.serving.impressions import ImpressionLog
+from recommender.serving.online import OnlineView
 from recommender.serving.retrain import RetrainCoordinator, RetrainRunner
 from recommender.serving.servicer import RecommenderServicer
 from recommender.serving.telemetry import MetricsEndpoint, ObservingInterceptor, ServiceMetrics
@@ -28,6 +32,7 @@ from recommender.serving.versions import VersionManager
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore, open_store
 from recommender.storage.db import Database
+from recommender.storage.online import OnlineStore
 from recommender.storage.registry import Registry
 from recommender.storage.seed import DemoSize, prepare_database
 from recommender.training.child import ChildProcessTrainer, start_fork_server
@@ -37,7 +42,16 @@ from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
 log = logging.getLogger(__name__)
 
 # RPCs that need the admin credential when one is configured.
-STATE_CHANGING = {"Retrain", "Rollback", "RecordInteractions", "UpsertBooks"}
+STATE_CHANGING = {
+    "Retrain",
+    "Rollback",
+    "RecordInteractions",
+    "UpsertBooks",
+    "RecordFeedback",
+    "StartCanary",
+    "PromoteCanary",
+    "AbortCanary",
+}
 
 
 class Role(StrEnum):
@@ -64,6 +78,9 @@ class GrpcService:
         self._scheduler: Scheduler | None = None
         self._scheduler_task: asyncio.Task[None] | None = None
         self._endpoint: MetricsEndpoint | None = None
+        self._online: OnlineStore | None = None
+        self._impressions: ImpressionLog | None = None
+        self._judge: CanaryJudge | None = None
         self._server: grpc.aio.Server | None = None
         self._store: ArtifactStore | None = None
         self._health = health_aio.HealthServicer()
@@ -116,6 +133,7 @@ class GrpcService:
         self._endpoint.start()
         if trains and settings.retrain_schedule:
             self._start_scheduler(Schedule.parse(settings.retrain_schedule), registry, db)
+        self._start_online(db, trains)
         await self._serve_grpc()
         if model is None and self.coordinator is not None and await self.coordinator.start():
             log.info("no model yet: training the first model; Recommend is UNAVAILABLE until it is ready")
@@ -138,8 +156,36 @@ class GrpcService:
             on_finished=lambda result: self.metrics.retrains.labels(result.outcome.value).inc(),
         )
 
+    @property
+    def canary_policy(self) -> CanaryPolicy:
+        settings = self.settings
+        return CanaryPolicy(
+            share=settings.canary_share,
+            automatic=settings.canary == "auto",
+            test=SequentialTest(max_impressions=settings.canary_max_impressions),
+            check_seconds=settings.canary_check_seconds,
+        )
+
+    def _start_online(self, db: Database, trains: bool) -> None:
+        """The online record: impressions written in the background (pruned by the processes that train), and
+        there the canary's judge."""
+        self._online = store = OnlineStore(db, self.settings.attribution_window)
+        if self.settings.impressions:
+            counted = self.metrics.impressions
+            self._impressions = ImpressionLog(
+                store,
+                retention=self.settings.impressions_retention if trains else None,
+                on_written=counted.labels("written").inc,
+                on_dropped=counted.labels("dropped").inc,
+            )
+            self._impressions.start()
+        if trains:
+            self._judge = CanaryJudge(self.versions, store, self.canary_policy, self.metrics.online_sums)
+            self._judge.start()
+
     async def _serve_grpc(self) -> None:
         assert self._db is not None and self._cluster is not None and self._fresh is not None
+        assert self._online is not None
         credentials = Credentials.from_settings(self.settings)
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it. Messages up to twice
         # the gateway's body limit: a JSON body transcodes to a smaller message.
@@ -153,11 +199,14 @@ class GrpcService:
             self._db,
             self._cluster,
             self._fresh,
+            OnlineView(self._online),
             self.settings.start_alpha,
             self.coordinator,
             next_scheduled_retrain=lambda: scheduler.next_tick if scheduler else None,
             batching=BatchPolicy(self.settings.batch_wait_ms / 1000, self.settings.batch_max),
             on_batch=lambda method, size: self.metrics.batch_size.labels(method).observe(size),
+            impressions=self._impressions,
+            canaries=self.canary_policy,
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -199,10 +248,18 @@ class GrpcService:
             active = await registry.active()
             return await db.interactions_changed_since(active.created_at if active else None)
 
+        def busy() -> str | None:
+            canary = self.versions.canary
+            if cluster.retraining:
+                return "a retrain is running"
+            if canary is not None and self.settings.canary == "auto":  # a new candidate would replace it untested
+                return f"the canary {canary.version} is still being judged"
+            return None
+
         self._scheduler = Scheduler(
             schedule,
             coordinator.start,
-            lambda: cluster.retraining,
+            busy,
             new_interactions,
             self.settings.retrain_min_new_interactions,
         )
@@ -224,9 +281,13 @@ class GrpcService:
             self._scheduler_task.cancel()
         if self.coordinator is not None:
             await self.coordinator.stop()
+        if self._judge is not None:
+            await self._judge.stop()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
+        if self._impressions is not None:
+            await self._impressions.stop()  # what the last answers recorded
         if self._endpoint is not None:
             self._endpoint.stop()
         if self._cluster is not None:

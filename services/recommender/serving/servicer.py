@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -15,13 +16,18 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
 from recommender.model.hybrid import HybridModel, Recommendations, Request, ScoredBook, UserHistory
+from recommender.model.online import Interval, OnlineSums, online_intervals
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy
+from recommender.serving.canary import CanaryPolicy, compare
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
+from recommender.serving.impressions import ImpressionLog
+from recommender.serving.online import OnlineView
 from recommender.serving.retrain import RetrainCoordinator, RetrainState
-from recommender.serving.versions import VersionManager, VersionNotFound, VersionUnavailable, is_available
+from recommender.serving.versions import NoCanary, VersionManager, VersionNotFound, VersionUnavailable, is_available
 from recommender.storage.db import DATABASE_ERRORS, CommitUncertain, Database, UnknownBooks, UntitledBooks
 from recommender.storage.events import Event, Kind
+from recommender.storage.online import Feedback, Impression, OnlineStore
 from recommender.storage.registry import Outcome, VersionRecord
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
@@ -34,8 +40,11 @@ RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for st
 RETRAIN_RUNNING = "Retraining already in progress"
 MODEL_NOT_LOADED = "Model not loaded"
 WORKER_RETRAIN = "this process only serves: send retrains and rollbacks to the main process or a replica"
-MAX_BATCH = 1000  # entries per RecordInteractions or UpsertBooks call
+MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
 SHOWN_PROBLEMS = 20  # bad entries named in one error message
+MAX_REASON = 500  # characters of an abort's reason
+HISTORY_BUCKET_MINUTES, MAX_BUCKET_MINUTES = 60, 1440
+HISTORY_HOURS, MAX_HISTORY_HOURS = 48, 2160
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -45,15 +54,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         db: Database,
         cluster: Cluster,
         fresh: FreshData,
+        online: OnlineView,
         alpha: float,
         coordinator: RetrainCoordinator | None = None,
         next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
         batching: BatchPolicy = DEFAULT_BATCHING,
         on_batch: Callable[[str, int], None] = lambda method, size: None,
+        impressions: ImpressionLog | None = None,
+        canaries: CanaryPolicy | None = None,
     ) -> None:
         """`coordinator`: None in a serving worker, which neither retrains nor rolls back. Concurrent Recommend
         (and SimilarBooks) calls are answered in batches (see serving/batching.py); `on_batch(method, size)` after
-        each."""
+        each. `online`: the online record (feedback in, metrics out); `impressions`: where Recommend answers are
+        recorded (None: they are not); `canaries`: how canaries are started and judged."""
         self._versions = versions
         self._db = db
         self._cluster = cluster
@@ -62,6 +75,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._coordinator = coordinator
         self._next_scheduled_retrain = next_scheduled_retrain
         self._latest: VersionRecord | None = None  # the registry's newest version, as last read
+        self._online = online
+        self._impressions = impressions
+        self._canaries = canaries or CanaryPolicy()
         self._recommendations: Batcher[tuple[HybridModel, Request], Recommendations] = Batcher(
             per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
         )
@@ -76,10 +92,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_id is required: a positive integer")
         await _positive("user_id", request.user_id, context)
         limit = await _limit(request, context)
-        model = await self._loaded_model(context)
+        model = await self._loaded_model(context, request.user_id)
         history = await self._current_history(model, request.user_id)
         result = await self._recommendations((model, Request(request.user_id, limit, history)))
-        return recommend_response(request.user_id, model.meta.version, result)
+        recommendation_id = uuid.uuid4()
+        if self._impressions is not None and result.books:
+            books = [book.book_id for book in result.books]
+            self._impressions.record(
+                Impression(recommendation_id, request.user_id, model.meta.version, books, datetime.now(UTC))
+            )
+        return recommend_response(request.user_id, model.meta.version, result, str(recommendation_id))
 
     async def ModelInfo(
         self, request: pb.ModelInfoRequest, context: grpc.aio.ServicerContext[pb.ModelInfoRequest, pb.ModelInfoResponse]
@@ -119,7 +141,32 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             info.training_seconds = round(model.meta.training_seconds, 3)
             info.metrics.CopyFrom(_metrics(model.meta.metrics))
             info.params.CopyFrom(_struct(model.meta.params.as_dict()))
+            await self._add_online(info, model.meta.version)
         return info
+
+    async def _add_online(self, info: pb.ModelInfoResponse, version: str) -> None:
+        """The active version's online metrics, and the canary's comparison; left out while the database is away."""
+        try:
+            sums = await self._online.sums()
+            comparison = await compare(self._online.sums, self._versions, self._canaries.test)
+        except DATABASE_ERRORS as exc:
+            log.warning("could not read the online metrics: %s", exc)
+            return
+        if version in sums:
+            info.online.CopyFrom(online_metrics(sums[version]))
+        canary = self._versions.canary
+        if canary is not None and comparison is not None:
+            info.canary.CopyFrom(
+                pb.Canary(
+                    version=canary.version,
+                    share=canary.share,
+                    started_at=_timestamp(canary.started_at),
+                    online=online_metrics(comparison.canary),
+                    active_online=online_metrics(comparison.active),
+                    automatic=self._canaries.automatic,
+                    test=comparison.verdict.reason,
+                )
+            )
 
     async def Retrain(
         self, request: pb.RetrainRequest, context: grpc.aio.ServicerContext[pb.RetrainRequest, pb.RetrainResponse]
@@ -159,11 +206,133 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             records = await self._versions.registry.versions()
             available = await self._versions.available()
+            online = await self._online.sums()
         except DATABASE_ERRORS as exc:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, f"the model registry cannot be read: {self._db.unreachable(exc)}"
             )
-        return pb.ListModelsResponse(models=[_model_version(record, available) for record in records])
+        return pb.ListModelsResponse(models=[_model_version(record, available, online) for record in records])
+
+    async def StartCanary(
+        self,
+        request: pb.StartCanaryRequest,
+        context: grpc.aio.ServicerContext[pb.StartCanaryRequest, pb.StartCanaryResponse],
+    ) -> pb.StartCanaryResponse:
+        await self._coordinating(context)
+        version = request.version.strip()
+        share = request.share if request.HasField("share") else self._canaries.share
+        problems = validation.version_problems("version", version) + validation.share_problems("share", share)
+        if not version:
+            problems.insert(0, "version is required: GET /api/v1/models lists them")
+        await _abort_if_invalid(problems, context)
+        try:
+            await self._versions.start_canary(version, share)
+        except VersionNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except VersionUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no canary started: {self._db.unreachable(exc)}")
+        return pb.StartCanaryResponse(status="canary", version=version, share=share)
+
+    async def PromoteCanary(
+        self,
+        request: pb.PromoteCanaryRequest,
+        context: grpc.aio.ServicerContext[pb.PromoteCanaryRequest, pb.PromoteCanaryResponse],
+    ) -> pb.PromoteCanaryResponse:
+        await self._coordinating(context)
+        try:
+            version = await self._versions.promote_canary("promoted by hand")
+        except NoCanary as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except VersionUnavailable as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing promoted: {self._db.unreachable(exc)}")
+        log.info("canary %s promoted by hand", version)
+        return pb.PromoteCanaryResponse(status="promoted", version=version)
+
+    async def AbortCanary(
+        self,
+        request: pb.AbortCanaryRequest,
+        context: grpc.aio.ServicerContext[pb.AbortCanaryRequest, pb.AbortCanaryResponse],
+    ) -> pb.AbortCanaryResponse:
+        await self._coordinating(context)
+        await _abort_if_invalid(validation.text_problems("reason", request.reason, MAX_REASON), context)
+        reason = f"aborted by hand: {request.reason.strip()}" if request.reason.strip() else "aborted by hand"
+        try:
+            version = await self._versions.abort_canary(reason)
+        except NoCanary as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing aborted: {self._db.unreachable(exc)}")
+        log.info("canary %s %s", version, reason)
+        return pb.AbortCanaryResponse(status="aborted", version=version)
+
+    async def OnlineHistory(
+        self,
+        request: pb.OnlineHistoryRequest,
+        context: grpc.aio.ServicerContext[pb.OnlineHistoryRequest, pb.OnlineHistoryResponse],
+    ) -> pb.OnlineHistoryResponse:
+        minutes = request.bucket_minutes if request.HasField("bucket_minutes") else HISTORY_BUCKET_MINUTES
+        hours = request.hours if request.HasField("hours") else HISTORY_HOURS
+        problems = []
+        if not 1 <= minutes <= MAX_BUCKET_MINUTES:
+            problems.append(f"bucket_minutes must be between 1 and {MAX_BUCKET_MINUTES}, got {minutes}")
+        if not 1 <= hours <= MAX_HISTORY_HOURS:
+            problems.append(f"hours must be between 1 and {MAX_HISTORY_HOURS}, got {hours}")
+        await _abort_if_invalid(problems, context)
+        try:
+            series = await self._online.store.history(
+                datetime.now(UTC) - timedelta(hours=hours), timedelta(minutes=minutes)
+            )
+        except DATABASE_ERRORS as exc:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the online metrics cannot be read: {self._db.unreachable(exc)}"
+            )
+        return pb.OnlineHistoryResponse(
+            versions=[
+                pb.VersionSeries(
+                    version=version,
+                    points=[
+                        pb.OnlinePoint(
+                            start=_timestamp(start),
+                            impressions=sums.impressions,
+                            **{name: _rounded(i.value) for name, i in online_intervals(sums).items()},
+                        )
+                        for start, sums in points
+                    ],
+                )
+                for version, points in series.items()
+            ]
+        )
+
+    async def RecordFeedback(
+        self,
+        request: pb.RecordFeedbackRequest,
+        context: grpc.aio.ServicerContext[pb.RecordFeedbackRequest, pb.RecordFeedbackResponse],
+    ) -> pb.RecordFeedbackResponse:
+        entries = request.events
+        await _check_batch("events", len(entries), context)
+        now = time.time()
+        problems = [problem for i, entry in enumerate(entries) for problem in _feedback_problems(i, entry, now)]
+        await _abort_if(problems, context)
+        feedback = [
+            Feedback(
+                uuid.UUID(e.recommendation_id),
+                e.book_id,
+                e.event,
+                _moment(float(e.timestamp) if e.HasField("timestamp") else None),
+            )
+            for e in entries
+        ]
+        try:
+            await self._online.store.add_feedback(feedback)
+        except CommitUncertain as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {self._db.unreachable(exc)}")
+        return pb.RecordFeedbackResponse(recorded=len(feedback))
 
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[pb.HealthRequest, pb.HealthResponse]
@@ -173,9 +342,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             models_loaded=self._versions.model is not None,
         )
 
-    async def _loaded_model(self, context: grpc.aio.ServicerContext[Any, Any]) -> HybridModel:
-        """The served model, with the books added since its snapshot; UNAVAILABLE before the first one."""
-        model = self._versions.model
+    async def _loaded_model(self, context: grpc.aio.ServicerContext[Any, Any], user_id: int = 0) -> HybridModel:
+        """The model that answers `user_id` (the canary for its share), with the books added since its snapshot;
+        UNAVAILABLE before the first one."""
+        model = self._versions.model_for(user_id) if user_id else self._versions.model
         if model is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, MODEL_NOT_LOADED)
         assert model is not None
@@ -216,8 +386,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             )
             for e in entries
         ]
+        # A read that names the answer that showed the book counts for that answer (storage/online.py).
+        reads = [
+            Feedback(uuid.UUID(e.recommendation_id), e.book_id, "read", _moment(i.timestamp))
+            for e, i in zip(entries, interactions, strict=True)
+            if e.HasField("recommendation_id")
+        ]
         try:
-            await self._db.record_interactions(interactions)
+            await self._db.record_interactions(interactions, OnlineStore.feedback_writer(reads) if reads else None)
         except UnknownBooks as exc:
             missing = set(exc.book_ids)
             await _abort_if(
@@ -370,7 +546,28 @@ def _interaction_problems(i: int, entry: pb.InteractionInput, now: float) -> lis
         *validation.timestamp_problems(
             f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None, now
         ),
+        *(
+            validation.recommendation_id_problems(f"{name}.recommendation_id", entry.recommendation_id)
+            if entry.HasField("recommendation_id")
+            else []
+        ),
     ]
+
+
+def _feedback_problems(i: int, entry: pb.FeedbackEvent, now: float) -> list[str]:
+    name = f"events[{i}]"
+    return [
+        *validation.recommendation_id_problems(f"{name}.recommendation_id", entry.recommendation_id),
+        *validation.id_problems(f"{name}.book_id", entry.book_id),
+        *validation.event_problems(f"{name}.event", entry.event),
+        *validation.timestamp_problems(
+            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None, now
+        ),
+    ]
+
+
+def _moment(timestamp: float | None) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp is not None else datetime.now(UTC)
 
 
 def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
@@ -414,11 +611,14 @@ def _metrics(values: dict[str, float]) -> pb.Metrics:
     return pb.Metrics(**{name: round(values.get(name, 0.0), 6) for name in pb.Metrics.DESCRIPTOR.fields_by_name})
 
 
-def recommend_response(user_id: int, version: str, result: Recommendations) -> pb.RecommendResponse:
+def recommend_response(
+    user_id: int, version: str, result: Recommendations, recommendation_id: str = ""
+) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         user_id=user_id,
         strategy=result.strategy.value,
         model_version=version,
+        recommendation_id=recommendation_id,
         recommendations=[
             pb.RecommendedBook(
                 book_id=book.book_id,
@@ -495,7 +695,22 @@ def _struct(values: dict[str, Any]) -> Struct:
     return struct
 
 
-def _model_version(record: VersionRecord, available: set[str]) -> pb.ModelVersion:
+def online_metrics(sums: OnlineSums) -> pb.OnlineMetrics:
+    intervals = {name: _interval(interval) for name, interval in online_intervals(sums).items()}
+    return pb.OnlineMetrics(
+        impressions=sums.impressions,
+        clicks=round(sums.clicks.total),
+        reads=round(sums.reads.total),
+        since=_timestamp(sums.since),
+        **intervals,
+    )
+
+
+def _interval(interval: Interval) -> pb.Interval:
+    return pb.Interval(value=_rounded(interval.value), low=_rounded(interval.low), high=_rounded(interval.high))
+
+
+def _model_version(record: VersionRecord, available: set[str], online: dict[str, OnlineSums]) -> pb.ModelVersion:
     sizes = record.data_sizes
     return pb.ModelVersion(
         version=record.version,
@@ -510,6 +725,8 @@ def _model_version(record: VersionRecord, available: set[str]) -> pb.ModelVersio
         training_seconds=round(record.training_seconds, 3),
         artifact_available=is_available(record, available),
         outcome=record.outcome.value,
+        online=online_metrics(online[record.version]) if record.version in online else None,
+        canary_share=record.canary_share or 0.0,
     )
 
 

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from recommender.logs import request_id
 from recommender.model.hybrid import HybridModel
+from recommender.model.online import OnlineSums, online_intervals
 from recommender.processes import is_alive
 from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 
@@ -60,7 +61,7 @@ class ServiceMetrics:
         )
         self.retrains = Counter(
             "recommender_retrains",
-            "finished retrains, by outcome (promoted, rejected, failed)",
+            "finished retrains, by outcome (promoted, canary, rejected, failed)",
             ["outcome"],
             registry=r,
         )
@@ -78,6 +79,35 @@ class ServiceMetrics:
         self._trained_at = 0.0
         age = Gauge("recommender_model_age_seconds", "time since the serving version was trained", registry=r)
         age.set_function(lambda: time.time() - self._trained_at if self._trained_at else 0.0)
+
+        self.impressions = Counter(
+            "recommender_impressions",
+            "Recommend answers recorded for online metrics (written), or lost (dropped: queue full or database away)",
+            ["result"],
+            registry=r,
+        )
+        self.online = Gauge(
+            "recommender_online_metric",
+            "the served versions' online metrics over the last 24 hours, with their 95% confidence bounds",
+            ["version", "metric", "bound"],
+            registry=r,
+        )
+        self.online_impressions = Gauge(
+            "recommender_online_impressions",
+            "the served versions' impressions in the last 24 hours",
+            ["version"],
+            registry=r,
+        )
+
+    def online_sums(self, sums: dict[str, OnlineSums]) -> None:
+        """The served versions' online metrics (the others are dropped)."""
+        self.online.clear()
+        self.online_impressions.clear()
+        for version, of_version in sums.items():
+            self.online_impressions.labels(version).set(of_version.impressions)
+            for metric, interval in online_intervals(of_version).items():
+                for bound in ("value", "low", "high"):
+                    self.online.labels(version, metric, bound).set(getattr(interval, bound))
 
     def follow_fresh_data(self, stale_users: Callable[[], int]) -> None:
         """`stale_users()`: users answered from a history newer than the serving version (-1: all may be)."""

@@ -5,13 +5,19 @@ start-up, a retrain's promotion, following another process's change, a rollback.
 Versions come from the registry (which one is active) and the artifact store (its files). A version whose files
 fail verification is marked failed in the registry and never serves; one whose files are only missing here is
 retried quietly (its files may arrive), and each reason is logged once.
+
+A canary is a second version served beside the active one to a fixed share of the users (`serves_canary`: the
+same users in every process), loaded, verified and warmed the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from recommender.model.hybrid import HybridModel, warm
 from recommender.storage.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore
@@ -28,7 +34,34 @@ class VersionUnavailable(ValueError):
     """The version is known but cannot serve (rejected, failed, or its artifact is gone or damaged)."""
 
 
+class NoCanary(LookupError):
+    """No canary runs."""
+
+
 Subscriber = Callable[[HybridModel], None]
+
+
+@dataclass(frozen=True)
+class CanaryServing:
+    model: HybridModel
+    share: float
+    started_at: datetime
+
+    @property
+    def version(self) -> str:
+        return self.model.meta.version
+
+
+_MASK = 2**64 - 1
+
+
+def serves_canary(user_id: int, share: float) -> bool:
+    """Whether `user_id` is among a canary's `share` of the users: a fixed hash of the id (SplitMix64's mixer),
+    the same in every process and on every replica; a larger share keeps the users of a smaller one."""
+    x = (user_id + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (x ^ (x >> 31)) < share * 2**64
 
 
 class VersionManager:
@@ -36,6 +69,7 @@ class VersionManager:
         self.registry = registry
         self.store = store
         self._model: HybridModel | None = None
+        self._canary: CanaryServing | None = None
         self._changing = asyncio.Lock()  # one change of version at a time in this process
         self._subscribers: list[Subscriber] = []
         self._said: set[str] = set()  # load failures already logged
@@ -48,6 +82,17 @@ class VersionManager:
     @property
     def version(self) -> str | None:
         return self._model.meta.version if self._model else None
+
+    @property
+    def canary(self) -> CanaryServing | None:
+        return self._canary
+
+    def model_for(self, user_id: int) -> HybridModel | None:
+        """The model that answers `user_id`: the canary for its share of the users, else the active one."""
+        canary = self._canary
+        if canary is not None and self._model is not None and serves_canary(user_id, canary.share):
+            return canary.model
+        return self._model
 
     def subscribe(self, on_swap: Subscriber) -> None:
         """`on_swap(model)` after every swap, on the event loop (fresh data, metrics, health, ...)."""
@@ -76,6 +121,7 @@ class VersionManager:
                 model = fallback
             if model is not None:
                 self._swap(model, "start-up")
+                await self._follow_canary()
             return model
 
     async def follow(self) -> str | None:
@@ -83,15 +129,95 @@ class VersionManager:
         anywhere in the cluster); returns the version it switched to."""
         async with self._changing:
             active = await self.registry.active()
-            if active is None or active.version == self.version:
-                return None
-            model, damaged = await self._load(active.version)
-            if damaged is not None:
-                await self.registry.mark_failed(active.version, damaged, self.version)
-            if model is None:
-                return None
-            self._swap(model, "the registry's active version")
-            return active.version
+            switched = None
+            if active is not None and active.version != self.version:
+                model, damaged = await self._load(active.version)
+                if damaged is not None:
+                    await self.registry.mark_failed(active.version, damaged, self.version)
+                if model is not None:
+                    self._swap(model, "the registry's active version")
+                    switched = active.version
+            await self._follow_canary()
+            return switched
+
+    async def start_canary(self, version: str, share: float) -> None:
+        """Serves `version` to `share` of the users everywhere: loaded here first, then made the canary in the
+        registry (a running canary is rejected), then served. Raises VersionNotFound or VersionUnavailable, or the
+        database's error; a failure changes nothing."""
+        async with self._changing:
+            record = await self.registry.get(version)
+            if record is None:
+                raise VersionNotFound(f"no model version {version!r}; GET /api/v1/models lists them")
+            if record.status is Status.ACTIVE:
+                raise VersionUnavailable(f"version {version} is the active version already")
+            if record.status is Status.FAILED:
+                raise VersionUnavailable(f"version {version} failed: it has no model to serve")
+            model = await self._loaded(version)
+            await self.registry.start_canary(version, share, f"canary for {share:.1%} of the users")
+            self._canary = CanaryServing(model, share, datetime.now(UTC))
+            log.info("serving version %s to %.1f%% of the users as a canary", version, 100 * share)
+
+    async def promote_canary(self, reason: str, version: str | None = None) -> str:
+        """Makes the canary (`version` only, when given) the active version everywhere; returns it. Raises NoCanary
+        when none runs (or another process decided first)."""
+        async with self._changing:
+            record = await self.registry.canary()
+            if record is None or (version is not None and record.version != version):
+                raise NoCanary("no canary runs")
+            canary = self._canary
+            model = canary.model if canary and canary.version == record.version else await self._loaded(record.version)
+            if not await self.registry.promote_canary(record.version, reason):
+                raise NoCanary("no canary runs")
+            self._canary = None
+            self._swap(model, reason)
+            return record.version
+
+    async def abort_canary(self, reason: str, version: str | None = None) -> str:
+        """Stops the canary (`version` only, when given) everywhere: it is rejected; returns it. Raises NoCanary
+        when none runs."""
+        async with self._changing:
+            aborted = await self.registry.abort_canary(reason, version)
+            if aborted is None:
+                raise NoCanary("no canary runs")
+            self._drop_canary(reason)
+            return aborted
+
+    async def _follow_canary(self) -> None:
+        """Serves the registry's canary, if any, beside the active version."""
+        record = await self.registry.canary()
+        if record is None:
+            if self._canary is not None:
+                self._drop_canary("the registry has no canary")
+            return
+        share = record.canary_share or 0.0
+        started = record.canary_started_at or datetime.now(UTC)
+        if self._canary is not None and self._canary.version == record.version:
+            self._canary = dataclasses.replace(self._canary, share=share, started_at=started)
+            return
+        model, damaged = await self._load(record.version)
+        if damaged is not None:
+            await self.registry.mark_failed(record.version, damaged)
+        if model is not None:
+            self._canary = CanaryServing(model, share, started)
+            log.info("serving version %s to %.1f%% of the users as a canary", record.version, 100 * share)
+
+    def _drop_canary(self, why: str) -> None:
+        if self._canary is not None:
+            log.info("canary %s stopped (%s): every user gets version %s", self._canary.version, why, self.version)
+            self._canary = None
+
+    async def _loaded(self, version: str) -> HybridModel:
+        """`version` loaded and verified; VersionUnavailable (and marked failed, when damaged) otherwise."""
+        model, damaged = await self._load(version)
+        if damaged is not None:
+            await self.registry.mark_failed(version, damaged)
+            raise VersionUnavailable(f"version {version} failed verification: {damaged}")
+        if model is None:
+            raise VersionUnavailable(
+                f"version {version} has no complete artifact any more (only the last RECOMMENDER_KEEP_VERSIONS are "
+                "kept)"
+            )
+        return model
 
     async def rollback(self, version: str) -> str:
         """Serves `version` (default: the previously active one) everywhere: loaded here first, then made active
@@ -104,18 +230,12 @@ class VersionManager:
                 raise VersionNotFound(f"no model version {target!r}; GET /api/v1/models lists them")
             if record.status in (Status.REJECTED, Status.FAILED):
                 raise VersionUnavailable(f"version {target} was {record.status.value}: it has no model to serve")
-            model, damaged = await self._load(target)
-            if damaged is not None:
-                await self.registry.mark_failed(target, damaged)
-                raise VersionUnavailable(f"version {target} failed verification: {damaged}")
-            if model is None:
-                raise VersionUnavailable(
-                    f"version {target} has no complete artifact any more (only the last RECOMMENDER_KEEP_VERSIONS "
-                    "are kept)"
-                )
+            model = await self._loaded(target)
             reason = f"rolled back from {self.version}" if self.version else "rolled back"
             if record.status is not Status.ACTIVE:
                 await self.registry.activate(target, reason)
+            if self._canary is not None and self._canary.version == target:
+                self._canary = None  # rolled forward to the canary: it serves everyone now
             self._swap(model, reason)
             return target
 

@@ -205,6 +205,7 @@ class Database:
         books: Sequence[Book],
         interactions: Sequence[Interaction],
         book_columns: Collection[str] = BOOK_COLUMNS,
+        also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
     ) -> ImportCounts:
         """Upserts books and merges interactions in one transaction: all of it lands, or none.
 
@@ -217,15 +218,26 @@ class Database:
             await _upsert_books(conn, books, book_columns)
             await _check_books_exist(conn, interactions)
             counts = await _merge_interactions(conn, interactions)
+            if also is not None:
+                await also(conn)
             await _notify_changes(conn, [b.book_id for b in books], interactions)
             return counts
 
         return await self._retried(write)
 
-    async def record_interactions(self, interactions: Sequence[Interaction]) -> ImportCounts:
+    async def record_interactions(
+        self, interactions: Sequence[Interaction], also: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    ) -> ImportCounts:
         """Merges new events (as `import_data` does) in one transaction and tells the other processes whose
-        history changed. Raises UnknownBooks, writing nothing, when a book does not exist."""
-        return await self.import_data([], interactions)
+        history changed. Raises UnknownBooks, writing nothing, when a book does not exist. `also(conn)`: more
+        writes of the same transaction (what the events say about recommendations: storage/online.py)."""
+
+        return await self.import_data([], interactions, also=also)
+
+    async def written(self, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`write(conn)` in one transaction, with the retries and the CommitUncertain of this module's own writes
+        (for the other stores on this database)."""
+        return await self._retried(write)
 
     async def upsert_books(self, books: Sequence[tuple[Book, Collection[str]]]) -> ImportCounts:
         """Adds or updates books in one transaction: of a stored book, only its given columns change. Raises

@@ -20,7 +20,8 @@ from recommender.storage.events import Event, Kind, notify
 
 class Status(StrEnum):
     ACTIVE = "active"  # the version that serves
-    REJECTED = "rejected"  # the promotion gate said no
+    CANARY = "canary"  # serves a share of the users beside the active one
+    REJECTED = "rejected"  # the promotion gate said no (offline, or a canary's online test)
     RETIRED = "retired"  # served before; can be rolled back to while its artifact is kept
     FAILED = "failed"  # its retrain failed, or its artifact failed verification
 
@@ -29,6 +30,7 @@ class Outcome(StrEnum):
     """What the retrain that made a version decided (its status may change later; this does not)."""
 
     PROMOTED = "promoted"
+    CANARY = "canary"  # became a canary (RECOMMENDER_CANARY=auto); its online test decides the rest
     REJECTED = "rejected"
     FAILED = "failed"
 
@@ -46,6 +48,8 @@ class VersionRecord:
     training_seconds: float = 0.0
     created_at: datetime | None = None
     activated_at: datetime | None = None
+    canary_share: float | None = None  # while it is the canary
+    canary_started_at: datetime | None = None
 
     @property
     def metrics_before(self) -> dict[str, float]:
@@ -65,7 +69,7 @@ class TrialRecord:
 
 _COLUMNS = (
     "version, status, outcome, reason, params, data_sizes, metrics, evaluation, training_seconds, created_at, "
-    "activated_at"
+    "activated_at, canary_share, canary_started_at"
 )
 
 
@@ -74,14 +78,18 @@ class Registry:
         self._db = db
 
     async def add(self, record: VersionRecord) -> None:
-        """Stores a new version; an active one replaces the active version, which retires."""
+        """Stores a new version; an active one replaces the active version, which retires; a canary replaces the
+        canary, which is rejected."""
         async with self._db.transaction() as conn:
             if record.status is Status.ACTIVE:
                 await _retire_active(conn)
+            if record.status is Status.CANARY:
+                await _reject_canary(conn, f"replaced by the canary {record.version}")
             await conn.execute(
                 "INSERT INTO model_versions (version, status, outcome, reason, params, data_sizes, metrics, "
-                "evaluation, training_seconds, activated_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, "
-                "$8::jsonb, $9, CASE WHEN $2 = 'active' THEN now() END)",
+                "evaluation, training_seconds, activated_at, canary_share, canary_started_at) VALUES ($1, $2, $3, "
+                "$4, $5::jsonb, $6::jsonb, $7::jsonb, $8::jsonb, $9, CASE WHEN $2 = 'active' THEN now() END, $10, "
+                "CASE WHEN $2 = 'canary' THEN now() END)",
                 record.version,
                 record.status.value,
                 record.outcome.value,
@@ -91,19 +99,52 @@ class Registry:
                 json.dumps(record.metrics),
                 json.dumps(record.evaluation),
                 record.training_seconds,
+                record.canary_share if record.status is Status.CANARY else None,
             )
             await notify(conn, Event(Kind.VERSION))
 
     async def activate(self, version: str, reason: str) -> None:
-        """Makes a stored version the active one (a rollback); the active one retires. One transaction."""
+        """Makes a stored version the active one (a rollback, or a canary's promotion); the active one retires.
+        One transaction."""
         async with self._db.transaction() as conn:
-            await _retire_active(conn)
+            await _activate(conn, version, reason)
+
+    async def start_canary(self, version: str, share: float, reason: str) -> None:
+        """Makes a stored version the canary at `share` (a running canary is rejected). One transaction."""
+        async with self._db.transaction() as conn:
+            await _reject_canary(conn, f"replaced by the canary {version}")
             await conn.execute(
-                "UPDATE model_versions SET status = 'active', reason = $2, activated_at = now() WHERE version = $1",
+                "UPDATE model_versions SET status = 'canary', reason = $2, canary_share = $3, "
+                "canary_started_at = now() WHERE version = $1",
                 version,
                 reason,
+                share,
             )
             await notify(conn, Event(Kind.VERSION))
+
+    async def promote_canary(self, version: str, reason: str) -> bool:
+        """Makes the canary `version` the active one; False when it is not the canary (any more: another process
+        decided first). One transaction."""
+        async with self._db.transaction() as conn:
+            still = await conn.fetchval(
+                "SELECT 1 FROM model_versions WHERE version = $1 AND status = 'canary' FOR UPDATE", version
+            )
+            if still is None:
+                return False
+            await _activate(conn, version, reason)
+        return True
+
+    async def abort_canary(self, reason: str, version: str | None = None) -> str | None:
+        """Rejects the canary (`version` only, when given); returns its version, None if none ran. Every user gets
+        the active version again."""
+        async with self._db.transaction() as conn:
+            rejected = await _reject_canary(conn, reason, version)
+            await notify(conn, Event(Kind.VERSION))
+        return rejected
+
+    async def canary(self) -> VersionRecord | None:
+        row = await self._db.fetchrow(f"SELECT {_COLUMNS} FROM model_versions WHERE status = 'canary'")
+        return _record(row) if row else None
 
     async def mark_failed(self, version: str, reason: str, fallback: str | None = None) -> None:
         """Marks a version that must never serve (its artifact failed verification); if it was active, `fallback`
@@ -175,6 +216,28 @@ async def _retire_active(conn: asyncpg.Connection) -> None:
     await conn.execute("UPDATE model_versions SET status = 'retired' WHERE status = 'active'")
 
 
+async def _activate(conn: asyncpg.Connection, version: str, reason: str) -> None:
+    """`version` becomes the active one (the active one retires), and every process hears of it."""
+    await _retire_active(conn)
+    await conn.execute(
+        "UPDATE model_versions SET status = 'active', reason = $2, activated_at = now(), canary_share = NULL "
+        "WHERE version = $1",
+        version,
+        reason,
+    )
+    await notify(conn, Event(Kind.VERSION))
+
+
+async def _reject_canary(conn: asyncpg.Connection, reason: str, version: str | None = None) -> str | None:
+    rejected: str | None = await conn.fetchval(
+        "UPDATE model_versions SET status = 'rejected', reason = $1, canary_share = NULL WHERE status = 'canary' "
+        "AND ($2::text IS NULL OR version = $2) RETURNING version",
+        reason,
+        version,
+    )
+    return rejected
+
+
 def _record(row: asyncpg.Record) -> VersionRecord:
     return VersionRecord(
         version=row["version"],
@@ -188,4 +251,6 @@ def _record(row: asyncpg.Record) -> VersionRecord:
         training_seconds=row["training_seconds"],
         created_at=row["created_at"],
         activated_at=row["activated_at"],
+        canary_share=row["canary_share"],
+        canary_started_at=row["canary_started_at"],
     )

@@ -98,6 +98,7 @@ def make_trainer(settings: Settings, dsn: str) -> Trainer:
         settings.keep_versions,
         quality_policy(settings),
         shared_artifacts=settings.artifact_store == "postgres",
+        canary_share=settings.canary_share if settings.canary == "auto" else None,
     )
 
 
@@ -126,6 +127,9 @@ class Trainer:
     policy: QualityPolicy = field(default_factory=QualityPolicy)
     # Keep every version's files in the database too, for replicas on hosts that do not share the artifacts folder.
     shared_artifacts: bool = False
+    # RECOMMENDER_CANARY=auto: a candidate that passes the gate serves this share of the users first (a canary),
+    # unless it is the first version or the retrain is forced.
+    canary_share: float | None = None
 
     def __call__(self, control: RetrainControl | None = None) -> RetrainResult:
         """The whole retrain on this thread, with an event loop of its own for the database steps."""
@@ -228,23 +232,29 @@ class Trainer:
             snapshot=data.snapshot,
         )
         await store.save(dataclasses.replace(final, meta=meta))
+        outcome = Outcome.PROMOTED
         if not before:
             reason = "the first version"
         elif control.force:
             reason = f"forced (NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f})"
         else:
             reason = f"NDCG@10 {after['ndcg_at_10']:.4f}, the active version's {before['ndcg_at_10']:.4f}"
+            if self.canary_share is not None:
+                outcome = Outcome.CANARY
+                reason += f"; a canary for {self.canary_share:.1%} of the users until its online test decides"
+                record = dataclasses.replace(record, status=Status.CANARY, canary_share=self.canary_share)
         seconds = time.perf_counter() - started
-        await registry.add(dataclasses.replace(record, reason=reason, training_seconds=seconds))
-        log.info("version %s is active (trained in %.1f s): %s", version, seconds, reason)
+        await registry.add(dataclasses.replace(record, outcome=outcome, reason=reason, training_seconds=seconds))
+        log.info("version %s is %s (trained in %.1f s): %s", version, record.status.value, seconds, reason)
         try:
-            registered = [r.version for r in await registry.versions()]
-            pruned = await prune(store, registered, {version}, self.keep_versions)
+            records = await registry.versions()
+            canaries = {r.version for r in records if r.status is Status.CANARY}
+            pruned = await prune(store, [r.version for r in records], {version} | canaries, self.keep_versions)
             if pruned:
                 log.info("pruned the files of versions %s (RECOMMENDER_KEEP_VERSIONS)", ", ".join(pruned))
         except Exception as exc:  # the version is active already: a failed clean-up is for the next retrain
             log.warning("could not prune old versions: %s", exc)
-        return RetrainResult(Outcome.PROMOTED, version, reason, seconds, before, after, snapshot.sizes)
+        return RetrainResult(outcome, version, reason, seconds, before, after, snapshot.sizes)
 
     async def search(self) -> tuple[Trial, list[Trial]]:
         """A search of its own (`recommender tune`): a first version's budget on a fresh snapshot, its trials

@@ -1,0 +1,123 @@
+"""Impressions written off the request path: Recommend hands each answer to a bounded queue and never waits on
+the database; a background task writes the queue in batches. A full queue (the database slower than the traffic,
+or away) drops new impressions and counts them, rather than holding requests or memory. The process that trains
+also deletes what is older than the retention, once an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from recommender.storage.online import Impression, OnlineStore
+
+log = logging.getLogger(__name__)
+
+BATCH = 1_000  # impressions per write
+FLUSH_SECONDS = 0.5  # the longest an impression waits for its batch
+PRUNE_SECONDS = 3600.0
+STOP_SECONDS = 2.0  # what a stop spends writing the last impressions
+COMPLAIN_SECONDS = 60.0  # one warning a minute while writes fail
+
+
+class ImpressionLog:
+    def __init__(
+        self,
+        store: OnlineStore,
+        capacity: int = 10_000,
+        retention: timedelta | None = None,
+        on_written: Callable[[int], None] = lambda count: None,
+        on_dropped: Callable[[int], None] = lambda count: None,
+    ) -> None:
+        """`retention`: prune what is older (only the process that trains); `on_written(n)`, `on_dropped(n)`:
+        for metrics."""
+        self._store = store
+        self._queue: asyncio.Queue[Impression] = asyncio.Queue(maxsize=capacity)
+        self._retention = retention
+        self._on_written = on_written
+        self._on_dropped = on_dropped
+        self._batch: list[Impression] = []  # taken from the queue, not written yet
+        self._task: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        self._complained = -COMPLAIN_SECONDS
+
+    def record(self, impression: Impression) -> None:
+        """Never waits: a full queue drops the impression (counted)."""
+        try:
+            self._queue.put_nowait(impression)
+        except asyncio.QueueFull:
+            self._on_dropped(1)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._write_forever())
+        if self._retention is not None:
+            self._pruner = asyncio.create_task(self._prune_forever(self._retention))
+
+    async def stop(self) -> None:
+        """Writes what is queued (for at most STOP_SECONDS), then stops."""
+        for task in (self._pruner, self._task):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception as exc:  # asyncpg may fail its own way when cancelled mid-query
+                    log.warning("stopping the impression writer: %s", str(exc) or type(exc).__name__)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_SECONDS):
+                await self.flush()
+        left = len(self._batch) + self._queue.qsize()
+        if left:
+            self._on_dropped(left)
+
+    async def flush(self) -> None:
+        """Writes what is queued now."""
+        while self._batch or not self._queue.empty():
+            batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
+            await self._write(batch)
+
+    async def _write_forever(self) -> None:
+        while True:
+            self._batch.append(await self._queue.get())
+            deadline = time.monotonic() + FLUSH_SECONDS
+            while len(self._batch) < BATCH and (left := deadline - time.monotonic()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(left):
+                        self._batch.append(await self._queue.get())
+            batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
+            await self._write(batch)
+
+    def _take(self, most: int) -> list[Impression]:
+        taken: list[Impression] = []
+        while len(taken) < most and not self._queue.empty():
+            taken.append(self._queue.get_nowait())
+        return taken
+
+    async def _write(self, batch: list[Impression]) -> None:
+        try:
+            await self._store.add_impressions(batch)
+        except Exception as exc:  # the database away, or a commit cut off: these impressions are lost, counted
+            self._on_dropped(len(batch))
+            now = time.monotonic()
+            if now - self._complained >= COMPLAIN_SECONDS:
+                self._complained = now
+                log.warning("impressions not written (dropped, counted in metrics): %s", exc)
+            return
+        self._on_written(len(batch))
+
+    async def _prune_forever(self, retention: timedelta) -> None:
+        while True:
+            try:
+                impressions, feedback = await self._store.prune(datetime.now(UTC) - retention)
+                if impressions or feedback:
+                    log.info(
+                        "pruned %d impressions and %d feedback events older than %s", impressions, feedback, retention
+                    )
+            except Exception as exc:  # the database away (or going): the next hour tries again
+                log.warning("cannot prune impressions yet: %s", str(exc) or type(exc).__name__)
+            await asyncio.sleep(PRUNE_SECONDS)
