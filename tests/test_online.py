@@ -10,7 +10,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from recommender.model.online import (
     mean_reciprocal_rank,
     reads_per_1000,
 )
+from recommender.serving.online import OnlineView
 from recommender.serving.versions import serves_canary
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage.db import Database
@@ -37,10 +38,15 @@ from tests.conftest import RunningService, StartService, wait_for
 T = TypeVar("T")
 
 
+def one_each(n: int, hits: int, rank: int = 1) -> OnlineSums:
+    """`n` readers with one impression each, `hits` of them with a click at `rank` (OnlineSums.of_users, counted)."""
+    rr = 1.0 / rank
+    return OnlineSums(n, n, n, Summed(hits, hits, hits), Summed(), Summed(hits * rr, hits * rr * rr, hits * rr))
+
+
 def sums_of(rng: random.Random, n: int, hit_rate: float, rank: int = 1) -> OnlineSums:
     """`n` readers with one impression each, of which a share `hit_rate` had a click at `rank`."""
-    hits = [1.0 if rng.random() < hit_rate else 0.0 for _ in range(n)]
-    return OnlineSums.of_users([1.0] * n, hits, [0.0] * n, [h / rank for h in hits])
+    return one_each(n, sum(rng.random() < hit_rate for _ in range(n)), rank)
 
 
 # --- the statistics ------------------------------------------------------------------------------------------------
@@ -62,6 +68,7 @@ def test_means_have_normal_intervals_that_narrow_with_more_readers() -> None:
         assert mrr.low < mrr.value < mrr.high and mrr.value == pytest.approx(0.15, abs=0.04)
     width = {id(s): mean_reciprocal_rank(s).high - mean_reciprocal_rank(s).low for s in (small, large)}
     assert width[id(large)] < width[id(small)] / 5
+    assert one_each(5, 2, rank=2) == OnlineSums.of_users([1.0] * 5, [1.0, 1.0, 0, 0, 0], [0.0] * 5, [0.5, 0.5, 0, 0, 0])
     reads = reads_per_1000(OnlineSums.of_users([2.0, 2.0], [1.0, 0.0], [2.0, 0.0], [1.0, 0.0]))
     assert reads.value == 500 and reads.low >= 0
 
@@ -97,15 +104,48 @@ def test_looking_after_every_batch_keeps_false_decisions_near_alpha() -> None:
     rng = random.Random(3)
     runs, wrong = 200, 0
     for _ in range(runs):
-        hits: tuple[list[float], list[float]] = ([], [])
-        for _n in range(100, test.max_impressions, 100):
-            for arm in hits:
-                arm.extend(1.0 if rng.random() < 0.2 else 0.0 for _ in range(100))
-            canary, active = (OnlineSums.of_users([1.0] * len(h), h, [0.0] * len(h), h) for h in hits)
-            if test.decide(canary, active).decision is not Decision.WAIT:
+        hits = [0, 0]
+        for n in range(100, test.max_impressions, 100):
+            for arm in (0, 1):
+                hits[arm] += sum(rng.random() < 0.2 for _ in range(100))
+            if test.decide(one_each(n, hits[0]), one_each(n, hits[1])).decision is not Decision.WAIT:
                 wrong += 1
                 break
     assert wrong / runs <= 0.08
+
+
+class CountingStore(OnlineStore):
+    """An online record in memory whose sums say how often they were read, and which can fail."""
+
+    def __init__(self) -> None:  # no database
+        self.reads = 0
+        self.failing = False
+
+    async def sums(self, since: datetime | None = None, versions: Sequence[str] | None = None) -> dict[str, OnlineSums]:
+        if self.failing:
+            raise OSError("the database is away")
+        self.reads += 1
+        return {"v1": one_each(self.reads, 0)}
+
+
+def test_the_view_answers_at_once_and_refreshes_behind() -> None:
+    async def scenario() -> None:
+        store = CountingStore()
+        view = OnlineView(store, fresh_seconds=0.05)
+        assert (await view.sums())["v1"].impressions == 1  # the first answer waits for the read
+        assert (await view.sums())["v1"].impressions == 1 and store.reads == 1  # fresh: not read again
+        await asyncio.sleep(0.06)
+        assert (await view.sums())["v1"].impressions == 1  # aged: the last sums at once, a read behind them
+        await asyncio.sleep(0.01)
+        assert (await view.sums())["v1"].impressions == 2
+        store.failing = True
+        await asyncio.sleep(0.06)
+        assert (await view.sums())["v1"].impressions == 2  # a failed refresh keeps the last sums
+        await asyncio.sleep(0.01)
+        assert (await view.sums())["v1"].impressions == 2
+        await view.close()
+
+    asyncio.run(scenario())
 
 
 def test_the_canary_share_is_a_sticky_hash_honoured_within_binomial_bounds() -> None:

@@ -4,7 +4,8 @@ RECOMMENDER_CANARY=auto it promotes or aborts the canary once the sequential tes
 Each decision goes to the registry (the version's reason, with the test's numbers) and the log. Several
 processes may judge at once: the registry lets only the first decision through.
 
-It also keeps the online metrics of the served versions current for Prometheus.
+It also keeps the online metrics of the served versions current for Prometheus (every minute, or less often when
+reading them takes long).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,7 @@ from recommender.storage.online import OnlineStore
 log = logging.getLogger(__name__)
 
 METRICS_PERIOD = timedelta(hours=24)  # what the Prometheus gauges cover
+METRICS_SECONDS = 60.0  # how often, at most
 STOP_SECONDS = 2.0
 
 
@@ -66,7 +69,8 @@ class CanaryJudge:
         policy: CanaryPolicy,
         on_sums: Callable[[dict[str, OnlineSums]], None] = lambda sums: None,
     ) -> None:
-        """`on_sums(sums)`: the served versions' online sums over METRICS_PERIOD, after each look (metrics)."""
+        """`on_sums(sums)`: the served versions' online sums over METRICS_PERIOD, every METRICS_SECONDS or less often
+        (metrics)."""
         self._versions = versions
         self._store = store
         self._policy = policy
@@ -107,11 +111,15 @@ class CanaryJudge:
         return comparison
 
     async def _run(self) -> None:
+        metrics_due = 0.0
         while not self._stopping:
             await asyncio.sleep(self._policy.check_seconds)
             try:
                 await self.look()
-                self._on_sums(await self._served_sums())
+                if time.monotonic() >= metrics_due:  # a day's impressions: at most a tenth of the time on them
+                    started = time.monotonic()
+                    self._on_sums(await self._served_sums())
+                    metrics_due = time.monotonic() + max(METRICS_SECONDS, 10 * (time.monotonic() - started))
             except DATABASE_ERRORS as exc:
                 log.warning("cannot read the online metrics yet: %s", str(exc) or type(exc).__name__)
             except Exception:  # the canary's files gone, say: the next look tries again

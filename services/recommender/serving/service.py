@@ -79,6 +79,7 @@ class GrpcService:
         self._scheduler_task: asyncio.Task[None] | None = None
         self._endpoint: MetricsEndpoint | None = None
         self._online: OnlineStore | None = None
+        self._view: OnlineView | None = None
         self._impressions: ImpressionLog | None = None
         self._judge: CanaryJudge | None = None
         self._server: grpc.aio.Server | None = None
@@ -170,6 +171,7 @@ class GrpcService:
         """The online record: impressions written in the background (pruned by the processes that train), and
         there the canary's judge."""
         self._online = store = OnlineStore(db, self.settings.attribution_window)
+        self._view = OnlineView(store)
         if self.settings.impressions:
             counted = self.metrics.impressions
             self._impressions = ImpressionLog(
@@ -185,7 +187,7 @@ class GrpcService:
 
     async def _serve_grpc(self) -> None:
         assert self._db is not None and self._cluster is not None and self._fresh is not None
-        assert self._online is not None
+        assert self._view is not None
         credentials = Credentials.from_settings(self.settings)
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it. Messages up to twice
         # the gateway's body limit: a JSON body transcodes to a smaller message.
@@ -199,7 +201,7 @@ class GrpcService:
             self._db,
             self._cluster,
             self._fresh,
-            OnlineView(self._online),
+            self._view,
             self.settings.start_alpha,
             self.coordinator,
             next_scheduled_retrain=lambda: scheduler.next_tick if scheduler else None,
@@ -288,6 +290,8 @@ class GrpcService:
             await self._server.stop(grace)
         if self._impressions is not None:
             await self._impressions.stop()  # what the last answers recorded
+        if self._view is not None:
+            await self._view.close()
         if self._endpoint is not None:
             self._endpoint.stop()
         if self._cluster is not None:
