@@ -11,7 +11,6 @@ reading them takes long).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +21,7 @@ from recommender.model.online import Decision, OnlineSums, SequentialTest, Verdi
 from recommender.serving.versions import NoCanary, VersionManager
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.online import OnlineStore
+from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,7 @@ class CanaryJudge:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(STOP_SECONDS):
-                    await self._task
+        await cancelled(self._task, STOP_SECONDS)
 
     async def look(self) -> Comparison | None:
         """One look: the comparison, and the decision when the test is decisive (RECOMMENDER_CANARY=auto)."""

@@ -17,6 +17,7 @@ from recommender.serving.freshness import FreshData
 from recommender.serving.versions import VersionManager
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind, Listener
+from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,7 @@ class Cluster:
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(STOP_SECONDS):
-                    await self._task
+        await cancelled(self._task, STOP_SECONDS)
         await self._listener.stop()
 
     async def _watch(self) -> None:

@@ -20,6 +20,7 @@ from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel, UserHistory, warm
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind
+from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,7 @@ class FreshData:
 
     async def stop(self, seconds: float = 2.0) -> None:
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._task
+        await cancelled(self._task, seconds)
 
     def on_swap(self, model: HybridModel) -> None:
         """A new model serves: learn what changed since its snapshot (in the background)."""

@@ -10,7 +10,6 @@ most a tenth of its time on them, however large the record grows).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -21,6 +20,7 @@ from datetime import datetime
 from recommender.model.online import OnlineSums
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.online import OnlineStore
+from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,7 @@ class OnlineView:
 
     async def close(self) -> None:
         for task in list(self._refreshing.values()):
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancelled(task)
 
     async def _read(self, key: Key) -> dict[str, OnlineSums]:
         started = time.monotonic()

@@ -9,7 +9,6 @@ are released, so that the next retrain works without a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from recommender.serving.versions import VersionManager
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.db import RetrainLock
 from recommender.storage.registry import Outcome, Registry
+from recommender.tasks import cancelled
 from recommender.training.progress import Progress, RetrainControl
 from recommender.training.trainer import RetrainResult
 
@@ -114,10 +114,7 @@ class RetrainCoordinator:
         self._stopping = True
         task = self._task
         if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(CLEAN_UP_SECONDS + 1):
-                    await task
+            await cancelled(task, CLEAN_UP_SECONDS + 1)
 
     async def _retrain(self, lock: RetrainLock, control: RetrainControl) -> None:
         started = time.perf_counter()

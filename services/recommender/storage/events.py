@@ -8,7 +8,6 @@ changed", and the registry is polled as well.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 import asyncpg
+
+from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
@@ -80,11 +81,7 @@ class Listener:
     async def stop(self, seconds: float = 3.0) -> None:
         """Ends the listener within `seconds` (its connection is then dropped without a goodbye)."""
         self._stopping = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._task
+        await cancelled(self._task, seconds)
 
     async def _run(self) -> None:
         first = True
