@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -42,6 +42,8 @@ MODEL_NOT_LOADED = "Model not loaded"
 WORKER_RETRAIN = "this process only serves: send retrains and rollbacks to the main process or a replica"
 MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
 SHOWN_PROBLEMS = 20  # bad entries named in one error message
+
+T = TypeVar("T")
 MAX_REASON = 500  # characters of an abort's reason
 HISTORY_BUCKET_MINUTES, MAX_BUCKET_MINUTES = 60, 1440
 HISTORY_HOURS, MAX_HISTORY_HOURS = 48, 2160
@@ -326,12 +328,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             )
             for e in entries
         ]
-        try:
-            await self._online.store.add_feedback(feedback)
-        except CommitUncertain as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {self._db.unreachable(exc)}")
+        await self._written(self._online.store.add_feedback(feedback), "nothing recorded", context)
         return pb.RecordFeedbackResponse(recorded=len(feedback))
 
     async def Health(
@@ -392,8 +389,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             for e, i in zip(entries, interactions, strict=True)
             if e.HasField("recommendation_id")
         ]
+        also = OnlineStore.feedback_writer(reads) if reads else None
         try:
-            await self._db.record_interactions(interactions, OnlineStore.feedback_writer(reads) if reads else None)
+            await self._written(self._db.record_interactions(interactions, also), "nothing recorded", context)
         except UnknownBooks as exc:
             missing = set(exc.book_ids)
             await _abort_if(
@@ -404,10 +402,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
-        except CommitUncertain as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {self._db.unreachable(exc)}")
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
         return pb.RecordInteractionsResponse(recorded=len(interactions))
@@ -428,7 +422,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             first_seen.setdefault(entry.book_id, i)
         await _abort_if(problems, context)
         try:
-            counts = await self._db.upsert_books([_book_change(entry) for entry in entries])
+            counts = await self._written(
+                self._db.upsert_books([_book_change(entry) for entry in entries]), "nothing written", context
+            )
         except UntitledBooks as exc:
             untitled = set(exc.book_ids)
             await _abort_if(
@@ -439,10 +435,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 ],
                 context,
             )
-        except CommitUncertain as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-        except DATABASE_ERRORS as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing written: {self._db.unreachable(exc)}")
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
 
@@ -493,6 +485,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 for row in rows
             ],
         )
+
+    async def _written(self, write: Awaitable[T], nothing: str, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        """What `write` returns; UNAVAILABLE when the database cannot take it (`nothing`: what the message says was
+        not written) or its commit was cut off (it may have landed). Its other errors go to the caller."""
+        try:
+            return await write
+        except CommitUncertain as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{nothing}: {self._db.unreachable(exc)}")
+        raise AssertionError("unreachable: context.abort raises")
 
     async def _current_history(self, model: HybridModel, user_id: int) -> UserHistory | None:
         """The user's history when it is newer than the model; None (the model's record) when the database

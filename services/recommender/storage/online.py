@@ -99,10 +99,9 @@ class OnlineStore:
 
         await self._db.written(write)
 
-    async def add_feedback(self, feedback: Sequence[Feedback]) -> int:
-        """Records the events in one transaction; returns how many."""
+    async def add_feedback(self, feedback: Sequence[Feedback]) -> None:
+        """Records the events in one transaction."""
         await self._db.written(self.feedback_writer(feedback))
-        return len(feedback)
 
     @staticmethod
     def feedback_writer(feedback: Sequence[Feedback]) -> Callable[[asyncpg.Connection], Awaitable[None]]:
