@@ -59,6 +59,19 @@ end
 
 local check_value
 
+-- After an item of an object or an array that `closer` ends: the index after the closer and true, the next item's
+-- index and false, or nil for malformed JSON.
+local function next_item(s, i, closer)
+  i = skip_space(s, i)
+  local c = string.sub(s, i, i)
+  if c == closer then
+    return i + 1, true
+  elseif c ~= "," then
+    return nil
+  end
+  return skip_space(s, i + 1), false
+end
+
 -- Checks an object at i against `fields` (nil: any keys); returns the index after it, nil for malformed JSON
 -- (which the transcoder then refuses in its own words).
 local function check_object(s, i, fields, path)
@@ -89,14 +102,11 @@ local function check_object(s, i, fields, path)
     if i == nil then
       return nil
     end
-    i = skip_space(s, i)
-    local c = string.sub(s, i, i)
-    if c == "}" then
-      return i + 1
-    elseif c ~= "," then
-      return nil
+    local last
+    i, last = next_item(s, i, "}")
+    if i == nil or last then
+      return i
     end
-    i = skip_space(s, i + 1)
   end
 end
 
@@ -124,14 +134,11 @@ check_value = function(s, i, field, path)
       if i == nil then
         return nil
       end
-      i = skip_space(s, i)
-      local d = string.sub(s, i, i)
-      if d == "]" then
-        return i + 1
-      elseif d ~= "," then
-        return nil
+      local last
+      i, last = next_item(s, i, "]")
+      if i == nil or last then
+        return i
       end
-      i = skip_space(s, i + 1)
       index = index + 1
     end
   elseif c == '"' then
