@@ -15,11 +15,9 @@ import numpy as np
 
 from bench import convert
 from bench.harness import write_results
-from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import TrainingParams
-from recommender.storage import importer
 from recommender.storage.artifacts import LocalArtifactStore
 
 
@@ -50,18 +48,13 @@ def blob_text_bytes(folder: Path) -> int:
 
 def main() -> None:
     rows: list[list[object]] = []
+    data = convert.training_data("goodbooks")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        convert.goodbooks(out)
-        books, interactions = (
-            importer.read_books(out / "books.csv"),
-            importer.read_interactions(out / "interactions.csv"),
-        )
-        data = TrainingData.from_interactions(books.rows, interactions.rows)
-        long_title = dataclasses.replace(books.rows[0], title="x" * 500)  # the longest title the API accepts
+        long_title = dataclasses.replace(data.books[0], title="x" * 500)  # the longest title the API accepts
         for name, catalogue in (
-            ("Goodreads sample", books.rows),
-            ("with one 500-character title", [long_title, *books.rows[1:]]),
+            ("Goodreads sample", data.books),
+            ("with one 500-character title", [long_title, *data.books[1:]]),
         ):
             model = train(dataclasses.replace(data, books=catalogue), TrainingParams())
             folder = LocalArtifactStore(out / name.replace(" ", "-")).write(model)

@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.storage import importer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BOOK_COLUMNS = ["book_id", "title", "authors", "description", "genres", "published_year"]
@@ -95,31 +99,53 @@ def demo(out: Path, data: Path = DATA) -> None:
     catalogue = generator.generate(
         settings.demo_seed, settings.demo_books, settings.demo_users, settings.demo_interactions
     )
+    write_import_files(out, catalogue.books, catalogue.interactions)
+
+
+def write_import_files(out: Path, books: Sequence[Book], interactions: Sequence[Interaction]) -> None:
+    """OUT/books.csv and OUT/interactions.csv, as `recommender import` reads them."""
     _write(
         out / "books.csv",
         BOOK_COLUMNS,
-        [
-            [b.book_id, b.title, b.authors, b.description, "|".join(b.genres), b.published_year or ""]
-            for b in catalogue.books
-        ],
+        [[b.book_id, b.title, b.authors, b.description, "|".join(b.genres), b.published_year or ""] for b in books],
     )
     _write(
         out / "interactions.csv",
         ["user_id", "book_id", "rating", "timestamp"],
         [
-            [i.user_id, i.book_id, "" if i.rating is None else i.rating, int(i.timestamp or 0)]
-            for i in catalogue.interactions
+            [
+                i.user_id,
+                i.book_id,
+                "" if i.rating is None else i.rating,
+                "" if i.timestamp is None else int(i.timestamp),
+            ]
+            for i in interactions
         ],
     )
 
 
+CONVERTERS: dict[str, Callable[[Path], None]] = {"goodbooks": goodbooks, "movielens": movielens, "demo": demo}
+
+
+def training_data(dataset: str) -> TrainingData:
+    """A data set converted, then read as `recommender import` reads it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        CONVERTERS[dataset](out)
+        books, interactions = (
+            importer.read_books(out / "books.csv"),
+            importer.read_interactions(out / "interactions.csv"),
+        )
+    return TrainingData.from_interactions(books.rows, interactions.rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["goodbooks", "movielens", "demo"])
+    parser.add_argument("dataset", choices=sorted(CONVERTERS))
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    {"goodbooks": goodbooks, "movielens": movielens, "demo": demo}[args.dataset](args.out)
+    CONVERTERS[args.dataset](args.out)
     print(f"wrote {args.out / 'books.csv'} and {args.out / 'interactions.csv'}")
     return 0
 

@@ -7,19 +7,15 @@ Goodreads sample (10,000 books) with the default configuration, for readers the 
 from __future__ import annotations
 
 import random
-import tempfile
 import time
-from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from bench import convert
 from bench.harness import write_results
-from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel, warm
 from recommender.model.params import TrainingParams
-from recommender.storage import importer
 
 CALLS = 3000
 
@@ -36,14 +32,7 @@ def timed(model: HybridModel, users: list[int], explain: bool) -> tuple[float, f
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        convert.goodbooks(out)
-        books, interactions = (
-            importer.read_books(out / "books.csv"),
-            importer.read_interactions(out / "interactions.csv"),
-        )
-    model = train(TrainingData.from_interactions(books.rows, interactions.rows), TrainingParams())
+    model = train(convert.training_data("goodbooks"), TrainingParams())
     threadpool_limits(1, user_api="blas")  # as the service serves
     warm(model)
     rng = random.Random(0)

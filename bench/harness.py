@@ -90,20 +90,36 @@ class Service:
 @contextmanager
 def service(size: Size, **settings: str) -> Iterator[Service]:
     """The service on free ports over the catalogue of `size` (created, seeded and trained on first use)."""
-    data_dir = WORK / size.name
-    data_dir.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_port(), free_port()
+    demo = {"demo_books": str(size.books), "demo_users": str(size.users), "demo_interactions": str(size.interactions)}
+    with started(WORK / size.name, **demo, **settings) as running:
+        yield running
+
+
+def environment(data_dir: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without any RECOMMENDER_* or DATABASE_URL, and then the service's data (an
+    embedded PostgreSQL) and artifacts under `data_dir`, and `settings` (RECOMMENDER_* without the prefix)."""
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
-    env |= {
+    return env | {
         "RECOMMENDER_DATA_DIR": str(data_dir / "var"),
         "RECOMMENDER_ARTIFACTS_DIR": str(data_dir / "artifacts"),
-        "RECOMMENDER_HTTP_PORT": str(http_port),
-        "RECOMMENDER_GRPC_PORT": str(grpc_port),
-        "RECOMMENDER_DEMO_BOOKS": str(size.books),
-        "RECOMMENDER_DEMO_USERS": str(size.users),
-        "RECOMMENDER_DEMO_INTERACTIONS": str(size.interactions),
         **{f"RECOMMENDER_{key.upper()}": value for key, value in settings.items()},
     }
+
+
+def cli(data_dir: Path, *args: str, **settings: str) -> None:
+    """`recommender ARGS` on the data under `data_dir`; exits with its output when it fails."""
+    command = [sys.executable, "-m", "recommender.cli", *args]
+    done = subprocess.run(command, cwd=ROOT, env=environment(data_dir, **settings), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"recommender {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+@contextmanager
+def started(data_dir: Path, **settings: str) -> Iterator[Service]:
+    """`python server.py` on free ports with its data under `data_dir`, once it serves a model; stopped on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    http_port, grpc_port = free_port(), free_port()
+    env = environment(data_dir, http_port=str(http_port), grpc_port=str(grpc_port), **settings)
     log = data_dir / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=out)

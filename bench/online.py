@@ -22,33 +22,26 @@ Results: bench/results/online.md and .csv.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from bench import convert
-from bench.harness import ROOT, WORK, free_port, write_results
+from bench.harness import WORK, cli, started, write_results
 from recommender.client import RecommenderClient
-from recommender.model.dataset import TrainingData
+from recommender.model.dataset import Interaction
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel, Request
 from recommender.model.online import Decision, OnlineSums, SequentialTest
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.serving.versions import serves_canary
-from recommender.storage import importer
 from recommender.v1 import recommender_pb2 as pb
 
 HIT_CLICK, MISS_CLICK, POSITION_DECAY, READ_AFTER_CLICK = 0.30, 0.01, 0.8, 0.6
@@ -97,18 +90,6 @@ def outcome(shown: list[int], events: list[tuple[int, str]]) -> tuple[float, flo
 # --- the data ---------------------------------------------------------------------------------------------------
 
 
-def load(data: str, folder: Path) -> TrainingData:
-    """The data set converted as `recommender import` reads it (kept in `folder`, under bench/.work/)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "books.csv").exists():
-        (convert.movielens if data == "movielens" else convert.goodbooks)(folder)
-    books, interactions = (
-        importer.read_books(folder / "books.csv"),
-        importer.read_interactions(folder / "interactions.csv"),
-    )
-    return TrainingData.from_interactions(books.rows, interactions.rows)
-
-
 def readers_of(the_split: Split) -> list[Reader]:
     return [Reader(user, frozenset(int(b) for b in books)) for user, books in sorted(the_split.held_out.items())]
 
@@ -117,73 +98,22 @@ def write_split(the_split: Split, folder: Path) -> None:
     """The training part as import CSVs: what the service may know."""
     folder.mkdir(parents=True, exist_ok=True)
     data = the_split.train
-    convert._write(
-        folder / "books.csv",
-        convert.BOOK_COLUMNS,
-        [
-            [b.book_id, b.title, b.authors, b.description, "|".join(b.genres), b.published_year or ""]
-            for b in data.books
-        ],
-    )
-    convert._write(
-        folder / "interactions.csv",
-        ["user_id", "book_id", "rating", "timestamp"],
-        [
-            [u, b, "" if np.isnan(r) else f"{r:g}", f"{t:.0f}" if t else ""]
-            for u, b, r, t in zip(data.user_ids, data.book_ids, data.ratings, data.timestamps, strict=True)
-        ],
-    )
+    columns = zip(data.user_ids, data.book_ids, data.ratings, data.timestamps, strict=True)
+    interactions = [
+        Interaction(int(u), int(b), None if np.isnan(r) else float(r), float(t) if t else None)
+        for u, b, r, t in columns
+    ]
+    convert.write_import_files(folder, data.books, interactions)
 
 
 GOOD = TrainingParams()
 WORSE = TrainingParams(als=ALSParams(factors=1))
 WEAKER = TrainingParams(als=ALSParams(factors=8))  # a subtler difference: how many impressions it takes
 CANDIDATES = {"good": GOOD, "worse": WORSE, "weaker": WEAKER}
-WORSE_SETTINGS = {"ALS_FACTORS": "1"}
+WORSE_SETTINGS = {"als_factors": "1"}
 
 
 # --- part 1: the service ----------------------------------------------------------------------------------------
-
-
-@contextmanager
-def running_service(folder: Path, env: dict[str, str]) -> Iterator[str]:
-    """`python server.py`; yields its gRPC target."""
-    http_port, grpc_port = free_port(), free_port()
-    env = env | {"RECOMMENDER_HTTP_PORT": str(http_port), "RECOMMENDER_GRPC_PORT": str(grpc_port)}
-    log = folder / "server.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{http_port}"
-    try:
-        deadline = time.monotonic() + 600
-        while _health(url) != {"status": "ok", "models_loaded": True}:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the service did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"127.0.0.1:{grpc_port}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(120)
-
-
-def _health(url: str) -> object:
-    try:
-        return httpx.get(f"{url}/api/v1/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-
-
-def command(env: dict[str, str], *args: str) -> None:
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "recommender"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"recommender {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
 
 
 @dataclass(frozen=True)
@@ -199,34 +129,27 @@ class ServiceDecision:
 def service_part(the_split: Split, folder: Path, seed: int) -> list[ServiceDecision]:
     shutil.rmtree(folder / "var", ignore_errors=True)
     shutil.rmtree(folder / "artifacts", ignore_errors=True)
-    write_split(the_split, folder / "csv")
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
-    env |= {
-        "RECOMMENDER_DATA_DIR": str(folder / "var"),
-        "RECOMMENDER_ARTIFACTS_DIR": str(folder / "artifacts"),
-        "RECOMMENDER_TUNING": "off",
-    }
-    command(
-        env, "import", "--books", str(folder / "csv/books.csv"), "--interactions", str(folder / "csv/interactions.csv")
-    )
-    command(env, "train", "--force")  # the good version first...
-    command(env | {f"RECOMMENDER_{k}": v for k, v in WORSE_SETTINGS.items()}, "train", "--force")  # ...then the worse
-    serving = env | {"RECOMMENDER_CANARY": "auto", "RECOMMENDER_CANARY_CHECK_SECONDS": "2"}
+    csv = folder / "csv"
+    write_split(the_split, csv)
+    cli(folder, "import", "--books", str(csv / "books.csv"), "--interactions", str(csv / "interactions.csv"))
+    cli(folder, "train", "--force", tuning="off")  # the good version first...
+    cli(folder, "train", "--force", tuning="off", **WORSE_SETTINGS)  # ...then the worse
     readers = readers_of(the_split)
     rng = random.Random(seed)
     decisions = []
-    with running_service(folder, serving) as target, RecommenderClient(target) as client:
+    serving = started(folder, tuning="off", canary="auto", canary_check_seconds="2")
+    with serving as running, RecommenderClient(running.grpc_target) as client:
         models = client.list_models().models
         worse = next(m.version for m in models if m.status == "active")
         good = next(m.version for m in models if m.status == "retired")
         for scenario, canary in (("good canary vs worse active", good), ("worse canary vs good active", worse)):
-            started = time.monotonic()
+            began = time.monotonic()
             client.start_canary(canary, SHARE)
             status = _simulate_until_decided(client, readers, rng, canary)
             reason = next(m.reason for m in client.list_models().models if m.version == canary)
             found = re.search(r"after (\d+) canary and (\d+) active impressions", reason)
             counts = (int(found[1]), int(found[2])) if found else (0, 0)
-            decisions.append(ServiceDecision(scenario, status, reason, *counts, time.monotonic() - started))
+            decisions.append(ServiceDecision(scenario, status, reason, *counts, time.monotonic() - began))
     return decisions
 
 
@@ -335,7 +258,7 @@ def main() -> int:
     parser.add_argument("--skip-service", action="store_true", help="only the in-process runs")
     args = parser.parse_args()
     folder = WORK / f"online-{args.data}"
-    data = load(args.data, folder / "source")
+    data = convert.training_data(args.data)
     the_split = split(data)
     readers = readers_of(the_split)
     started = time.perf_counter()

@@ -9,15 +9,12 @@ Writes bench/results/startup_import.*.
 from __future__ import annotations
 
 import argparse
-import csv
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import MEDIUM, ROOT, Size, service, write_results
+from bench import convert
+from bench.harness import MEDIUM, Size, cli, service, write_results
 from recommender import demo
 
 
@@ -31,22 +28,10 @@ def startup_seconds(size: Size) -> float:
 
 def import_seconds(size: Size, workdir: Path) -> float:
     catalogue = demo.generate(7, size.books, size.users, size.interactions)
+    convert.write_import_files(workdir, catalogue.books, catalogue.interactions)
     books, interactions = workdir / "books.csv", workdir / "interactions.csv"
-    with open(books, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["book_id", "title", "authors", "description", "genres", "published_year"])
-        for b in catalogue.books:
-            writer.writerow([b.book_id, b.title, b.authors, b.description, "|".join(b.genres), b.published_year])
-    with open(interactions, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["user_id", "book_id", "rating", "timestamp"])
-        for i in catalogue.interactions:
-            writer.writerow([i.user_id, i.book_id, "" if i.rating is None else i.rating, int(i.timestamp or 0)])
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
-    env["RECOMMENDER_DATA_DIR"] = str(workdir / "var")
-    command = [sys.executable, "-m", "recommender.cli", "import", "--books", str(books), "--interactions"]
     started = time.perf_counter()
-    subprocess.run([*command, str(interactions)], cwd=ROOT, env=env, check=True, capture_output=True)
+    cli(workdir, "import", "--books", str(books), "--interactions", str(interactions))
     return time.perf_counter() - started
 
 
