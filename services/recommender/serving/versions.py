@@ -153,8 +153,8 @@ class VersionManager:
             if record.status is Status.FAILED:
                 raise VersionUnavailable(f"version {version} failed: it has no model to serve")
             model = await self._loaded(version)
-            await self.registry.start_canary(version, share, f"canary for {share:.1%} of the users")
-            self._canary = CanaryServing(model, share, datetime.now(UTC))
+            started = await self.registry.start_canary(version, share, f"canary for {share:.1%} of the users")
+            self._canary = CanaryServing(model, share, started)
             log.info("serving version %s to %.1f%% of the users as a canary", version, 100 * share)
 
     async def promote_canary(self, reason: str, version: str | None = None) -> str:

@@ -109,18 +109,20 @@ class Registry:
         async with self._db.transaction() as conn:
             await _activate(conn, version, reason)
 
-    async def start_canary(self, version: str, share: float, reason: str) -> None:
-        """Makes a stored version the canary at `share` (a running canary is rejected). One transaction."""
+    async def start_canary(self, version: str, share: float, reason: str) -> datetime:
+        """Makes a stored version the canary at `share` (a running canary is rejected); returns when it started.
+        One transaction."""
         async with self._db.transaction() as conn:
             await _reject_canary(conn, f"replaced by the canary {version}")
-            await conn.execute(
+            started: datetime = await conn.fetchval(
                 "UPDATE model_versions SET status = 'canary', reason = $2, canary_share = $3, "
-                "canary_started_at = now() WHERE version = $1",
+                "canary_started_at = now() WHERE version = $1 RETURNING canary_started_at",
                 version,
                 reason,
                 share,
             )
             await notify(conn, Event(Kind.VERSION))
+        return started
 
     async def promote_canary(self, version: str, reason: str) -> bool:
         """Makes the canary `version` the active one; False when it is not the canary (any more: another process
