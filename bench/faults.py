@@ -1,6 +1,8 @@
 """A fault campaign against the real service (`python server.py`, its Envoy, a PostgreSQL of the campaign's own):
-PostgreSQL killed during concurrent writes, each artifact file corrupted in turn, the artifacts disk filled. It
-prints a table of scenario, what must happen and what happened, and exits non-zero when anything went wrong.
+PostgreSQL killed during concurrent writes, each artifact file corrupted in turn, the artifacts disk filled, and
+the edges of bench/edges.py (a second server, a CSV that would merge rows, size refusals, a change of the active
+version during a retrain, forged feedback, the embedded database killed, Schemathesis with every phase and check).
+It prints a table of scenario, what must happen and what happened, and exits non-zero when anything went wrong.
 
     python -m bench.faults           every scenario at length; writes bench/results/faults.md
     python -m bench.faults --short   the quick version the test suite runs (writes nothing)
@@ -27,6 +29,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench import edges
 from bench.harness import ROOT, free_port, write_results
 
 SMALL = {"DEMO_BOOKS": "400", "DEMO_USERS": "150", "DEMO_INTERACTIONS": "4000"}
@@ -88,10 +91,11 @@ class Service:
     process: subprocess.Popen[bytes]
     url: str
     log: Path
+    env: dict[str, str]
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": edges.ADMIN["Authorization"]})
 
     def get(self, path: str) -> Any:
         return self.http.get(path).json()
@@ -120,23 +124,34 @@ class Service:
 
 @contextlib.contextmanager
 def service(database: Database, folder: Path, artifacts: Path | None = None) -> Iterator[Service]:
-    http_port, grpc_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RECOMMENDER_")}
     env |= {
         "DATABASE_URL": database.url,
         "RECOMMENDER_DATA_DIR": str(folder / "var"),
         "RECOMMENDER_ARTIFACTS_DIR": str(artifacts or folder / "artifacts"),
+    }
+    with running_service(env, folder) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_service(env: dict[str, str], folder: Path) -> Iterator[Service]:
+    """`python server.py` with `env` on free ports, small and quick to train, with the campaign's admin key."""
+    http_port, grpc_port = free_port(), free_port()
+    env = env | {
         "RECOMMENDER_HTTP_PORT": str(http_port),
         "RECOMMENDER_GRPC_PORT": str(grpc_port),
+        "RECOMMENDER_METRICS_PORT": str(free_port()),
         "RECOMMENDER_TUNING": "off",
         "RECOMMENDER_ALS_ITERATIONS": "8",
+        "RECOMMENDER_API_KEY": edges.ADMIN_KEY,
         **{f"RECOMMENDER_{key}": value for key, value in SMALL.items()},
     }
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / f"server-{http_port}.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    running = Service(process, f"http://127.0.0.1:{http_port}", log)
+    running = Service(process, f"http://127.0.0.1:{http_port}", log, env)
     try:
         if not running.idle():
             raise SystemExit(f"the service did not start:\n{log.read_text()[-3000:]}")
@@ -156,7 +171,7 @@ def database_killed_during_writes(database: Database, running: Service, seconds:
     numbers = iter(range(1_000_000))
 
     def writer() -> None:
-        with httpx.Client(base_url=running.url, timeout=30) as http:
+        with httpx.Client(base_url=running.url, timeout=30, headers=edges.ADMIN) as http:
             while not stop.is_set():
                 with lock:
                     batch = next(numbers)
@@ -252,12 +267,12 @@ def artifact_files_corrupted(running: Service, artifacts: Path, names: list[str]
         statuses = {m["version"]: m["status"] for m in running.get("/api/v1/models")["models"]}
         still = running.get("/api/v1/model/info")["version"] == serving
         answers = running.http.get("/api/v1/recommendations?user_id=3&limit=5").status_code == 200
-        ok = answer.status_code == 400 and statuses[target] == "failed" and still and answers
+        ok = answer.status_code == 409 and statuses[target] == "failed" and still and answers
         detail = answer.json().get("detail", "")[:90]
         rows.append(
             Row(
                 f"{name} of a retired version damaged, then a rollback to it",
-                "400 naming the damage, the version marked failed, the active one keeps serving",
+                "409 naming the damage, the version marked failed, the active one keeps serving",
                 f"{answer.status_code} {detail!r}; marked {statuses[target]}; serving on: {still and answers}",
                 ok,
             )
@@ -329,8 +344,19 @@ def campaign(short: bool) -> list[Row]:
             rows += database_killed_during_writes(database, running, 6.0 if short else 30.0)
             names = ["cf.npz", "manifest.json"] if short else VERSION_FILES
             rows += artifact_files_corrupted(running, folder / "artifacts", names)
+            rows += edges.second_server(running, running.env)
+            rows += edges.size_refusals(running)
+            rows += edges.forged_feedback(running)
+            rows += edges.change_during_a_retrain(running)
+            rows += edges.small_ones(running, running.env)
+            if not short:  # the suite runs its short form in tests/test_openapi.py
+                rows += edges.schemathesis(running.url, 500)
+            environment = running.env
+        rows += edges.import_with_a_quote_left_open(database.url, folder)
         rows += active_damaged_before_a_restart(database, folder)
         rows += disk_full(database, folder)
+        if not short:  # the suite has it in tests/test_database_outage.py
+            rows += edges.embedded_database_killed(environment, folder / "embedded")
     return rows
 
 

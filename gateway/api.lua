@@ -114,6 +114,9 @@ end
 check_value = function(s, i, field, path)
   local c = string.sub(s, i, i)
   local kind = field and field.kind
+  if kind == "list" and c ~= "[" and string.sub(s, i, i + 3) ~= "null" then
+    problem('"' .. shorten(path) .. '" must be an array')
+  end
   if c == "{" then
     local fields = nil
     if kind == "message" then
@@ -129,8 +132,12 @@ check_value = function(s, i, field, path)
       return i + 1
     end
     local index = 0
+    local item = field  -- a repeated field's items are what the field says; a list's are anything
+    if kind == "list" then
+      item = nil
+    end
     while true do
-      i = check_value(s, i, field, path .. "[" .. index .. "]")
+      i = check_value(s, i, item, path .. "[" .. index .. "]")
       if i == nil then
         return nil
       end
@@ -278,6 +285,11 @@ function envoy_on_response(handle)
     body:setBytes(detail)
   end
   -- The headers object from before body() is out of scope now: ask for it again.
+  -- FAILED_PRECONDITION (9): the thing's state forbids the call (a rejected version, a serving-only process).
+  -- Envoy's table says 400, but the request itself is fine: 409, as every state conflict of this API.
+  if status == 400 and string.match(text, '^%s*{%s*"code"%s*:%s*9%s*[,}]') then
+    handle:headers():replace(":status", "409")
+  end
   handle:headers():replace("content-type", "application/json")
   handle:headers():replace("content-length", tostring(#detail))
 end

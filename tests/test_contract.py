@@ -23,3 +23,11 @@ def test_buf_lint_passes() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_service_name_and_the_calls_that_change_state_are_the_protos() -> None:
+    from recommender.v1 import SERVICE_NAME, STATE_CHANGING, recommender_pb2
+
+    service = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
+    assert service.full_name == SERVICE_NAME
+    assert set(service.methods_by_name) >= STATE_CHANGING

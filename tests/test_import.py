@@ -341,6 +341,17 @@ def test_gpu_training_without_cuda_stops_start_up_clearly(tmp_path: Path) -> Non
     assert not (tmp_path / "pgdata").exists()
 
 
+def test_a_description_may_span_lines(database_url: str, tmp_path: Path) -> None:
+    books = write(tmp_path, "b.csv", 'book_id,title,description\n1,Dune,"Desert.\n\nSpice."\n2,Emma,Village\n')
+    interactions = write(tmp_path, "i.csv", 'user_id,book_id,rating\n1,1,5\n"2",2,\n')
+    result = run_cli(database_url, "import", "--books", str(books), "--interactions", str(interactions))
+    assert result.returncode == 0, result.stderr
+    assert table(database_url, "SELECT description FROM books ORDER BY book_id") == [
+        ("Desert.\n\nSpice.",),
+        ("Village",),
+    ]
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
@@ -351,6 +362,13 @@ def test_gpu_training_without_cuda_stops_start_up_clearly(tmp_path: Path) -> Non
         (b"book_id,title,genres\n7003,Many," + b"|".join(b"g%d" % i for i in range(101)) + b"\n", "at most 100"),
         (b"book_id,title,published_year\n7003,Old,-50000\n", "published_year must be a year between -3000"),
         (b'book_id,title\n7003,"a"b\n', ":2: this row is not valid CSV"),
+        # A quote left open that closes two lines later: three rows would become one book with a long title.
+        (
+            b'book_id,title,authors\n30111,"Quoted title,Ann\n30112,Plain,Bo\n30113,Vinyl 12",Cid\n',
+            ":2: a line break inside title (this record runs over lines 2-4): a quote left open on line 2?",
+        ),
+        (b'book_id,title\n7003,"Two\nLines"\n', ":2: a line break inside title"),
+        (b'book_id,title\n"70\n03",T\n', ":2: a line break inside book_id"),
     ],
 )
 def test_a_file_is_read_strictly_and_nothing_of_it_is_written(
@@ -363,3 +381,17 @@ def test_a_file_is_read_strictly_and_nothing_of_it_is_written(
     assert f"{books}{problem}" in result.stderr if problem.startswith(":") else problem in result.stderr
     assert len(result.stderr) < 2000  # no value is echoed whole
     assert counts(database_url)["books"] == 0
+
+
+def test_a_time_ahead_of_the_clock_counts_as_now_and_milliseconds_are_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    books = write(tmp_path, "b.csv", BOOKS)
+    ahead = write(tmp_path, "i.csv", "user_id,book_id,rating,timestamp\n1,1,5,4102444000\n")
+    result = run_cli(database_url, "import", "--books", str(books), "--interactions", str(ahead))
+    assert result.returncode == 0, result.stderr
+    (late,) = table(database_url, "SELECT occurred_at <= now() + interval '1 minute' FROM interactions")
+    assert late == (True,)  # not in 2099: a clock ahead cannot make an event win the merge for ever
+    millis = write(tmp_path, "m.csv", "user_id,book_id,timestamp\n1,2,1700000000000\n")
+    result = run_cli(database_url, "import", "--interactions", str(millis))
+    assert result.returncode == 1 and "timestamp must be Unix seconds before the year 2100" in result.stderr

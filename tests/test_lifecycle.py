@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -25,11 +26,12 @@ import pytest
 from bench.harness import free_port
 from recommender.client import RecommenderClient
 from recommender.processes import is_alive
+from recommender.serving import retrain
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.storage.db import RetrainLock
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import make_trainer
+from recommender.training.trainer import RetrainResult, make_trainer
 from tests.conftest import SMALL_DEMO, StartService, active_version, create_database, wait_for
 from tests.test_gateway import ROOT, Server, start_server
 from tests.test_replicas import scraped
@@ -291,6 +293,29 @@ def test_a_retrain_that_cannot_write_fails_cleanly_and_the_next_one_works(
     assert client.rollback().version == version
     assert client.model_info().version == version
     assert not list(artifacts.glob(".incoming-*"))
+
+
+def test_a_failed_first_training_is_tried_again_until_a_model_serves(
+    start_service: StartService, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(retrain, "FIRST_RETRY_SECONDS", 0.2)
+    trainer = make_trainer(settings, settings.database_url or "")
+    calls: list[float] = []
+
+    def flaky(control: RetrainControl) -> RetrainResult:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise OSError("the disk is full")
+        return trainer(control)
+
+    with caplog.at_level(logging.INFO, "recommender"):
+        running = start_service(flaky)
+        wait_for(lambda: running.model is not None, timeout=30)
+    assert len(calls) == 3 and calls[2] - calls[1] > calls[1] - calls[0] > 0.15  # waits that grow
+    said = caplog.text
+    assert "retrain failed; no model serves yet" in said and "the previous model keeps serving" not in said
+    assert "no model serves yet: training again in 0 s" in said
+    assert running.client.health().models_loaded
 
 
 def test_a_rollback_that_fails_half_way_changes_nothing_anywhere(

@@ -162,7 +162,7 @@ def test_workers_share_the_load_and_follow_the_main_process(postgres_url: str, t
     server = start_server(create_database(postgres_url), tmp_path, WORKERS="2")
     try:
         children = psutil.Process(server.process.pid).children(recursive=True)
-        assert sum("worker" in " ".join(child.cmdline()) for child in children) == 1
+        assert sum("recommender.cli worker" in " ".join(child.cmdline()) for child in children) == 1
         admin = (tmp_path / "var" / "envoy-admin-address").read_text().strip()
 
         def serving_hosts() -> list[str]:

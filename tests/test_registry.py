@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 import pytest
 
 from recommender.settings import Settings
 from recommender.storage.db import Database
-from tests.conftest import StartService, wait_for
+from recommender.storage.registry import ActiveChanged
+from recommender.training.progress import RetrainControl
+from recommender.training.trainer import RetrainResult, make_trainer
+from tests.conftest import ModelBuilder, StartService, wait_for
 from tests.test_service import slowed, status_of, wait_until_idle
 
 
@@ -138,3 +142,62 @@ def test_blank_version_means_the_previous_one(start_service: StartService, versi
     running.client.retrain()
     wait_until_idle(running)
     assert running.client.rollback(version).version == first
+
+
+def paused_at(
+    name: str, settings: Settings, pause: threading.Event, paused: threading.Event, go_on: threading.Event
+) -> ModelBuilder:
+    """The real trainer; once `pause` is set, it stops at the start of stage `name` until `go_on` is."""
+    trainer = make_trainer(settings, settings.database_url or "")
+
+    def build(control: RetrainControl) -> RetrainResult:
+        original = control.stage
+
+        def stage(stage_name: str) -> None:
+            original(stage_name)
+            if stage_name == name and pause.is_set():
+                paused.set()
+                go_on.wait(60)
+
+        control.stage = stage  # type: ignore[method-assign,assignment]
+        return trainer(control)
+
+    return build
+
+
+def test_a_change_of_the_active_version_during_a_retrain_stands_and_the_retrain_is_rejected(
+    start_service: StartService, settings: Settings
+) -> None:
+    """Every change of the active version is a compare-and-set on the version it replaces: by hand, promotions and
+    rollbacks wait for a running retrain (409); one made elsewhere meanwhile (here: straight in the registry, as
+    another replica would) wins, and the retrain, gated against the version it replaced, is rejected."""
+    pause, paused, go_on = threading.Event(), threading.Event(), threading.Event()
+    running = start_service(paused_at("cf", settings, pause, paused, go_on))
+    wait_until_idle(running)
+    first = running.client.model_info().version
+    running.client.retrain(force=True)
+    wait_until_idle(running)
+    second = running.client.model_info().version
+    assert second != first
+
+    pause.set()
+    running.client.retrain()
+    assert paused.wait(30)  # evaluated and gated against `second`, not yet released
+    assert status_of(lambda: running.client.rollback(first)) == (
+        grpc.StatusCode.ABORTED,
+        "Retraining already in progress",
+    )
+    assert status_of(lambda: running.client.start_canary(first, 0.2))[0] is grpc.StatusCode.ABORTED
+    assert status_of(lambda: running.client.promote_canary())[0] is grpc.StatusCode.ABORTED
+    registry = running.service.versions.registry
+    running.loop.run(registry.activate(first, "rolled back by another replica", replaces=second))
+    with pytest.raises(ActiveChanged):  # a change decided against a version that is not active any more
+        running.loop.run(registry.activate(second, "stale", replaces=second))
+    go_on.set()
+    wait_until_idle(running)
+    info = running.client.model_info()
+    assert info.version == first  # the rollback stands
+    assert info.last_retrain.outcome == "rejected"
+    assert info.last_retrain.reason.startswith(f"the active version changed from {second} to {first} during")
+    statuses = {m.version: m.status for m in running.client.list_models().models}
+    assert statuses[first] == "active" and statuses[info.last_retrain.version] == "rejected"

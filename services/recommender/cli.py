@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recommender import logs
+from recommender.claims import Claim, Claimed
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.processes import die_with_parent
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage import importer
-from recommender.storage.database_server import database_url
+from recommender.storage.database_server import EmbeddedPostgres, database, database_url, keep_running
 from recommender.storage.db import Database, DatabaseUnavailable, RetrainLock
+from recommender.tasks import cancelled
 from recommender.training.progress import Progress, RetrainControl
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("recommender")
 
 WORKER_READY = "serving worker listening on port "
+SERVER_CLAIM = "server.lock"  # in the data folder: the one `recommender serve` that owns it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGHUP, signal.SIGTERM):
         signal.signal(sig, _interrupt)
     command = args.command or "serve"
+    problem = _unusable_folders(settings, command)
+    if problem:
+        print(f"recommender: invalid setting: {problem}", file=sys.stderr)
+        return 2
     try:
         if command == "serve":
             return serve(settings)
@@ -82,6 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _unusable_folders(settings: Settings, command: str) -> str:
+    """Why the data or artifacts folder cannot be used (created when missing), naming its setting; "" when both
+    can. `evaluate` uses neither."""
+    folders = {"RECOMMENDER_DATA_DIR": settings.data_dir}
+    if command in ("serve", "train", "tune"):
+        folders["RECOMMENDER_ARTIFACTS_DIR"] = settings.artifacts_dir
+    if command == "evaluate":
+        return ""
+    for name, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not writable")
+        except OSError as exc:
+            return f"{name}: cannot use {str(folder)!r} as a folder ({exc.strerror or exc})"
+    return ""
 
 
 def _loopback(host: str) -> bool:
@@ -168,31 +194,56 @@ def serve(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    try:
+        claim = Claim.take(
+            settings.data_dir / SERVER_CLAIM,
+            f"the data folder {settings.data_dir.resolve()}",
+            command="recommender serve",
+        )
+    except Claimed as exc:
+        print(
+            f"recommender: {exc}: stop it first, or give this one a data folder of its own (RECOMMENDER_DATA_DIR)",
+            file=sys.stderr,
+        )
+        return 2
     log.info("data in %s", settings.data_dir.resolve())
-    with database_url(settings) as dsn:
-        return asyncio.run(_serve(settings, dsn))
+    with claim, database(settings) as (dsn, embedded):
+        return asyncio.run(_serve(settings, dsn, claim, embedded))
 
 
-async def _serve(settings: Settings, dsn: str) -> int:
+async def _serve(settings: Settings, dsn: str, claim: Claim, embedded: EmbeddedPostgres | None) -> int:
     """The gRPC server and Envoy together: both run, or the command exits non-zero saying why. Stopping ends
-    Envoy, the workers, a running retrain and the fork server before the command returns."""
+    Envoy, the workers, a running retrain and the fork server before the command returns. The embedded database
+    (the data folder's, which this command owns) is started again whenever it stops."""
     from recommender.gateway.envoy import Envoy, GatewayError
     from recommender.serving.service import GrpcService
     from recommender.training.child import stop_fork_server
 
     service = GrpcService(settings, dsn)
+    supervisor = (
+        asyncio.create_task(keep_running(embedded, service.metrics.database_restarts.inc)) if embedded else None
+    )
     envoy: Envoy | None = None
     stop = _stop_signal()
     workers: list[tuple[asyncio.subprocess.Process, int]] = []
     try:
         await service.start()
+        claim.describe(command="recommender serve", grpc=f"{settings.grpc_host}:{service.port}")
         workers = await _start_workers(settings, dsn, settings.workers - 1)
         if not settings.gateway:
             await stop.wait()
             return 0
         envoy = Envoy(settings, service.port, [port for _, port in workers])
         await envoy.start()
+        claim.describe(
+            command="recommender serve",
+            grpc=f"{settings.grpc_host}:{service.port}",
+            http=f"{settings.http_host}:{settings.http_port}",
+        )
         return await _run_until_stopped(envoy, stop)
+    except Claimed as exc:
+        log.error("%s", exc)
+        return 2
     except (OSError, GatewayError) as exc:
         return _failed_to_start(exc)
     finally:
@@ -201,6 +252,7 @@ async def _serve(settings: Settings, dsn: str) -> int:
         for process, _port in workers:
             process.terminate()
         await asyncio.gather(service.stop(), *(_ended(process) for process, _port in workers))
+        await cancelled(supervisor)
         stop_fork_server()
 
 
@@ -266,6 +318,9 @@ async def _gateway(settings: Settings, upstreams: list[Upstream]) -> int:
         await envoy.start()
         log.info("balancing over %s", ", ".join(f"{u.host}:{u.port}" for u in upstreams))
         return await _run_until_stopped(envoy, stop)
+    except Claimed as exc:
+        log.error("%s: stop it first, or give this gateway another port", exc)
+        return 2
     except (OSError, GatewayError) as exc:
         return _failed_to_start(exc)
     finally:

@@ -71,8 +71,9 @@ def write_openapi(descriptor: Path, target: Path) -> None:
 
     from recommender.gateway.contract import Contract
     from recommender.gateway.openapi import document
+    from recommender.v1 import SERVICE_NAME
 
-    service = "recommender.v1.Recommender"  # the generated stubs may not be importable yet
+    service = SERVICE_NAME
     text = json.dumps(document(Contract(descriptor, service), "Recommender", "v1"), indent=2) + "\n"
     target.write_text(text, encoding="utf-8")
 

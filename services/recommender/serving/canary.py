@@ -21,6 +21,7 @@ from recommender.model.online import Decision, OnlineSums, SequentialTest, Verdi
 from recommender.serving.versions import NoCanary, VersionManager
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.online import OnlineStore
+from recommender.storage.registry import ActiveChanged
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Comparison:
     canary: OnlineSums
     active: OnlineSums
     verdict: Verdict
+    active_version: str  # what the canary was compared with
 
 
 # Each version's online sums since a moment, of some versions: OnlineStore.sums, or OnlineView.sums (cached).
@@ -58,7 +60,7 @@ async def compare(sums_of: SumsSource, versions: VersionManager, test: Sequentia
         return None
     sums = await sums_of(canary.started_at, [canary.version, active])
     ours, theirs = sums.get(canary.version, OnlineSums()), sums.get(active, OnlineSums())
-    return Comparison(ours, theirs, test.decide(ours, theirs))
+    return Comparison(ours, theirs, test.decide(ours, theirs), active)
 
 
 class CanaryJudge:
@@ -97,12 +99,12 @@ class CanaryJudge:
         try:
             if verdict.decision is Decision.PROMOTE:
                 reason = f"promoted by its online test: {verdict.reason}"
-                await self._versions.promote_canary(reason, canary.version)
+                await self._versions.promote_canary(reason, canary.version, comparison.active_version)
             else:
                 reason = f"aborted by its online test: {verdict.reason}"
                 await self._versions.abort_canary(reason, canary.version)
-        except NoCanary:
-            return comparison  # another process decided first
+        except (NoCanary, ActiveChanged):
+            return comparison  # another process decided first: the next look compares again
         log.info("canary %s %s", canary.version, reason)
         return comparison
 

@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from recommender.storage.online import Impression, OnlineStore
@@ -41,6 +42,7 @@ class ImpressionLog:
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._batch: list[Impression] = []  # taken from the queue, not written yet
+        self._unwritten: dict[uuid.UUID, Impression] = {}  # queued or in a batch: what feedback may name already
         self._task: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._complained = -COMPLAIN_SECONDS
@@ -51,6 +53,12 @@ class ImpressionLog:
             self._queue.put_nowait(impression)
         except asyncio.QueueFull:
             self._on_dropped(1)
+            return
+        self._unwritten[impression.recommendation_id] = impression
+
+    def unwritten(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Impression]:
+        """Those of `ids` that this process showed and has not written yet."""
+        return {i: self._unwritten[i] for i in ids if i in self._unwritten}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever())
@@ -102,13 +110,19 @@ class ImpressionLog:
         try:
             await self._store.add_impressions(batch)
         except Exception as exc:  # the database away, or a commit cut off: these impressions are lost, counted
+            self._forget(batch)
             self._on_dropped(len(batch))
             now = time.monotonic()
             if now - self._complained >= COMPLAIN_SECONDS:
                 self._complained = now
                 log.warning("impressions not written (dropped, counted in metrics): %s", exc)
             return
+        self._forget(batch)
         self._on_written(len(batch))
+
+    def _forget(self, batch: list[Impression]) -> None:
+        for impression in batch:
+            self._unwritten.pop(impression.recommendation_id, None)
 
     async def _prune_forever(self, retention: timedelta) -> None:
         while True:

@@ -31,6 +31,10 @@ RetrainRunner = Callable[[RetrainControl], Awaitable[RetrainResult]]
 
 CANCELLED = "cancelled: the service is shutting down"
 CLEAN_UP_SECONDS = 5.0  # what a stop waits for the lock's release and the clean-up of a failed retrain
+# With no model to serve, a failed retrain is tried again after this, doubling up to the most (a database that was
+# away, a full disk freed: the service recovers without anybody asking).
+FIRST_RETRY_SECONDS = 10.0
+MAX_RETRY_SECONDS = 600.0
 
 
 class Busy(Exception):
@@ -68,6 +72,8 @@ class RetrainCoordinator:
         self._state = RetrainState(running=False)
         self._control: RetrainControl | None = None
         self._task: asyncio.Task[None] | None = None
+        self._retry: asyncio.Task[None] | None = None
+        self._failures_without_model = 0
         self._stopping = False
 
     @property
@@ -112,6 +118,7 @@ class RetrainCoordinator:
     async def stop(self) -> None:
         """Kills a running retrain and waits (boundedly) for its lock to be released."""
         self._stopping = True
+        await cancelled(self._retry)
         task = self._task
         if task is not None and not task.done():
             await cancelled(task, CLEAN_UP_SECONDS + 1)
@@ -139,7 +146,8 @@ class RetrainCoordinator:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            log.exception("retrain failed; the previous model keeps serving")
+            serving = "the previous model keeps serving" if self._versions.model else "no model serves yet"
+            log.exception("retrain failed; %s", serving)
             result = RetrainResult(Outcome.FAILED, "", error, time.perf_counter() - started)
         finally:
             try:
@@ -152,6 +160,28 @@ class RetrainCoordinator:
                 if result is not None:
                     self._on_finished(result)
                 self._on_change()
+                self._retry_without_model(bool(error) and error != CANCELLED)
+
+    def _retry_without_model(self, failed: bool) -> None:
+        """After a failed retrain while no model serves, another one later (with a growing wait)."""
+        if self._versions.model is not None or not failed:
+            self._failures_without_model = 0
+            return
+        if self._stopping:
+            return
+        delay = min(FIRST_RETRY_SECONDS * 2**self._failures_without_model, MAX_RETRY_SECONDS)
+        self._failures_without_model += 1
+        log.warning("no model serves yet: training again in %.0f s", delay)
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            try:
+                await self.start()
+            except Exception as exc:  # the database away: the next failure schedules the next try
+                log.warning("could not start the retrain: %s", str(exc) or type(exc).__name__)
+                self._retry_without_model(True)
+
+        self._retry = asyncio.create_task(later())
 
     async def _clean(self) -> None:
         """What a retrain left half-way; the caller holds the retrain lock, so no retrain is writing."""

@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
-from recommender.gateway.envoy import MAX_BODY_BYTES
+from recommender.gateway.envoy import GRPC_METADATA_FACTOR, MAX_BODY_BYTES, MAX_HEADER_KB
 from recommender.model.hybrid import HybridModel
 from recommender.model.online import SequentialTest
 from recommender.schedule import Schedule, Scheduler
@@ -37,21 +37,9 @@ from recommender.storage.registry import Registry
 from recommender.storage.seed import DemoSize, prepare_database
 from recommender.training.child import ChildProcessTrainer, start_fork_server
 from recommender.training.trainer import make_trainer
-from recommender.v1 import SERVICE_NAME, recommender_pb2_grpc
+from recommender.v1 import SERVICE_NAME, STATE_CHANGING, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# RPCs that need the admin credential when one is configured.
-STATE_CHANGING = {
-    "Retrain",
-    "Rollback",
-    "RecordInteractions",
-    "UpsertBooks",
-    "RecordFeedback",
-    "StartCanary",
-    "PromoteCanary",
-    "AbortCanary",
-}
 
 
 class Role(StrEnum):
@@ -190,10 +178,17 @@ class GrpcService:
         assert self._view is not None
         credentials = Credentials.from_settings(self.settings)
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it. Messages up to twice
-        # the gateway's body limit: a JSON body transcodes to a smaller message.
+        # the gateway's body limit (a JSON body transcodes to a smaller message) and metadata beyond its header
+        # limit: whatever passes the gateway passes here.
+        metadata = GRPC_METADATA_FACTOR * MAX_HEADER_KB * 1024
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(self.metrics), AuthInterceptor(credentials, self._needs_credentials)],
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 2 * MAX_BODY_BYTES)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", 2 * MAX_BODY_BYTES),
+                ("grpc.max_metadata_size", metadata),
+                ("grpc.absolute_max_metadata_size", metadata),
+            ],
         )
         scheduler = self._scheduler
         servicer = RecommenderServicer(

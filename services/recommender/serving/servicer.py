@@ -17,6 +17,14 @@ from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
 from recommender.model.hybrid import HybridModel, Recommendations, Request, ScoredBook, UserHistory
 from recommender.model.online import Interval, OnlineSums, online_intervals
+from recommender.model.validation import (
+    DEFAULT_LIMIT,
+    MAX_BATCH,
+    MAX_BUCKET_MINUTES,
+    MAX_HISTORY_HOURS,
+    MAX_LIMIT,
+    MAX_REASON,
+)
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy
 from recommender.serving.canary import CanaryPolicy, compare
 from recommender.serving.cluster import Cluster
@@ -27,26 +35,21 @@ from recommender.serving.retrain import RetrainCoordinator, RetrainState
 from recommender.serving.versions import NoCanary, VersionManager, VersionNotFound, VersionUnavailable, is_available
 from recommender.storage.db import DATABASE_ERRORS, CommitUncertain, Database, UnknownBooks, UntitledBooks
 from recommender.storage.events import Event, Kind
-from recommender.storage.online import Feedback, Impression, OnlineStore
-from recommender.storage.registry import Outcome, VersionRecord
+from recommender.storage.online import Feedback, Impression, OnlineStore, attribution_problem
+from recommender.storage.registry import ActiveChanged, Outcome, VersionRecord
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LIMIT = 10
-MAX_LIMIT = 100
 RETRAIN_ACCEPTED = "Model retraining started in background. Check /health for status."
 RETRAIN_RUNNING = "Retraining already in progress"
 MODEL_NOT_LOADED = "Model not loaded"
 WORKER_RETRAIN = "this process only serves: send retrains and rollbacks to the main process or a replica"
-MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
 SHOWN_PROBLEMS = 20  # bad entries named in one error message
 
 T = TypeVar("T")
-MAX_REASON = 500  # characters of an abort's reason
-HISTORY_BUCKET_MINUTES, MAX_BUCKET_MINUTES = 60, 1440
-HISTORY_HOURS, MAX_HISTORY_HOURS = 48, 2160
+HISTORY_BUCKET_MINUTES, HISTORY_HOURS = 60, 48  # the online history's defaults
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
@@ -196,6 +199,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except ActiveChanged as exc:
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
         except DATABASE_ERRORS as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing rolled back: {self._db.unreachable(exc)}")
         return pb.RollbackResponse(status="rolled_back", version=version)
@@ -227,6 +232,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if not version:
             problems.insert(0, "version is required: GET /api/v1/models lists them")
         await _abort_if_invalid(problems, context)
+        if self._cluster.retraining:
+            await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         try:
             await self._versions.start_canary(version, share)
         except VersionNotFound as exc:
@@ -243,10 +250,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         context: grpc.aio.ServicerContext[pb.PromoteCanaryRequest, pb.PromoteCanaryResponse],
     ) -> pb.PromoteCanaryResponse:
         await self._coordinating(context)
+        if self._cluster.retraining:
+            await context.abort(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         try:
             version = await self._versions.promote_canary("promoted by hand")
-        except NoCanary as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except (NoCanary, ActiveChanged) as exc:
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
         except VersionUnavailable as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except DATABASE_ERRORS as exc:
@@ -265,7 +274,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             version = await self._versions.abort_canary(reason)
         except NoCanary as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await context.abort(grpc.StatusCode.ABORTED, str(exc))
         except DATABASE_ERRORS as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing aborted: {self._db.unreachable(exc)}")
         log.info("canary %s %s", version, reason)
@@ -317,17 +326,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         entries = request.events
         await _check_batch("events", len(entries), context)
         now = time.time()
-        problems = [problem for i, entry in enumerate(entries) for problem in _feedback_problems(i, entry, now)]
+        problems = [problem for i, entry in enumerate(entries) for problem in _feedback_problems(i, entry)]
         await _abort_if(problems, context)
         feedback = [
             Feedback(
                 uuid.UUID(e.recommendation_id),
                 e.book_id,
                 e.event,
-                _moment(float(e.timestamp) if e.HasField("timestamp") else None),
+                _moment(validation.event_time(_seconds(e), now)),
             )
             for e in entries
         ]
+        names = [f"events[{i}]" for i in range(len(entries))]
+        await _abort_if(await self._unattributable(feedback, names, context), context)
         await self._written(self._online.store.add_feedback(feedback), "nothing recorded", context)
         return pb.RecordFeedbackResponse(recorded=len(feedback))
 
@@ -372,23 +383,25 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         entries = request.interactions
         await _check_batch("interactions", len(entries), context)
         now = time.time()
-        problems = [problem for i, entry in enumerate(entries) for problem in _interaction_problems(i, entry, now)]
+        problems = [problem for i, entry in enumerate(entries) for problem in _interaction_problems(i, entry)]
         await _abort_if(problems, context)
         interactions = [
             Interaction(
                 user_id=e.user_id,
                 book_id=e.book_id,
                 rating=e.rating if e.HasField("rating") else None,
-                timestamp=float(e.timestamp) if e.HasField("timestamp") else None,
+                timestamp=validation.event_time(_seconds(e), now),
             )
             for e in entries
         ]
         # A read that names the answer that showed the book counts for that answer (storage/online.py).
+        named = [(f"interactions[{i}]", e) for i, e in enumerate(entries) if e.HasField("recommendation_id")]
         reads = [
-            Feedback(uuid.UUID(e.recommendation_id), e.book_id, "read", _moment(i.timestamp))
-            for e, i in zip(entries, interactions, strict=True)
+            Feedback(uuid.UUID(e.recommendation_id), e.book_id, "read", _moment(interactions[i].timestamp), e.user_id)
+            for i, e in enumerate(entries)
             if e.HasField("recommendation_id")
         ]
+        await _abort_if(await self._unattributable(reads, [name for name, _ in named], context), context)
         also = OnlineStore.feedback_writer(reads) if reads else None
         try:
             await self._written(self._db.record_interactions(interactions, also), "nothing recorded", context)
@@ -401,6 +414,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     if e.book_id in missing
                 ],
                 context,
+                grpc.StatusCode.NOT_FOUND,
             )
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
@@ -413,27 +427,21 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     ) -> pb.UpsertBooksResponse:
         entries = request.books
         await _check_batch("books", len(entries), context)
-        problems: list[str] = []
-        first_seen: dict[int, int] = {}
-        for i, entry in enumerate(entries):
-            problems += _book_problems(i, entry)
-            if entry.book_id in first_seen:
-                problems.append(f"books[{i}].book_id {entry.book_id} is also books[{first_seen[entry.book_id]}]")
-            first_seen.setdefault(entry.book_id, i)
-        await _abort_if(problems, context)
+        await _abort_if([problem for i, entry in enumerate(entries) for problem in _book_problems(i, entry)], context)
         try:
             counts = await self._written(
-                self._db.upsert_books([_book_change(entry) for entry in entries]), "nothing written", context
+                self._db.upsert_books([_book_change(entry) for entry in _merged(entries)]), "nothing written", context
             )
         except UntitledBooks as exc:
             untitled = set(exc.book_ids)
             await _abort_if(
                 [
-                    f"books[{i}]: title is required for a new book ({e.book_id} is not in the catalogue)"
+                    f"books[{i}]: book {e.book_id} is not in the catalogue: a new book needs a title"
                     for i, e in enumerate(entries)
                     if e.book_id in untitled
                 ],
                 context,
+                grpc.StatusCode.NOT_FOUND,
             )
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
@@ -497,6 +505,30 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{nothing}: {self._db.unreachable(exc)}")
         raise AssertionError("unreachable: context.abort raises")
 
+    async def _unattributable(
+        self, feedback: Sequence[Feedback], names: Sequence[str], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> list[str]:
+        """Why each event cannot count for the answer it names, "name: why", for the answers known here (written,
+        or shown by this process and queued). An answer not known yet (another replica's, still queued) is
+        judged by the same rules when the online figures are summed."""
+        if not feedback:
+            return []
+        ids = [f.recommendation_id for f in feedback]
+        try:
+            shown = await self._online.store.shown(ids)
+        except DATABASE_ERRORS as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"nothing recorded: {self._db.unreachable(exc)}")
+        if self._impressions is not None:
+            shown |= self._impressions.unwritten(ids)
+        window = self._online.store.attribution_window
+        problems = []
+        for name, event in zip(names, feedback, strict=True):
+            answer = shown.get(event.recommendation_id)
+            problem = attribution_problem(event, answer, window) if answer is not None else ""
+            if problem:
+                problems.append(f"{name}: {problem}")
+        return problems
+
     async def _current_history(self, model: HybridModel, user_id: int) -> UserHistory | None:
         """The user's history when it is newer than the model; None (the model's record) when the database
         cannot be read, so that answers go on."""
@@ -532,22 +564,27 @@ async def _abort_if_invalid(problems: list[str], context: grpc.aio.ServicerConte
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
 
 
-async def _abort_if(problems: list[str], context: grpc.aio.ServicerContext[Any, Any]) -> None:
-    """INVALID_ARGUMENT naming the bad entries, when there are any: nothing was written."""
+async def _abort_if(
+    problems: list[str],
+    context: grpc.aio.ServicerContext[Any, Any],
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
+) -> None:
+    """`code` (INVALID_ARGUMENT; NOT_FOUND for entries naming what does not exist) naming the bad entries, when
+    there are any: nothing was written."""
     if problems:
         shown = "; ".join(problems[:SHOWN_PROBLEMS])
         more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"nothing written: {shown}{more}")
+        await context.abort(code, f"nothing written: {shown}{more}")
 
 
-def _interaction_problems(i: int, entry: pb.InteractionInput, now: float) -> list[str]:
+def _interaction_problems(i: int, entry: pb.InteractionInput) -> list[str]:
     name = f"interactions[{i}]"
     return [
         *validation.id_problems(f"{name}.user_id", entry.user_id),
         *validation.id_problems(f"{name}.book_id", entry.book_id),
         *validation.rating_problems(f"{name}.rating", entry.rating if entry.HasField("rating") else None),
         *validation.timestamp_problems(
-            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None, now
+            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None
         ),
         *(
             validation.recommendation_id_problems(f"{name}.recommendation_id", entry.recommendation_id)
@@ -557,16 +594,20 @@ def _interaction_problems(i: int, entry: pb.InteractionInput, now: float) -> lis
     ]
 
 
-def _feedback_problems(i: int, entry: pb.FeedbackEvent, now: float) -> list[str]:
+def _feedback_problems(i: int, entry: pb.FeedbackEvent) -> list[str]:
     name = f"events[{i}]"
     return [
         *validation.recommendation_id_problems(f"{name}.recommendation_id", entry.recommendation_id),
         *validation.id_problems(f"{name}.book_id", entry.book_id),
         *validation.event_problems(f"{name}.event", entry.event),
         *validation.timestamp_problems(
-            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None, now
+            f"{name}.timestamp", float(entry.timestamp) if entry.HasField("timestamp") else None
         ),
     ]
+
+
+def _seconds(entry: pb.InteractionInput | pb.FeedbackEvent) -> float | None:
+    return float(entry.timestamp) if entry.HasField("timestamp") else None
 
 
 def _moment(timestamp: float | None) -> datetime:
@@ -590,6 +631,18 @@ def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
         genres=genres,
         published_year=entry.published_year if entry.HasField("published_year") else None,
     )
+
+
+def _merged(entries: Sequence[pb.BookInput]) -> list[pb.BookInput]:
+    """One entry per book: a book given twice in one call takes the fields of both, the later's where both give
+    one (as two calls in a row would)."""
+    merged: dict[int, pb.BookInput] = {}
+    for entry in entries:
+        book = merged.setdefault(entry.book_id, pb.BookInput())
+        if entry.HasField("genres"):
+            book.ClearField("genres")  # replaced, not appended to
+        book.MergeFrom(entry)
+    return list(merged.values())
 
 
 def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:

@@ -69,6 +69,11 @@ class ServiceMetrics:
             "recommender_retrain_stage_seconds", "time per retrain stage", ["stage"], buckets=STAGE_BUCKETS, registry=r
         )
         self.retraining = Gauge("recommender_retrain_in_progress", "1 while a retrain runs", registry=r)
+        self.database_restarts = Counter(
+            "recommender_database_restarts",
+            "times the embedded PostgreSQL was found stopped and started again by the service that owns it",
+            registry=r,
+        )
         self.model = Info("recommender_model", "the version that serves", registry=r)
         self.offline = Gauge(
             "recommender_model_offline_metric", "the serving version's offline metrics", ["metric"], registry=r

@@ -157,16 +157,18 @@ class VersionManager:
             self._canary = CanaryServing(model, share, started)
             log.info("serving version %s to %.1f%% of the users as a canary", version, 100 * share)
 
-    async def promote_canary(self, reason: str, version: str | None = None) -> str:
-        """Makes the canary (`version` only, when given) the active version everywhere; returns it. Raises NoCanary
-        when none runs (or another process decided first)."""
+    async def promote_canary(self, reason: str, version: str | None = None, against: str | None = None) -> str:
+        """Makes the canary (`version` only, when given) the active version everywhere in place of `against` (what
+        it was judged against; default: the version serving here); returns it. Raises NoCanary when none runs (or
+        another process decided first), ActiveChanged when the active version is another by now."""
         async with self._changing:
+            replaces = against if against is not None else self.version
             record = await self.registry.canary()
             if record is None or (version is not None and record.version != version):
                 raise NoCanary("no canary runs")
             canary = self._canary
             model = canary.model if canary and canary.version == record.version else await self._loaded(record.version)
-            if not await self.registry.promote_canary(record.version, reason):
+            if not await self.registry.promote_canary(record.version, reason, replaces):
                 raise NoCanary("no canary runs")
             self._canary = None
             self._swap(model, reason)
@@ -221,8 +223,9 @@ class VersionManager:
 
     async def rollback(self, version: str) -> str:
         """Serves `version` (default: the previously active one) everywhere: loaded here first, then made active
-        in the registry in one transaction (every process follows), then swapped in. A failure at any step changes
-        nothing. Raises VersionNotFound or VersionUnavailable, or the database's error."""
+        in the registry in one transaction in place of the version serving here (every process follows), then
+        swapped in. A failure at any step changes nothing. Raises VersionNotFound, VersionUnavailable,
+        ActiveChanged (another process changed the active version first), or the database's error."""
         async with self._changing:
             target = version or await self._previous()
             record = await self.registry.get(target)
@@ -233,7 +236,7 @@ class VersionManager:
             model = await self._loaded(target)
             reason = f"rolled back from {self.version}" if self.version else "rolled back"
             if record.status is not Status.ACTIVE:
-                await self.registry.activate(target, reason)
+                await self.registry.activate(target, reason, replaces=self.version)
             if self._canary is not None and self._canary.version == target:
                 self._canary = None  # rolled forward to the canary: it serves everyone now
             self._swap(model, reason)
@@ -286,5 +289,6 @@ class VersionManager:
 
 
 def is_available(record: VersionRecord, available: set[str]) -> bool:
-    """Whether a rollback to `record` could serve it."""
-    return record.status in (Status.ACTIVE, Status.RETIRED) and record.version in available
+    """Whether `record` can serve from its kept files: the active version, a canary, and a retired version a
+    rollback could serve."""
+    return record.status in (Status.ACTIVE, Status.CANARY, Status.RETIRED) and record.version in available

@@ -86,14 +86,24 @@ class CommitUncertain(DatabaseUnavailable):
         )
 
 
-_CONNECT_ERRORS = (OSError, TimeoutError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_CONNECT_ERRORS = (
+    OSError,
+    TimeoutError,
+    ValueError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 # The database is away, shutting down or out of resources: a 503 / UNAVAILABLE, not a problem with the request.
+# A connection cut in the middle of a statement can leave asyncpg's protocol in a state it does not expect
+# (InternalClientError "cannot switch to state ..."): the same cause, the same answer.
 DATABASE_ERRORS = (
     DatabaseUnavailable,
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,

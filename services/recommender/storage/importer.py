@@ -2,7 +2,9 @@
 (model/validation.py); nothing is written unless all rows are good.
 
 Strict means: a quote left open, a row with more or fewer fields than the header, a NUL character or bytes that are
-not UTF-8 are errors with their line number, never a row silently merged into another or cut short.
+not UTF-8 are errors with their line number, never a row silently merged into another or cut short. A quoted field
+may span lines (RFC 4180), but only a book's description has a reason to: a line break in any other field is a
+quote left open that swallowed the rows after it, and the record is refused with the lines it spans.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from recommender.model.dataset import Book, Interaction
 
 T = TypeVar("T")
 
+# The only field a line break may be part of (a description's paragraphs).
+MULTILINE = frozenset({"description"})
 # Fields far beyond any limit of model/validation.py are still read whole, so that the row is refused naming the
 # field and its length rather than as unreadable CSV.
 FIELD_SIZE_LIMIT = 16 * 1024 * 1024
@@ -94,6 +98,7 @@ def _read(path: Path, required: tuple[str, ...], make: Callable[[dict[str, str]]
                     continue  # a blank line
                 parsed.read += 1
                 try:
+                    _check_line_breaks(header, fields, line, reader.line_num)
                     parsed.rows.append(make(_row(header, fields)))
                     parsed.lines.append(line)
                 except RowError as exc:
@@ -101,6 +106,20 @@ def _read(path: Path, required: tuple[str, ...], make: Callable[[dict[str, str]]
     except (OSError, csv.Error) as exc:
         raise FileError(f"cannot read {path}: {exc}") from None
     return parsed
+
+
+def _check_line_breaks(header: list[str], fields: list[str], first: int, last: int) -> None:
+    """A RowError naming the record's lines when a field other than MULTILINE holds a line break."""
+    broken = [
+        name
+        for name, value in zip(header, fields, strict=False)
+        if name not in MULTILINE and ("\n" in value or "\r" in value)
+    ]
+    if broken:
+        raise RowError(
+            f"a line break inside {', '.join(broken)} (this record runs over lines {first}-{last}): a quote left "
+            f"open on line {first}? Only {', '.join(sorted(MULTILINE))} may span lines"
+        )
 
 
 def _row(header: list[str], fields: list[str]) -> dict[str, str]:
@@ -158,16 +177,17 @@ def _book(row: dict[str, str]) -> Book:
 
 
 def _interaction(row: dict[str, str]) -> Interaction:
+    timestamp = _float(row, "timestamp")
     interaction = Interaction(
         user_id=_int(row, "user_id"),
         book_id=_int(row, "book_id"),
         rating=_float(row, "rating"),
-        timestamp=_float(row, "timestamp"),
+        timestamp=validation.event_time(timestamp),
     )
     _raise_if(
         validation.id_problems("user_id", interaction.user_id)
         + validation.id_problems("book_id", interaction.book_id)
         + validation.rating_problems("rating", interaction.rating)
-        + validation.timestamp_problems("timestamp", interaction.timestamp)
+        + validation.timestamp_problems("timestamp", timestamp)
     )
     return interaction

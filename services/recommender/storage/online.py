@@ -1,9 +1,12 @@
 """The online record in PostgreSQL: the answers readers were shown (impressions), what they did with them
 (feedback), and the sums of model/online.py computed from both.
 
-Attribution: a click or read that names its answer (`recommendation_id`) counts for that answer; a read without
-one (an interaction) counts for the latest answer that showed the reader that book before it, within the
-attribution window. Each book counts once per answer.
+Attribution: a click or read that names its answer (`recommendation_id`) counts for that answer when the answer
+showed that book, to that reader (when the event names one: a read recorded with an interaction), and the event
+happened within the attribution window after the answer (CLOCK_SKEW before it allowed); a read without an id (an
+interaction) counts for the latest answer that showed the reader that book before it, within the window. Each book
+counts once per answer. The same rules are checked when an event arrives (`attribution_problem`, refused with the
+reason) and again by the sums' SQL, for events whose answer was not written yet when they arrived.
 """
 
 from __future__ import annotations
@@ -34,12 +37,32 @@ class Feedback:
     book_id: int
     event: str  # "click", "read" or "dismiss" (model/validation.py)
     occurred_at: datetime
+    user_id: int | None = None  # the reader, when the event names one (a read recorded with an interaction)
+
+
+# How much earlier than its answer an event may say it happened (clients' clocks are not the server's).
+CLOCK_SKEW = timedelta(minutes=1)
+
+
+def attribution_problem(feedback: Feedback, shown: Impression, window: timedelta) -> str:
+    """Why `feedback` cannot count for the answer it names (`shown`); "" when it can."""
+    if feedback.user_id is not None and feedback.user_id != shown.user_id:
+        return f"recommendation {shown.recommendation_id} was shown to another reader"
+    if feedback.book_id not in shown.books:
+        return f"book {feedback.book_id} was not in recommendation {shown.recommendation_id}"
+    if not shown.shown_at - CLOCK_SKEW <= feedback.occurred_at < shown.shown_at + window:
+        return (
+            f"the event's time {feedback.occurred_at.isoformat(timespec='seconds')} is not within the attribution "
+            f"window ({window}) after recommendation {shown.recommendation_id} was shown "
+            f"({shown.shown_at.isoformat(timespec='seconds')})"
+        )
+    return ""
 
 
 # Per impression of the period: whether a shown book was clicked, how many were read, the reciprocal rank of the
 # first hit; then per reader (the unit of analysis, model/online.py), then by version (and bucket). $1: since,
 # $2: versions (NULL: all), $3: attribution window, $4: bucket width (NULL: one bucket), $5: where buckets start
-# (EPOCH, so that they stay put).
+# (EPOCH, so that they stay put), $6: CLOCK_SKEW.
 _SUMS = """
 WITH shown AS (
     SELECT recommendation_id, user_id, version, books, shown_at,
@@ -50,6 +73,8 @@ WITH shown AS (
     SELECT s.recommendation_id, f.book_id, f.event = 'click' AS click
     FROM shown s JOIN feedback f ON f.recommendation_id = s.recommendation_id
     WHERE f.event IN ('click', 'read') AND f.book_id = ANY (s.books)
+      AND (f.user_id IS NULL OR f.user_id = s.user_id)
+      AND f.occurred_at >= s.shown_at - $6::interval AND f.occurred_at < s.shown_at + $3::interval
 ), by_window AS (
     SELECT DISTINCT ON (x.user_id, x.book_id) s.recommendation_id, x.book_id, false AS click
     FROM shown s
@@ -106,26 +131,48 @@ class OnlineStore:
     @staticmethod
     def feedback_writer(feedback: Sequence[Feedback]) -> Callable[[asyncpg.Connection], Awaitable[None]]:
         """The write of `feedback`, for a transaction of another store (reads recorded with an interaction)."""
-        records = [(f.recommendation_id, f.book_id, f.event, f.occurred_at) for f in feedback]
+        records = [(f.recommendation_id, f.book_id, f.event, f.occurred_at, f.user_id) for f in feedback]
 
         async def write(conn: asyncpg.Connection) -> None:
             if records:
                 await conn.copy_records_to_table(
-                    "feedback", records=records, columns=["recommendation_id", "book_id", "event", "occurred_at"]
+                    "feedback",
+                    records=records,
+                    columns=["recommendation_id", "book_id", "event", "occurred_at", "user_id"],
                 )
 
         return write
 
+    async def shown(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Impression]:
+        """The stored answers of `ids` (those not written yet, or pruned, are missing)."""
+        rows = await self._db.fetch(
+            "SELECT recommendation_id, user_id, version, books, shown_at FROM impressions "
+            "WHERE recommendation_id = ANY($1::uuid[])",
+            sorted(set(ids)),
+        )
+        return {
+            row["recommendation_id"]: Impression(
+                row["recommendation_id"], row["user_id"], row["version"], list(row["books"]), row["shown_at"]
+            )
+            for row in rows
+        }
+
     async def sums(self, since: datetime | None = None, versions: Sequence[str] | None = None) -> dict[str, OnlineSums]:
         """Each version's sums over its impressions since `since` (all that are kept when None)."""
         rows = await self._db.fetch(
-            _SUMS, since or EPOCH, list(versions) if versions else None, self.attribution_window, None, EPOCH
+            _SUMS,
+            since or EPOCH,
+            list(versions) if versions else None,
+            self.attribution_window,
+            None,
+            EPOCH,
+            CLOCK_SKEW,
         )
         return {row["version"]: _sums(row) for row in rows}
 
     async def history(self, since: datetime, bucket: timedelta) -> dict[str, list[tuple[datetime, OnlineSums]]]:
         """Each version's sums per bucket of `bucket` width from `since`, the buckets without impressions left out."""
-        rows = await self._db.fetch(_SUMS, since, None, self.attribution_window, bucket, EPOCH)
+        rows = await self._db.fetch(_SUMS, since, None, self.attribution_window, bucket, EPOCH, CLOCK_SKEW)
         series: dict[str, list[tuple[datetime, OnlineSums]]] = {}
         for row in rows:
             series.setdefault(row["version"], []).append((row["bucket"], _sums(row)))

@@ -1,7 +1,11 @@
 """The model registry in PostgreSQL: every version, its parameters, metrics, status and the reason for it.
 
 The database enforces what the cluster relies on: at most one active version (a partial unique index), and every
-change of status in one transaction that also sends the change notice every process follows.
+change of status in one transaction that also sends the change notice every process follows. Every change of the
+active version is a compare-and-set on the version it replaces (under a transaction-scoped advisory lock): a
+change decided against a version that is no longer active raises ActiveChanged and changes nothing, so that no
+process overrides what another decided meanwhile (a retrain gated against the version a rollback replaced, a
+promotion by hand racing the canary's judge).
 """
 
 from __future__ import annotations
@@ -16,6 +20,20 @@ import asyncpg
 
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind, notify
+
+# Taken by every transaction that changes the active version, so that reading it and replacing it are one step.
+_ACTIVE_LOCK = 0x61637476  # "actv"
+
+
+class ActiveChanged(RuntimeError):
+    """The active version is no longer the one a change was decided against."""
+
+    def __init__(self, expected: str | None, current: str | None) -> None:
+        self.expected, self.current = expected, current
+        super().__init__(
+            f"the active version changed meanwhile: it is {current or 'none'}, not {expected or 'none'} (another "
+            "change went first); look again and retry"
+        )
 
 
 class Status(StrEnum):
@@ -77,10 +95,13 @@ class Registry:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, record: VersionRecord) -> None:
-        """Stores a new version; an active one replaces the active version, which retires; a canary replaces the
-        canary, which is rejected."""
+    async def add(self, record: VersionRecord, replaces: str | None = None) -> None:
+        """Stores a new version; an active one replaces the active version (`replaces`, what its gate compared
+        against: ActiveChanged when another is active now), which retires; a canary replaces the canary, which is
+        rejected, and is judged against `replaces` too."""
         async with self._db.transaction() as conn:
+            if record.status in (Status.ACTIVE, Status.CANARY):
+                await _expect_active(conn, replaces)
             if record.status is Status.ACTIVE:
                 await _retire_active(conn)
             if record.status is Status.CANARY:
@@ -103,10 +124,11 @@ class Registry:
             )
             await notify(conn, Event(Kind.VERSION))
 
-    async def activate(self, version: str, reason: str) -> None:
-        """Makes a stored version the active one (a rollback, or a canary's promotion); the active one retires.
-        One transaction."""
+    async def activate(self, version: str, reason: str, replaces: str | None) -> None:
+        """Makes a stored version the active one in place of `replaces` (a rollback), which retires; ActiveChanged
+        when another is active now. One transaction."""
         async with self._db.transaction() as conn:
+            await _expect_active(conn, replaces)
             await _activate(conn, version, reason)
 
     async def start_canary(self, version: str, share: float, reason: str) -> datetime:
@@ -124,10 +146,12 @@ class Registry:
             await notify(conn, Event(Kind.VERSION))
         return started
 
-    async def promote_canary(self, version: str, reason: str) -> bool:
-        """Makes the canary `version` the active one; False when it is not the canary (any more: another process
+    async def promote_canary(self, version: str, reason: str, replaces: str | None) -> bool:
+        """Makes the canary `version` the active one in place of `replaces` (what it was judged against:
+        ActiveChanged when another is active now); False when it is not the canary (any more: another process
         decided first). One transaction."""
         async with self._db.transaction() as conn:
+            await _expect_active(conn, replaces)
             still = await conn.fetchval(
                 "SELECT 1 FROM model_versions WHERE version = $1 AND status = 'canary' FOR UPDATE", version
             )
@@ -152,6 +176,7 @@ class Registry:
         """Marks a version that must never serve (its artifact failed verification); if it was active, `fallback`
         becomes active in the same transaction."""
         async with self._db.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVE_LOCK)
             status = await conn.fetchval("SELECT status FROM model_versions WHERE version = $1 FOR UPDATE", version)
             await conn.execute(
                 "UPDATE model_versions SET status = 'failed', reason = $2 WHERE version = $1", version, reason
@@ -212,6 +237,14 @@ class Registry:
             days,
         )
         return [json.loads(row["params"]) for row in rows]
+
+
+async def _expect_active(conn: asyncpg.Connection, expected: str | None) -> None:
+    """Holds the active version still until the transaction ends; ActiveChanged unless it is `expected`."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", _ACTIVE_LOCK)
+    current: str | None = await conn.fetchval("SELECT version FROM model_versions WHERE status = 'active'")
+    if current != expected:
+        raise ActiveChanged(expected, current)
 
 
 async def _retire_active(conn: asyncpg.Connection) -> None:

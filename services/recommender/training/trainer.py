@@ -29,7 +29,7 @@ from recommender.model.params import ALSParams, QualityPolicy, SplitParams, Trai
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore, open_store, prune
 from recommender.storage.db import Database
-from recommender.storage.registry import Outcome, Registry, Status, TrialRecord, VersionRecord
+from recommender.storage.registry import ActiveChanged, Outcome, Registry, Status, TrialRecord, VersionRecord
 from recommender.training.progress import RetrainControl
 from recommender.training.quality import Search, Trial, fit_and_measure, tune
 
@@ -244,7 +244,19 @@ class Trainer:
                 reason += f"; a canary for {self.canary_share:.1%} of the users until its online test decides"
                 record = dataclasses.replace(record, status=Status.CANARY, canary_share=self.canary_share)
         seconds = time.perf_counter() - started
-        await registry.add(dataclasses.replace(record, outcome=outcome, reason=reason, training_seconds=seconds))
+        released = dataclasses.replace(record, outcome=outcome, reason=reason, training_seconds=seconds)
+        try:
+            await registry.add(released, replaces=active.version if active else None)
+        except ActiveChanged as exc:  # a rollback or promotion went first: it stands, this candidate does not
+            reason = (
+                f"the active version changed from {exc.expected or 'none'} to {exc.current or 'none'} during the "
+                "retrain, and the gate compared against the former: retrain to compare against the new one"
+            )
+            await registry.add(
+                dataclasses.replace(released, status=Status.REJECTED, outcome=Outcome.REJECTED, reason=reason)
+            )
+            log.info("version %s rejected: %s", version, reason)
+            return RetrainResult(Outcome.REJECTED, version, reason, seconds, before, after, snapshot.sizes)
         log.info("version %s is %s (trained in %.1f s): %s", version, record.status.value, seconds, reason)
         try:
             records = await registry.versions()

@@ -1,5 +1,19 @@
-"""The stubs generated from proto/recommender/v1/recommender.proto, and the service's full name taken from them."""
+"""The contract of proto/recommender/v1/recommender.proto: its stubs (generated, beside this file), the service's
+full name, and which of its RPCs change state (they need the admin credential once one is configured: the gRPC
+interceptor and the OpenAPI document's security both read it). Nothing here imports the stubs, so that the package
+build can read it before they exist."""
 
-from recommender.v1 import recommender_pb2
+SERVICE_NAME = "recommender.v1.Recommender"  # a test holds it equal to the descriptor's
 
-SERVICE_NAME: str = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+STATE_CHANGING = frozenset(
+    {
+        "Retrain",
+        "Rollback",
+        "RecordInteractions",
+        "UpsertBooks",
+        "RecordFeedback",
+        "StartCanary",
+        "PromoteCanary",
+        "AbortCanary",
+    }
+)

@@ -1,0 +1,66 @@
+"""PostgreSQL dying under the service: every caller gets 503 (or "may have landed"), never a 500, and the
+embedded database, which the service owns, is started again by it, counted in a metric."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.conftest import wait_for
+from tests.test_gateway import start_server
+
+
+def test_a_killed_embedded_database_is_started_again_and_no_caller_sees_a_500(tmp_path: Path) -> None:
+    server = start_server(None, tmp_path)
+    pgdata = tmp_path / "var" / "pgdata"
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def writer(first_user: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            user = first_user
+            while not stop.is_set():
+                user += 1
+                body = {"interactions": [{"user_id": user, "book_id": book} for book in range(1, 6)]}
+                statuses.append(http.post("/api/v1/interactions", json=body).status_code)
+
+    try:
+        writers = [threading.Thread(target=writer, args=(700_000 + 100_000 * i,)) for i in range(4)]
+        for thread in writers:
+            thread.start()
+        time.sleep(1.0)
+        postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+        killed = time.monotonic()
+        wait_for(lambda: not psutil.pid_exists(postmaster), timeout=10)
+
+        def accepted() -> bool:
+            answer = httpx.post(
+                f"{server.url}/api/v1/interactions", json={"interactions": [{"user_id": 1, "book_id": 1}]}, timeout=10
+            )
+            return answer.status_code == 200
+
+        wait_for(accepted, timeout=45, interval=0.2)
+        back_after = time.monotonic() - killed
+        time.sleep(0.5)
+        stop.set()
+        for thread in writers:
+            thread.join(30)
+        print(f"writes accepted again {back_after:.1f} s after the postmaster was killed")
+        assert 500 not in statuses and set(statuses) <= {200, 503}, sorted(set(statuses))
+        assert 503 in statuses
+        targets = json.loads((tmp_path / "var" / "metrics-targets.json").read_text())
+        main = next(t["targets"][0] for t in targets if t["labels"]["role"] == "main")
+        metrics = httpx.get(f"http://{main}/metrics", timeout=5).text
+        assert "recommender_database_restarts_total 1.0" in metrics
+        assert "the embedded PostgreSQL has stopped: starting it again" in server.output()
+    finally:
+        stop.set()
+        assert server.stop() == 0
