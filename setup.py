@@ -10,7 +10,7 @@ from setuptools.command.build_py import build_py
 class BuildPyWithStubs(build_py):
     def run(self) -> None:
         sys.path.insert(0, str(Path(__file__).parent / "services"))
-        from recommender import codegen
+        from recommender.gateway import codegen
 
         codegen.generate(codegen.STUBS_DIR, codegen.DESCRIPTOR)
         super().run()

@@ -2,7 +2,7 @@
 
 import sys
 
-from recommender.retrain_check import main
+from recommender.cli.retrain_check import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,9 +24,10 @@ from pathlib import Path
 import grpc
 import httpx
 
-from bench.harness import MEDIUM, Service, latency_chart, percentiles, service, write_results
+from bench.harness import MEDIUM, latency_chart, percentiles, service, write_results
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
+from tests.support.server import Server
 
 WINDOW = 30.0  # seconds: the first half-minute after a start or a swap, and the steady half-minute compared
 CHURN_USERS = 5_000
@@ -145,7 +146,7 @@ def _churn(url: str) -> None:
         assert response.status_code == 200, response.text
 
 
-def _wait_for_swap(running: Service) -> float:
+def _wait_for_swap(running: Server) -> float:
     """When the served version changed (gRPC ModelInfo, polled every 50 ms)."""
     with grpc.insecure_channel(running.grpc_target) as channel:
         stub = pb_grpc.RecommenderStub(channel)
@@ -158,7 +159,7 @@ def _wait_for_swap(running: Service) -> float:
     raise SystemExit("no swap within half an hour")
 
 
-def _users_newer_than_model(running: Service, settle: float = 5.0) -> float:
+def _users_newer_than_model(running: Server, settle: float = 5.0) -> float:
     """The gauge, once the new version's fresh-data sync has had `settle` seconds."""
     time.sleep(settle)
     for line in httpx.get(running.metrics_url(), timeout=5).text.splitlines():

@@ -92,8 +92,8 @@ def movielens(out: Path, data: Path = DATA) -> None:
 
 
 def demo(out: Path, data: Path = DATA) -> None:
-    from recommender import demo as generator
     from recommender.settings import load_settings
+    from recommender.storage import demo as generator
 
     settings = load_settings()
     catalogue = generator.generate(

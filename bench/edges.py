@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import httpx
 import psutil
 
-from bench.harness import ROOT, free_port
+from tests.support.ports import free_port
+from tests.support.server import ROOT
 
 if TYPE_CHECKING:
     from bench.faults import Row, Service
@@ -187,14 +188,12 @@ def forged_feedback(running: Service) -> list[Row]:
     ]
 
 
-def embedded_database_killed(environment: dict[str, str], folder: Path) -> list[Row]:
+def embedded_database_killed(folder: Path) -> list[Row]:
     """SIGKILL of the embedded PostgreSQL's postmaster during writes: 503 (never 500) while it is away, and the
     service starts it again itself, counted in recommender_database_restarts_total."""
     from bench.faults import running_service
 
-    env = {k: v for k, v in environment.items() if k != "DATABASE_URL"}
-    env |= {"RECOMMENDER_DATA_DIR": str(folder / "var"), "RECOMMENDER_ARTIFACTS_DIR": str(folder / "artifacts")}
-    with running_service(env, folder) as running:
+    with running_service(folder, {}, None) as running:
         statuses: list[int] = []
         stop = threading.Event()
 

@@ -30,9 +30,9 @@ import asyncpg
 import httpx
 
 from bench import edges
-from bench.harness import ROOT, free_port, write_results
+from bench.harness import write_results
+from tests.support.server import QUICK, Server, launch
 
-SMALL = {"DEMO_BOOKS": "400", "DEMO_USERS": "150", "DEMO_INTERACTIONS": "4000"}
 VERSION_FILES = [
     "catalogue.npz",
     "cf.npz",
@@ -88,14 +88,25 @@ def own_database(folder: Path) -> Iterator[Database]:
 
 @dataclass
 class Service:
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    env: dict[str, str]
+    """A running `python server.py` of the campaign, with an HTTP client that carries the admin key."""
+
+    server: Server
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
         self.http = httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": edges.ADMIN["Authorization"]})
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.server.process
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.server.env
 
     def get(self, path: str) -> Any:
         return self.http.get(path).json()
@@ -107,7 +118,7 @@ class Service:
                 if condition():
                     return True
             if self.process.poll() is not None:
-                raise SystemExit(f"the service exited:\n{self.log.read_text()[-3000:]}")
+                raise SystemExit(f"the service exited:\n{self.server.output()[-3000:]}")
             time.sleep(0.1)
         return False
 
@@ -124,42 +135,23 @@ class Service:
 
 @contextlib.contextmanager
 def service(database: Database, folder: Path, artifacts: Path | None = None) -> Iterator[Service]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RECOMMENDER_")}
-    env |= {
-        "DATABASE_URL": database.url,
-        "RECOMMENDER_DATA_DIR": str(folder / "var"),
-        "RECOMMENDER_ARTIFACTS_DIR": str(artifacts or folder / "artifacts"),
-    }
-    with running_service(env, folder) as running:
+    settings = {"artifacts_dir": str(artifacts)} if artifacts else {}
+    with running_service(folder, settings, database.url) as running:
         yield running
 
 
 @contextlib.contextmanager
-def running_service(env: dict[str, str], folder: Path) -> Iterator[Service]:
-    """`python server.py` with `env` on free ports, small and quick to train, with the campaign's admin key."""
-    http_port, grpc_port = free_port(), free_port()
-    env = env | {
-        "RECOMMENDER_HTTP_PORT": str(http_port),
-        "RECOMMENDER_GRPC_PORT": str(grpc_port),
-        "RECOMMENDER_METRICS_PORT": str(free_port()),
-        "RECOMMENDER_TUNING": "off",
-        "RECOMMENDER_ALS_ITERATIONS": "8",
-        "RECOMMENDER_API_KEY": edges.ADMIN_KEY,
-        **{f"RECOMMENDER_{key}": value for key, value in SMALL.items()},
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    log = folder / f"server-{http_port}.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=out, stderr=out)
-    running = Service(process, f"http://127.0.0.1:{http_port}", log, env)
+def running_service(folder: Path, settings: dict[str, str], database_url: str | None) -> Iterator[Service]:
+    """`python server.py` on free ports, small and quick to train (QUICK), with the campaign's admin key."""
+    server = launch(folder, QUICK | {"api_key": edges.ADMIN_KEY} | settings, database_url)
+    running = Service(server)
     try:
         if not running.idle():
-            raise SystemExit(f"the service did not start:\n{log.read_text()[-3000:]}")
+            raise SystemExit(f"the service did not start:\n{server.output()[-3000:]}")
         yield running
     finally:
         running.http.close()
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        server.stop()
 
 
 def database_killed_during_writes(database: Database, running: Service, seconds: float) -> list[Row]:
@@ -337,26 +329,27 @@ def active_damaged_before_a_restart(database: Database, folder: Path) -> list[Ro
 
 
 def campaign(short: bool) -> list[Row]:
+    """Every scenario at length; `short`: the quick version the suite runs, the first three kinds only (each edge
+    scenario has a test of its own in the suite: tests/test_hostile_input.py, test_release_gate_and_rollback.py, test_online_metrics_and_canaries.py...)."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="recommender-faults-") as tmp, own_database(Path(tmp)) as database:
         folder = Path(tmp)
         with service(database, folder) as running:
-            rows += database_killed_during_writes(database, running, 6.0 if short else 30.0)
-            names = ["cf.npz", "manifest.json"] if short else VERSION_FILES
-            rows += artifact_files_corrupted(running, folder / "artifacts", names)
-            rows += edges.second_server(running, running.env)
-            rows += edges.size_refusals(running)
-            rows += edges.forged_feedback(running)
-            rows += edges.change_during_a_retrain(running)
-            rows += edges.small_ones(running, running.env)
-            if not short:  # the suite runs its short form in tests/test_openapi.py
+            rows += database_killed_during_writes(database, running, 4.0 if short else 30.0)
+            rows += artifact_files_corrupted(running, folder / "artifacts", ["cf.npz"] if short else VERSION_FILES)
+            if not short:
+                rows += edges.second_server(running, running.env)
+                rows += edges.size_refusals(running)
+                rows += edges.forged_feedback(running)
+                rows += edges.change_during_a_retrain(running)
+                rows += edges.small_ones(running, running.env)
                 rows += edges.schemathesis(running.url, 500)
-            environment = running.env
-        rows += edges.import_with_a_quote_left_open(database.url, folder)
-        rows += active_damaged_before_a_restart(database, folder)
+        if not short:
+            rows += edges.import_with_a_quote_left_open(database.url, folder)
+            rows += active_damaged_before_a_restart(database, folder)
         rows += disk_full(database, folder)
-        if not short:  # the suite has it in tests/test_database_outage.py
-            rows += edges.embedded_database_killed(environment, folder / "embedded")
+        if not short:
+            rows += edges.embedded_database_killed(folder / "embedded")
     return rows
 
 

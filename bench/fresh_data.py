@@ -50,14 +50,14 @@ def main() -> None:
     users = [int(model.cf.user_ids[rng.randrange(model.cf.num_users)]) for _ in range(CALLS)]
     new_book = int(model.catalogue.book_ids[0])
 
-    def fresh_history(user: int) -> list[tuple[int, float | None]]:
+    def events(user: int) -> list[tuple[int, float | None]]:
         row = model.cf.user_row(user)
         assert row is not None
-        positions, _weights = model.cf.history(row)
+        positions, _weights = model.cf.interactions(row)
         books = model.catalogue.book_ids[model.cf_positions[positions]]
         return [*((int(b), None) for b in books), (new_book, 5.0)]  # one more book than the model knows
 
-    histories = {user: fresh_history(user) for user in set(users)}
+    histories = {user: events(user) for user in set(users)}
     rows: list[list[object]] = []
     for name, call in (
         ("recommend, the model's record", lambda u: model.recommend(u, 10)),
@@ -81,7 +81,7 @@ def main() -> None:
 
 
 def _fold_in(model: HybridModel, history: list[tuple[int, float | None]], user: int) -> None:
-    model.history(user, history)
+    model.reader(user, history)
 
 
 if __name__ == "__main__":

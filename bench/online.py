@@ -39,7 +39,7 @@ from recommender.model.dataset import Interaction
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel, Request
-from recommender.model.online import Decision, OnlineSums, SequentialTest
+from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.serving.versions import serves_canary
 from recommender.v1 import recommender_pb2 as pb
@@ -137,7 +137,7 @@ def service_part(the_split: Split, folder: Path, seed: int) -> list[ServiceDecis
     readers = readers_of(the_split)
     rng = random.Random(seed)
     decisions = []
-    serving = started(folder, tuning="off", canary="auto", canary_check_seconds="2")
+    serving = started(folder, {"tuning": "off", "canary": "auto", "canary_check_seconds": "2"})
     with serving as running, RecommenderClient(running.grpc_target) as client:
         models = client.list_models().models
         worse = next(m.version for m in models if m.status == "active")

@@ -23,7 +23,7 @@ from threadpoolctl import threadpool_limits
 from bench.harness import MEDIUM, WORK, service, write_results
 from bench.serving import wrk_load
 from recommender.model.hybrid import HybridModel, Request, warm
-from recommender.serving.servicer import recommend_response
+from recommender.serving.messages import recommend_response
 from recommender.storage.artifacts import LocalArtifactStore
 
 USERS = 2_000
@@ -76,7 +76,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
             model.recommend_many([Request(user, 10) for user in users[start : start + BATCH]])
 
     return {
-        "the model's record of the user (history)": _per_request(lambda: [model.history(u) for u in users]),
+        "the model's record of the user (history)": _per_request(lambda: [model.reader(u) for u in users]),
         "recommend, without because": _per_request(lambda: [model.recommend(u, 10, explain=False) for u in users]),
         "recommend, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
         f"recommend, with because, in batches of {BATCH}": _per_request(batched),

@@ -15,9 +15,9 @@ import httpx
 from threadpoolctl import threadpool_limits
 
 from bench.harness import Size, service, write_results
-from recommender import demo
 from recommender.model import cf, content
 from recommender.model.dataset import TrainingData
+from recommender.storage import demo
 from recommender.training.progress import STAGES
 
 BOOKS = 10_000

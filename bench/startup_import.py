@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench import convert
 from bench.harness import MEDIUM, Size, cli, service, write_results
-from recommender import demo
+from recommender.storage import demo
 
 
 def startup_seconds(size: Size) -> float:

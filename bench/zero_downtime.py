@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from bench.harness import MEDIUM, Service, latency_chart, percentiles, service, write_results
+from bench.harness import MEDIUM, latency_chart, percentiles, service, write_results
+from tests.support.server import Server
 
 TIMEOUT = 2.0
 
@@ -121,7 +122,7 @@ def main() -> int:
     return 0
 
 
-def _wait_idle_tracking_memory(running: Service) -> int:
+def _wait_idle_tracking_memory(running: Server) -> int:
     """Waits for the retrain to end; returns the server's peak resident memory meanwhile."""
     peak = running.rss_bytes()
     time.sleep(0.5)

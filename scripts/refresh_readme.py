@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +23,11 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+# Run as a script (`python scripts/...`): the repository root, where tests/support/ lives, on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.server import ROOT, health_at, started
+
 README = ROOT / "README.md"
 SHOWN_URL = "http://localhost:8001"  # what the README shows, whatever port the run used
 BLOCK = re.compile(r"(<!-- sample: (?P<name>[\w-]+) -->\n```console\n)(?P<body>[^`]*?)(\n```)")
@@ -112,47 +113,15 @@ ONLINE_SESSION = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @contextmanager
-def running_server(workdir: Path, tuning_seconds: float | None = None) -> Iterator[str]:
-    http_port = free_port()
-    # The defaults, as a new user gets them.
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL" and not k.startswith("RECOMMENDER_")}
-    env |= {
-        "RECOMMENDER_DATA_DIR": str(workdir / "var"),
-        "RECOMMENDER_ARTIFACTS_DIR": str(workdir / "artifacts"),
-        "RECOMMENDER_GRPC_PORT": str(free_port()),
-        "RECOMMENDER_HTTP_PORT": str(http_port),
-    }
-    if tuning_seconds is not None:
-        env["RECOMMENDER_TUNING_SECONDS"] = str(tuning_seconds)  # a cap on the searches' trials
-    url = f"http://127.0.0.1:{http_port}"
-    with open(workdir / "server.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "server.py"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 180
-        while not _health(url).get("models_loaded"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start:\n{(workdir / 'server.log').read_text()}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
-
-
-def _health(url: str) -> dict[str, object]:
-    try:
-        body: dict[str, object] = httpx.get(f"{url}/api/v1/health", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return {}
-    return body
+def running_server(
+    workdir: Path, tuning_seconds: float | None = None, database_url: str | None = None
+) -> Iterator[str]:
+    """The service with the defaults, as a new user gets them (a cap on the searches' time, and an empty database
+    of one's own in place of the embedded one, when given)."""
+    settings = {"tuning_seconds": str(tuning_seconds)} if tuning_seconds is not None else {}
+    with started(workdir, settings, database_url, timeout=180) as server:
+        yield server.url
 
 
 def curl_session(url: str, session: list[Call]) -> str:
@@ -162,7 +131,7 @@ def curl_session(url: str, session: list[Call]) -> str:
     with httpx.Client(base_url=url, timeout=60) as client:
         for asked in session:
             if asked is WAIT_UNTIL_IDLE:
-                while _health(url).get("status") != "ok":
+                while health_at(url).get("status") != "ok":
                     time.sleep(0.2)
                 continue
             if asked is WAIT_FOR_IMPRESSIONS:
@@ -227,10 +196,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare the README's blocks with a real run")
     parser.add_argument("--tuning-seconds", type=float, help="a shorter tuning budget (the shapes do not change)")
+    parser.add_argument("--database-url", help="an empty database to use instead of a new embedded PostgreSQL")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(prefix="refresh-readme-") as tmp,
-        running_server(Path(tmp), args.tuning_seconds) as url,
+        running_server(Path(tmp), args.tuning_seconds, args.database_url) as url,
     ):
         samples = {
             "curl": curl_session(url, CURL_SESSION),

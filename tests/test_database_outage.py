@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import wait_for
-from tests.test_gateway import start_server
+from tests.support.server import start_server
+from tests.support.waiting import wait_for
 
 
 def test_a_killed_embedded_database_is_started_again_and_no_caller_sees_a_500(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Operations: credentials on state-changing calls, scheduled retraining, Prometheus metrics, progress, and a
-database that goes away during a retrain."""
+"""Operations: scheduled retraining, Prometheus metrics, progress, and a database that goes away during a
+retrain (credentials: tests/test_credentials.py)."""
 
 from __future__ import annotations
 
@@ -15,112 +15,26 @@ from pathlib import Path
 
 import grpc
 import httpx
-import jwt
 import psutil
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
+from recommender.training.config import make_trainer
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import RetrainResult, make_trainer
+from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
-from tests.conftest import RunningService, StartService, create_database, wait_for
-from tests.test_service import add_interactions, status_of, wait_until_idle
-
-KEY = "s3cret-admin-key-4242"
-JWT_SECRET = "a-long-enough-hmac-secret-for-hs256"
-
-
-def with_settings(settings: Settings, **changes: object) -> Settings:
-    """The test's settings with some changed, validated as from the environment (secrets become SecretStr)."""
-    return Settings.model_validate({**settings.model_dump(), **changes})
-
-
-def client(running: RunningService, credential: str | None = None) -> RecommenderClient:
-    return RecommenderClient(running.target, max_attempts=2, credential=credential)
-
-
-def token(
-    secret: str | bytes | ec.EllipticCurvePrivateKey,
-    algorithm: str = "HS256",
-    expires_in: float = 300,
-    **claims: object,
-) -> str:
-    payload = {"sub": "ops", "exp": datetime.now(UTC) + timedelta(seconds=expires_in), **claims}
-    return jwt.encode(payload, secret, algorithm=algorithm)
-
-
-def test_an_api_key_guards_the_calls_that_change_state(
-    start_service: StartService, settings: Settings, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.DEBUG)
-    running = start_service(settings_=with_settings(settings, api_key=KEY))
-    wait_until_idle(running)
-    anonymous, wrong = client(running), client(running, "not-the-key")
-    assert status_of(anonymous.retrain)[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert "missing credentials" in status_of(anonymous.retrain)[1]
-    assert status_of(wrong.retrain) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "invalid credentials: the key or token is not accepted",
-    )
-    assert status_of(anonymous.rollback)[0] == grpc.StatusCode.UNAUTHENTICATED
-    write = [pb.InteractionInput(user_id=1, book_id=2)]
-    assert status_of(lambda: anonymous.record_interactions(write))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert status_of(lambda: anonymous.upsert_books([pb.BookInput(book_id=2)]))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert client(running, KEY).record_interactions(write).recorded == 1
-    assert len(anonymous.recommend(user_id=1, limit=2).recommendations) == 2  # reads stay open
-    assert len(anonymous.similar_books(2, limit=2).books) == 2
-    assert anonymous.health().status == "ok"
-    assert client(running, KEY).retrain().status == "accepted"
-    wait_until_idle(running)
-    with RecommenderClient(running.target) as raw:  # x-api-key works too, as plain metadata
-        stub_call = raw._stub.Retrain
-        assert stub_call(pb.RetrainRequest(), metadata=(("x-api-key", KEY),), timeout=5).status == "accepted"
-    wait_until_idle(running)
-    assert KEY not in caplog.text
-
-
-def test_reads_can_be_guarded_too(start_service: StartService, settings: Settings) -> None:
-    running = start_service(settings_=with_settings(settings, api_key=KEY, auth_reads=True))
-    wait_until_idle(running)
-    assert status_of(lambda: client(running).recommend(user_id=1))[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert status_of(lambda: client(running).list_models())[0] == grpc.StatusCode.UNAUTHENTICATED
-    assert client(running).health().status == "ok"  # probes stay open
-    assert len(client(running, KEY).recommend(user_id=1, limit=3).recommendations) == 3
-
-
-def test_jwts_are_verified_with_expiry_and_audience(start_service: StartService, settings: Settings) -> None:
-    private = ec.generate_private_key(ec.SECP256R1())
-    public_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    configured = with_settings(
-        settings, jwt_secret=JWT_SECRET, jwt_public_key=public_pem.decode(), jwt_audience="recommender"
-    )
-    running = start_service(settings_=configured)
-    wait_until_idle(running)
-    good = token(JWT_SECRET, aud="recommender")
-    assert client(running, good).retrain().status == "accepted"
-    wait_until_idle(running)
-    signed = token(private, "ES256", aud="recommender")
-    assert client(running, signed).retrain().status == "accepted"
-    wait_until_idle(running)
-    expired = token(JWT_SECRET, expires_in=-10, aud="recommender")
-    assert status_of(client(running, expired).retrain) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "invalid credentials: the token has expired",
-    )
-    elsewhere = token(JWT_SECRET, aud="billing")
-    assert status_of(client(running, elsewhere).retrain) == (
-        grpc.StatusCode.PERMISSION_DENIED,
-        "invalid credentials: the token is for another audience",
-    )
-    forged = token("another-secret-of-sufficient-length", aud="recommender")
-    assert status_of(client(running, forged).retrain)[0] == grpc.StatusCode.PERMISSION_DENIED
+from tests.support.database import create_database
+from tests.support.service import (
+    StartService,
+    add_interactions,
+    status_of,
+    wait_until_idle,
+    with_settings,
+)
+from tests.support.waiting import wait_for
 
 
 def test_a_schedule_retrains_and_never_stacks(

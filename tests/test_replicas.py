@@ -9,44 +9,39 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import httpx
 
-from bench.harness import free_port
-from recommender import demo
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
+from recommender.storage import demo
+from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
+from recommender.training.config import make_trainer
 from recommender.training.progress import RetrainControl
-from recommender.training.trainer import RetrainResult, make_trainer
+from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
-from tests.conftest import RunningService, StartService, wait_for
-from tests.test_gateway import ROOT, _health, health_at, start_server
-from tests.test_service import _demo_sizes, status_of
+from tests.support.metrics import scraped
+from tests.support.ports import free_port
+from tests.support.server import ROOT, health_at, start_server
+from tests.support.service import RunningService, StartService, demo_sizes, status_of
+from tests.support.waiting import seconds_until, wait_for
 
 FOLLOW_SECONDS = 2.0  # what the issue allows between a promotion on one replica and the others serving it
 
 
 def genres_by_book(settings: Settings) -> dict[int, str]:
-    return {b.book_id: b.genres[0] for b in demo.generate(settings.demo_seed, **_demo_sizes()).books}
+    return {b.book_id: b.genres[0] for b in demo.generate(settings.demo_seed, **demo_sizes()).books}
 
 
 def interaction_count(settings: Settings) -> int:
     async def count() -> int:
         async with await Database.connect(settings.database_url or "") as db:
-            return (await db.counts())["interactions"]
+            return (await CatalogueStore(db).counts())["interactions"]
 
     return asyncio.run(count())
-
-
-def seconds_until(condition: Callable[[], bool], timeout: float = 10) -> float:
-    started = time.monotonic()
-    wait_for(condition, timeout=timeout, interval=0.02)
-    return time.monotonic() - started
 
 
 def test_a_batch_with_bad_entries_is_refused_whole_and_names_them(
@@ -135,7 +130,7 @@ def test_books_added_on_one_replica_get_content_scores_everywhere_at_once(
     replicas: tuple[RunningService, RunningService], settings: Settings
 ) -> None:
     first, second = replicas
-    catalogue = demo.generate(settings.demo_seed, **_demo_sizes()).books
+    catalogue = demo.generate(settings.demo_seed, **demo_sizes()).books
     model = first.client.similar_books(catalogue[0].book_id, limit=1)
     template = catalogue[0]
     code, message = status_of(lambda: first.client.upsert_books([pb.BookInput(book_id=50_001)]))
@@ -223,7 +218,7 @@ def test_killing_the_retraining_replica_frees_the_lock_and_versions_travel_throu
         assert info["version"] == survivor.client.model_info().version
         assert httpx.post(f"{doomed.url}/api/v1/retrain", timeout=10).status_code == 200
         wait_for(lambda: survivor.client.health().status == "retraining", timeout=FOLLOW_SECONDS)
-        assert _health(doomed) == {"status": "retraining", "models_loaded": True}
+        assert doomed.health() == {"status": "retraining", "models_loaded": True}
         conflict = status_of(survivor.client.retrain)
         assert conflict[0] == grpc.StatusCode.ABORTED
     finally:
@@ -289,14 +284,6 @@ def test_train_beside_running_replicas_is_served_by_them_within_seconds(
     assert "running services switch to it within seconds" in result.stdout
     version = result.stdout.split("trained model version ", 1)[1].split(":", 1)[0]
     wait_for(lambda: {r.client.model_info().version for r in (first, second)} == {version}, timeout=FOLLOW_SECONDS)
-
-
-def scraped(address: str, sample: str) -> float:
-    """One sample's value on a Prometheus endpoint (0 when absent)."""
-    for line in httpx.get(f"http://{address}/metrics", timeout=5).text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_every_replica_answers_the_same_and_every_request_is_counted(

@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from recommender.model.params import ALSParams, QualityPolicy, SplitParams, TrainingParams
-from recommender.schedule import Schedule
+from recommender.model.params import ALSParams, GatePolicy, SplitParams, TrainingParams, TuningPolicy
+from recommender.serving.schedule import Schedule
 
-_ALS, _TRAINING, _QUALITY, _SPLIT = ALSParams(), TrainingParams(), QualityPolicy(), SplitParams()
+_ALS, _TRAINING, _TUNING, _GATE, _SPLIT = ALSParams(), TrainingParams(), TuningPolicy(), GatePolicy(), SplitParams()
 HOST = re.compile(r"^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -61,11 +61,11 @@ class Settings(BaseSettings):
     popularity_prior: float = Field(default=_TRAINING.popularity_prior, ge=0.0)
     cf_prior: float = Field(default=_TRAINING.cf_prior, ge=0.0)
     # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
-    tuning: Literal["auto", "off"] = "auto" if _QUALITY.tuning else "off"
-    tuning_trials: int = Field(default=_QUALITY.tuning_trials, ge=1, le=10_000)
-    retrain_trials: int = Field(default=_QUALITY.retrain_trials, ge=1, le=10_000)
-    tuning_seconds: float = Field(default=_QUALITY.tuning_seconds, gt=0.0)
-    gate_tolerance: float = Field(default=_QUALITY.gate_tolerance, ge=0.0)
+    tuning: Literal["auto", "off"] = "auto" if _TUNING.enabled else "off"
+    tuning_trials: int = Field(default=_TUNING.trials, ge=1, le=10_000)
+    retrain_trials: int = Field(default=_TUNING.retrain_trials, ge=1, le=10_000)
+    tuning_seconds: float = Field(default=_TUNING.seconds, gt=0.0)
+    gate_tolerance: float = Field(default=_GATE.tolerance, ge=0.0)
     eval_holdout: float = Field(default=_SPLIT.holdout, gt=0.0, lt=1.0)
     eval_min_positives: int = Field(default=_SPLIT.min_positives, ge=2)
     eval_seed: int = _SPLIT.seed

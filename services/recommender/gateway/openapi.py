@@ -1,4 +1,4 @@
-"""The OpenAPI 3 document of the JSON API, made from the descriptor set at build time (by recommender.codegen, as
+"""The OpenAPI 3 document of the JSON API, made from the descriptor set at build time (by gateway/codegen.py, as
 Envoy's routes are made from it at start-up): every google.api.http binding with its parameters, its JSON body and
 its answers, the shape of every message, the error shape {"detail": ...} that every failure has, which calls need
 a credential, and every limit the service enforces on a request (model/validation.py's), so that the document

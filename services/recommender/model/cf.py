@@ -53,7 +53,7 @@ class CFModel:
         row = int(np.searchsorted(self.user_ids, user_id))
         return row if row < self.num_users and self.user_ids[row] == user_id else None
 
-    def history(self, row: int) -> tuple[IntArray, FloatArray]:
+    def interactions(self, row: int) -> tuple[IntArray, FloatArray]:
         """Item positions and weights of the user's interactions."""
         start, end = self.user_items.indptr[row], self.user_items.indptr[row + 1]
         return self.user_items.indices[start:end], self.user_items.data[start:end]

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import Book
 from recommender.model.products import ExactProduct
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -75,6 +77,10 @@ class ContentModel:
 
 
 def _vectorizer(**options: object) -> TfidfVectorizer:
+    # scikit-learn is imported when a text is encoded, not when a model loads: a serving process starts in a
+    # second less (it encodes only books added between retrains).
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(
         stop_words="english", sublinear_tf=True, ngram_range=(1, 2), min_df=1, dtype=np.float32, **options
     )
@@ -107,6 +113,8 @@ def _svd(features: sp.csr_matrix, dimensions: int, threads: int = 1) -> tuple[Fl
     rank = min(dimensions, features.shape[0] - 1, features.shape[1] - 1)
     if rank < 1:
         return np.asarray(features.todense(), dtype=np.float32), None  # tiny: the exact vectors
+    from sklearn.decomposition import TruncatedSVD
+
     with threadpool_limits(threads, "blas"):
         svd = TruncatedSVD(rank, algorithm="randomized", n_iter=5, random_state=0)
         reduced = svd.fit_transform(features)

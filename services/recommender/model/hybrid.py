@@ -1,19 +1,11 @@
-"""The served model: CF and content scores, each standardised over the user's candidate books (z-scores), blended
-as alpha * cf + (1 - alpha) * content, leaning on content and popularity for readers with little history (`Blend`).
-
-Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
-Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
-content evidence outvote CF. Measured (NDCG@10, same split, alpha 0.6): Goodreads sample 0.289 z-score vs 0.275
-min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
-
-This module is the request path; evaluation's batch ranking of many users lives in model/ranking.py and blends
-with the same `Blend`.
+"""The served model: what it knows of the catalogue and of each reader, and its answers, ranked by the one
+ranking of model/ranking.py (what evaluation measures too); "because you read" in model/explain.py, similar books
+in model/similar.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,14 +19,21 @@ import scipy.sparse as sp
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
+from recommender.model.explain import explained
 from recommender.model.params import TrainingParams
-from recommender.model.products import ExactProduct
+from recommender.model.ranking import (
+    Blend,
+    BookRows,
+    Mode,
+    Query,
+    Scored,
+    popular_top,
+    query,
+    ranked,
+)
 
 # (book_id, rating or None) of everything a user did, read from the database.
-UserHistory = Sequence[tuple[int, float | None]]
-
-# Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
-TIE_BREAK = 1e-6
+ReaderEvents = Sequence[tuple[int, float | None]]
 
 
 class Strategy(StrEnum):
@@ -99,7 +98,7 @@ class ScoredBook:
 class Request:
     user_id: int
     limit: int
-    fresh_history: UserHistory | None = None  # everything the user did, when it is newer than the model
+    events: ReaderEvents | None = None  # everything the user did, when it is newer than the model
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ class ModelMeta:
 
 
 @dataclass(frozen=True)
-class History:
+class Reader:
     """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row,
     or for a history newer than the model, factors folded in from it."""
 
@@ -136,42 +135,6 @@ class History:
     @property
     def liked(self) -> int:
         return int((self.weights > 0).sum())
-
-
-@dataclass(frozen=True)
-class BlendWeights:
-    """Per user: the weights of the standardised CF, content and popularity scores in their ranking."""
-
-    cf: npt.NDArray[np.float64]
-    content: npt.NDArray[np.float64]
-    popular: npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Blend:
-    """How the parts are weighed, the one formula every ranking uses (one user or many: arrays broadcast).
-
-    For a reader CF knows: `a * cf + (1 - a) * content`, where `a = alpha * liked / (liked + cf_prior)`: CF
-    factors fitted on a few books say little, so content fills in for a reader with three books and alpha holds
-    for one with fifty. That blend is then mixed with popularity in proportion `popularity_prior / (popularity_prior
-    + liked)`. A reader CF does not know (no history it has, or a book without factors in `similar`): content alone.
-    """
-
-    alpha: float
-    popularity_prior: float = 0.0
-    cf_prior: float = 0.0
-
-    def weights(self, liked: npt.ArrayLike, has_cf: npt.ArrayLike) -> BlendWeights:
-        liked_ = np.asarray(liked, dtype=np.float64)
-        known = np.asarray(has_cf, dtype=bool)
-        trust = _share(liked_, self.popularity_prior)
-        cf = np.where(known, self.alpha * _share(liked_, self.cf_prior), 0.0)
-        return BlendWeights(cf=trust * cf, content=trust * (1.0 - cf), popular=1.0 - trust)
-
-
-def _share(liked: npt.NDArray[np.float64], prior: float) -> npt.NDArray[np.float64]:
-    """liked / (liked + prior): 1 without a prior."""
-    return liked / (liked + prior) if prior > 0 else np.ones_like(liked)
 
 
 @dataclass(frozen=True)
@@ -214,29 +177,33 @@ class HybridModel:
             popularity_prior=now.popularity_prior if popularity_prior is None else popularity_prior,
             cf_prior=now.cf_prior if cf_prior is None else cf_prior,
         )
-        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
+        blended = dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
+        for shared in ("rows", "similar_rows", "_item_of_position"):  # the same books: their rows need no rebuild
+            if shared in self.__dict__:
+                blended.__dict__[shared] = self.__dict__[shared]
+        return blended
 
     @property
     def num_books(self) -> int:
         return len(self.catalogue.book_ids)
 
-    def history(self, user_id: int, fresh_history: UserHistory | None = None) -> History:
-        """The model's record of the user; or, when given, `fresh_history` (everything the user did, newer than
+    def reader(self, user_id: int, events: ReaderEvents | None = None) -> Reader:
+        """The model's record of the user; or, when given, `events` (everything the user did, newer than
         the model), with CF factors folded in from it."""
-        if fresh_history is None:
+        if events is None:
             row = self.cf.user_row(user_id)
             if row is None:
-                return History(None, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
-            item_positions, weights = self.cf.history(row)
-            return History(row, self.cf_positions[item_positions], weights)
-        ratings = dict(fresh_history)
-        seen = self.catalogue.positions([book_id for book_id, _ in fresh_history])
+                return Reader(None, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
+            item_positions, weights = self.cf.interactions(row)
+            return Reader(row, self.cf_positions[item_positions], weights)
+        ratings = dict(events)
+        seen = self.catalogue.positions([book_id for book_id, _ in events])
         rated = [ratings[int(self.catalogue.book_ids[p])] for p in seen]
         weights = interaction_weights([np.nan if r is None else r for r in rated], self.cf.params.rating_scale)
-        recorded = self.history(user_id)
+        recorded = self.reader(user_id)
         if recorded.cf_row is not None and _same_history(recorded, seen, weights):
             return recorded  # nothing new after all: the trained factors, not a refit of them
-        return History(None, seen, weights, self.fold_in(seen, weights))
+        return Reader(None, seen, weights, self.fold_in(seen, weights))
 
     def fold_in(self, positions: IntArray, weights: FloatArray) -> FloatArray | None:
         """CF factors for a history of catalogue `positions` (see `CFModel.fold_in`); None when CF knows none of
@@ -298,187 +265,83 @@ class HybridModel:
         return HybridModel.assemble(self.meta, catalogue, self.cf, merged)
 
     def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
-        """Books like `book_id`, best first (see `similar_many`); None when the book is not in the catalogue."""
+        """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""
         return self.similar_many([(book_id, limit)])[0]
 
     def similar_many(self, requests: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
-        """For each (book id, limit): the books like it, best first: cosine similarity of item factors and of
-        content vectors, each a z-score over the other books, blended with alpha (content alone for a book CF does
-        not have); None for a book not in the catalogue. The products are computed for all requests together, and
-        an answer is the same alone or in a batch."""
-        positions = {
-            i: p for i, (book_id, _limit) in enumerate(requests) if (p := self.catalogue.position(book_id)) is not None
-        }
-        rows = list(positions.values())
-        content = self.content.similarity(self.content.vectors[rows])
-        items = {i: item for i, p in positions.items() if (item := int(self._item_of_position[p])) >= 0}
-        cf = self._item_similarity(self._item_similarity_rows[list(items.values())]) if items else None
-        cf_row = {i: row for row, i in enumerate(items)}
-        content_row = {i: row for row, i in enumerate(positions)}
-        answers: list[list[ScoredBook] | None] = []
-        for i, (_book_id, limit) in enumerate(requests):
-            if i not in positions:
-                answers.append(None)
-                continue
-            itself = np.array([positions[i]], dtype=np.int32)
-            count = self.num_books - 1
-            content_z = _Standardised(content[content_row[i]], itself, count)
-            raw = np.zeros(self.num_books, dtype=np.float32)  # books nobody read: neither like nor unlike
-            if cf is not None and i in cf_row:
-                raw[self.cf_positions] = cf[cf_row[i]]
-            weights = Blend(self.alpha).weights(0, has_cf=i in cf_row)
-            cf_z = _Standardised(raw, itself, count)
-            parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content))]
-            best, scores = self._ordered(self._ranked(parts, itself, limit), parts)
-            answers.append(self._books(best, scores, cf_z.at(best), content_z.at(best)))
-        return answers
+        from recommender.model.similar import similar_many
+
+        return similar_many(self, requests)
 
     @cached_property
-    def _item_similarity_rows(self) -> FloatArray:
-        """Item factors scaled to unit length: their dot products are cosine similarities."""
-        norms = np.linalg.norm(self.cf.item_factors, axis=1, keepdims=True)
-        return (self.cf.item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    def similar_rows(self) -> BookRows:
+        from recommender.model.similar import similar_rows
+
+        return similar_rows(self)
 
     @cached_property
-    def _item_similarity(self) -> ExactProduct:
-        return ExactProduct.of(self._item_similarity_rows)
-
-    def spread_cf(self, raw: FloatArray) -> FloatArray:
-        """CF scores (of the CF items, in the last axis) spread over the catalogue; books nobody read score as
-        low as the lowest."""
-        if len(self.cf_positions) == self.num_books:  # every book has interactions: the columns line up (both sorted)
-            return raw
-        full = np.repeat(raw.min(axis=-1, keepdims=True), self.num_books, axis=-1).astype(np.float32)
-        full[..., self.cf_positions] = raw
-        return full
-
-    def content_raw(self, histories: Sequence[History]) -> FloatArray:
-        """Cosine similarity of every book to each user's profile (the weighted mean of the books they liked)."""
-        profiles = np.zeros((len(histories), self.content.vectors.shape[1]), dtype=np.float32)
-        for i, h in enumerate(histories):
-            if len(h.seen):
-                profiles[i] = self.content.profile(h.seen, np.maximum(h.weights, 0.0))
-        return self.content.scores(profiles)
-
-    def cf_raw(self, vectors: FloatArray) -> FloatArray:
-        """CF scores of every book (spread over the catalogue) for each row of user factors."""
-        return self.spread_cf(self.cf.scores(vectors))
+    def rows(self) -> BookRows:
+        """Every book's row and the catalogue statistics: what the ranking is made of."""
+        return BookRows(
+            self.cf.item_factors, self._item_of_position, self.content.vectors, self.popularity, self.content.similarity
+        )
 
     def recommend(
-        self, user_id: int, limit: int, fresh_history: UserHistory | None = None, explain: bool = True
+        self, user_id: int, limit: int, events: ReaderEvents | None = None, explain: bool = True
     ) -> Recommendations:
         """Top `limit` books the user has not interacted with, best first (see `recommend_many`).
 
-        `fresh_history`: everything the user did, when it is newer than the model (see `history`). `explain`: each
-        book with the reader's books it comes from (`because`).
+        `events`: everything the user did, when it is newer than the model (see `reader`). `explain`: each book
+        with the reader's books it comes from (`because`).
         """
-        return self.recommend_many([Request(user_id, limit, fresh_history)], explain)[0]
+        return self.recommend_many([Request(user_id, limit, events)], explain)[0]
 
     def recommend_many(self, requests: Sequence[Request], explain: bool = True) -> list[Recommendations]:
-        """Each request's answer, the users' CF and content scores of every book computed together (one matrix
-        product each, what a request's hot path spends most on); a request's answer is the same alone or in a
-        batch. The rest per user, in as few passes over the catalogue as the maths allows; model/ranking.py ranks
-        many users the same way for evaluation."""
-        histories = [self.history(r.user_id, r.fresh_history) for r in requests]
-        with_history = [i for i, h in enumerate(histories) if len(h.seen)]
-        content = self.content_raw([histories[i] for i in with_history])
-        vectors = {i: v for i in with_history if (v := histories[i].user_vector(self.cf)) is not None}
-        cf = self.cf_raw(np.stack(list(vectors.values()))) if vectors else np.zeros((0, self.num_books), np.float32)
-        content_of = {i: content[row] for row, i in enumerate(with_history)}
-        cf_of = {i: cf[row] for row, i in enumerate(vectors)}
+        """Each request's answer, ranked together (one product for the batch, model/ranking.py); an answer is the
+        same alone or in a batch. A reader with no history gets the popular books."""
+        readers = [self.reader(r.user_id, r.events) for r in requests]
+        queries = {i: self.query(reader) for i, reader in enumerate(readers) if len(reader.seen)}
+        answers = ranked(self.rows, list(queries.values()), [requests[i].limit for i in queries])
+        best = dict(zip(queries, answers, strict=True))
         return [
-            self._recommend(histories[i], content_of[i], cf_of.get(i), r.limit, explain)
-            if i in content_of
-            else self._popular(r.limit)
+            self._answer(readers[i], queries[i], best[i], explain) if i in queries else self._popular(r.limit)
             for i, r in enumerate(requests)
         ]
 
-    def _recommend(
-        self, history: History, content: FloatArray, cf: FloatArray | None, limit: int, explain: bool
-    ) -> Recommendations:
-        seen = np.unique(history.seen)
-        candidates = self.num_books - len(seen)
-        content_z = _Standardised(content, seen, candidates)
-        weights = self.blend.weights(history.liked, has_cf=cf is not None)
-        popular_z = _Standardised(self.popularity, seen, candidates, self._popularity_sums)
-        cf_z = _Standardised(self._no_cf if cf is None else cf, seen, candidates)
-        parts = [(cf_z, float(weights.cf)), (content_z, float(weights.content)), (popular_z, float(weights.popular))]
-        best, scores = self._ordered(self._ranked(parts, seen, limit), parts)
-        because = self._because(best, history, weights, cf_z, content_z) if explain else None
-        strategy = Strategy.CONTENT if cf is None else Strategy.HYBRID
-        return Recommendations(strategy, self._books(best, scores, cf_z.at(best), content_z.at(best), because))
+    def query(self, reader: Reader, mode: Mode = Mode.HYBRID) -> Query:
+        """The reader's ranking by `mode` (the served blend, or one of its parts) as one query vector."""
+        user = reader.user_vector(self.cf)
+        profile = self.content.profile(reader.seen, np.maximum(reader.weights, 0.0)) if len(reader.seen) else None
+        weights = self.blend.of_mode(mode, reader.liked, user is not None)
+        return query(self.rows, np.unique(reader.seen), user, profile, weights)
 
-    def _because(
-        self,
-        positions: IntArray,
-        history: History,
-        weights: BlendWeights,
-        cf_z: _Standardised,
-        content_z: _Standardised,
-        shown: int = 3,
-    ) -> list[tuple[Reason, ...]] | None:
-        """For each recommended book (at catalogue `positions`), the reader's books it comes from most: what each
-        liked book gives its score through CF (implicit's explanation of ALS, in the z-score's units and the
-        blend's weight) and through content (its share of the profile's cosine similarity, likewise), the larger
-        part named. None for a reader who liked nothing."""
-        liked = history.weights > 0
-        mine, my_weights = history.seen[liked], history.weights[liked]
-        if len(mine) == 0 or len(positions) == 0:
-            return None
-        norm = float(np.linalg.norm(self.content.profile(mine, my_weights))) or 1.0
-        content = self.content.vectors[positions] @ self.content.vectors[mine].T
-        content *= my_weights * np.float32(content_z.inverse * float(weights.content) / norm)
-        cf = np.zeros_like(content)
-        items, target_items = self._item_of_position[mine], self._item_of_position[positions]
-        known, reachable = items >= 0, target_items >= 0
-        if float(weights.cf) > 0 and known.any() and reachable.any():
-            given = self.cf.explain(items[known], my_weights[known], target_items[reachable])
-            cf[np.ix_(reachable, known)] = given * np.float32(cf_z.inverse * float(weights.cf))
-        total = np.maximum(cf, 0.0) + np.maximum(content, 0.0)
-        wholes = total.sum(axis=1, keepdims=True)
-        best = np.argsort(-total, axis=1, kind="stable")[:, :shown]
-        rows = np.arange(len(positions))[:, None]
-        shares = (total[rows, best] / np.where(wholes > 0, wholes, 1.0)).tolist()
-        parts = np.where(cf[rows, best] >= content[rows, best], "cf", "content").tolist()
-        sources = mine[best]
-        ids, rows_of, titles = self.catalogue.book_ids[sources].tolist(), sources.tolist(), self.catalogue.titles
-        return [
-            tuple(
-                Reason(book_id, titles[source], part, share)
-                for book_id, source, part, share in zip(ids[row], rows_of[row], parts[row], shares[row], strict=True)
-                if share > 0
-            )
-            for row in range(len(positions))
-        ]
+    def top_books(
+        self, user_ids: Sequence[int], k: int, modes: Sequence[Mode], batch: int = 256
+    ) -> dict[Mode, list[IntArray]]:
+        """The top-k book ids of many users (each as the model records them), by each of `modes`: what evaluation
+        ranks, the same ranking as a request's."""
+        found: dict[Mode, list[IntArray]] = {mode: [] for mode in modes}
+        for start in range(0, len(user_ids), batch):
+            readers = [self.reader(user) for user in user_ids[start : start + batch]]
+            for mode in modes:
+                queries = [self.query(reader, mode) for reader in readers]
+                found[mode] += [
+                    self.catalogue.book_ids[a.positions] for a in ranked(self.rows, queries, [k] * len(queries))
+                ]
+        return found
+
+    def _answer(self, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
+        because = explained(self, books.positions, reader, q) if explain else None
+        strategy = Strategy.CONTENT if q.user is None else Strategy.HYBRID
+        return Recommendations(strategy, self.books(books.positions, books.scores, books.cf, books.content, because))
 
     def _popular(self, limit: int) -> Recommendations:
         """For a user with no history: the most liked books, scored by popularity."""
-        best = top_k_rows(self._tie_broken_popularity[None, :], [min(limit, self.num_books)])[0]
+        best = popular_top(self.rows, limit)
         zeros = np.zeros(len(best))
-        return Recommendations(Strategy.POPULAR, self._books(best, self.popularity[best], zeros, zeros))
+        return Recommendations(Strategy.POPULAR, self.books(best, self.popularity[best], zeros, zeros))
 
-    def _ranked(self, parts: Sequence[tuple[_Standardised, float]], seen: IntArray, limit: int) -> IntArray:
-        """The catalogue positions of the `limit` best books by the weighted sum of the standardised `parts`,
-        `seen` excluded, in the order of that sum (popularity breaks ties)."""
-        ranking = TIE_BREAK * self.popularity
-        for z, weight in parts:
-            if weight:
-                ranking += z.values * np.float32(weight * z.inverse)  # the z-score less a constant: same order
-        ranking[seen] = -np.inf
-        return top_k_rows(ranking[None, :], [min(limit, self.num_books - len(seen))])[0]
-
-    def _ordered(
-        self, best: IntArray, parts: Sequence[tuple[_Standardised, float]]
-    ) -> tuple[IntArray, npt.NDArray[np.float64]]:
-        """The books at `best` and their blended scores, in the order of those scores. The scores shown are
-        computed apart from the ranking vector (in float64, from the z-scores) and the books ordered by them, so
-        that an answer always reads best first (the two orders differ only where float rounding meets a near-tie;
-        popularity breaks ties)."""
-        scores = sum((weight * z.at(best) for z, weight in parts), np.zeros(len(best)))
-        order = np.lexsort((-self.popularity[best], -scores))
-        return best[order], scores[order]
-
-    def _books(
+    def books(
         self,
         positions: IntArray,
         scores: npt.ArrayLike,
@@ -500,45 +363,8 @@ class HybridModel:
             )
         ]
 
-    @cached_property
-    def _tie_broken_popularity(self) -> FloatArray:
-        return self.popularity + TIE_BREAK * self.popularity
 
-    @cached_property
-    def _popularity_sums(self) -> tuple[float, float]:
-        return _sums(self.popularity)
-
-    @cached_property
-    def _no_cf(self) -> FloatArray:
-        """CF scores of a reader CF does not know: none."""
-        return np.zeros(self.num_books, dtype=np.float32)
-
-
-class _Standardised:
-    """One user's scores of every book as z-scores over their candidates, without a pass per step: the mean and
-    spread come from sums over all books (`totals`, when known) less the books the user has."""
-
-    def __init__(
-        self, values: FloatArray, seen: IntArray, count: int, totals: tuple[float, float] | None = None
-    ) -> None:
-        self.values = values
-        total, squares = _sums(values) if totals is None else totals
-        excluded = values[seen].astype(np.float64)
-        self.mean = (total - float(excluded.sum())) / max(count, 1)
-        variance = (squares - float(np.dot(excluded, excluded))) / max(count, 1) - self.mean**2
-        spread = math.sqrt(variance) if variance > 0 else 0.0
-        self.inverse = 1.0 / spread if spread > 1e-9 else 0.0
-
-    def at(self, positions: IntArray) -> npt.NDArray[np.float64]:
-        return (self.values[positions].astype(np.float64) - self.mean) * self.inverse
-
-
-def _sums(values: FloatArray) -> tuple[float, float]:
-    """The sum and the sum of squares of `values`."""
-    return float(values.sum(dtype=np.float64)), float(np.dot(values, values))
-
-
-def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool:
+def _same_history(history: Reader, seen: IntArray, weights: FloatArray) -> bool:
     if len(history.seen) != len(seen):
         return False
     mine, theirs = np.argsort(history.seen), np.argsort(seen)
@@ -547,47 +373,14 @@ def _same_history(history: History, seen: IntArray, weights: FloatArray) -> bool
     )
 
 
-def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
-    """Each row's `ks[i]` best positions, best first (ties: the lower position first). Each row sorts the few
-    values at or above a bar that at least k of its values reach (`_bars`)."""
-    k = min(max(ks, default=0), ranking.shape[1])
-    if k <= 0:
-        return [np.zeros(0, dtype=np.int32) for _ in ks]
-    tops = []
-    for row, limit, bar in zip(ranking, ks, _bars(ranking, k), strict=True):
-        best = np.flatnonzero(row >= bar)
-        best = best[np.argsort(-row[best], kind="stable")][:limit]
-        tops.append(best.astype(np.int32))
-    return tops
-
-
-# Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
-BAR_GROUPS = 256
-
-
-def _bars(ranking: FloatArray, k: int) -> FloatArray:
-    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below:
-    the k-th largest of the maxima of BAR_GROUPS interleaved groups (the k groups with the largest maxima each hold
-    a value at or above it). Four times as fast as partitioning the row for the k-th best value itself (14 against
-    60 us for 10,000 books), and the values above the bar are few."""
-    rows, width = ranking.shape
-    if k > BAR_GROUPS or width < BAR_GROUPS:
-        return np.partition(ranking, width - k, axis=1)[:, width - k]
-    whole = width - width % BAR_GROUPS
-    maxima = ranking[:, :whole].reshape(rows, -1, BAR_GROUPS).max(axis=1)
-    rest = width - whole
-    maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
-    return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
-
-
 def warm(model: HybridModel) -> None:
     """Runs each code path once, so the first real request after a swap pays no first-call costs."""
     model.recommend(user_id=0, limit=1)
     if model.cf.num_users:
         user_id = int(model.cf.user_ids[0])
         model.recommend(user_id=user_id, limit=1)
-        positions, _weights = model.cf.history(0)
+        positions, _weights = model.cf.interactions(0)
         books = model.catalogue.book_ids[model.cf_positions[positions]]
-        model.recommend(user_id=user_id, limit=1, fresh_history=[(int(b), None) for b in books])  # the fold-in
+        model.recommend(user_id=user_id, limit=1, events=[(int(b), None) for b in books])  # the fold-in
     if model.num_books:
         model.similar(int(model.catalogue.book_ids[0]), limit=1)

@@ -85,15 +85,19 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
-class QualityPolicy:
-    """How a retrain measures and gates its candidate, and what its search may spend."""
+class TuningPolicy:
+    """What a retrain's search for a better configuration may spend (training/tuning.py)."""
 
-    tuning: bool = True
-    tuning_trials: int = 20  # fits a first version's search (and `recommender tune`) spends
+    enabled: bool = True
+    trials: int = 20  # fits a first version's search (and `recommender tune`) spends
     retrain_trials: int = 2  # fits a later retrain's search spends, the best known configurations first
-    tuning_seconds: float = 900.0  # a cap on any search's time, whatever its trials
-    tune_blend: bool = True  # alpha and the popularity prior are searched too
-    gate_tolerance: float = 0.01
-    # The gate looks at the cold slice only when it has this many readers (fewer say little).
-    gate_cold_users: int = 20
-    split: SplitParams = field(default_factory=SplitParams)
+    seconds: float = 900.0  # a cap on any search's time, whatever its trials
+    blend: bool = True  # alpha and the popularity and CF priors are searched too
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """When a candidate may replace the active version (training/trainer.py's `worse`)."""
+
+    tolerance: float = 0.01  # NDCG@10 it may lose, on either slice
+    cold_users: int = 20  # the cold slice counts only with this many readers (fewer say little)

@@ -1,21 +1,48 @@
-"""Ranking many users at once, for evaluation: every book scored for a batch of users in a few matrix products,
-blended with the request path's `Blend`, and ranked by the blend or by one of its parts."""
+"""The one ranking of the service, what a reader is served and what evaluation and the promotion gate measure.
+
+A reader's score of a book blends three parts, each standardised over the reader's candidates (the books they do
+not have): CF (their factors' inner product with the book's item factors; 0, ALS's prediction for what nobody
+read, for a book CF does not have), content (their profile's cosine similarity with the book's content vector) and
+popularity, weighed by `Blend`, with popularity again as the tie-break. Standardising is linear, so the whole
+blend is ONE inner product of a query vector with the book's row [item factors, content vector, popularity]:
+
+    score(b) = sum_i w_i (x_i(b) - mean_i) / sd_i + TIE_BREAK pop(b)
+             = q . row(b) + a constant,   q = [u w_cf/sd_cf, p w_content/sd_content, w_pop/sd_pop + TIE_BREAK]
+
+and the means and spreads over the candidates come from catalogue statistics (column sums and Gram matrices),
+less the reader's own books: no pass over the catalogue. Ranking is then a product with every book's row (`exact`,
+model/products.py keeps it the same alone or in a batch), or a catalogue index's candidates re-scored exactly.
+The scores shown are computed apart, in float64, for the returned books only, and order them.
+
+Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
+Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
+content evidence outvote CF. Measured (NDCG@10, same split, alpha 0.6): Goodreads sample 0.289 z-score vs 0.275
+min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 
-from recommender.model.cf import FloatArray, IntArray
-from recommender.model.hybrid import TIE_BREAK, History, HybridModel, top_k_rows
+from recommender.model.products import ExactProduct
+
+IntArray = npt.NDArray[np.int32]
+FloatArray = npt.NDArray[np.float32]
+Float64Array = npt.NDArray[np.float64]
+
+# Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
+TIE_BREAK = 1e-6
 
 
 class Mode(StrEnum):
-    """What to rank by: the served blend, or one of its parts (CF applies to users it has)."""
+    """What to rank by: the served blend, or one of its parts (evaluation measures each)."""
 
     HYBRID = "hybrid"
     CF = "cf"
@@ -24,67 +51,277 @@ class Mode(StrEnum):
 
 
 @dataclass(frozen=True)
-class Scores:
-    """Per user (rows) and catalogue book (columns)."""
+class BlendWeights:
+    """Per reader: the weights of the standardised CF, content and popularity scores in their ranking."""
 
-    blended: FloatArray
-    cf: FloatArray
-    content: FloatArray
-    candidates: npt.NDArray[np.bool_]  # books the user does not have
-
-
-def score(model: HybridModel, histories: Sequence[History]) -> Scores:
-    """Standardised CF and content scores of every book for each user, and their blend."""
-    n = model.num_books
-    candidates = np.ones((len(histories), n), dtype=bool)
-    for i, h in enumerate(histories):
-        candidates[i, h.seen] = False
-    count = np.maximum(candidates.sum(axis=1, keepdims=True), 1).astype(np.float32)
-    content = _standardise(model.content_raw(histories), candidates, count)
-    cf = np.zeros((len(histories), n), dtype=np.float32)
-    vectors = [h.user_vector(model.cf) for h in histories]
-    rows = [i for i, v in enumerate(vectors) if v is not None]
-    if rows and model.cf.num_items:
-        raw = model.cf_raw(np.stack([v for v in vectors if v is not None]))
-        cf[rows] = _standardise(raw, candidates[rows], count[rows])
-    weights = model.blend.weights([h.liked for h in histories], [v is not None for v in vectors])
-    blended = weights.cf[:, None] * cf + weights.content[:, None] * content
-    if weights.popular.any():
-        popular = _standardise(np.broadcast_to(model.popularity, (len(histories), n)), candidates, count)
-        blended = blended + weights.popular[:, None] * popular
-    has_history = np.array([len(h.seen) > 0 for h in histories], dtype=bool)[:, None]
-    served = np.where(has_history, blended, model.popularity).astype(np.float32)
-    return Scores(served, cf, content, candidates)
+    cf: Float64Array
+    content: Float64Array
+    popular: Float64Array
 
 
-def top(model: HybridModel, scores: Scores, k: int, mode: Mode = Mode.HYBRID) -> list[IntArray]:
-    """Each user's k best candidate catalogue positions by `mode`, best first; popularity breaks ties."""
-    if mode is Mode.POPULAR:  # one order for everybody: each user's first k books they do not have
-        order = np.argsort(-model.popularity, kind="stable").astype(np.int32)
-        return [order[c[order]][:k] for c in scores.candidates]
-    by = {Mode.HYBRID: scores.blended, Mode.CF: scores.cf, Mode.CONTENT: scores.content}[mode]
-    ranking = np.where(scores.candidates, by + TIE_BREAK * model.popularity, -np.inf).astype(np.float32)
-    return top_k_rows(ranking, [min(k, int(c.sum())) for c in scores.candidates])
+@dataclass(frozen=True)
+class Blend:
+    """How the parts are weighed, the one formula every ranking uses (one reader or many: arrays broadcast).
+
+    For a reader CF knows: `a * cf + (1 - a) * content`, where `a = alpha * liked / (liked + cf_prior)`: CF
+    factors fitted on a few books say little, so content fills in for a reader with three books and alpha holds
+    for one with fifty. That blend is then mixed with popularity in proportion `popularity_prior / (popularity_prior
+    + liked)`. A reader CF does not know (no history it has, or a book without factors in `similar`): content alone.
+    """
+
+    alpha: float
+    popularity_prior: float = 0.0
+    cf_prior: float = 0.0
+
+    def weights(self, liked: npt.ArrayLike, has_cf: npt.ArrayLike) -> BlendWeights:
+        liked_ = np.asarray(liked, dtype=np.float64)
+        known = np.asarray(has_cf, dtype=bool)
+        trust = _share(liked_, self.popularity_prior)
+        cf = np.where(known, self.alpha * _share(liked_, self.cf_prior), 0.0)
+        return BlendWeights(cf=trust * cf, content=trust * (1.0 - cf), popular=1.0 - trust)
+
+    def of_mode(self, mode: Mode, liked: int, has_cf: bool) -> tuple[float, float, float]:
+        """(cf, content, popularity) weights of a reader ranked by `mode`."""
+        if mode is Mode.CF:
+            return 1.0 if has_cf else 0.0, 0.0, 0.0
+        if mode is Mode.CONTENT:
+            return 0.0, 1.0, 0.0
+        if mode is Mode.POPULAR:
+            return 0.0, 0.0, 1.0
+        weights = self.weights(liked, has_cf)
+        return float(weights.cf), float(weights.content), float(weights.popular)
 
 
-def rank_users(
-    model: HybridModel, user_ids: Sequence[int], k: int, modes: Sequence[Mode] = (Mode.HYBRID,), batch: int = 256
-) -> dict[Mode, list[IntArray]]:
-    """The top-k book ids of many users at once, by each of `modes`."""
-    ranked: dict[Mode, list[IntArray]] = {mode: [] for mode in modes}
-    for start in range(0, len(user_ids), batch):
-        scores = score(model, [model.history(user) for user in user_ids[start : start + batch]])
-        for mode in modes:
-            ranked[mode] += [model.catalogue.book_ids[p] for p in top(model, scores, k, mode)]
-    return ranked
+def _share(liked: Float64Array, prior: float) -> Float64Array:
+    """liked / (liked + prior): 1 without a prior."""
+    return liked / (liked + prior) if prior > 0 else np.ones_like(liked)
 
 
-def _standardise(scores: FloatArray, candidates: npt.NDArray[np.bool_], count: FloatArray) -> FloatArray:
-    """Row-wise z-scores over each row's candidates (`count` of them; 0 where a row has no spread). Sums in float64,
-    as the request path's standardisation does, from one masked copy of the scores."""
-    masked = np.where(candidates, scores, np.float32(0.0))
-    mean = masked.sum(axis=1, dtype=np.float64)[:, None] / count
-    squares = np.einsum("ij,ij->i", masked, masked, dtype=np.float64)[:, None] / count
-    spread = np.sqrt(np.maximum(squares - mean**2, 0.0))
-    inverse = np.where(spread > 1e-9, 1.0 / np.where(spread > 1e-9, spread, 1.0), 0.0)
-    return ((scores - mean.astype(np.float32)) * inverse.astype(np.float32)).astype(np.float32)
+@dataclass(frozen=True)
+class BookRows:
+    """Every catalogue book's row (its item factors, zero where CF has none; its content vector; its popularity),
+    and the catalogue's statistics that standardise the parts without a pass over it."""
+
+    item_factors: FloatArray  # CF items x k
+    item_of_book: IntArray  # per catalogue row, its CF item (-1: none)
+    content: FloatArray  # catalogue rows x d, unit rows
+    popularity: FloatArray  # per catalogue row, in [0, 1]
+    content_exact: ExactProduct  # the content vectors' product (the content model's own, shared)
+
+    @property
+    def num_books(self) -> int:
+        return len(self.popularity)
+
+    @property
+    def width(self) -> tuple[int, int]:
+        """(k, d): the widths of the CF and content parts of a row."""
+        return self.item_factors.shape[1], self.content.shape[1]
+
+    @cached_property
+    def cf_sums(self) -> tuple[Float64Array, Float64Array]:
+        """The item factors' column sums and Gram matrix (books without factors add nothing)."""
+        factors = self.item_factors.astype(np.float64)
+        return factors.sum(axis=0), factors.T @ factors
+
+    @cached_property
+    def content_sums(self) -> tuple[Float64Array, Float64Array]:
+        vectors = self.content.astype(np.float64)
+        return vectors.sum(axis=0), vectors.T @ vectors
+
+    @cached_property
+    def popularity_sums(self) -> tuple[float, float]:
+        values = self.popularity.astype(np.float64)
+        return float(values.sum()), float(values @ values)
+
+    @cached_property
+    def cf_rows(self) -> FloatArray:
+        """The item factors in catalogue order: zero rows for books CF does not have."""
+        rows = np.zeros((self.num_books, self.item_factors.shape[1]), dtype=np.float32)
+        has = self.item_of_book >= 0
+        rows[has] = self.item_factors[self.item_of_book[has]]
+        return rows
+
+    @cached_property
+    def cf_exact(self) -> ExactProduct:
+        return ExactProduct.of(self.cf_rows)
+
+    def matrix(self) -> FloatArray:
+        """Every book's row, [item factors, content vector, popularity]: what a catalogue index holds."""
+        return np.hstack([self.cf_rows, self.content, self.popularity[:, None]]).astype(np.float32)
+
+    def cf_of(self, positions: IntArray, user: FloatArray) -> Float64Array:
+        """CF scores of the books at `positions` (0 where CF has no factors), in float64."""
+        items = self.item_of_book[positions]
+        scores = np.zeros(len(positions), dtype=np.float64)
+        known = items >= 0
+        scores[known] = self.item_factors[items[known]].astype(np.float64) @ user.astype(np.float64)
+        return scores
+
+    def content_of(self, positions: IntArray, profile: FloatArray) -> Float64Array:
+        return self.content[positions].astype(np.float64) @ profile.astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One standardised part of a reader's score: z = (x - mean) * inverse, weighed by `weight`."""
+
+    mean: float = 0.0
+    inverse: float = 0.0  # 1 / standard deviation; 0 where the part has no spread (or is absent)
+    weight: float = 0.0
+
+    @classmethod
+    def of(cls, total: float, squares: float, count: int, weight: float) -> Part:
+        count = max(count, 1)
+        mean = total / count
+        variance = squares / count - mean * mean
+        spread = math.sqrt(variance) if variance > 0 else 0.0
+        return cls(mean, 1.0 / spread if spread > 1e-9 else 0.0, weight)
+
+    @property
+    def scale(self) -> float:
+        """What the part's raw score is multiplied by in the ranking's inner product."""
+        return self.weight * self.inverse
+
+    def z(self, values: Float64Array) -> Float64Array:
+        return (values - self.mean) * self.inverse
+
+
+@dataclass(frozen=True)
+class Query:
+    """One reader's ranking: the vector whose inner product with a book's row orders the books, the standardised
+    parts it is made of, and what the scores shown are computed from."""
+
+    vector: FloatArray  # k + d + 1
+    cf: Part
+    content: Part
+    popular: Part
+    user: FloatArray | None  # the reader's CF factors
+    profile: FloatArray | None  # the reader's content profile, unit length
+    seen: IntArray  # catalogue rows never recommended to this reader
+
+
+def query(
+    rows: BookRows,
+    seen: IntArray,
+    user: FloatArray | None,
+    profile: FloatArray | None,
+    weights: tuple[float, float, float],
+) -> Query:
+    """The query vector of a reader with `seen` books (unique catalogue rows), CF factors `user` (None: CF does
+    not know the reader) and content `profile` (None or zero: nothing liked), weighed (cf, content, popularity)."""
+    count = rows.num_books - len(seen)
+    w_cf, w_content, w_popular = weights
+    cf = Part()
+    if user is not None and w_cf:
+        own = rows.cf_of(seen, user)
+        total, gram = rows.cf_sums
+        u = user.astype(np.float64)
+        cf = Part.of(float(u @ total - own.sum()), float(u @ gram @ u - own @ own), count, w_cf)
+    content, unit = Part(), None
+    norm = float(np.linalg.norm(profile)) if profile is not None else 0.0
+    if profile is not None and norm > 0 and w_content:
+        unit = (profile / norm).astype(np.float32)
+        own = rows.content_of(seen, unit)
+        total, gram = rows.content_sums
+        p = unit.astype(np.float64)
+        content = Part.of(float(p @ total - own.sum()), float(p @ gram @ p - own @ own), count, w_content)
+    popular = Part()
+    if w_popular:
+        own = rows.popularity[seen].astype(np.float64)
+        total_pop, squares = rows.popularity_sums
+        popular = Part.of(total_pop - float(own.sum()), squares - float(own @ own), count, w_popular)
+    k, d = rows.width
+    vector = np.zeros(k + d + 1, dtype=np.float32)
+    if cf.scale and user is not None:
+        vector[:k] = user * np.float32(cf.scale)
+    if content.scale and unit is not None:
+        vector[k : k + d] = unit * np.float32(content.scale)
+    vector[-1] = popular.scale + TIE_BREAK
+    return Query(vector, cf, content, popular, user, unit, seen)
+
+
+def exact_top(rows: BookRows, queries: Sequence[Query], limits: Sequence[int]) -> list[IntArray]:
+    """Each query's `limits[i]` best catalogue rows by its inner product with every book's row, its seen books
+    left out, best first (ties: the lower row first). The CF and content parts are two products, each rounded to
+    its own scale (model/products.py: the same alone or in a batch); popularity is added exactly."""
+    if not queries:
+        return []
+    k, _d = rows.width
+    vectors = np.stack([q.vector for q in queries])
+    ranking = rows.cf_exact(vectors[:, :k]) if k else np.zeros((len(queries), rows.num_books), np.float32)
+    ranking += rows.content_exact(vectors[:, k:-1])
+    ranking += vectors[:, -1:] * rows.popularity
+    for row, q in zip(ranking, queries, strict=True):
+        row[q.seen] = -np.inf
+    ks = [min(limit, rows.num_books - len(q.seen)) for q, limit in zip(queries, limits, strict=True)]
+    return top_k_rows(ranking, ks)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Books of one answer, best first, with their blended score and its CF and content parts (z-scores)."""
+
+    positions: IntArray
+    scores: Float64Array
+    cf: Float64Array
+    content: Float64Array
+
+
+def scored(rows: BookRows, q: Query, best: IntArray) -> Scored:
+    """The books at `best` with their scores, computed apart from the ranking (float64, from the parts), and in
+    the order of those scores: an answer always reads best first (the two orders differ only where float rounding
+    meets a near-tie; popularity breaks ties)."""
+    cf = q.cf.z(rows.cf_of(best, q.user)) if q.user is not None else np.zeros(len(best))
+    content = q.content.z(rows.content_of(best, q.profile)) if q.profile is not None else np.zeros(len(best))
+    popular = q.popular.z(rows.popularity[best].astype(np.float64))
+    scores = q.cf.weight * cf + q.content.weight * content + q.popular.weight * popular
+    order = np.lexsort((-rows.popularity[best], -scores))
+    return Scored(best[order], scores[order], cf[order], content[order])
+
+
+def ranked(rows: BookRows, queries: Sequence[Query], limits: Sequence[int]) -> list[Scored]:
+    """Each query's answer: its best books (`exact_top`), scored and in the order of their scores. What a reader
+    is served and what evaluation measures."""
+    return [scored(rows, q, best) for q, best in zip(queries, exact_top(rows, queries, limits), strict=True)]
+
+
+def popular_top(rows: BookRows, k: int) -> IntArray:
+    """The `k` most popular books (for a reader with no history), ties to the lower row."""
+    return popular_order(rows)[: min(k, rows.num_books)]
+
+
+def popular_order(rows: BookRows) -> IntArray:
+    return np.argsort(-rows.popularity, kind="stable").astype(np.int32)
+
+
+def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
+    """Each row's `ks[i]` best positions, best first (ties: the lower position first). Each row sorts the few
+    values at or above a bar that at least k of its values reach (`_bars`)."""
+    k = min(max(ks, default=0), ranking.shape[1])
+    if k <= 0:
+        return [np.zeros(0, dtype=np.int32) for _ in ks]
+    tops = []
+    for row, limit, bar in zip(ranking, ks, _bars(ranking, k), strict=True):
+        best = np.flatnonzero(row >= bar)
+        best = best[np.argsort(-row[best], kind="stable")][:limit]
+        tops.append(best.astype(np.int32))
+    return tops
+
+
+# Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
+BAR_GROUPS = 256
+
+
+def _bars(ranking: FloatArray, k: int) -> FloatArray:
+    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below:
+    the k-th largest of the maxima of BAR_GROUPS interleaved groups (the k groups with the largest maxima each hold
+    a value at or above it). Four times as fast as partitioning the row for the k-th best value itself (14 against
+    60 us for 10,000 books), and the values above the bar are few."""
+    rows, width = ranking.shape
+    if k > BAR_GROUPS or width < BAR_GROUPS:
+        return np.partition(ranking, width - k, axis=1)[:, width - k]
+    whole = width - width % BAR_GROUPS
+    maxima = ranking[:, :whole].reshape(rows, -1, BAR_GROUPS).max(axis=1)
+    rest = width - whole
+    maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
+    return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]

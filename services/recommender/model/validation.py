@@ -27,6 +27,10 @@ DEFAULT_LIMIT, MAX_LIMIT = 10, 100  # books in one answer
 MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
 MAX_REASON = 500  # characters of a canary abort's reason
 MAX_BUCKET_MINUTES, MAX_HISTORY_HOURS = 1440, 2160  # the online history's buckets and span
+# The largest request body the gateway takes (1,000 books with long descriptions fit); a larger one is answered 413
+# by Envoy itself, with a length or chunked, before anything reaches the service.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_HEADER_KB = 16  # request headers (a long JWT fits); beyond it, 431
 
 
 def shown(value: object) -> str:

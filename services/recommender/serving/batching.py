@@ -91,3 +91,24 @@ class Batcher(Generic[Item, Answer]):
             return
         for (_item, future), answer in zip(live, answers, strict=True):
             future.set_result(answer)
+
+
+Model = TypeVar("Model")
+Asked = TypeVar("Asked")
+
+
+def per_model(
+    answer: Callable[[Model, Sequence[Asked]], list[Answer]],
+) -> Callable[[Sequence[tuple[Model, Asked]]], list[Answer]]:
+    """A batch answered by the model each request was meant for (a swap, or a canary, can fall between two)."""
+
+    def answered(items: Sequence[tuple[Model, Asked]]) -> list[Answer]:
+        groups: dict[int, tuple[Model, list[int]]] = {}
+        for index, (model, _asked) in enumerate(items):
+            groups.setdefault(id(model), (model, []))[1].append(index)
+        answers: dict[int, Answer] = {}
+        for model, indices in groups.values():
+            answers |= zip(indices, answer(model, [items[i][1] for i in indices]), strict=True)
+        return [answers[i] for i in range(len(items))]
+
+    return answered

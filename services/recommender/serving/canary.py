@@ -17,10 +17,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from recommender.model.online import Decision, OnlineSums, SequentialTest, Verdict
+from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest, Verdict
 from recommender.serving.versions import NoCanary, VersionManager
 from recommender.storage.db import DATABASE_ERRORS
-from recommender.storage.online import OnlineStore
+from recommender.storage.feedback import OnlineStore
 from recommender.storage.registry import ActiveChanged
 from recommender.tasks import cancelled
 

@@ -17,6 +17,7 @@ from recommender.serving.freshness import FreshData
 from recommender.serving.versions import VersionManager
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind, Listener
+from recommender.storage.lock import retrain_running
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class Cluster:
                 log.warning("cannot check the active version: %s", str(exc) or type(exc).__name__)
 
     async def _refresh(self) -> None:
-        running = await self._db.retrain_running()
+        running = await retrain_running(self._db)
         self._elsewhere = running and not self._retraining_here()
         version = await self._versions.follow()
         if version is not None:

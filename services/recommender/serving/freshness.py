@@ -2,7 +2,7 @@
 
 Kept current by change notices (see storage/events.py), so every replica sees a write made through any of them:
 - users whose history is newer than the model are answered from their current history, with CF factors folded
-  in (`HybridModel.recommend` with `fresh_history`); their histories are cached until a notice names them;
+  in (`HybridModel.recommend` with `events`); their histories are cached until a notice names them;
 - books added or edited since the snapshot join the served catalogue, with content vectors at once.
 
 When notices may have been missed, every user is read fresh until the changes since the model's snapshot are
@@ -17,17 +17,20 @@ import logging
 from collections import OrderedDict
 
 from recommender.model.dataset import Book
-from recommender.model.hybrid import HybridModel, UserHistory, warm
-from recommender.storage.db import Database
+from recommender.model.hybrid import HybridModel, ReaderEvents, warm
+from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.events import Event, Kind
+from recommender.storage.snapshot import SnapshotStore
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
 
 class FreshData:
-    def __init__(self, db: Database, max_cached: int = 10_000) -> None:
-        self._db = db
+    def __init__(self, snapshots: SnapshotStore, catalogue: CatalogueStore, max_cached: int = 10_000) -> None:
+        """`snapshots`: what changed since a model's snapshot; `catalogue`: a user's events now."""
+        self._snapshots = snapshots
+        self._catalogue = catalogue
         self._max_cached = max_cached
         self._target: HybridModel | None = None  # the model served now
         self._synced: HybridModel | None = None  # the model the state below describes
@@ -36,7 +39,7 @@ class FreshData:
         self._noticed: set[int] = set()  # users named in notices since the running sync began
         self._any_user = False  # every user may be newer (notices were missed): read them all until a sync
         self._all_noticed = False  # a notice said "any user" since the running sync began
-        self._cache: OrderedDict[int, UserHistory] = OrderedDict()
+        self._cache: OrderedDict[int, ReaderEvents] = OrderedDict()
         self._epoch = 0  # bumped by every notice about interactions: a history read across one is not cached
         self._wake = asyncio.Event()
         self._syncs = (0, 0)  # syncs started, and the number of the last one finished
@@ -77,13 +80,13 @@ class FreshData:
             return 0
         return max(self._extended.num_books - self._synced.num_books, 0) or int(self._extended is not self._synced)
 
-    def serving(self, model: HybridModel) -> HybridModel:
+    def with_new_books(self, model: HybridModel) -> HybridModel:
         """`model` with the books added or changed since its snapshot (once they are known)."""
         if model is self._synced and self._extended is not None:
             return self._extended
         return model
 
-    async def history(self, model: HybridModel, user_id: int) -> UserHistory | None:
+    async def newer_events(self, model: HybridModel, user_id: int) -> ReaderEvents | None:
         """The user's whole current history when the model's record of them may be out of date, else None. For a
         model other than the one served (a canary), always the current history: only the served model's changes
         are followed, and `HybridModel.history` keeps the trained factors when nothing changed."""
@@ -96,7 +99,7 @@ class FreshData:
             self._cache.move_to_end(user_id)
             return cached
         epoch = self._epoch
-        history = await self._db.user_history(user_id)
+        history = await self._catalogue.user_events(user_id)
         if epoch == self._epoch:
             self._cache[user_id] = history
             if len(self._cache) > self._max_cached:
@@ -156,8 +159,8 @@ class FreshData:
             self._noticed, self._all_noticed = set(), True
             users, books = [], []
         else:  # exactly the rows its snapshot does not see: none at all right after a retrain
-            users = await self._db.users_changed_since(snapshot)
-            books = await self._db.books_changed_since(snapshot)
+            users = await self._snapshots.users_changed_since(snapshot)
+            books = await self._snapshots.books_changed_since(snapshot)
         extended = await asyncio.to_thread(_with_books, model, books)
         if model is not self._target:
             return  # another model took over meanwhile: its own sync follows

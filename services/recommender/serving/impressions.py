@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from recommender.storage.online import Impression, OnlineStore
+from recommender.storage.feedback import Impression, OnlineStore
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""The retrain coordinator, only in processes that may train (Gorse's master, beside the serving node): one retrain
-at a time in the whole cluster (PostgreSQL's retrain lock), the trainer run (a child process in production), then
-the version manager told to serve what it promoted.
+"""The retrain coordinator, only in processes that may train (Gorse's master, beside the serving node): the one
+retrain route of training/route.py (the cluster's retrain lock, the trainer in a child process), run in the
+background, then the version manager told to serve what it promoted.
 
 Whatever happens (a failed or cancelled retrain, a lost database), the lock, the in-process flag and the progress
 are released, so that the next retrain works without a restart.
@@ -11,23 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recommender.model.fit import TrainingCancelled
 from recommender.serving.versions import VersionManager
 from recommender.storage.artifacts import ArtifactStore
-from recommender.storage.db import RetrainLock
+from recommender.storage.lock import RetrainLock
 from recommender.storage.registry import Outcome, Registry
 from recommender.tasks import cancelled
 from recommender.training.progress import Progress, RetrainControl
-from recommender.training.trainer import RetrainResult
+from recommender.training.route import RetrainRoute, released
+from recommender.training.trainer import RetrainResult, tidy
 
 log = logging.getLogger(__name__)
-
-# Runs one retrain to its end (artifact written, registry record added); cancelling it stops the training.
-RetrainRunner = Callable[[RetrainControl], Awaitable[RetrainResult]]
 
 CANCELLED = "cancelled: the service is shutting down"
 CLEAN_UP_SECONDS = 5.0  # what a stop waits for the lock's release and the clean-up of a failed retrain
@@ -52,8 +50,7 @@ class RetrainState:
 class RetrainCoordinator:
     def __init__(
         self,
-        dsn: str,
-        run: RetrainRunner,
+        route: RetrainRoute,
         versions: VersionManager,
         store: ArtifactStore,
         registry: Registry,
@@ -61,8 +58,8 @@ class RetrainCoordinator:
         on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
         on_finished: Callable[[RetrainResult], None] = lambda result: None,
     ) -> None:
-        self._dsn = dsn
-        self._run = run
+        """`route`: how a retrain takes the cluster's lock and runs (training/route.py)."""
+        self._route = route
         self._versions = versions
         self._store = store
         self._registry = registry
@@ -92,11 +89,11 @@ class RetrainCoordinator:
         stopping. Raises DatabaseUnavailable when the retrain lock cannot be asked for."""
         if self._stopping or self._state.running:
             return False
-        lock = RetrainLock(self._dsn)
-        if not await lock.acquire():
+        lock = await self._route.claim()
+        if lock is None:
             return False
         if self._stopping or self._state.running:  # changed while the lock was being taken
-            await _released(lock)
+            await released(lock)
             return False
         control = RetrainControl(lambda: self._stopping, force, self._on_stage_done)
         self._state = RetrainState(True, self._state.last_error, self._state.finished_at)
@@ -107,13 +104,13 @@ class RetrainCoordinator:
 
     async def clean_up(self) -> None:
         """Removes what retrains that died half-way left in the artifact store, when no retrain runs anywhere."""
-        lock = RetrainLock(self._dsn)
-        if not await lock.acquire(announce=False):
+        lock = await self._route.claim(announce=False)
+        if lock is None:
             return
         try:
             await self._clean()
         finally:
-            await _released(lock)
+            await released(lock)
 
     async def stop(self) -> None:
         """Kills a running retrain and waits (boundedly) for its lock to be released."""
@@ -128,7 +125,7 @@ class RetrainCoordinator:
         result: RetrainResult | None = None
         error = ""
         try:
-            result = await self._run(control)
+            result = await self._route.run(control)
             if result.outcome in (Outcome.PROMOTED, Outcome.CANARY):
                 control.stage("swapping")
                 await self._versions.follow()
@@ -154,7 +151,7 @@ class RetrainCoordinator:
                 if error and error != CANCELLED:
                     await self._clean()
             finally:
-                await _released(lock)
+                await released(lock)
                 self._state = RetrainState(False, error, datetime.now(UTC))
                 self._control = None
                 if result is not None:
@@ -184,21 +181,9 @@ class RetrainCoordinator:
         self._retry = asyncio.create_task(later())
 
     async def _clean(self) -> None:
-        """What a retrain left half-way; the caller holds the retrain lock, so no retrain is writing."""
+        """What a retrain left half-way (training/trainer.py's `tidy`); the caller holds the retrain lock."""
         try:
             async with asyncio.timeout(CLEAN_UP_SECONDS):
-                registered = {record.version for record in await self._registry.versions()}
-                removed = await self._store.clean(registered)
+                await tidy(self._store, self._registry)
         except Exception as exc:
             log.warning("could not clean up the artifacts folder: %s", str(exc) or type(exc).__name__)
-            return
-        if removed:
-            log.info("removed model files no registered version owns (left by a stopped retrain): %s", removed)
-
-
-async def _released(lock: RetrainLock) -> None:
-    try:
-        async with asyncio.timeout(CLEAN_UP_SECONDS):
-            await lock.release()
-    except Exception as exc:  # closing its connection frees it anyway
-        log.warning("releasing the retrain lock: %s", str(exc) or type(exc).__name__)

@@ -14,29 +14,32 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
-from recommender.gateway.envoy import GRPC_METADATA_FACTOR, MAX_BODY_BYTES, MAX_HEADER_KB
 from recommender.model.hybrid import HybridModel
-from recommender.model.online import SequentialTest
-from recommender.schedule import Schedule, Scheduler
+from recommender.model.online_metrics import SequentialTest
+from recommender.model.validation import MAX_BODY_BYTES, MAX_HEADER_KB
 from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.batching import BatchPolicy
 from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.impressions import ImpressionLog
-from recommender.serving.online import OnlineView
-from recommender.serving.retrain import RetrainCoordinator, RetrainRunner
+from recommender.serving.online_view import OnlineView
+from recommender.serving.retrain import RetrainCoordinator
+from recommender.serving.schedule import Schedule, Scheduler
 from recommender.serving.servicer import RecommenderServicer
 from recommender.serving.telemetry import MetricsEndpoint, ObservingInterceptor, ServiceMetrics
 from recommender.serving.versions import VersionManager
 from recommender.settings import Settings
 from recommender.storage.artifacts import ArtifactStore, open_store
+from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
-from recommender.storage.online import OnlineStore
+from recommender.storage.feedback import OnlineStore
 from recommender.storage.registry import Registry
 from recommender.storage.seed import DemoSize, prepare_database
-from recommender.training.child import ChildProcessTrainer, start_fork_server
-from recommender.training.trainer import make_trainer
+from recommender.storage.snapshot import SnapshotStore
+from recommender.training.child import ChildProcessTrainer
+from recommender.training.config import make_trainer
+from recommender.training.route import RetrainRoute, RetrainRunner
 from recommender.v1 import SERVICE_NAME, STATE_CHANGING, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -101,7 +104,7 @@ class GrpcService:
             self.coordinator = self._coordinator(store, registry)
             await self.coordinator.clean_up()
         model = await versions.start()
-        self._fresh = FreshData(db)
+        self._fresh = FreshData(SnapshotStore(db), CatalogueStore(db))
         await self._fresh.start(model)
         versions.subscribe(self._fresh.on_swap)
         fresh = self._fresh
@@ -132,11 +135,9 @@ class GrpcService:
     def _coordinator(self, store: ArtifactStore, registry: Registry) -> RetrainCoordinator:
         trainer = self._trainer
         if trainer is None:
-            start_fork_server()  # from the event loop's thread, so that it dies with the service
             trainer = ChildProcessTrainer(make_trainer(self.settings, self.dsn), self.settings.log_format)
         return RetrainCoordinator(
-            self.dsn,
-            trainer,
+            RetrainRoute(self.dsn, trainer),
             self.versions,
             store,
             registry,
@@ -180,7 +181,7 @@ class GrpcService:
         # No SO_REUSEPORT: a second server on the same port must fail, not silently share it. Messages up to twice
         # the gateway's body limit (a JSON body transcodes to a smaller message) and metadata beyond its header
         # limit: whatever passes the gateway passes here.
-        metadata = GRPC_METADATA_FACTOR * MAX_HEADER_KB * 1024
+        metadata = 4 * MAX_HEADER_KB * 1024
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(self.metrics), AuthInterceptor(credentials, self._needs_credentials)],
             options=[
@@ -243,7 +244,7 @@ class GrpcService:
 
         async def new_interactions() -> int:
             active = await registry.active()
-            return await db.interactions_changed_since(active.created_at if active else None)
+            return await CatalogueStore(db).interactions_changed_since(active.created_at if active else None)
 
         def busy() -> str | None:
             canary = self.versions.canary

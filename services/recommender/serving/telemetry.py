@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from recommender.logs import request_id
 from recommender.model.hybrid import HybridModel
-from recommender.model.online import OnlineSums, online_intervals
+from recommender.model.online_metrics import OnlineSums, online_intervals
 from recommender.processes import is_alive
 from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 

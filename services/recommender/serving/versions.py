@@ -2,6 +2,14 @@
 warmed, swapped in, its subscribers told, and the old one dropped once no request holds it; whatever the reason:
 start-up, a retrain's promotion, following another process's change, a rollback.
 
+Every change of what serves follows one order:
+1. the version is loaded and verified first (here for a rollback or a canary; by the trainer that wrote it, for a
+   retrain: training/trainer.py verifies its artifact before it records it);
+2. then the registry changes, a compare-and-set on the version it replaces (storage/registry.py), in one
+   transaction that notifies every process;
+3. then each process loads, verifies, warms and swaps it in on its own (`follow`), this one at once.
+A failure at 1 or 2 changes nothing anywhere.
+
 Versions come from the registry (which one is active) and the artifact store (its files). A version whose files
 fail verification is marked failed in the registry and never serves; one whose files are only missing here is
 retried quietly (its files may arrive), and each reason is logged once.
@@ -20,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from recommender.model.hybrid import HybridModel, warm
-from recommender.storage.artifacts import ArtifactCorrupt, ArtifactError, ArtifactStore
+from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactError
+from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.registry import Registry, Status, VersionRecord
 
 log = logging.getLogger(__name__)

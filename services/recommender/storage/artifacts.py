@@ -17,49 +17,31 @@ as a cache of files kept in PostgreSQL (RECOMMENDER_ARTIFACT_STORE=postgres, for
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import itertools
-import json
 import logging
 import os
 import shutil
 import socket
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-import scipy.sparse as sp
-
-from recommender.model.cf import CFModel
-from recommender.model.content import ContentModel, TextEncoder
-from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
-from recommender.model.params import TrainingParams
+from recommender.model.hybrid import HybridModel
 from recommender.processes import is_alive
+from recommender.storage.artifact_files import (
+    MANIFEST,
+    ArtifactMissing,
+    fsync,
+    read_version,
+    write_atomically,
+    write_version,
+)
+from recommender.storage.blobs import ArtifactBlobs
 from recommender.storage.db import Database
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
-MANIFEST = "manifest.json"
 INCOMING = ".incoming-"
-
-
-class ArtifactError(Exception):
-    """A version cannot be served from this store."""
-
-
-class ArtifactMissing(ArtifactError):
-    """The version's files are not here (never written, pruned, or half-written when a process died)."""
-
-
-class ArtifactCorrupt(ArtifactError):
-    """The version's files are here but wrong: a checksum that does not match, a file that does not parse, values
-    that are not finite. It must never serve."""
 
 
 class ArtifactStore(Protocol):
@@ -95,7 +77,7 @@ class ArtifactStore(Protocol):
 def open_store(root: Path, shared: Database | None) -> ArtifactStore:
     """The store the settings ask for: `shared` (the database) when RECOMMENDER_ARTIFACT_STORE=postgres."""
     local = LocalArtifactStore(root)
-    return local if shared is None else DatabaseArtifactStore(local, shared)
+    return local if shared is None else DatabaseArtifactStore(local, ArtifactBlobs(shared))
 
 
 @dataclass(frozen=True)
@@ -155,7 +137,7 @@ class LocalArtifactStore:
         (and is logged): serving goes on."""
         try:
             self.serving_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomically(self._marker(os.getpid()), version + "\n")
+            write_atomically(self._marker(os.getpid()), version + "\n")
         except OSError as exc:
             log.warning("cannot record the served version in %s: %s", self.serving_dir, exc)
 
@@ -190,7 +172,7 @@ class LocalArtifactStore:
         shutil.rmtree(incoming, ignore_errors=True)
         incoming.mkdir(parents=True)
         try:
-            _write_files(incoming, model)
+            write_version(incoming, model)
             return self._commit(incoming, version)
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
@@ -222,34 +204,16 @@ class LocalArtifactStore:
 
     def _commit(self, incoming: Path, version: str) -> Path:
         for path in incoming.iterdir():
-            _fsync(path)
+            fsync(path)
         target = self.versions_dir / version
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         os.rename(incoming, target)
-        _fsync(self.versions_dir)
+        fsync(self.versions_dir)
         return target
 
     def read(self, version: str) -> HybridModel:
-        """The version, its files verified against the manifest's checksums and every number checked finite."""
-        folder = self.versions_dir / version
-        try:
-            text = (folder / MANIFEST).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ArtifactMissing(f"version {version} is not here (pruned, or never completed)") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ArtifactCorrupt(f"version {version}: {MANIFEST} cannot be read: {exc}") from exc
-        try:
-            manifest: dict[str, Any] = json.loads(text)
-            if manifest.get("format") != FORMAT:
-                raise ArtifactCorrupt(
-                    f"version {version} has format {manifest.get('format')}, this release reads {FORMAT}"
-                )
-            _verify(folder, manifest["files"])
-            return _read_files(folder, manifest)
-        except ArtifactError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            raise ArtifactCorrupt(f"version {version} cannot be read: {type(exc).__name__}: {exc}") from exc
+        """The version, verified (storage/artifact_files.py)."""
+        return read_version(self.versions_dir / version, version)
 
 
 @dataclass(frozen=True)
@@ -258,7 +222,7 @@ class DatabaseArtifactStore:
     no disk: a version trained anywhere can be loaded everywhere."""
 
     local: LocalArtifactStore
-    db: Database
+    blobs: ArtifactBlobs
 
     @property
     def root(self) -> Path:
@@ -267,11 +231,11 @@ class DatabaseArtifactStore:
     async def save(self, model: HybridModel) -> None:
         await self.local.save(model)
         files = await asyncio.to_thread(self.local.files, model.meta.version)
-        await self.db.save_artifact_files(model.meta.version, files)
+        await self.blobs.save(model.meta.version, files)
 
     async def load(self, version: str) -> HybridModel:
         if not self.local.is_complete(version):
-            files = await self.db.artifact_files(version)
+            files = await self.blobs.files(version)
             if not files:
                 raise ArtifactMissing(f"version {version} is neither here nor in the database")
             await asyncio.to_thread(self.local.install, version, files)
@@ -279,16 +243,16 @@ class DatabaseArtifactStore:
         return await self.local.load(version)
 
     async def available(self) -> set[str]:
-        return await self.local.available() | set(await self.db.artifact_versions())
+        return await self.local.available() | set(await self.blobs.versions())
 
     async def remove(self, versions: Iterable[str]) -> None:
         doomed = list(versions)
         await self.local.remove(doomed)
-        await self.db.delete_artifact_files(doomed)
+        await self.blobs.delete(doomed)
 
     async def clean(self, registered: set[str]) -> list[str]:
-        stored = set(await self.db.artifact_versions())
-        await self.db.delete_artifact_files(stored - registered)
+        stored = set(await self.blobs.versions())
+        await self.blobs.delete(stored - registered)
         return await self.local.clean(registered)
 
     def mark_serving(self, version: str) -> None:
@@ -313,167 +277,3 @@ async def prune(store: ArtifactStore, registered: Sequence[str], protected: set[
 
 
 # The file format.
-
-_TEXT = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]
-
-
-def _pack_text(values: Sequence[str]) -> _TEXT:
-    """Strings as one UTF-8 blob and n + 1 offsets: the size is the total text, whatever the longest string."""
-    encoded = [value.encode("utf-8") for value in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-    np.cumsum([len(e) for e in encoded], out=offsets[1:])
-    return np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets
-
-
-def _unpack_text(blob: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64]) -> list[str]:
-    if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(blob) or np.any(np.diff(offsets) < 0):
-        raise ArtifactCorrupt("text offsets do not match the text")
-    data = blob.tobytes()
-    return [data[start:end].decode("utf-8") for start, end in itertools.pairwise(offsets)]
-
-
-def _write_files(folder: Path, model: HybridModel) -> None:
-    titles, title_offsets = _pack_text(model.catalogue.titles)
-    authors, author_offsets = _pack_text(model.catalogue.authors)
-    np.savez(
-        folder / "catalogue.npz",
-        book_ids=model.catalogue.book_ids,
-        titles=titles,
-        title_offsets=title_offsets,
-        authors=authors,
-        author_offsets=author_offsets,
-    )
-    np.savez(
-        folder / "cf.npz",
-        user_ids=model.cf.user_ids,
-        item_ids=model.cf.item_ids,
-        user_factors=model.cf.user_factors,
-        item_factors=model.cf.item_factors,
-    )
-    # Uncompressed: zlib took 0.9 s of a 1M-interaction save, for files the disk holds easily.
-    sp.save_npz(folder / "cf_user_items.npz", model.cf.user_items, compressed=False)
-    sp.save_npz(folder / "content_features.npz", model.content.features, compressed=False)
-    np.save(folder / "content_vectors.npy", model.content.vectors)
-    encoder = model.content.encoder
-    if encoder is not None:
-        vocabulary, vocabulary_offsets = _pack_text(encoder.vocabulary)
-        arrays: dict[str, npt.NDArray[Any]] = {
-            "vocabulary": vocabulary,
-            "vocabulary_offsets": vocabulary_offsets,
-            "idf": encoder.idf,
-        }
-        if encoder.components is not None:
-            arrays["components"] = encoder.components
-        np.savez(folder / "content_encoder.npz", **arrays)  # type: ignore[arg-type]
-    files = {path.name: _describe(path) for path in sorted(folder.iterdir())}
-    manifest = {
-        "format": FORMAT,
-        "version": model.meta.version,
-        "trained_at": model.meta.trained_at.isoformat(),
-        "training_seconds": model.meta.training_seconds,
-        "num_users": model.cf.num_users,
-        "num_items": model.cf.num_items,
-        "matrix_nnz": model.cf.nnz,
-        "num_books": model.content.num_books,
-        "feature_dim": model.content.feature_dim,
-        "params": model.meta.params.as_dict(),
-        "metrics": model.meta.metrics,
-        "snapshot": model.meta.snapshot,
-        "files": files,
-    }
-    _write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2))  # last: it marks the version complete
-
-
-def _describe(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify(folder: Path, files: dict[str, dict[str, Any]]) -> None:
-    for name, expected in files.items():
-        path = folder / Path(name).name
-        if not path.is_file():
-            raise ArtifactCorrupt(f"{folder.name}: {name} is missing")
-        if path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
-            raise ArtifactCorrupt(f"{folder.name}: {name} does not match its checksum")
-
-
-def _finite(name: str, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    if values.dtype.kind == "f" and not np.isfinite(values).all():
-        raise ArtifactCorrupt(f"{name} holds values that are not finite")
-    return values
-
-
-def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
-    with np.load(folder / "catalogue.npz", allow_pickle=False) as arrays:
-        catalogue = Catalogue(
-            arrays["book_ids"],
-            _unpack_text(arrays["titles"], arrays["title_offsets"]),
-            _unpack_text(arrays["authors"], arrays["author_offsets"]),
-        )
-    params = TrainingParams().with_values(manifest["params"])
-    with np.load(folder / "cf.npz", allow_pickle=False) as arrays:
-        user_items = sp.csr_matrix(sp.load_npz(folder / "cf_user_items.npz"))
-        cf = CFModel(
-            user_ids=arrays["user_ids"],
-            item_ids=arrays["item_ids"],
-            user_factors=_finite("user factors", arrays["user_factors"]),
-            item_factors=_finite("item factors", arrays["item_factors"]),
-            user_items=user_items,
-            params=params.als,
-        )
-    _finite("interaction weights", cf.user_items.data)
-    features = sp.csr_matrix(sp.load_npz(folder / "content_features.npz"))
-    _finite("TF-IDF features", features.data)
-    vectors = _finite("content vectors", np.load(folder / "content_vectors.npy", allow_pickle=False))
-    content = ContentModel(features, vectors, _read_encoder(folder / "content_encoder.npz"))
-    shapes_agree = (
-        len(catalogue.book_ids) == len(catalogue.titles) == content.num_books == len(vectors)
-        and len(catalogue.authors) == len(catalogue.book_ids)
-        and cf.user_factors.shape[0] == cf.num_users == cf.user_items.shape[0]
-        and cf.item_factors.shape[0] == cf.num_items == cf.user_items.shape[1]
-    )
-    if not shapes_agree:
-        raise ArtifactCorrupt("the arrays' sizes do not agree with each other")
-    meta = ModelMeta(
-        manifest["version"],
-        datetime.fromisoformat(manifest["trained_at"]),
-        float(manifest["training_seconds"]),
-        params,
-        {name: float(value) for name, value in manifest.get("metrics", {}).items()},
-        str(manifest.get("snapshot", "")),
-    )
-    return HybridModel.assemble(meta, catalogue, cf, content)
-
-
-def _read_encoder(path: Path) -> TextEncoder | None:
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as arrays:
-        components = _finite("SVD components", arrays["components"]) if "components" in arrays.files else None
-        vocabulary = _unpack_text(arrays["vocabulary"], arrays["vocabulary_offsets"])
-        return TextEncoder(vocabulary, _finite("IDF weights", arrays["idf"]), components)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from recommender import demo
+from recommender.storage import demo
+from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -23,14 +24,15 @@ class DemoSize:
 async def prepare_database(db: Database, size: DemoSize) -> None:
     """Migrates, and fills an empty database with a demo catalogue of `size`."""
     await db.migrate()
-    if (await db.counts())["books"] > 0:
+    catalogue = CatalogueStore(db)
+    if (await catalogue.counts())["books"] > 0:
         return
-    catalogue = await asyncio.to_thread(demo.generate, size.seed, size.books, size.users, size.interactions)
-    if await db.seed_if_empty(catalogue.books, catalogue.interactions):
+    generated = await asyncio.to_thread(demo.generate, size.seed, size.books, size.users, size.interactions)
+    if await catalogue.seed_if_empty(generated.books, generated.interactions):
         log.info(
             "the database was empty: filled it with the demo catalogue (%d books, %d users, %d interactions); "
             "`recommender import` loads your own",
-            len(catalogue.books),
+            len(generated.books),
             size.users,
-            len(catalogue.interactions),
+            len(generated.interactions),
         )

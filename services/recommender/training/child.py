@@ -75,6 +75,10 @@ class ChildProcessTrainer:
     log_format: str = "text"
 
     async def __call__(self, control: RetrainControl) -> RetrainResult:
+        # Started at the first retrain, from the event loop's thread (the fork server dies with the thread that
+        # started it, so it must be the one that lives as long as the service): a service that never retrains
+        # never pays for it.
+        start_fork_server()
         context = _context()
         receive, send = context.Pipe(duplex=False)
         child = context.Process(  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SplitParams, TrainingParams
 from recommender.model.ranking import Mode
-from recommender.training.quality import Search, fit_and_measure, measure, measure_parts, tune
+from recommender.training.tuning import Search, fit_and_measure, measure, measure_parts, tune
 
 
 @dataclass(frozen=True)

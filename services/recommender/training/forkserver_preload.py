@@ -9,4 +9,7 @@ from recommender.processes import die_with_parent_now
 die_with_parent_now()
 FORK_SERVER_PID = os.getpid()  # what each retrain forked from here checks its parent against
 
+import sklearn.decomposition  # noqa: E402  (the content fit's, which model/content.py imports late)
+import sklearn.feature_extraction.text  # noqa: E402, F401
+
 import recommender.training.trainer  # noqa: E402, F401  (the code every retrain runs, imported once)
