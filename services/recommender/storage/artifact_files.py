@@ -4,6 +4,7 @@ checksum, every number finite) or refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -21,10 +22,12 @@ import scipy.sparse as sp
 from recommender.model.cf import CFModel
 from recommender.model.content import ContentModel, TextEncoder
 from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
+from recommender.model.index import CatalogueIndex, Cells, restore
 from recommender.model.params import TrainingParams
 
 FORMAT = 2
 MANIFEST = "manifest.json"
+INDEX = "index.npz"  # the catalogue index's Faiss parts (model/index.py), for versions that have one
 
 
 class ArtifactError(Exception):
@@ -57,7 +60,7 @@ def read_version(folder: Path, version: str) -> HybridModel:
         return _read_files(folder, manifest)
     except ArtifactError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RuntimeError, zipfile.BadZipFile) as exc:
         raise ArtifactCorrupt(f"version {version} cannot be read: {type(exc).__name__}: {exc}") from exc
 
 
@@ -112,6 +115,12 @@ def write_version(folder: Path, model: HybridModel) -> None:
         if encoder.components is not None:
             arrays["components"] = encoder.components
         np.savez(folder / "content_encoder.npz", **arrays)  # type: ignore[arg-type]
+    if model.index is not None:
+        index = model.index
+        cells = {"book_ids": index.book_ids, "content": index.content.to_bytes()}
+        if index.book_cf is not None:
+            cells["book_cf"] = index.book_cf.to_bytes()
+        np.savez(folder / INDEX, **cells)  # type: ignore[arg-type]
     files = {path.name: _describe(path) for path in sorted(folder.iterdir())}
     manifest = {
         "format": FORMAT,
@@ -197,7 +206,20 @@ def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
         {name: float(value) for name, value in manifest.get("metrics", {}).items()},
         str(manifest.get("snapshot", "")),
     )
-    return HybridModel.assemble(meta, catalogue, cf, content)
+    model = HybridModel.assemble(meta, catalogue, cf, content)
+    if (folder / INDEX).exists():
+        model = dataclasses.replace(model, index=_read_index(folder / INDEX, model))
+    return model
+
+
+def _read_index(path: Path, model: HybridModel) -> CatalogueIndex:
+    with np.load(path, allow_pickle=False) as arrays:
+        params = model.meta.params.index
+        book_cf = Cells.from_bytes(arrays["book_cf"], params) if "book_cf" in arrays.files else None
+        book_ids = arrays["book_ids"]
+        if not np.array_equal(book_ids, model.catalogue.book_ids):
+            raise ArtifactCorrupt("the index's books are not the catalogue's")
+        return restore(book_ids, model.rows, Cells.from_bytes(arrays["content"], params), book_cf)
 
 
 def _read_encoder(path: Path) -> TextEncoder | None:

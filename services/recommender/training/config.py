@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recommender.model.cf import cuda_available
-from recommender.model.params import ALSParams, GatePolicy, SplitParams, TrainingParams, TuningPolicy
+from recommender.model.params import ALSParams, GatePolicy, IndexParams, SplitParams, TrainingParams, TuningPolicy
 from recommender.settings import Settings
 from recommender.training.trainer import Trainer
 
@@ -23,6 +23,7 @@ def training_params(settings: Settings) -> TrainingParams:
         alpha=settings.start_alpha,
         popularity_prior=settings.popularity_prior,
         cf_prior=settings.cf_prior,
+        index=IndexParams(min_books=settings.index_min_books, threads=settings.train_threads),
     )
 
 
