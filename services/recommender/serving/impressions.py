@@ -1,7 +1,7 @@
 """Impressions written off the request path: Recommend hands each answer to a bounded queue and never waits on
 the database; a background task writes the queue in batches. A full queue (the database slower than the traffic,
 or away) drops new impressions and counts them, rather than holding requests or memory. The process that trains
-also deletes what is older than the retention, once an hour.
+also rolls the record up every few seconds and deletes what is older than the retention once an hour.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 BATCH = 1_000  # impressions per write
 FLUSH_SECONDS = 0.5  # the longest an impression waits for its batch
 PRUNE_SECONDS = 3600.0
+ROLL_UP_SECONDS = 5.0
 STOP_SECONDS = 2.0  # what a stop spends writing the last impressions
 COMPLAIN_SECONDS = 60.0  # one warning a minute while writes fail
 
@@ -44,7 +45,7 @@ class ImpressionLog:
         self._batch: list[Impression] = []  # taken from the queue, not written yet
         self._unwritten: dict[uuid.UUID, Impression] = {}  # queued or in a batch: what feedback may name already
         self._task: asyncio.Task[None] | None = None
-        self._pruner: asyncio.Task[None] | None = None
+        self._upkeep: asyncio.Task[None] | None = None
         self._complained = -COMPLAIN_SECONDS
 
     def record(self, impression: Impression) -> None:
@@ -63,11 +64,11 @@ class ImpressionLog:
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever())
         if self._retention is not None:
-            self._pruner = asyncio.create_task(self._prune_forever(self._retention))
+            self._upkeep = asyncio.create_task(self._upkeep_forever(self._retention))
 
     async def stop(self) -> None:
         """Writes what is queued (for at most STOP_SECONDS), then stops."""
-        for task in (self._pruner, self._task):
+        for task in (self._upkeep, self._task):
             if task is not None:
                 task.cancel()
                 try:
@@ -124,14 +125,23 @@ class ImpressionLog:
         for impression in batch:
             self._unwritten.pop(impression.recommendation_id, None)
 
-    async def _prune_forever(self, retention: timedelta) -> None:
+    async def _upkeep_forever(self, retention: timedelta) -> None:
+        """Rolls up the online record every ROLL_UP_SECONDS (so that no reader of the figures finds much to do),
+        and prunes it once an hour."""
+        pruned = -PRUNE_SECONDS
         while True:
             try:
-                impressions, feedback = await self._store.prune(datetime.now(UTC) - retention)
-                if impressions or feedback:
-                    log.info(
-                        "pruned %d impressions and %d feedback events older than %s", impressions, feedback, retention
-                    )
-            except Exception as exc:  # the database away (or going): the next hour tries again
-                log.warning("cannot prune impressions yet: %s", str(exc) or type(exc).__name__)
-            await asyncio.sleep(PRUNE_SECONDS)
+                if time.monotonic() - pruned >= PRUNE_SECONDS:
+                    pruned = time.monotonic()
+                    impressions, feedback = await self._store.prune(datetime.now(UTC) - retention)
+                    if impressions or feedback:
+                        log.info(
+                            "pruned %d impressions and %d feedback events older than %s",
+                            impressions,
+                            feedback,
+                            retention,
+                        )
+                await self._store.roll_up()
+            except Exception as exc:  # the database away (or going): tried again at the next tick
+                log.warning("cannot keep the online record up yet: %s", str(exc) or type(exc).__name__)
+            await asyncio.sleep(ROLL_UP_SECONDS)

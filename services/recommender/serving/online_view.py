@@ -1,10 +1,10 @@
 """Online metrics as the service shows them: read from the online record (storage/online.py) in the background,
 however often ModelInfo, ListModels and the dashboard ask.
 
-The sums scan the impressions of their period (4.3 s for 1,000,000 impressions on this 2-core machine), so a
-request never waits for a refresh once a first answer is known: it gets the last sums, and a refresh starts behind
-it when they are older than `fresh_seconds`, or than ten times the last refresh took (PostgreSQL then spends at
-most a tenth of its time on them, however large the record grows).
+The sums read the roll-ups (storage/feedback.py), whose cost follows the readers and buckets of the period rather
+than its impressions; still, a request never waits for a refresh once a first answer is known: it gets the last
+sums, and a refresh starts behind it when they are older than `fresh_seconds`, or than ten times the last refresh
+took (PostgreSQL then spends at most a tenth of its time on them).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from recommender.storage.db import BULK_SECONDS, Database
 
 # Rows changed by a transaction the snapshot $1 does not see; every transaction before its xmin is seen, so the
 # index on changed_xid narrows the rows to look at.
-_UNSEEN = (
+UNSEEN = (
     "changed_xid >= pg_snapshot_xmin($1::text::pg_snapshot)::text::bigint "
     "AND NOT pg_visible_in_snapshot(changed_xid::text::xid8, $1::text::pg_snapshot)"
 )
@@ -53,12 +53,12 @@ class SnapshotStore:
     async def users_changed_since(self, snapshot: str) -> list[int]:
         """Users with interactions added or changed by transactions `snapshot` (a pg_snapshot as text) does not
         see: exactly what a model trained on that snapshot misses."""
-        rows = await self._db.fetch(f"SELECT DISTINCT user_id FROM interactions WHERE {_UNSEEN}", snapshot)
+        rows = await self._db.fetch(f"SELECT DISTINCT user_id FROM interactions WHERE {UNSEEN}", snapshot)
         return [row["user_id"] for row in rows]
 
     async def books_changed_since(self, snapshot: str) -> list[Book]:
         """Books added or changed by transactions `snapshot` does not see."""
-        return await self._books(f"WHERE {_UNSEEN}", snapshot)
+        return await self._books(f"WHERE {UNSEEN}", snapshot)
 
     async def _books(self, where: str, *args: object) -> list[Book]:
         rows = await self._db.fetch(f"{SELECT_BOOKS} {where} ORDER BY book_id", *args)
