@@ -205,12 +205,8 @@ class HybridModel:
             cf_prior=now.cf_prior if cf_prior is None else cf_prior,
         )
         blended = dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
-        for shared in (
-            "rows",
-            "similar_rows",
-            "_item_of_position",
-            "search",
-        ):  # the same books: their rows need no rebuild
+        # The same books: their rows and their index's search need no rebuild.
+        for shared in ("rows", "similar_rows", "_item_of_position", "search"):
             if shared in self.__dict__:
                 blended.__dict__[shared] = self.__dict__[shared]
         return blended

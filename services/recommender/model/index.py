@@ -22,7 +22,9 @@ pass) is answered by an exact pass over the books it allows, so no filter loses 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import faiss
@@ -171,10 +173,11 @@ class Cells:
     def probes(lists: int, params: IndexParams) -> int:
         return max(1, min(lists, max(params.fewest_probes, math.ceil(params.probed_share * lists))))
 
-    def top(self, q: FloatArray, n: int, excluded: Excluded, share: float = 1.0) -> Found:
-        """`share`: the part of the catalogue `excluded` keeps; a search probes that many times more cells."""
+    def top(self, q: FloatArray, n: int, excluded: Excluded, widen: float = 1.0) -> Found:
+        """`widen`: how many times the usual cells to read (a predicate that keeps a share s of the catalogue
+        reads 1/s times as many)."""
         selector, _alive = excluded.selector()
-        probes = min(self.index.nlist, math.ceil(self.nprobe / max(share, 1e-6)))
+        probes = min(self.index.nlist, math.ceil(self.nprobe * widen))
         params = faiss.SearchParametersIVF()
         params.nprobe = probes
         if selector is not None:
@@ -292,17 +295,18 @@ class Search:
         self, rows: BookRows, q: Query, n: int, excluded: Excluded, share: float, between_books: bool
     ) -> list[Found]:
         k, d = rows.width
+        widen = 1.0 / max(share, 1e-6)
         found: list[Found] = []
         if q.cf.scale and q.user is not None:
             if not between_books:
                 found.append(self.index.cf.top(q.vector[:k], n, excluded))
             elif self.index.book_cf is not None:
-                found.append(self.index.book_cf.top(q.vector[:k], n, excluded, share))
+                found.append(self.index.book_cf.top(q.vector[:k], n, excluded, widen))
         if q.content.scale and q.profile is not None:
             # Cells missed are the one thing the threshold cannot see; where content alone decides the list (a
             # reader CF does not know), they cost the most, so its search reads more of them.
-            led = share / CONTENT_LED_PROBES if not found else share
-            found.append(self.index.content.top(q.vector[k : k + d], n, excluded, led))
+            led = CONTENT_LED_PROBES if not found else 1.0
+            found.append(self.index.content.top(q.vector[k : k + d], n, excluded, widen * led))
         found.append(self._popular(rows, q, n, excluded))
         return found
 
@@ -347,14 +351,11 @@ def _best(rows: BookRows, q: Query, candidates: IntArray, limit: int) -> Scored:
     return Scored(answer.positions[:limit], answer.scores[:limit], answer.cf[:limit], answer.content[:limit])
 
 
-class _threads:
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
     """Faiss's OpenMP threads for a build; searches run on one."""
-
-    def __init__(self, count: int) -> None:
-        self._count = count
-
-    def __enter__(self) -> None:
-        faiss.omp_set_num_threads(self._count)
-
-    def __exit__(self, *_exc: object) -> None:
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
         faiss.omp_set_num_threads(1)

@@ -407,9 +407,8 @@ class OnlineStore:
                 await conn.execute(_PRUNE_ROLL_UPS, _day(before))
                 await conn.execute("DELETE FROM online_buckets WHERE bucket < $1", _day(before))
                 impressions += await conn.fetchval(_PRUNE_IMPRESSIONS, _day(before), before, EPOCH)
-                await conn.execute("DELETE FROM online_rollups WHERE impressions <= 0")
-                await conn.execute("DELETE FROM online_readers WHERE impressions <= 0")
-                await conn.execute("DELETE FROM online_buckets WHERE impressions <= 0")
+                for rolled_up in ("online_rollups", "online_readers", "online_buckets"):
+                    await conn.execute(f"DELETE FROM {rolled_up} WHERE impressions <= 0")
                 feedback = await self._drop_days(conn, "feedback", before)
                 feedback += _count(await conn.execute("DELETE FROM feedback WHERE recorded_at < $1", before))
             today = _day(datetime.now(UTC))
