@@ -1,6 +1,7 @@
 """Converts the real data sets in ../shared/data into `recommender import` CSV files (never committed).
 
     .venv/bin/python -m bench.convert goodbooks OUT_DIR    # Goodreads sample, with genres and descriptions
+    .venv/bin/python -m bench.convert goodbooks-described OUT_DIR  # the same, cut to the 2,880 described books
     .venv/bin/python -m bench.convert movielens OUT_DIR    # MovieLens latest-small, tags as descriptions
     .venv/bin/python -m bench.convert demo OUT_DIR         # the demo catalogue a new service starts with
 
@@ -67,6 +68,16 @@ def goodbooks(out: Path, data: Path = DATA) -> None:
     )
 
 
+def goodbooks_described(out: Path, data: Path = DATA) -> None:
+    """The Goodreads sample cut to the 2,880 books with descriptions: a smaller, denser catalogue where content
+    counts for more."""
+    goodbooks(out, data)
+    described = {row["book_id"] for row in _read(data / "goodbooks-3k-descriptions" / "isbn_10_to_book_id.csv")}
+    for name in ("books.csv", "interactions.csv"):
+        rows = _read(out / name)
+        _write(out / name, list(rows[0]), [list(r.values()) for r in rows if r["book_id"] in described])
+
+
 def movielens(out: Path, data: Path = DATA) -> None:
     folder = data / "movielens-small"
     tags: dict[str, list[str]] = defaultdict(list)
@@ -124,7 +135,12 @@ def write_import_files(out: Path, books: Sequence[Book], interactions: Sequence[
     )
 
 
-CONVERTERS: dict[str, Callable[[Path], None]] = {"goodbooks": goodbooks, "movielens": movielens, "demo": demo}
+CONVERTERS: dict[str, Callable[[Path], None]] = {
+    "goodbooks": goodbooks,
+    "goodbooks-described": goodbooks_described,
+    "movielens": movielens,
+    "demo": demo,
+}
 
 
 def training_data(dataset: str) -> TrainingData:

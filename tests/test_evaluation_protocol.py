@@ -120,6 +120,9 @@ def test_the_evaluate_command_prints_a_table_and_writes_csv_and_png(tmp_path: Pa
     assert [row["model"] for row in rows] == names
     assert all(0.0 <= float(row["ndcg_at_10"]) <= 1.0 for row in rows)
     assert (out / "evaluation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The search is visible: its best by minutes spent, as text and as a chart.
+    assert any(line.startswith("search: ") for line in lines) and "best NDCG@10" in result.stdout
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_beyond_max_users_a_deterministic_sample_is_evaluated() -> None:

@@ -335,3 +335,31 @@ def test_top_k_rows_are_the_best_values_with_ties_to_the_lower_position(width: i
     for row, k, top in zip(ranking, ks, top_k_rows(ranking, ks), strict=True):
         expected = sorted(range(width), key=lambda p: (-row[p], p))[:k]
         assert top.tolist() == expected
+
+
+@pytest.mark.parametrize("history", [5, 60])
+def test_the_cf_explanation_is_implicits_for_a_history_shorter_or_longer_than_the_factors(history: int) -> None:
+    """Shorter than the factors, the explanation is solved through the model's own inverse (Woodbury: no cube of
+    the factors per request); longer, directly: both are implicit's."""
+    import scipy.sparse as sp
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    from recommender.storage import demo
+
+    catalogue = demo.generate(5, 300, 80, 2500)
+    model = train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, als=ALSParams(factors=32, regularization=0.1, confidence=2.0)),
+    )
+    rng = np.random.default_rng(history)
+    items = np.sort(rng.choice(model.cf.num_items, size=history, replace=False)).astype(np.int32)
+    weights = rng.choice([-1.0, 1.0, 2.0, 3.0], size=history).astype(np.float32)
+    targets = np.setdiff1d(np.arange(model.cf.num_items), items)[:4].astype(np.int32)
+    mine = model.cf.explain(items, weights, targets)
+    solver = AlternatingLeastSquares(factors=32, regularization=0.1, alpha=2.0)
+    solver.item_factors = model.cf.item_factors
+    row = sp.csr_matrix((weights, (np.zeros(history, dtype=np.int32), items)), shape=(1, model.cf.num_items))
+    for t, target in enumerate(targets):
+        _score, expected, _weights = solver.explain(0, row, int(target), N=history)
+        for item, contribution in expected:
+            assert mine[t, list(items).index(item)] == pytest.approx(contribution, rel=1e-3, abs=1e-5)

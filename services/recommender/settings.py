@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     tuning_trials: int = Field(default=_TUNING.trials, ge=1, le=10_000)
     retrain_trials: int = Field(default=_TUNING.retrain_trials, ge=1, le=10_000)
     tuning_seconds: float = Field(default=_TUNING.seconds, gt=0.0)
+    tuning_halving: bool = _TUNING.halving
+    # What a request's model maths may cost with a searched configuration, in ms (0: no budget).
+    latency_budget_ms: float = Field(default=_TUNING.latency_budget_ms or 0.0, ge=0.0)
     gate_tolerance: float = Field(default=_GATE.tolerance, ge=0.0)
     eval_holdout: float = Field(default=_SPLIT.holdout, gt=0.0, lt=1.0)
     eval_min_positives: int = Field(default=_SPLIT.min_positives, ge=2)

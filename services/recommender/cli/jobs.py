@@ -21,7 +21,7 @@ from recommender.storage.db import Database
 from recommender.training.progress import Progress, RetrainControl
 
 if TYPE_CHECKING:
-    pass
+    from recommender.training.tuning import Trial
 
 log = logging.getLogger("recommender")
 
@@ -85,6 +85,7 @@ def tune(settings: Settings) -> int:
         os.nice(10)  # beside a service: its requests come first
         trainer = make_trainer(settings, dsn)
         best, tried = asyncio.run(trainer.search())
+    print(progress_text(tried))
     print(
         f"searched {len(tried)} configurations: the best has NDCG@10 {best.metrics.ndcg:.4f}, and "
         f"{best.metrics.ndcg_cold:.4f} for readers with {trainer.split.cold_history} books; the next "
@@ -115,13 +116,32 @@ def evaluate(settings: Settings, books_csv: Path, interactions_csv: Path, out: P
         f"{the_split.min_positives}, {'most recent' if the_split.by_time else 'at random'}; "
         f"{the_split.cold_share:.0%} of them cut to {the_split.cold_history} training books (cold)"
     )
-    search = Search(tuning.trials, tuning.seconds, the_split.seed, tuning.blend)
-    rows = compare.compare(data, training_params(settings), the_split, search if tuning.enabled else None)
-    print(compare.table(rows))
+    search = Search.of(tuning, the_split.seed)
+    comparison = compare.compare(data, training_params(settings), the_split, search if tuning.enabled else None)
+    print(compare.table(comparison.rows))
+    if comparison.tried:
+        print(progress_text(comparison.tried))
     if out is not None:
-        csv_path, png_path = compare.write(rows, out, f"{books_csv.parent.name}: {data.num_interactions} interactions")
-        print(f"wrote {csv_path} and {png_path}")
+        written = compare.write(comparison, out, f"{books_csv.parent.name}: {data.num_interactions} interactions")
+        print("wrote " + ", ".join(str(path) for path in written))
     return 0
+
+
+def progress_text(tried: list[Trial]) -> str:
+    """The search's best NDCG@10 by minutes spent, a line each time it improved: a best still rising at the end
+    says more budget (RECOMMENDER_TUNING_TRIALS) would help."""
+    from recommender.training.tuning import progress
+
+    finished = sum(t.full for t in tried)
+    lines = [
+        f"search: {len(tried)} trials, {finished} fitted in full, {len(tried) - finished} judged early and stopped"
+    ]
+    last = None
+    for minutes, ndcg in progress(tried):
+        if ndcg != last:
+            lines.append(f"  by minute {minutes:5.2f}: best NDCG@10 {ndcg:.4f}")
+            last = ndcg
+    return "\n".join(lines)
 
 
 @contextmanager

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import scipy.linalg
 import scipy.linalg.lapack
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
@@ -82,16 +85,34 @@ class CFModel:
     def explain(self, items: IntArray, weights: FloatArray, targets: IntArray) -> FloatArray:
         """What each of a user's items (CF indices, with their interaction weights) gives each target item's
         predicted score (targets x items): implicit's `explain` (Hu, Koren and Volinsky, section 5) for all targets
-        at once, from one solve of the user's least-squares system: s_ij = (y_i' W_u) y_j c_j.
-        Disliked items give nothing."""
+        at once: s_ij = (y_i' W_u^-1 y_j) c_i, with W_u = Y'Y + lambda I + Y_u' (C_u - I) Y_u. Disliked items give
+        nothing.
+
+        W_u differs from the model's own Y'Y + lambda I (inverted once, `_inverse`) by the user's h items only, so
+        for a history shorter than the factors the solve is Woodbury's: an h x h system, about h k^2 operations
+        instead of k^3 (38 ms at 512 factors for implicit's own, a cube per request)."""
         confidence = self.params.confidence * weights.astype(np.float64)
         history = self.item_factors[items].astype(np.float64)
+        wanted = self.item_factors[targets].T.astype(np.float64)
+        extra = np.abs(confidence) - 1.0  # C_u - I
+        if len(items) < history.shape[1]:
+            through = history @ self._inverse  # h x k
+            inner = np.eye(len(items)) + (through @ history.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
+            weighted = np.linalg.solve(inner, through @ wanted)  # Y_u W_u^-1 Y_t'
+        else:
+            system = self._gram + self.params.regularization * np.eye(self._gram.shape[0])
+            system += (history.T * extra) @ history
+            _factor, solved, info = _POSV(system, wanted)  # LAPACK: no checks
+            if info != 0:  # not positive definite (cannot happen with a positive regularisation)
+                solved = np.linalg.lstsq(system, wanted, rcond=None)[0]
+            weighted = history @ solved
+        return np.asarray(weighted.T * np.maximum(confidence, 0.0), dtype=np.float32)
+
+    @cached_property
+    def _inverse(self) -> npt.NDArray[np.float64]:
+        """(Y'Y + lambda I)^-1: every explanation's common part, k^3 once per model."""
         system = self._gram + self.params.regularization * np.eye(self._gram.shape[0])
-        system += (history.T * (np.abs(confidence) - 1.0)) @ history
-        _factor, weighted, info = _POSV(system, self.item_factors[targets].T.astype(np.float64))  # LAPACK: no checks
-        if info != 0:  # not positive definite (cannot happen with a positive regularisation)
-            weighted = np.linalg.lstsq(system, self.item_factors[targets].T.astype(np.float64), rcond=None)[0]
-        return np.asarray((history @ weighted).T * np.maximum(confidence, 0.0), dtype=np.float32)
+        return np.asarray(scipy.linalg.cho_solve(scipy.linalg.cho_factor(system), np.eye(system.shape[0])))
 
     @cached_property
     def _gram(self) -> npt.NDArray[np.float64]:
@@ -147,9 +168,15 @@ def cuda_available() -> bool:
         return False
 
 
-def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], None] | None = None) -> CFModel:
+def fit(
+    data: TrainingData,
+    params: ALSParams,
+    on_iteration: Callable[[int], None] | None = None,
+    looks: Mapping[int, Callable[[CFModel], None]] | None = None,
+) -> CFModel:
     """Fits ALS with bounded threads on the CPU, or on the GPU when `params.device` says so (the factors come back
-    to the CPU for serving). `on_iteration` may raise to abort the fit."""
+    to the CPU for serving). `on_iteration` may raise to abort the fit; so may `looks`, each handed the model as it
+    stands after that many iterations (a search judging a fit before it ends)."""
     device = params.device
     if device == "gpu":
         from implicit.gpu.als import AlternatingLeastSquares as Solver
@@ -164,6 +191,9 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
     def callback(iteration: int, _elapsed: float, _loss: float) -> None:
         if on_iteration is not None:
             on_iteration(iteration)
+        look = (looks or {}).get(iteration + 1)
+        if look is not None:
+            look(_model(als, user_ids, item_ids, user_items, dataclasses.replace(params, iterations=iteration + 1)))
 
     # implicit warns and slows down when BLAS runs its own threads beside ALS's.
     with threadpool_limits(1, "blas"):
@@ -177,13 +207,20 @@ def fit(data: TrainingData, params: ALSParams, on_iteration: Callable[[int], Non
             **options,
         )
         als.fit(user_items, show_progress=False, callback=callback)
-    if device == "gpu":
+    return _model(als, user_ids, item_ids, user_items, params, copy=False)
+
+
+def _model(
+    als: Any, user_ids: IntArray, item_ids: IntArray, user_items: sp.csr_matrix, params: ALSParams, copy: bool = True
+) -> CFModel:
+    """A CF model of the solver's factors (`copy`: as they stand, while a fit under way goes on changing its own)."""
+    if params.device == "gpu":
         als = als.to_cpu()
     return CFModel(
         user_ids=user_ids,
         item_ids=item_ids,
-        user_factors=np.ascontiguousarray(als.user_factors, dtype=np.float32),
-        item_factors=np.ascontiguousarray(als.item_factors, dtype=np.float32),
+        user_factors=np.array(als.user_factors, dtype=np.float32, order="C", copy=copy or None),
+        item_factors=np.array(als.item_factors, dtype=np.float32, order="C", copy=copy or None),
         user_items=user_items,
         params=params,
     )

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from recommender.model import cf, content
@@ -37,7 +37,10 @@ def train(
     params: TrainingParams,
     should_stop: Callable[[], bool] = lambda: False,
     fitted_content: tuple[Catalogue, content.ContentModel] | None = None,
+    looks: Mapping[int, Callable[[HybridModel], None]] | None = None,
 ) -> HybridModel:
+    """The hybrid model of `data`; `looks` are handed the model as it stands after that many ALS iterations (not
+    indexed), and may raise to stop the fit."""
     started, started_at = time.perf_counter(), datetime.now(UTC)
 
     def check(_iteration: int = 0) -> None:
@@ -46,10 +49,14 @@ def train(
 
     catalogue, content_model = fitted_content or fit_content(data.books, params)
     check()
-    cf_model = cf.fit(data.only_books(catalogue.book_ids), params.als, on_iteration=check)
-    model = HybridModel.assemble(
-        ModelMeta(new_version(started_at), started_at, 0.0, params), catalogue, cf_model, content_model
-    )
+    meta = ModelMeta(new_version(started_at), started_at, 0.0, params)
+
+    def assembled(look: Callable[[HybridModel], None]) -> Callable[[cf.CFModel], None]:
+        return lambda fitted: look(HybridModel.assemble(meta, catalogue, fitted, content_model))
+
+    cf_looks = {iteration: assembled(look) for iteration, look in (looks or {}).items()}
+    cf_model = cf.fit(data.only_books(catalogue.book_ids), params.als, on_iteration=check, looks=cf_looks)
+    model = HybridModel.assemble(meta, catalogue, cf_model, content_model)
     check()
     indexing = time.perf_counter()
     model = model.indexed(params.index)

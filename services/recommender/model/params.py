@@ -104,10 +104,14 @@ class TuningPolicy:
     """What a retrain's search for a better configuration may spend (training/tuning.py)."""
 
     enabled: bool = True
-    trials: int = 20  # fits a first version's search (and `recommender tune`) spends
-    retrain_trials: int = 2  # fits a later retrain's search spends, the best known configurations first
+    trials: int = 20  # full fits' worth a first version's search (and `recommender tune`) spends
+    retrain_trials: int = 2  # full fits' worth a later retrain's search spends, the best known configurations first
     seconds: float = 900.0  # a cap on any search's time, whatever its trials
     blend: bool = True  # alpha and the popularity and CF priors are searched too
+    halving: bool = True  # each fit judged early on a sample, only the promising ones finished
+    # A request's model maths (the ranking and `because` of ten books, one thread) may cost this much with the
+    # chosen configuration; None: any (README, "How the search chooses").
+    latency_budget_ms: float | None = 1.2
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ class TrialRecord:
     metrics: dict[str, float]
     score: float
     seconds: float
+    fidelity: float = 1.0  # below 1: judged early on a sample and stopped (training/tuning.py)
+    elapsed: float | None = None  # seconds since its search started, when it ended
+    cost_ms: float | None = None  # a request's model maths with it
 
 
 _COLUMNS = (
@@ -221,17 +224,29 @@ class Registry:
         if not trials:
             return
         await self._db.execute_many(
-            "INSERT INTO tuning_trials (version, params, metrics, score, seconds) "
-            "VALUES ($1, $2::jsonb, $3::jsonb, $4, $5)",
-            [(version, json.dumps(t.params), json.dumps(t.metrics), t.score, t.seconds) for t in trials],
+            "INSERT INTO tuning_trials (version, params, metrics, score, seconds, fidelity, elapsed_seconds, cost_ms) "
+            "VALUES ($1, $2::jsonb, $3::jsonb, $4, $5, $6, $7, $8)",
+            [
+                (
+                    version,
+                    json.dumps(t.params),
+                    json.dumps(t.metrics),
+                    t.score,
+                    t.seconds,
+                    t.fidelity,
+                    t.elapsed,
+                    t.cost_ms,
+                )
+                for t in trials
+            ],
         )
 
     async def best_trials(self, limit: int = 3, days: int = 30) -> list[dict[str, Any]]:
-        """The parameters of the best distinct configurations measured in the last `days` (where the next search
-        starts)."""
+        """The parameters of the best distinct configurations measured in full in the last `days` (where the next
+        search starts)."""
         rows = await self._db.fetch(
             "SELECT params FROM (SELECT DISTINCT ON (params) params, score FROM tuning_trials "
-            "WHERE created_at > now() - make_interval(days => $2) ORDER BY params, score DESC) best "
+            "WHERE created_at > now() - make_interval(days => $2) AND fidelity >= 1 ORDER BY params, score DESC) best "
             "ORDER BY score DESC LIMIT $1",
             limit,
             days,

@@ -7,6 +7,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -18,7 +19,7 @@ from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SplitParams, TrainingParams
 from recommender.model.ranking import Mode
-from recommender.training.tuning import Search, fit_and_measure, measure, measure_parts, tune
+from recommender.training.tuning import Search, Trial, fit_and_measure, measure, measure_parts, progress, tune
 
 
 @dataclass(frozen=True)
@@ -28,12 +29,19 @@ class Row:
     fit_seconds: float
 
 
-def compare(data: TrainingData, params: TrainingParams, split_params: SplitParams, search: Search | None) -> list[Row]:
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[Row]
+    tried: list[Trial]  # the search's trials, in the order it ran them (none without a search)
+
+
+def compare(data: TrainingData, params: TrainingParams, split_params: SplitParams, search: Search | None) -> Comparison:
     """The served configuration (searched with `search` when given, as a first version is), the same without its
     content part, its parts, popularity, and implicit's ALS with its library defaults on binary 4-star-and-up
     positives, on one split: each on the warm slice and on the cold one (readers cut to a few books)."""
     the_split = split(data, split_params)
     fitted_content = fit_content(data.books, params)
+    tried: list[Trial] = []
     if search is not None:
         best, tried = tune(the_split, params, fitted_content, search)
         label = f"served (searched: {len(tried)} trials)"
@@ -42,17 +50,18 @@ def compare(data: TrainingData, params: TrainingParams, split_params: SplitParam
     parts = measure_parts(best.model, the_split)
     # The ablation: the same fits and priors with no content (CF alone where the blend would lean on content).
     without_content = measure(best.model.with_blend(alpha=1.0, cf_prior=0.0), the_split)
-    return [
+    rows = [
         Row(label, parts["hybrid"], best.seconds),
         Row("served without content", without_content, best.seconds),
         Row("cf only", parts["cf"], best.seconds),
         Row("content only", parts["content"], best.seconds),
         Row("popularity", parts["popularity"], 0.0),
-        _library_defaults(the_split, best.model, split_params.like_threshold),
+        library_defaults(the_split, best.model, split_params.like_threshold),
     ]
+    return Comparison(rows, tried)
 
 
-def _library_defaults(the_split: Split, served: HybridModel, like_threshold: float) -> Row:
+def library_defaults(the_split: Split, served: HybridModel, like_threshold: float) -> Row:
     """implicit's AlternatingLeastSquares(random_state=42) on binary positives, ranked like the others (books
     the user has in training excluded)."""
     from implicit.cpu.als import AlternatingLeastSquares
@@ -93,14 +102,53 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write(rows: list[Row], out: Path, title: str) -> tuple[Path, Path]:
-    """The table as CSV, and a bar chart of NDCG@10 and recall@10 per model as PNG."""
+def write(comparison: Comparison, out: Path, title: str) -> list[Path]:
+    """The table as CSV, a bar chart of NDCG@10 per model as PNG, and the search's progress as PNG (when it
+    searched)."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = _write_table(comparison.rows, out, title)
+    if comparison.tried:
+        written.append(progress_chart(comparison.tried, out / "search.png", title))
+    return written
+
+
+def progress_chart(tried: list[Trial], path: Path, title: str) -> Path:
+    """The best NDCG@10 a search had found by each minute (a step line), and every trial it ran: finished fits
+    as dots, fits judged early and stopped as crosses at their sample's NDCG@10. A line still rising at the end
+    says more budget would help."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 4.5))
+    finished = [t for t in tried if t.full]
+    stopped = [t for t in tried if not t.full]
+    axis.scatter([t.elapsed / 60 for t in finished], [t.metrics.ndcg for t in finished], s=14, color="#3b6ea8",
+                 label="fit finished")  # fmt: skip
+    axis.scatter([t.elapsed / 60 for t in stopped], [t.metrics.ndcg for t in stopped], s=14, marker="x",
+                 color="#b0b0b0", label="judged early and stopped (on a sample)")  # fmt: skip
+    points = progress(tried)
+    if points:
+        minutes, best = zip(*points, strict=True)
+        axis.step(minutes, best, where="post", color="#e0a030", linewidth=2, label="best so far")
+    axis.set_xlabel("minutes of search")
+    axis.set_ylabel("NDCG@10")
+    axis.set_title(f"search progress: {title}")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
+    return plt
+
+
+def _write_table(rows: list[Row], out: Path, title: str) -> list[Path]:
+    plt = _pyplot()
     csv_path, png_path = out / "evaluation.csv", out / "evaluation.png"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -124,4 +172,4 @@ def write(rows: list[Row], out: Path, title: str) -> tuple[Path, Path]:
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)
-    return csv_path, png_path
+    return [csv_path, png_path]

@@ -41,6 +41,8 @@ def tuning_policy(settings: Settings) -> TuningPolicy:
         retrain_trials=settings.retrain_trials,
         seconds=settings.tuning_seconds,
         blend=settings.tunes_blend,
+        halving=settings.tuning_halving,
+        latency_budget_ms=settings.latency_budget_ms or None,
     )
 
 

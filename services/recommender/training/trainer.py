@@ -285,8 +285,7 @@ class Trainer:
             return best, tried
 
     def _search(self, first: bool) -> Search:
-        trials = self.tuning.trials if first else self.tuning.retrain_trials
-        return Search(trials, self.tuning.seconds, self.split.seed, self.tuning.blend)
+        return Search.of(self.tuning, self.split.seed, first)
 
     def _candidate(
         self,
@@ -362,7 +361,10 @@ def _changed_meanwhile(exc: ActiveChanged) -> str:
 
 
 def _trial_record(trial: Trial) -> TrialRecord:
-    return TrialRecord(trial.params.as_dict(), trial.metrics.as_dict(), trial.score, trial.seconds)
+    return TrialRecord(
+        trial.params.as_dict(), trial.metrics.as_dict(), trial.score, trial.seconds, trial.fidelity, trial.elapsed,
+        trial.cost_ms,
+    )  # fmt: skip
 
 
 async def _quietly(step: Awaitable[object]) -> None:

@@ -1,0 +1,84 @@
+"""The configuration search (training/tuning.py): fits judged early and stopped, the portfolio tried first,
+determinism for a seed, the serving budget, and its progress by minutes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from recommender.model.content import ContentModel
+from recommender.model.dataset import TrainingData
+from recommender.model.evaluation import Split, split
+from recommender.model.fit import fit_content
+from recommender.model.hybrid import Catalogue
+from recommender.model.params import ALSParams, SplitParams, TrainingParams
+from recommender.storage import demo
+from recommender.training.tuning import Search, Trial, als_knobs, best_within, progress, tune
+
+START = TrainingParams(als=ALSParams(factors=8, iterations=6))
+Prepared = tuple[Split, tuple[Catalogue, ContentModel]]
+PORTFOLIO = ({"factors": 24, "regularization": 2.0, "iterations": 9, "confidence": 3.0, "rating_scale": 1.5},)
+
+
+@pytest.fixture(scope="module")
+def prepared() -> Prepared:
+    catalogue = demo.generate(11, 300, 240, 6000)
+    data = TrainingData.from_interactions(catalogue.books, catalogue.interactions)
+    return split(data, SplitParams(seed=5, min_positives=4)), fit_content(data.books, START)
+
+
+def _search(prepared: Prepared, **changes: object) -> tuple[Trial, list[Trial]]:
+    the_split, content = prepared
+    search = dataclasses.replace(Search(6, 600.0, seed=3, blend=False, portfolio=PORTFOLIO), **changes)  # type: ignore[arg-type]
+    return tune(the_split, START, content, search)
+
+
+def test_a_search_judges_fits_early_and_is_deterministic_for_a_seed(
+    prepared: Prepared,
+) -> None:
+    best, tried = _search(prepared)
+    again_best, again = _search(prepared)
+    assert [(t.params, t.fidelity) for t in tried] == [(t.params, t.fidelity) for t in again]
+    assert again_best.params == best.params
+    stopped = [t for t in tried if not t.full]
+    assert stopped and all(0 < t.fidelity < 1 for t in stopped)
+    # More configurations looked at than full fits' worth spent, and the one chosen was fitted in full.
+    assert len(tried) > 6 and best.full
+    spent = sum(1.0 if t.full else 3 / t.params.als.iterations for t in tried)
+    assert spent < 6 + 1
+    assert best.score == max(t.score for t in tried if t.full)
+    # Without halving, every fit is finished.
+    _plain_best, plain = _search(prepared, halving=False, trials=4)
+    assert len(plain) == 4 and all(t.full for t in plain)
+
+
+def test_the_known_configurations_come_first_then_the_portfolio(prepared: Prepared) -> None:
+    _best, tried = _search(prepared, trials=2)
+    assert tried[0].params == START
+    assert als_knobs(tried[1].params) == PORTFOLIO[0]
+
+
+def test_a_configuration_over_the_serving_budget_is_never_chosen(prepared: Prepared) -> None:
+    best, tried = _search(prepared, latency_budget_ms=1_000.0)
+    finished = [t for t in tried if t.full]
+    assert len(finished) >= 2 and all(t.cost_ms is not None and t.cost_ms > 0 for t in finished)
+    assert best.cost_ms is not None and best.cost_ms <= 1_000.0
+    # The rule, on those trials with costs set: the best scoring one over the budget loses to every one within.
+    ranked = sorted(finished, key=lambda t: -t.score)
+    costly = [dataclasses.replace(t, cost_ms=5.0 if t is ranked[0] else 1.0) for t in ranked]
+    assert best_within(costly, None).params == ranked[0].params
+    assert best_within(costly, 2.0).params == ranked[1].params
+    # None within: the cheapest.
+    assert best_within(costly, 0.5).cost_ms == 1.0
+
+
+def test_progress_is_the_best_finished_fit_by_minutes(prepared: Prepared) -> None:
+    _best, tried = _search(prepared)
+    points = progress(tried)
+    assert len(points) == sum(t.full for t in tried)
+    minutes = [m for m, _ in points]
+    assert minutes == sorted(minutes)
+    values = [v for _, v in points]
+    best_by_score = max((t for t in tried if t.full), key=lambda t: t.score)
+    assert values[-1] == best_by_score.metrics.ndcg
