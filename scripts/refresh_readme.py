@@ -98,6 +98,29 @@ FRESH_DATA_SESSION = [
 ]
 
 
+BOOKSHOP_SESSION = [
+    Call("GET", "/api/v1/recommendations?user_id=7&limit=3&genre=fantasy&min_year=1990&max_year=2020"),
+    Call("GET", "/api/v1/recommendations?user_id=7&limit=3&exclude=12&exclude=13&max_per_author=1"),
+    Call(
+        "POST",
+        "/api/v1/books",
+        "out of print: hidden everywhere at once",
+        {"books": [{"book_id": 30, "available": False}]},
+    ),
+    Call("GET", "/api/v1/books/popular?days=7&genre=fantasy&limit=3"),
+    Call("GET", "/api/v1/books/new?genre=fantasy&limit=3"),
+    Call(
+        "POST",
+        "/api/v1/recommendations/session",
+        "a visitor who opened three books",
+        {"book_ids": [1, 2, 3], "limit": 3},
+    ),
+    Call("POST", "/api/v1/books", "back in print", {"books": [{"book_id": 30, "available": True}]}),
+    Call("DELETE", f"/api/v1/users/{NEW_READER}", "erase a reader (an admin call)"),
+    Call("GET", f"/api/v1/recommendations?user_id={NEW_READER}&limit=3", "a stranger again"),
+]
+
+
 ONLINE_SESSION = [
     Call("GET", "/api/v1/recommendations?user_id=7&limit=3"),
     Call(
@@ -206,6 +229,7 @@ def main() -> int:
             "curl": curl_session(url, CURL_SESSION),
             "test-retrain": test_script(url),
             "fresh-data": curl_session(url, FRESH_DATA_SESSION),
+            "bookshop": curl_session(url, BOOKSHOP_SESSION),
             "online": curl_session(url, ONLINE_SESSION),
         }
     text = README.read_text(encoding="utf-8")

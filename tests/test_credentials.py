@@ -52,6 +52,8 @@ def test_an_api_key_guards_the_calls_that_change_state(
     write = [pb.InteractionInput(user_id=1, book_id=2)]
     assert status_of(lambda: anonymous.record_interactions(write))[0] == grpc.StatusCode.UNAUTHENTICATED
     assert status_of(lambda: anonymous.upsert_books([pb.BookInput(book_id=2)]))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: anonymous.delete_user(1))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert status_of(lambda: anonymous.delete_book(2))[0] == grpc.StatusCode.UNAUTHENTICATED
     assert client(running, KEY).record_interactions(write).recorded == 1
     assert len(anonymous.recommend(user_id=1, limit=2).recommendations) == 2  # reads stay open
     assert len(anonymous.similar_books(2, limit=2).books) == 2

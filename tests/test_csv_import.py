@@ -139,6 +139,20 @@ def test_a_partial_book_update_keeps_the_absent_columns(database_url: str, tmp_p
     assert table(database_url, query) == [("Dune", "Frank Herbert", "", GENRES, None)]
 
 
+def test_an_available_column_hides_and_brings_back_books(database_url: str, tmp_path: Path) -> None:
+    assert run_cli(database_url, "import", "--books", str(write(tmp_path, "b.csv", BOOKS))).returncode == 0
+    query = "SELECT book_id, title, available FROM books WHERE book_id IN (1, 2) ORDER BY book_id"
+    hidden = write(tmp_path, "h.csv", "book_id,title,available\n1,Dune,false\n2,Emma,\n")
+    assert run_cli(database_url, "import", "--books", str(hidden)).returncode == 0
+    assert [(b, a) for b, _title, a in table(database_url, query)] == [(1, False), (2, True)]
+    assert run_cli(database_url, "import", "--books", str(write(tmp_path, "t.csv", "book_id,title\n1,Dune II\n")))
+    assert table(database_url, query)[0] == (1, "Dune II", False)  # a file without the column leaves it as it is
+    bad = run_cli(
+        database_url, "import", "--books", str(write(tmp_path, "x.csv", "book_id,title,available\n1,D,perhaps\n"))
+    )
+    assert bad.returncode == 1 and "available must be true or false, got 'perhaps'" in bad.stderr
+
+
 def test_a_byte_order_mark_is_accepted(database_url: str, tmp_path: Path) -> None:
     books = tmp_path / "excel.csv"
     books.write_bytes("book_id,title\n1,Dune\n".encode("utf-8-sig"))

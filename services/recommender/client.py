@@ -11,6 +11,7 @@ once they are used up or for any other status.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -61,12 +62,39 @@ class RecommenderClient:
         self._stub = pb_grpc.RecommenderStub(self._channel)
 
     def recommend(
-        self, user_id: int, limit: int | None = None, *, timeout: float | None = None
+        self,
+        user_id: int,
+        limit: int | None = None,
+        *,
+        genres: Sequence[str] = (),
+        exclude: Sequence[int] = (),
+        min_year: int | None = None,
+        max_year: int | None = None,
+        max_per_author: int | None = None,
+        timeout: float | None = None,
     ) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(user_id=user_id)
-        if limit is not None:
-            request.limit = limit
+        request = pb.RecommendRequest(
+            user_id=user_id,
+            limit=limit,
+            genre=genres,
+            exclude=exclude,
+            min_year=min_year,
+            max_year=max_year,
+            max_per_author=max_per_author,
+        )
         return self._stub.Recommend(request, **self._options(timeout))
+
+    def recommend_for_session(
+        self, book_ids: Sequence[int], limit: int | None = None, *, timeout: float | None = None
+    ) -> pb.RecommendForSessionResponse:
+        request = pb.RecommendForSessionRequest(book_ids=book_ids, limit=limit)
+        return self._stub.RecommendForSession(request, **self._options(timeout))
+
+    def delete_user(self, user_id: int, *, timeout: float | None = None) -> pb.DeleteUserResponse:
+        return self._stub.DeleteUser(pb.DeleteUserRequest(user_id=user_id), **self._options(timeout))
+
+    def delete_book(self, book_id: int, *, timeout: float | None = None) -> pb.DeleteBookResponse:
+        return self._stub.DeleteBook(pb.DeleteBookRequest(book_id=book_id), **self._options(timeout))
 
     def model_info(self, *, timeout: float | None = None) -> pb.ModelInfoResponse:
         return self._stub.ModelInfo(pb.ModelInfoRequest(), **self._options(timeout))

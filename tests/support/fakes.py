@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from recommender.model.dataset import Book, TrainingData
+from recommender.model.filters import BookFacts
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel, ReaderEvents
 from recommender.model.online_metrics import OnlineSums
@@ -196,9 +197,15 @@ class MemoryUsers:
     async def books_changed_since(self, snapshot: str) -> list[Book]:
         return list(self.changed_books)
 
+    async def books_erased_since(self, snapshot: str) -> list[int]:
+        return []
+
     async def user_events(self, user_id: int) -> ReaderEvents:
         self.reads.append(user_id)
         return list(self.events.get(user_id, []))
+
+    async def book_facts(self) -> BookFacts:
+        return BookFacts.of(self.changed_books)
 
 
 class CannedSums:

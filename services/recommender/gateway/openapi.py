@@ -49,10 +49,51 @@ def _batch(name: str) -> dict[str, Any]:
     return {"minItems": 1, "maxItems": v.MAX_BATCH, "description": f"1 to {v.MAX_BATCH} {name}, in one transaction"}
 
 
+_GENRES = {
+    "type": "array",
+    "maxItems": v.MAX_FILTER_GENRES,
+    "items": _text(v.MAX_GENRE),
+    "description": f"any of these genres (repeat the parameter), at most {v.MAX_FILTER_GENRES}",
+}
+# What Recommend and RecommendForSession may restrict their answers to.
+_FILTERS: dict[str, dict[str, Any]] = {
+    "limit": _LIMIT,
+    "genre": _GENRES,
+    "exclude": {
+        "type": "array",
+        "maxItems": v.MAX_EXCLUDED,
+        "items": _ID,
+        "description": f"books never in the answer (repeat the parameter), at most {v.MAX_EXCLUDED}",
+    },
+    "min_year": {"minimum": v.MIN_YEAR, "maximum": v.MAX_YEAR},
+    "max_year": {"minimum": v.MIN_YEAR, "maximum": v.MAX_YEAR},
+    "max_per_author": _LIMIT,
+}
+
+
 # Beyond the types: what the service refuses, per message and field. Field schemas here replace the generated ones
 # where "type" is given, and add to them otherwise.
 CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
-    "RecommendRequest": {"user_id": _ID, "limit": _LIMIT},
+    "RecommendRequest": {
+        "user_id": _ID,
+        **_FILTERS,
+        "recommendation_id": {"format": "uuid", "description": "the answer this call continues (its next page)"},
+        "offset": {"minimum": 0, "maximum": 1000},
+    },
+    "RecommendForSessionRequest": {
+        "book_ids": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": v.MAX_LIMIT,
+            "items": _ID,
+            "description": f"the books the visitor opened, 1 to {v.MAX_LIMIT}",
+        },
+        **_FILTERS,
+    },
+    "DeleteUserRequest": {"user_id": _ID},
+    "DeleteBookRequest": {"book_id": _ID},
+    "PopularBooksRequest": {"days": {"minimum": 1, "maximum": 365}, "limit": _LIMIT, "genre": _GENRES},
+    "NewBooksRequest": {"limit": _LIMIT, "genre": _GENRES},
     "SimilarBooksRequest": {"book_id": _ID, "limit": _LIMIT},
     "UserInteractionsRequest": {"user_id": _ID, "limit": _LIMIT},
     "OnlineHistoryRequest": {
@@ -98,6 +139,7 @@ CONSTRAINTS: dict[str, dict[str, dict[str, Any]]] = {
 # Fields a request must give (the others may be left out, or sent as null).
 REQUIRED: dict[str, list[str]] = {
     "RecommendRequest": ["user_id"],
+    "RecommendForSessionRequest": ["book_ids"],
     "StartCanaryRequest": ["version"],
     "RecordInteractionsRequest": ["interactions"],
     "InteractionInput": ["user_id", "book_id"],

@@ -16,6 +16,7 @@ class Book:
     description: str = ""
     genres: tuple[str, ...] = ()
     published_year: int | None = None
+    available: bool = True  # False: hidden from every answer (kept in the data; it can come back)
 
     def text(self) -> str:
         """What the content model reads; genres are repeated since they carry the most topical signal."""

@@ -20,17 +20,20 @@ from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weig
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
 from recommender.model.explain import explained
+from recommender.model.filters import author_key, capped
 from recommender.model.index import CatalogueIndex, Search, build
 from recommender.model.params import IndexParams, TrainingParams
 from recommender.model.ranking import (
     Blend,
     BookRows,
+    BoolArray,
     Mode,
     Query,
     Scored,
     popular_top,
     query,
     ranked,
+    scored,
 )
 
 # (book_id, rating or None) of everything a user did, read from the database.
@@ -100,6 +103,8 @@ class Request:
     user_id: int
     limit: int
     events: ReaderEvents | None = None  # everything the user did, when it is newer than the model
+    allowed: BoolArray | None = None  # the catalogue positions the answer may hold (model/filters.py); None: all
+    max_per_author: int | None = None  # books of one author in the answer
 
 
 @dataclass(frozen=True)
@@ -293,14 +298,16 @@ class HybridModel:
         changed_ids = np.union1d(self.changed_since_index, [b.book_id for b in incoming]).astype(np.int32)
         return HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids)
 
-    def similar(self, book_id: int, limit: int) -> list[ScoredBook] | None:
+    def similar(self, book_id: int, limit: int, allowed: BoolArray | None = None) -> list[ScoredBook] | None:
         """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""
-        return self.similar_many([(book_id, limit)])[0]
+        return self.similar_many([(book_id, limit)], allowed)[0]
 
-    def similar_many(self, requests: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
+    def similar_many(
+        self, requests: Sequence[tuple[int, int]], allowed: BoolArray | None = None
+    ) -> list[list[ScoredBook] | None]:
         from recommender.model.similar import similar_many
 
-        return similar_many(self, requests)
+        return similar_many(self, requests, allowed)
 
     @cached_property
     def similar_rows(self) -> BookRows:
@@ -331,15 +338,41 @@ class HybridModel:
 
     def recommend_many(self, requests: Sequence[Request], explain: bool = True) -> list[Recommendations]:
         """Each request's answer, ranked together (one product for the batch, model/ranking.py); an answer is the
-        same alone or in a batch. A reader with no history gets the popular books."""
+        same alone or in a batch. A reader with no history gets the popular books. A request's `allowed` holds
+        before the top-k; its author cap reads the ranking as deep as it needs."""
         readers = [self.reader(r.user_id, r.events) for r in requests]
         queries = {i: self.query(reader) for i, reader in enumerate(readers) if len(reader.seen)}
-        answers = self.ranked(list(queries.values()), [requests[i].limit for i in queries])
-        best = dict(zip(queries, answers, strict=True))
+        plain = [i for i in queries if requests[i].max_per_author is None]
+        answers = self.ranked(
+            [queries[i] for i in plain],
+            [requests[i].limit for i in plain],
+            allowed=[requests[i].allowed for i in plain],
+        )
+        best = dict(zip(plain, answers, strict=True))
+        for i in queries.keys() - set(plain):
+            best[i] = self._capped(queries[i], requests[i])
         return [
-            self._answer(readers[i], queries[i], best[i], explain) if i in queries else self._popular(r.limit)
+            self._answer(readers[i], queries[i], best[i], explain) if i in queries else self._popular(r)
             for i, r in enumerate(requests)
         ]
+
+    def _capped(self, q: Query, request: Request) -> Scored:
+        """The query's best books with at most `request.max_per_author` of one author."""
+        allowed = request.allowed
+
+        def rank(n: int) -> IntArray:
+            return self.ranked([q], [n], allowed=[allowed])[0].positions
+
+        available = self.num_books if allowed is None else int(allowed.sum())
+        cap = request.max_per_author or request.limit
+        picked = capped(rank, self.author_codes, request.limit, cap, available)
+        return scored(self.rows, q, picked)
+
+    @cached_property
+    def author_codes(self) -> IntArray:
+        """Per catalogue position, a code of its first author (model/filters.py's `author_key`)."""
+        _keys, codes = np.unique([author_key(a) for a in self.catalogue.authors], return_inverse=True)
+        return codes.astype(np.int32)
 
     def query(self, reader: Reader, mode: Mode = Mode.HYBRID) -> Query:
         """The reader's ranking by `mode` (the served blend, or one of its parts) as one query vector."""
@@ -361,14 +394,23 @@ class HybridModel:
                 found[mode] += [self.catalogue.book_ids[a.positions] for a in self.ranked(queries, [k] * len(queries))]
         return found
 
-    def ranked(self, queries: Sequence[Query], limits: Sequence[int], between_books: bool = False) -> list[Scored]:
+    def ranked(
+        self,
+        queries: Sequence[Query],
+        limits: Sequence[int],
+        between_books: bool = False,
+        allowed: Sequence[BoolArray | None] = (),
+    ) -> list[Scored]:
         """Each query's best books, scored, best first: through the index when the model has one, else one
-        exhaustive product for them all. `between_books`: the queries are books (`similar_rows`)."""
+        exhaustive product for them all. `between_books`: the queries are books (`similar_rows`); `allowed[i]`:
+        the positions query i's answer may hold (None: all)."""
         rows = self.similar_rows if between_books else self.rows
         if self.search is None:
-            return ranked(rows, queries, limits)
+            return ranked(rows, queries, limits, allowed)
+        masks = list(allowed) or [None] * len(queries)
         return [
-            self.search.ranked(rows, q, n, between_books=between_books) for q, n in zip(queries, limits, strict=True)
+            self.search.ranked(rows, q, n, allowed=mask, between_books=between_books)
+            for q, n, mask in zip(queries, limits, masks, strict=True)
         ]
 
     def _answer(self, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
@@ -376,9 +418,13 @@ class HybridModel:
         strategy = Strategy.CONTENT if q.user is None else Strategy.HYBRID
         return Recommendations(strategy, self.books(books.positions, books.scores, books.cf, books.content, because))
 
-    def _popular(self, limit: int) -> Recommendations:
-        """For a user with no history: the most liked books, scored by popularity."""
-        best = popular_top(self.rows, limit)
+    def _popular(self, request: Request) -> Recommendations:
+        """For a user with no history: the most liked books among those allowed, scored by popularity."""
+        if request.max_per_author is not None:
+            order = popular_top(self.rows, self.num_books, request.allowed)
+            best = capped(lambda n: order[:n], self.author_codes, request.limit, request.max_per_author, len(order))
+        else:
+            best = popular_top(self.rows, request.limit, request.allowed)
         zeros = np.zeros(len(best))
         return Recommendations(Strategy.POPULAR, self.books(best, self.popularity[best], zeros, zeros))
 

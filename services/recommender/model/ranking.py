@@ -35,6 +35,7 @@ from recommender.model.products import ExactProduct
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
+BoolArray = npt.NDArray[np.bool_]
 Float64Array = npt.NDArray[np.float64]
 
 # Rows per step of the catalogue statistics.
@@ -249,10 +250,13 @@ def query(
     return Query(vector, cf, content, popular, user, unit, seen)
 
 
-def exact_top(rows: BookRows, queries: Sequence[Query], limits: Sequence[int]) -> list[IntArray]:
+def exact_top(
+    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
+) -> list[IntArray]:
     """Each query's `limits[i]` best catalogue rows by its inner product with every book's row, its seen books
-    left out, best first (ties: the lower row first). The CF and content parts are two products, each rounded to
-    its own scale (model/products.py: the same alone or in a batch); popularity is added exactly."""
+    left out, and with `allowed[i]` (a mask over the catalogue) only the rows it allows, best first (ties: the lower
+    row first). The CF and content parts are two products, each rounded to its own scale (model/products.py: the
+    same alone or in a batch); popularity is added exactly."""
     if not queries:
         return []
     k, _d = rows.width
@@ -260,9 +264,13 @@ def exact_top(rows: BookRows, queries: Sequence[Query], limits: Sequence[int]) -
     ranking = rows.cf_exact(vectors[:, :k]) if k else np.zeros((len(queries), rows.num_books), np.float32)
     ranking += rows.content_exact()(vectors[:, k:-1])
     ranking += vectors[:, -1:] * rows.popularity
-    for row, q in zip(ranking, queries, strict=True):
+    masks = list(allowed) or [None] * len(queries)
+    ks = []
+    for row, q, mask, limit in zip(ranking, queries, masks, limits, strict=True):
         row[q.seen] = -np.inf
-    ks = [min(limit, rows.num_books - len(q.seen)) for q, limit in zip(queries, limits, strict=True)]
+        if mask is not None:
+            row[~mask] = -np.inf
+        ks.append(min(limit, int(np.isfinite(row).sum()) if mask is not None else rows.num_books - len(q.seen)))
     return top_k_rows(ranking, ks)
 
 
@@ -288,15 +296,19 @@ def scored(rows: BookRows, q: Query, best: IntArray) -> Scored:
     return Scored(best[order], scores[order], cf[order], content[order])
 
 
-def ranked(rows: BookRows, queries: Sequence[Query], limits: Sequence[int]) -> list[Scored]:
+def ranked(
+    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
+) -> list[Scored]:
     """Each query's answer: its best books (`exact_top`), scored and in the order of their scores. What a reader
     is served and what evaluation measures."""
-    return [scored(rows, q, best) for q, best in zip(queries, exact_top(rows, queries, limits), strict=True)]
+    best = exact_top(rows, queries, limits, allowed)
+    return [scored(rows, q, top) for q, top in zip(queries, best, strict=True)]
 
 
-def popular_top(rows: BookRows, k: int) -> IntArray:
-    """The `k` most popular books (for a reader with no history), ties to the lower row."""
-    return rows.popular_order[: min(k, rows.num_books)]
+def popular_top(rows: BookRows, k: int, allowed: BoolArray | None = None) -> IntArray:
+    """The `k` most popular books (for a reader with no history) among those `allowed`, ties to the lower row."""
+    order = rows.popular_order if allowed is None else rows.popular_order[allowed[rows.popular_order]]
+    return order[: min(k, len(order))]
 
 
 def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recommender.model.ranking import BookRows, Query, query
+from recommender.model.ranking import BookRows, BoolArray, Query, query
 
 if TYPE_CHECKING:
     from recommender.model.hybrid import HybridModel, ScoredBook
@@ -24,9 +24,12 @@ def similar_rows(model: HybridModel) -> BookRows:
     return BookRows(unit, rows.item_of_book, rows.content, rows.popularity, rows.content_exact)
 
 
-def similar_many(model: HybridModel, requests: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
-    """For each (book id, limit): the books like it, best first; None for a book not in the catalogue. The
-    products are computed for all requests together, and an answer is the same alone or in a batch."""
+def similar_many(
+    model: HybridModel, requests: Sequence[tuple[int, int]], allowed: BoolArray | None = None
+) -> list[list[ScoredBook] | None]:
+    """For each (book id, limit): the books like it among those `allowed` (catalogue positions; None: all), best
+    first; None for a book not in the catalogue. The products are computed for all requests together, and an
+    answer is the same alone or in a batch."""
     rows = model.similar_rows
     queries: dict[int, Query] = {}
     for i, (book_id, _limit) in enumerate(requests):
@@ -38,7 +41,10 @@ def similar_many(model: HybridModel, requests: Sequence[tuple[int, int]]) -> lis
         weights = (model.alpha, 1.0 - model.alpha, 0.0) if factors is not None else (0.0, 1.0, 0.0)
         queries[i] = query(rows, np.array([position], dtype=np.int32), factors, rows.content[position], weights)
     limits = [requests[i][1] for i in queries]
-    found = dict(zip(queries, model.ranked(list(queries.values()), limits, between_books=True), strict=True))
+    masks = [allowed] * len(queries)
+    found = dict(
+        zip(queries, model.ranked(list(queries.values()), limits, between_books=True, allowed=masks), strict=True)
+    )
     answers: list[list[ScoredBook] | None] = []
     for i in range(len(requests)):
         books = found.get(i)

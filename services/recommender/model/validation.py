@@ -25,6 +25,7 @@ VERSION = re.compile(r"^[0-9A-Za-z._-]*$")
 SHOWN = 40  # characters of a bad value quoted in a message
 DEFAULT_LIMIT, MAX_LIMIT = 10, 100  # books in one answer
 MAX_BATCH = 1000  # entries per RecordInteractions, UpsertBooks or RecordFeedback call
+MAX_FILTER_GENRES, MAX_EXCLUDED = 20, 1000  # a Recommend call's genres and excluded books
 MAX_REASON = 500  # characters of a canary abort's reason
 MAX_BUCKET_MINUTES, MAX_HISTORY_HOURS = 1440, 2160  # the online history's buckets and span
 # The largest request body the gateway takes (1,000 books with long descriptions fit); a larger one is answered 413

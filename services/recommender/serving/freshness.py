@@ -3,7 +3,9 @@
 Kept current by change notices (see storage/events.py), so every replica sees a write made through any of them:
 - users whose history is newer than the model are answered from their current history, with CF factors folded
   in (`HybridModel.recommend` with `events`); their histories are cached until a notice names them;
-- books added or edited since the snapshot join the served catalogue, with content vectors at once.
+- books added or edited since the snapshot join the served catalogue, with content vectors at once;
+- what filters read of every book (its genres, year, and whether it is available: a hidden book leaves every
+  answer at once), read whole at start and after missed notices, then kept current by the same changes.
 
 When notices may have been missed, every user is read fresh until the changes since the model's snapshot are
 known again.
@@ -17,6 +19,7 @@ import logging
 from collections import OrderedDict
 
 from recommender.model.dataset import Book
+from recommender.model.filters import BookFacts, Facts
 from recommender.model.hybrid import HybridModel, ReaderEvents, warm
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.events import Event, Kind
@@ -46,9 +49,16 @@ class FreshData:
         self._synced_now = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._facts = BookFacts.of([])  # every book's, current
+        self._facts_whole = False  # read whole since the last missed notice
+        self._aligned: tuple[HybridModel, BookFacts, Facts] | None = None
 
     async def start(self, model: HybridModel | None) -> None:
         """Learns what changed since `model`'s snapshot, then keeps up in the background."""
+        try:
+            await self._read_facts()
+        except Exception as exc:
+            log.warning("cannot read the books' facts: %s", exc)
         if model is not None:
             self._target = model
             try:
@@ -85,6 +95,18 @@ class FreshData:
         if model is self._synced and self._extended is not None:
             return self._extended
         return model
+
+    def facts(self, model: HybridModel) -> Facts:
+        """The books' facts over `model`'s catalogue (aligned once per model and change)."""
+        aligned = self._aligned
+        if aligned is None or aligned[0] is not model or aligned[1] is not self._facts:
+            aligned = (model, self._facts, self._facts.over(model.catalogue.book_ids))
+            self._aligned = aligned
+        return aligned[2]
+
+    async def _read_facts(self) -> None:
+        self._facts = await self._catalogue.book_facts()
+        self._facts_whole = True
 
     async def newer_events(self, model: HybridModel, user_id: int) -> ReaderEvents | None:
         """The user's whole current history when the model's record of them may be out of date, else None. For a
@@ -133,6 +155,7 @@ class FreshData:
         """Notices may have been missed: read every user fresh until the next sync."""
         self._epoch += 1
         self._any_user = self._all_noticed = True
+        self._facts_whole = False
         self._cache.clear()
         self._wake.set()
 
@@ -161,6 +184,11 @@ class FreshData:
         else:  # exactly the rows its snapshot does not see: none at all right after a retrain
             users = await self._snapshots.users_changed_since(snapshot)
             books = await self._snapshots.books_changed_since(snapshot)
+        if not self._facts_whole or not snapshot:
+            await self._read_facts()
+        else:
+            erased = await self._snapshots.books_erased_since(snapshot)
+            self._facts = self._facts.with_books(books).hiding(erased)
         extended = await asyncio.to_thread(_with_books, model, books)
         if model is not self._target:
             return  # another model took over meanwhile: its own sync follows

@@ -61,6 +61,10 @@ class ImpressionLog:
         """Those of `ids` that this process showed and has not written yet."""
         return {i: self._unwritten[i] for i in ids if i in self._unwritten}
 
+    def unwritten_pages(self, answer: uuid.UUID) -> list[Impression]:
+        """The later pages of `answer` that this process showed and has not written yet."""
+        return [i for i in self._unwritten.values() if i.continues == answer]
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._write_forever())
         if self._retention is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel, Recommendations, ScoredBook
 from recommender.model.online_metrics import Interval, OnlineSums, online_intervals
 from recommender.serving.canary import Comparison
@@ -20,29 +21,52 @@ from recommender.v1 import recommender_pb2 as pb
 
 
 def recommend_response(
-    user_id: int, version: str, result: Recommendations, recommendation_id: str = ""
+    user_id: int, version: str, result: Recommendations, recommendation_id: str
 ) -> pb.RecommendResponse:
     return pb.RecommendResponse(
         user_id=user_id,
         strategy=result.strategy.value,
         model_version=version,
         recommendation_id=recommendation_id,
-        recommendations=[
-            pb.RecommendedBook(
-                book_id=book.book_id,
-                title=book.title,
-                authors=book.authors,
-                score=rounded(book.score),
-                cf_score=rounded(book.cf_score),
-                content_score=rounded(book.content_score),
-                because=[
-                    pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=rounded(r.share))
-                    for r in book.because
-                ],
-            )
-            for book in result.books
-        ],
+        recommendations=_recommended(result),
     )
+
+
+def session_response(version: str, result: Recommendations) -> pb.RecommendForSessionResponse:
+    return pb.RecommendForSessionResponse(
+        strategy=result.strategy.value, model_version=version, recommendations=_recommended(result)
+    )
+
+
+def _recommended(result: Recommendations) -> list[pb.RecommendedBook]:
+    return [
+        pb.RecommendedBook(
+            book_id=book.book_id,
+            title=book.title,
+            authors=book.authors,
+            score=rounded(book.score),
+            cf_score=rounded(book.cf_score),
+            content_score=rounded(book.content_score),
+            because=[
+                pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=rounded(r.share)) for r in book.because
+            ],
+        )
+        for book in result.books
+    ]
+
+
+def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:
+    return [
+        pb.ListedBook(
+            book_id=book.book_id,
+            title=book.title,
+            authors=book.authors,
+            genres=list(book.genres),
+            published_year=book.published_year,
+            score=rounded(score),
+        )
+        for book, score in books
+    ]
 
 
 def similar_response(book_id: int, version: str, books: Sequence[ScoredBook]) -> pb.SimilarBooksResponse:

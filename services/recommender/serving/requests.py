@@ -13,10 +13,13 @@ import grpc
 
 from recommender.model import validation
 from recommender.model.dataset import Book, Interaction
+from recommender.model.filters import Filters
 from recommender.model.validation import (
     DEFAULT_LIMIT,
     MAX_BATCH,
     MAX_BUCKET_MINUTES,
+    MAX_EXCLUDED,
+    MAX_FILTER_GENRES,
     MAX_HISTORY_HOURS,
     MAX_LIMIT,
     MAX_REASON,
@@ -26,6 +29,8 @@ from recommender.storage.feedback import Feedback
 from recommender.v1 import recommender_pb2 as pb
 
 HISTORY_BUCKET_MINUTES, HISTORY_HOURS = 60, 48  # the online history's defaults
+DEFAULT_DAYS, MAX_DAYS = 7, 365  # popular now's window
+MAX_OFFSET = 1000  # how deep the pages of one answer go
 
 
 def positive(name: str, value: int) -> None:
@@ -41,7 +46,83 @@ def reader(request: pb.RecommendRequest) -> tuple[int, int]:
     return request.user_id, limit(request)
 
 
-def limit(request: pb.RecommendRequest | pb.SimilarBooksRequest | pb.UserInteractionsRequest) -> int:
+def session(request: pb.RecommendForSessionRequest) -> tuple[list[int], int]:
+    """The books a visitor opened, and the limit, of a RecommendForSession call."""
+    problems = []
+    if not 1 <= len(request.book_ids) <= MAX_LIMIT:
+        problems.append(f"book_ids must hold 1 to {MAX_LIMIT} books, got {len(request.book_ids)}")
+    for i, book_id in enumerate(request.book_ids[:MAX_LIMIT]):
+        problems += validation.id_problems(f"book_ids[{i}]", book_id)
+    invalid(problems, written=False)
+    return list(request.book_ids), limit(request)
+
+
+def listed(request: pb.PopularBooksRequest | pb.NewBooksRequest) -> tuple[int, tuple[str, ...]]:
+    """The limit and the genres of a book list call."""
+    genres, problems = _genres(request.genre)
+    invalid(problems, written=False)
+    return limit(request), genres
+
+
+def days(request: pb.PopularBooksRequest) -> int:
+    chosen = request.days if request.HasField("days") else DEFAULT_DAYS
+    if not 1 <= chosen <= MAX_DAYS:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"days must be between 1 and {MAX_DAYS}, got {chosen}")
+    return chosen
+
+
+def _genres(given: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Genres asked for, and what is wrong with them."""
+    problems = []
+    if len(given) > MAX_FILTER_GENRES:
+        problems.append(f"genre is given {len(given)} times; at most {MAX_FILTER_GENRES} are allowed")
+    for i, genre in enumerate(given[:MAX_FILTER_GENRES]):
+        problems += validation.text_problems(f"genre[{i}]", genre, validation.MAX_GENRE)
+    return tuple(g.strip() for g in given[:MAX_FILTER_GENRES] if g.strip()), problems
+
+
+@dataclass(frozen=True)
+class Page:
+    answer: uuid.UUID | None  # the answer (or page) it continues; None: a new answer
+    offset: int  # books of the ranking (less those the answer's pages showed) skipped
+
+
+def page(request: pb.RecommendRequest) -> Page:
+    """The earlier answer a Recommend call continues (None: a new answer), and how many books to skip."""
+    named = request.recommendation_id.strip()
+    problems = validation.recommendation_id_problems("recommendation_id", named) if named else []
+    offset = request.offset if request.HasField("offset") else 0
+    if not 0 <= offset <= MAX_OFFSET:
+        problems.append(f"offset must be between 0 and {MAX_OFFSET}, got {offset}")
+    invalid(problems, written=False)
+    return Page(uuid.UUID(named) if named else None, offset)
+
+
+def filters(request: pb.RecommendRequest | pb.RecommendForSessionRequest) -> Filters:
+    """What a Recommend call restricts its answer to, every bad field named."""
+    genres, problems = _genres(request.genre)
+    if len(request.exclude) > MAX_EXCLUDED:
+        problems.append(f"exclude holds {len(request.exclude)} books; at most {MAX_EXCLUDED} are allowed")
+    for i, book_id in enumerate(request.exclude[:MAX_EXCLUDED]):
+        problems += validation.id_problems(f"exclude[{i}]", book_id)
+    low = request.min_year if request.HasField("min_year") else None
+    high = request.max_year if request.HasField("max_year") else None
+    problems += validation.year_problems("min_year", low) + validation.year_problems("max_year", high)
+    cap = request.max_per_author if request.HasField("max_per_author") else None
+    if cap is not None and not 1 <= cap <= MAX_LIMIT:
+        problems.append(f"max_per_author must be between 1 and {MAX_LIMIT}, got {cap}")
+    invalid(problems, written=False)
+    return Filters(genres, tuple(request.exclude), low, high, cap)
+
+
+def limit(
+    request: pb.RecommendRequest
+    | pb.RecommendForSessionRequest
+    | pb.SimilarBooksRequest
+    | pb.UserInteractionsRequest
+    | pb.PopularBooksRequest
+    | pb.NewBooksRequest,
+) -> int:
     chosen = request.limit if request.HasField("limit") else DEFAULT_LIMIT
     if not 1 <= chosen <= MAX_LIMIT:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"limit must be between 1 and {MAX_LIMIT}, got {chosen}")
@@ -212,6 +293,8 @@ def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
         columns.append("genres")
     if entry.HasField("published_year"):
         columns.append("published_year")
+    if entry.HasField("available"):
+        columns.append("available")
     book = Book(
         book_id=entry.book_id,
         title=entry.title.strip(),
@@ -219,5 +302,6 @@ def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
         description=entry.description,
         genres=tuple(v.string_value for v in entry.genres.values),
         published_year=entry.published_year if entry.HasField("published_year") else None,
+        available=entry.available if entry.HasField("available") else True,
     )
     return book, columns

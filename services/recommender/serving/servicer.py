@@ -3,14 +3,18 @@ serving/messages.py, and every refusal becomes its status in one place (serving/
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import numpy as np
 
+from recommender.model.filters import NO_FILTERS, Filters, genre_key
 from recommender.model.hybrid import HybridModel, ReaderEvents, Recommendations, Request, ScoredBook
 from recommender.serving import messages, requests
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy, per_model
@@ -18,12 +22,13 @@ from recommender.serving.canary import CanaryPolicy, compare
 from recommender.serving.cluster import Cluster
 from recommender.serving.errors import Refused, answers, refuse
 from recommender.serving.freshness import FreshData
-from recommender.serving.impressions import ImpressionLog
+from recommender.serving.impressions import FLUSH_SECONDS, ImpressionLog
 from recommender.serving.online_view import OnlineView
 from recommender.serving.retrain import RetrainCoordinator
 from recommender.serving.versions import VersionManager
 from recommender.storage.catalogue import CatalogueStore, UnknownBooks, UntitledBooks
 from recommender.storage.db import DATABASE_ERRORS, Database
+from recommender.storage.erasure import Erased, Erasure, NothingStored
 from recommender.storage.events import Event, Kind
 from recommender.storage.feedback import Impression, OnlineStore, attribution_problem
 from recommender.storage.registry import VersionRecord
@@ -76,7 +81,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
         )
         self._similar: Batcher[tuple[HybridModel, tuple[int, int]], list[ScoredBook] | None] = Batcher(
-            per_model(HybridModel.similar_many), batching, lambda size: on_batch("SimilarBooks", size)
+            per_model(self._similar_many), batching, lambda size: on_batch("SimilarBooks", size)
         )
 
     def unreachable(self, exc: BaseException) -> str:
@@ -85,16 +90,93 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     @answers(unavailable="no answer")
     async def Recommend(self, request: pb.RecommendRequest, context: Context) -> pb.RecommendResponse:
         user_id, limit = requests.reader(request)
+        filters = requests.filters(request)
+        page = requests.page(request)
+        if page.answer is not None:
+            return await self._next_page(user_id, limit, filters, page.answer, page.offset)
         model = self._loaded_model(user_id)
         events = await self._newer_events(model, user_id)
-        result = await self._recommendations((model, Request(user_id, limit, events)))
+        allowed = self._fresh.facts(model).allowed(filters)
+        asked = Request(user_id, page.offset + limit, events, allowed, filters.max_per_author)
+        result = await self._recommendations((model, asked))
+        return self._shown(user_id, model, dataclasses.replace(result, books=result.books[page.offset :]))
+
+    async def _next_page(
+        self, user_id: int, limit: int, filters: Filters, answer: uuid.UUID, offset: int
+    ) -> pb.RecommendResponse:
+        """The answer `answer` continued: the same version's ranking without every book its pages showed, from
+        where `offset` says the pages got to."""
+        first = await self._recorded(answer)
+        if first.continues is not None:
+            first = await self._recorded(first.continues)
+        if first.user_id != user_id:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"recommendation {answer} answered another reader")
+        model = self._fresh.with_new_books(self._serving(first.version))
+        pages = await self._online.store.pages_of(first.recommendation_id)
+        if self._impressions is not None:
+            pages += self._impressions.unwritten_pages(first.recommendation_id)
+        shown = {book for answer in (first, *pages) for book in answer.books}
+        allowed = self._fresh.facts(model).allowed(filters)
+        allowed = np.ones(model.num_books, dtype=bool) if allowed is None else allowed
+        allowed[model.catalogue.positions(sorted(shown))] = False
+        skip = max(offset - len(shown), 0)  # a page asked for beyond those shown: the books between skipped
+        events = await self._newer_events(model, user_id)
+        asked = Request(user_id, skip + limit, events, allowed, filters.max_per_author)
+        result = await self._recommendations((model, asked))
+        rest = dataclasses.replace(result, books=result.books[skip:])
+        return self._shown(user_id, model, rest, continues=first.recommendation_id)
+
+    def _shown(
+        self, user_id: int, model: HybridModel, result: Recommendations, continues: uuid.UUID | None = None
+    ) -> pb.RecommendResponse:
+        """The answer, recorded as an impression (a later page: of the answer it continues)."""
         recommendation_id = uuid.uuid4()
         if self._impressions is not None and result.books:
             books = [book.book_id for book in result.books]
-            self._impressions.record(
-                Impression(recommendation_id, user_id, model.meta.version, books, datetime.now(UTC))
-            )
+            shown_at = datetime.now(UTC)
+            impression = Impression(recommendation_id, user_id, model.meta.version, books, shown_at, continues)
+            self._impressions.record(impression)
         return messages.recommend_response(user_id, model.meta.version, result, str(recommendation_id))
+
+    async def _recorded(self, answer: uuid.UUID) -> Impression:
+        """A recorded answer: shown by this process and queued, or written (another replica's answer is written
+        within half a second: waited for that long)."""
+        for attempt in range(3):
+            if self._impressions is not None and (queued := self._impressions.unwritten([answer])):
+                return queued[answer]
+            written = await self._online.store.shown([answer])
+            if answer in written:
+                return written[answer]
+            if attempt < 2:
+                await asyncio.sleep(FLUSH_SECONDS)
+        raise Refused(grpc.StatusCode.NOT_FOUND, f"no recorded answer has recommendation_id {answer}")
+
+    def _serving(self, version: str) -> HybridModel:
+        """The model of `version` while it serves (active or canary), else FAILED_PRECONDITION."""
+        canary = self._versions.canary
+        for model in (self._versions.model, canary.model if canary else None):
+            if model is not None and model.meta.version == version:
+                return model
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"version {version}, which gave that answer, no longer serves: ask again without recommendation_id",
+        )
+
+    @answers(unavailable="no answer")
+    async def RecommendForSession(
+        self, request: pb.RecommendForSessionRequest, context: Context
+    ) -> pb.RecommendForSessionResponse:
+        book_ids, limit = requests.session(request)
+        filters = requests.filters(request)
+        model = self._loaded_model()
+        missing = sorted(set(book_ids) - set(model.catalogue.book_ids[model.catalogue.positions(book_ids)].tolist()))
+        if missing:
+            shown = ", ".join(str(b) for b in missing[:20])
+            raise Refused(grpc.StatusCode.NOT_FOUND, f"not in the catalogue: book_ids {shown}")
+        allowed = self._fresh.facts(model).allowed(filters)
+        events = [(book_id, None) for book_id in book_ids]
+        result = await self._recommendations((model, Request(0, limit, events, allowed, filters.max_per_author)))
+        return messages.session_response(model.meta.version, result)
 
     @answers(unavailable="no answer")
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: Context) -> pb.ModelInfoResponse:
@@ -203,10 +285,51 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         requests.positive("book_id", request.book_id)
         limit = requests.limit(request)
         model = self._loaded_model()
+        if self._fresh.facts(model).hides(request.book_id):
+            raise Refused(grpc.StatusCode.NOT_FOUND, f"book {request.book_id} is not available (hidden or erased)")
         books = await self._similar((model, (request.book_id, limit)))
         if books is None:
             raise Refused(grpc.StatusCode.NOT_FOUND, f"book {request.book_id} is not in the catalogue")
         return messages.similar_response(request.book_id, model.meta.version, books)
+
+    @answers(unavailable="nothing erased")
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> pb.DeleteUserResponse:
+        requests.positive("user_id", request.user_id)
+        rows = await _erasing(Erasure(self._db).user(request.user_id), f"user {request.user_id}")
+        self._fresh.on_event(Event.about(Kind.INTERACTIONS, [request.user_id]))  # this process: at once
+        return pb.DeleteUserResponse(
+            status="erased",
+            interactions=rows["interactions"],
+            impressions=rows["impressions"],
+            feedback=rows["feedback"],
+        )
+
+    @answers(unavailable="nothing erased")
+    async def DeleteBook(self, request: pb.DeleteBookRequest, context: Context) -> pb.DeleteBookResponse:
+        requests.positive("book_id", request.book_id)
+        rows = await _erasing(Erasure(self._db).book(request.book_id), f"book {request.book_id}")
+        await self._fresh.books_changed()
+        return pb.DeleteBookResponse(status="erased", interactions=rows["interactions"], feedback=rows["feedback"])
+
+    @answers(unavailable="the books cannot be read")
+    async def PopularBooks(self, request: pb.PopularBooksRequest, context: Context) -> pb.PopularBooksResponse:
+        limit, genres = requests.listed(request)
+        keys = [genre_key(g) for g in genres]
+        found = await self._catalogue.popular_recently(requests.days(request), limit, keys)
+        if len(found) < limit and self._versions.model is not None:  # filled up with the most liked overall
+            model = self._fresh.with_new_books(self._versions.model)
+            allowed = self._fresh.facts(model).allowed(Filters(genres=genres))
+            have = {book.book_id for book, _ in found}
+            best = model.recommend_many([Request(0, limit + len(have), allowed=allowed)], explain=False)[0].books
+            more = [b.book_id for b in best if b.book_id not in have][: limit - len(found)]
+            found += [(book, 0.0) for book in await self._catalogue.books(more)]
+        return pb.PopularBooksResponse(books=messages.listed(found))
+
+    @answers(unavailable="the books cannot be read")
+    async def NewBooks(self, request: pb.NewBooksRequest, context: Context) -> pb.NewBooksResponse:
+        limit, genres = requests.listed(request)
+        books = await self._catalogue.newest(limit, [genre_key(g) for g in genres])
+        return pb.NewBooksResponse(books=messages.listed([(book, 0.0) for book in books]))
 
     @answers(unavailable="the interactions cannot be read")
     async def UserInteractions(
@@ -215,6 +338,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         requests.positive("user_id", request.user_id)
         rows = await self._catalogue.recent_interactions(request.user_id, requests.limit(request))
         return messages.user_interactions(request.user_id, rows)
+
+    def _similar_many(self, model: HybridModel, asked: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
+        """Books like each asked one, hidden books left out."""
+        return model.similar_many(asked, self._fresh.facts(model).allowed(NO_FILTERS))
 
     def _loaded_model(self, user_id: int = 0) -> HybridModel:
         """The model that answers `user_id` (the canary for its share), with the books added since its snapshot;
@@ -298,3 +425,14 @@ def _naming(name: str, entries: Sequence[Any], book_ids: Sequence[int], why: str
         for i, e in enumerate(entries)
         if e.book_id in missing
     ]
+
+
+async def _erasing(erase: Awaitable[Erased], what: str) -> dict[str, int]:
+    """The rows an erasure removed, per table, the erasure logged as the admin action it is; NOT_FOUND when there
+    was nothing to erase."""
+    try:
+        rows = (await erase).rows
+    except NothingStored as exc:
+        raise Refused(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+    log.info("admin: erased %s (%s)", what, ", ".join(f"{n} {table}" for table, n in rows.items() if n))
+    return rows

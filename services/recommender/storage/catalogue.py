@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+import numpy as np
 
 from recommender.model.dataset import Book, Interaction
+from recommender.model.filters import NO_YEAR, BookFacts
 from recommender.storage.db import BULK_SECONDS, SCHEMA_LOCK, Database
 from recommender.storage.events import Event, Kind, notify
 
@@ -46,8 +48,11 @@ _MERGE = """
         SELECT count(*) FILTER (WHERE inserted) AS added, count(*) FILTER (WHERE NOT inserted) AS updated FROM merged
         """
 
-BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year")
+BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year", "available")
 SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
+_BOOK_FIELDS = ", ".join(f"b.{name}" for name in BOOK_COLUMNS)
+# Books of any of the genre keys in $3 (NULL: every book).
+_OF_GENRES = "($3::text[] IS NULL OR EXISTS (SELECT 1 FROM unnest(b.genres) g WHERE lower(trim(g)) = ANY($3)))"
 
 # Writes of the same transaction as the catalogue's own (what interactions say about recommendations).
 Also = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -149,6 +154,56 @@ class CatalogueStore:
 
         return await self._db.written(write)
 
+    async def book_facts(self) -> BookFacts:
+        """What filters read of every book (model/filters.py), in two light queries (no text); an erased book as
+        hidden (a model trained before its erasure still has it)."""
+        row = await self._db.fetchrow(
+            "SELECT coalesce(array_agg(book_id ORDER BY book_id), '{}') AS ids, "
+            "coalesce(array_agg(coalesce(published_year, $1) ORDER BY book_id), '{}') AS years, "
+            "coalesce(array_agg(available ORDER BY book_id), '{}') AS available FROM (SELECT book_id, "
+            "published_year, available FROM books UNION ALL SELECT book_id, NULL, false FROM erased_books) known",
+            int(NO_YEAR),
+        )
+        genres = await self._db.fetch(
+            "SELECT lower(trim(genre)) AS genre, array_agg(DISTINCT book_id ORDER BY book_id) AS ids "
+            "FROM books, unnest(genres) AS genre WHERE trim(genre) <> '' GROUP BY 1"
+        )
+        assert row is not None
+        return BookFacts(
+            np.array(row["ids"], dtype=np.int32),
+            np.array(row["years"], dtype=np.int32),
+            np.array(row["available"], dtype=bool),
+            {r["genre"]: np.array(r["ids"], dtype=np.int32) for r in genres},
+        )
+
+    async def popular_recently(self, days: int, limit: int, genres: Sequence[str]) -> list[tuple[Book, float]]:
+        """The available books read most in the last `days`, each interaction counting half as much every days/3
+        days of age, with that decayed count; of any of `genres` (keys, model/filters.py's) when given."""
+        rows = await self._db.fetch(
+            f"SELECT {_BOOK_FIELDS}, r.score FROM (SELECT book_id, sum(power(0.5, "
+            "extract(epoch FROM now() - occurred_at)::float8 / ($1::int * 28800.0))) AS score FROM interactions "
+            "WHERE occurred_at > now() - make_interval(days => $1::int) GROUP BY book_id) r "
+            "JOIN books b USING (book_id) "
+            f"WHERE b.available AND {_OF_GENRES} ORDER BY r.score DESC, b.book_id LIMIT $2",
+            days, limit, list(genres) or None,
+        )  # fmt: skip
+        return [(book_of(row), float(row["score"])) for row in rows]
+
+    async def newest(self, limit: int, genres: Sequence[str]) -> list[Book]:
+        """The available books published most recently (without a year last), then added most recently."""
+        rows = await self._db.fetch(
+            f"SELECT {_BOOK_FIELDS} FROM books b WHERE b.available AND {_OF_GENRES.replace('$3', '$2')} "
+            "ORDER BY b.published_year DESC NULLS LAST, b.book_id DESC LIMIT $1",
+            limit, list(genres) or None,
+        )  # fmt: skip
+        return [book_of(row) for row in rows]
+
+    async def books(self, book_ids: Sequence[int]) -> list[Book]:
+        """The stored books of these ids, in their order (ids not stored left out)."""
+        rows = await self._db.fetch(f"{SELECT_BOOKS} WHERE book_id = ANY($1::integer[])", list(book_ids))
+        found = {row["book_id"]: book_of(row) for row in rows}
+        return [found[b] for b in book_ids if b in found]
+
     async def existing_book_ids(self, book_ids: Iterable[int]) -> set[int]:
         rows = await self._db.fetch(
             "SELECT book_id FROM books WHERE book_id = ANY($1::integer[])", sorted(set(book_ids))
@@ -195,6 +250,7 @@ def book_of(row: asyncpg.Record) -> Book:
         description=row["description"],
         genres=tuple(row["genres"]),
         published_year=row["published_year"],
+        available=row["available"],
     )
 
 
@@ -220,7 +276,9 @@ async def _notify_changes(
 
 async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns: Collection[str]) -> None:
     """Inserts new books whole; of existing ones, updates only `columns`."""
-    records = [(b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year) for b in books]
+    records = [
+        (b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year, b.available) for b in books
+    ]
     if not records:
         return
     updated = [name for name in BOOK_COLUMNS if name in columns and name != "book_id"]
@@ -237,6 +295,8 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
         timeout=BULK_SECONDS,
     )
     await conn.execute("DROP TABLE incoming_books")  # a transaction may upsert several groups of columns
+    # A book erased before and written again is a book again.
+    await conn.execute("DELETE FROM erased_books WHERE book_id = ANY($1::integer[])", [r[0] for r in records])
 
 
 async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> ImportCounts:

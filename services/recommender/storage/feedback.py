@@ -33,6 +33,7 @@ class Impression:
     version: str
     books: list[int]  # best first
     shown_at: datetime
+    continues: uuid.UUID | None = None  # a later page: the answer it continues
 
 
 @dataclass(frozen=True)
@@ -285,13 +286,21 @@ class OnlineStore:
     async def add_impressions(self, impressions: Sequence[Impression]) -> None:
         if not impressions:
             return
-        records = [(i.recommendation_id, i.user_id, i.version, i.books, i.shown_at) for i in impressions]
+        records = [(i.recommendation_id, i.user_id, i.version, i.books, i.shown_at, i.continues) for i in impressions]
+
+        users = sorted({i.user_id for i in impressions})
 
         async def write(conn: asyncpg.Connection) -> None:
             await conn.copy_records_to_table(
                 "impressions",
                 records=records,
-                columns=["recommendation_id", "user_id", "version", "books", "shown_at"],
+                columns=["recommendation_id", "user_id", "version", "books", "shown_at", "continues"],
+            )
+            # An answer shown before its reader was erased, and written after (a batch in flight): erased too.
+            await conn.execute(
+                "DELETE FROM impressions i USING erased_users e WHERE i.user_id = e.user_id "
+                "AND i.shown_at <= e.erased_at AND e.user_id = ANY($1::integer[])",
+                users,
             )
 
         await self._db.written(write)
@@ -315,19 +324,23 @@ class OnlineStore:
 
         return write
 
+    async def pages_of(self, answer: uuid.UUID) -> list[Impression]:
+        """The later pages written of an answer."""
+        rows = await self._db.fetch(
+            "SELECT recommendation_id, user_id, version, books, shown_at, continues FROM impressions "
+            "WHERE continues = $1",
+            answer,
+        )
+        return [_impression(row) for row in rows]
+
     async def shown(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Impression]:
         """The stored answers of `ids` (those not written yet, or pruned, are missing)."""
         rows = await self._db.fetch(
-            "SELECT recommendation_id, user_id, version, books, shown_at FROM impressions "
+            "SELECT recommendation_id, user_id, version, books, shown_at, continues FROM impressions "
             "WHERE recommendation_id = ANY($1::uuid[])",
             sorted(set(ids)),
         )
-        return {
-            row["recommendation_id"]: Impression(
-                row["recommendation_id"], row["user_id"], row["version"], list(row["books"]), row["shown_at"]
-            )
-            for row in rows
-        }
+        return {row["recommendation_id"]: _impression(row) for row in rows}
 
     async def roll_up(self) -> int:
         """Brings the roll-ups up to date with everything written before the call, ROLL_UP_BATCH new impressions
@@ -496,3 +509,10 @@ def _sums(row: asyncpg.Record) -> OnlineSums:
 def _count(status: str) -> int:
     """The row count of a command status such as "DELETE 12"."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _impression(row: asyncpg.Record) -> Impression:
+    return Impression(
+        row["recommendation_id"], row["user_id"], row["version"], list(row["books"]), row["shown_at"],
+        row["continues"],
+    )  # fmt: skip

@@ -150,6 +150,17 @@ def _float(row: dict[str, str], name: str) -> float | None:
         raise RowError(f"{name} must be a number, got {validation.shown(value)}") from None
 
 
+_TRUE, _FALSE = {"", "true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _flag(row: dict[str, str], name: str) -> bool:
+    """A yes/no column: true, 1 or yes (or empty: the default, yes); false, 0 or no."""
+    value = row.get(name, "").strip().casefold()
+    if value not in _TRUE | _FALSE:
+        raise RowError(f"{name} must be true or false, got {validation.shown(row[name])}")
+    return value in _TRUE
+
+
 def _raise_if(problems: list[str]) -> None:
     if problems:
         raise RowError("; ".join(problems))
@@ -166,6 +177,7 @@ def _book(row: dict[str, str]) -> Book:
         description=row.get("description", ""),
         genres=genres,
         published_year=year,
+        available=_flag(row, "available"),
     )
     _raise_if(
         validation.id_problems("book_id", book_id)

@@ -52,9 +52,17 @@ class SnapshotStore:
 
     async def users_changed_since(self, snapshot: str) -> list[int]:
         """Users with interactions added or changed by transactions `snapshot` (a pg_snapshot as text) does not
-        see: exactly what a model trained on that snapshot misses."""
-        rows = await self._db.fetch(f"SELECT DISTINCT user_id FROM interactions WHERE {UNSEEN}", snapshot)
+        see, or erased since: exactly what a model trained on that snapshot misses."""
+        rows = await self._db.fetch(
+            f"SELECT user_id FROM interactions WHERE {UNSEEN} UNION SELECT user_id FROM erased_users WHERE {UNSEEN}",
+            snapshot,
+        )
         return [row["user_id"] for row in rows]
+
+    async def books_erased_since(self, snapshot: str) -> list[int]:
+        """Books erased by transactions `snapshot` does not see (a model trained on it still has them)."""
+        rows = await self._db.fetch(f"SELECT book_id FROM erased_books WHERE {UNSEEN}", snapshot)
+        return [row["book_id"] for row in rows]
 
     async def books_changed_since(self, snapshot: str) -> list[Book]:
         """Books added or changed by transactions `snapshot` does not see."""

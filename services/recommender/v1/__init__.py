@@ -15,5 +15,7 @@ STATE_CHANGING = frozenset(
         "StartCanary",
         "PromoteCanary",
         "AbortCanary",
+        "DeleteUser",
+        "DeleteBook",
     }
 )

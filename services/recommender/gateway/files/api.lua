@@ -114,8 +114,11 @@ end
 check_value = function(s, i, field, path)
   local c = string.sub(s, i, i)
   local kind = field and field.kind
-  if kind == "list" and c ~= "[" and string.sub(s, i, i + 3) ~= "null" then
+  if (kind == "list" or (field and field.repeated)) and c ~= "[" and string.sub(s, i, i + 3) ~= "null" then
     problem('"' .. shorten(path) .. '" must be an array')
+  end
+  if field and not field.repeated and kind ~= "list" and c == "[" then
+    problem('"' .. shorten(path) .. '" must not be an array')
   end
   if c == "{" then
     local fields = nil
@@ -132,11 +135,14 @@ check_value = function(s, i, field, path)
       return i + 1
     end
     local index = 0
-    local item = field  -- a repeated field's items are what the field says; a list's are anything
-    if kind == "list" then
-      item = nil
+    local item = nil  -- a repeated field's items are what the field says; a list's are anything
+    if field and field.repeated then
+      item = {kind = field.kind, message = field.message}
     end
     while true do
+      if item ~= nil and string.sub(s, i, i + 3) == "null" then  -- a repeated field's item is never left out
+        problem('"' .. shorten(path .. "[" .. index .. "]") .. '" must not be null')
+      end
       i = check_value(s, i, item, path .. "[" .. index .. "]")
       if i == nil then
         return nil
@@ -179,6 +185,13 @@ end
 function envoy_on_request(handle)
   local headers = handle:headers()
   local method = headers:get(":method")
+  local bare = string.match(headers:get(":path") or "", "^[^?]*")
+  local taken = CONFIG.fixed[bare]
+  if taken ~= nil and method ~= "OPTIONS" and string.find(", " .. taken .. ",", ", " .. method .. ",", 1, true) == nil then
+    local only = string.gsub(taken, ", ", " or ")
+    handle:respond({[":status"] = "405", ["content-type"] = "text/plain", ["allow"] = taken}, bare .. " takes " .. only .. " only")
+    return
+  end
   if method == "GET" or method == "HEAD" or method == "OPTIONS" then
     return
   end
