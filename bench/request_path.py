@@ -81,7 +81,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
         "recommend, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
         f"recommend, with because, in batches of {BATCH}": _per_request(batched),
         "response message (RecommendResponse)": _per_request(
-            lambda: [recommend_response(u, version, a) for u, a in zip(users, answers, strict=True)]
+            lambda: [recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]
         ),
     }
 
