@@ -34,11 +34,12 @@ browser() {
 }
 
 lint() {
-    .venv/bin/ruff check .
-    .venv/bin/ruff format --check .
-    .venv/bin/mypy
-    .venv/bin/buf lint gateway/recommender.binpb --config buf.yaml --path recommender/v1/recommender.proto
-    "$VENV_PY" -m recommender.gateway.codegen --check
+    # One chain: `set -e` does not reach inside a function called from an && list, so a failing step must stop it.
+    .venv/bin/ruff check . &&
+        .venv/bin/ruff format --check . &&
+        .venv/bin/mypy &&
+        .venv/bin/buf lint gateway/recommender.binpb --config buf.yaml --path recommender/v1/recommender.proto &&
+        "$VENV_PY" -m recommender.gateway.codegen --check
 }
 
 command=${1:-}
