@@ -142,11 +142,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """A recorded answer: shown by this process and queued, or written (another replica's answer is written
         within half a second: waited for that long)."""
         for attempt in range(3):
-            if self._impressions is not None and (queued := self._impressions.unwritten([answer])):
-                return queued[answer]
-            written = await self._online.store.shown([answer])
-            if answer in written:
-                return written[answer]
+            known = await self._known_answers([answer])
+            if answer in known:
+                return known[answer]
             if attempt < 2:
                 await asyncio.sleep(FLUSH_SECONDS)
         raise Refused(grpc.StatusCode.NOT_FOUND, f"no recorded answer has recommendation_id {answer}")
@@ -385,16 +383,20 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if canary is not None and comparison is not None:
             info.canary.CopyFrom(messages.canary(canary, comparison, self._canaries.automatic))
 
+    async def _known_answers(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Impression]:
+        """The answers of `ids` known here: written, or shown by this process and queued."""
+        known = await self._online.store.shown(ids)
+        if self._impressions is not None:
+            known |= self._impressions.unwritten(ids)
+        return known
+
     async def _attributable(self, events: requests.NamedReads) -> None:
         """Refuses events that cannot count for the answer they name, "name: why", for the answers known here
         (written, or shown by this process and queued). An answer not known yet (another replica's, still queued)
         is judged by the same rules when the online figures are summed."""
         if not events.reads:
             return
-        ids = [f.recommendation_id for f in events.reads]
-        shown = await self._online.store.shown(ids)
-        if self._impressions is not None:
-            shown |= self._impressions.unwritten(ids)
+        shown = await self._known_answers([f.recommendation_id for f in events.reads])
         window = self._online.store.attribution_window
         problems = [
             f"{name}: {problem}"

@@ -51,8 +51,13 @@ _MERGE = """
 BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year", "available")
 SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
 _BOOK_FIELDS = ", ".join(f"b.{name}" for name in BOOK_COLUMNS)
-# Books of any of the genre keys in $3 (NULL: every book).
-_OF_GENRES = "($3::text[] IS NULL OR EXISTS (SELECT 1 FROM unnest(b.genres) g WHERE lower(trim(g)) = ANY($3)))"
+
+
+def _of_genres(parameter: str) -> str:
+    """Books `b` of any of the genre keys in the query parameter `parameter` (NULL: every book)."""
+    keys = f"{parameter}::text[]"
+    return f"({keys} IS NULL OR EXISTS (SELECT 1 FROM unnest(b.genres) g WHERE lower(trim(g)) = ANY({keys})))"
+
 
 # Writes of the same transaction as the catalogue's own (what interactions say about recommendations).
 Also = Callable[[asyncpg.Connection], Awaitable[None]]
@@ -184,7 +189,7 @@ class CatalogueStore:
             "extract(epoch FROM now() - occurred_at)::float8 / ($1::int * 28800.0))) AS score FROM interactions "
             "WHERE occurred_at > now() - make_interval(days => $1::int) GROUP BY book_id) r "
             "JOIN books b USING (book_id) "
-            f"WHERE b.available AND {_OF_GENRES} ORDER BY r.score DESC, b.book_id LIMIT $2",
+            f"WHERE b.available AND {_of_genres('$3')} ORDER BY r.score DESC, b.book_id LIMIT $2",
             days, limit, list(genres) or None,
         )  # fmt: skip
         return [(book_of(row), float(row["score"])) for row in rows]
@@ -192,7 +197,7 @@ class CatalogueStore:
     async def newest(self, limit: int, genres: Sequence[str]) -> list[Book]:
         """The available books published most recently (without a year last), then added most recently."""
         rows = await self._db.fetch(
-            f"SELECT {_BOOK_FIELDS} FROM books b WHERE b.available AND {_OF_GENRES.replace('$3', '$2')} "
+            f"SELECT {_BOOK_FIELDS} FROM books b WHERE b.available AND {_of_genres('$2')} "
             "ORDER BY b.published_year DESC NULLS LAST, b.book_id DESC LIMIT $1",
             limit, list(genres) or None,
         )  # fmt: skip
