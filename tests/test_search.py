@@ -14,7 +14,19 @@ from recommender.model.fit import fit_content
 from recommender.model.hybrid import Catalogue
 from recommender.model.params import ALSParams, SplitParams, TrainingParams
 from recommender.storage import demo
-from recommender.training.tuning import Search, Trial, als_knobs, best_within, progress, tune
+from recommender.training import tuning
+from recommender.training.tuning import (
+    CostCurve,
+    Search,
+    Trial,
+    als_knobs,
+    best_blend,
+    best_within,
+    blend_floor,
+    fit_and_measure,
+    progress,
+    tune,
+)
 
 START = TrainingParams(als=ALSParams(factors=8, iterations=6))
 Prepared = tuple[Split, tuple[Catalogue, ContentModel]]
@@ -82,3 +94,42 @@ def test_progress_is_the_best_finished_fit_by_minutes(prepared: Prepared) -> Non
     values = [v for _, v in points]
     best_by_score = max((t for t in tried if t.full), key=lambda t: t.score)
     assert values[-1] == best_by_score.metrics.ndcg
+
+
+def test_a_fit_is_judged_by_the_cost_curve_through_every_measurement_not_its_own_alone() -> None:
+    truth = {16: 0.1, 64: 0.3, 128: 0.55, 230: 1.0, 240: 1.05, 512: 2.1}
+    curve = CostCurve()
+    for factors, ms in truth.items():
+        curve = curve.with_point(factors, ms)
+    # One measurement a third slow (the machine busy meanwhile) moves the curve only a little there.
+    noisy = curve.with_point(230, 1.35)
+    assert noisy.at(230) < 1.1 < 1.35
+    assert abs(curve.at(240) - 1.05) < 0.05
+    costs = [noisy.at(k) for k in range(8, 513, 8)]
+    assert costs == sorted(costs)  # more factors never cost less
+
+
+def test_the_blend_search_beats_every_known_blend_within_its_passes(
+    prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    the_split, content = prepared
+    fitted = fit_and_measure(the_split, START, content, lambda: False, parts=True)
+    floor = blend_floor(fitted, the_split)
+    known = [(0.6, 2.0, 3.0), (1.0, 0.0, 0.0), (1.0, 50.0, 0.0)]
+    passes = 0
+    measure = tuning.measure
+
+    def counted(*args: object) -> object:
+        nonlocal passes
+        passes += 1
+        return measure(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tuning, "measure", counted)
+    chosen = best_blend(fitted, the_split, floor, known, 12, float("inf"))
+    assert passes <= 12
+    best_known = max(tuning._above(tuning.measure(fitted.model.with_blend(*b), the_split), floor) for b in known)
+    assert tuning._above(chosen.metrics, floor) >= best_known
+    again = best_blend(fitted, the_split, floor, known, 12, float("inf"))
+    assert again.params == chosen.params  # deterministic
+    # No time left: the fit as it is.
+    assert best_blend(fitted, the_split, floor, known, 12, 0.0) is fitted
