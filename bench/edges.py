@@ -293,7 +293,7 @@ def schemathesis(url: str, examples: int, seed: int = 1) -> list[Row]:
 
 def schemathesis_run(url: str, examples: int, seed: int = 1) -> subprocess.CompletedProcess[str]:
     command = [
-        str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/api/v1/openapi.json",
+        sys.executable, str(Path(__file__).with_name("schemathesis_cli.py")), "run", f"{url}/api/v1/openapi.json",
         "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(examples), "--seed", str(seed), "--workers", "2", "--no-color",
         "-H", f"Authorization: Bearer {ADMIN_KEY}",
