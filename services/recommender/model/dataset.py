@@ -8,6 +8,17 @@ import numpy as np
 import numpy.typing as npt
 
 
+def lookup(
+    sorted_ids: npt.NDArray[np.int32], ids: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_]]:
+    """For each of `ids`, its row in `sorted_ids` and whether it is there (the row is meaningless where not)."""
+    wanted = np.asarray(ids, dtype=np.int32)
+    if len(sorted_ids) == 0:
+        return np.zeros(len(wanted), dtype=np.int32), np.zeros(len(wanted), dtype=bool)
+    rows = np.minimum(np.searchsorted(sorted_ids, wanted), len(sorted_ids) - 1).astype(np.int32)
+    return rows, sorted_ids[rows] == wanted
+
+
 @dataclass(frozen=True)
 class Book:
     book_id: int

@@ -20,7 +20,7 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
-from recommender.model.dataset import Book
+from recommender.model.dataset import Book, lookup
 
 IntArray = npt.NDArray[np.int32]
 BoolArray = npt.NDArray[np.bool_]
@@ -106,11 +106,12 @@ class BookFacts:
     def over(self, catalogue_ids: IntArray) -> Facts:
         """These facts aligned with a catalogue (sorted ids): per position. A book the facts do not know (added
         after they were read) counts as available, of no genre and no year."""
-        rows = np.minimum(np.searchsorted(self.book_ids, catalogue_ids), max(len(self.book_ids) - 1, 0))
-        known = self.book_ids[rows] == catalogue_ids if len(self.book_ids) else np.zeros(len(catalogue_ids), bool)
-        years = np.where(known, self.years[rows] if len(self.book_ids) else NO_YEAR, NO_YEAR).astype(np.int32)
-        hidden = known & ~(self.available[rows] if len(self.book_ids) else np.ones(0, bool))
-        return Facts(catalogue_ids, years, hidden, self.genre_books)
+        if not len(self.book_ids):
+            unknown = np.zeros(len(catalogue_ids), dtype=bool)
+            return Facts(catalogue_ids, np.full(len(catalogue_ids), NO_YEAR, np.int32), unknown, self.genre_books)
+        rows, known = lookup(self.book_ids, catalogue_ids)
+        years = np.where(known, self.years[rows], NO_YEAR).astype(np.int32)
+        return Facts(catalogue_ids, years, known & ~self.available[rows], self.genre_books)
 
 
 @dataclass(frozen=True)
@@ -151,10 +152,8 @@ class Facts:
         return mask
 
     def _positions(self, book_ids: IntArray) -> IntArray:
-        rows = np.minimum(np.searchsorted(self.catalogue_ids, book_ids), max(len(self.catalogue_ids) - 1, 0))
-        if not len(self.catalogue_ids):
-            return np.zeros(0, dtype=np.int32)
-        return rows[self.catalogue_ids[rows] == book_ids].astype(np.int32)
+        rows, found = lookup(self.catalogue_ids, book_ids)
+        return rows[found]
 
 
 def capped(rank: Callable[[int], IntArray], authors: IntArray, limit: int, cap: int, available: int) -> IntArray:

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
-from recommender.model.dataset import Book
+from recommender.model.dataset import Book, lookup
 from recommender.model.explain import explained
 from recommender.model.filters import author_key, capped
 from recommender.model.index import CatalogueIndex, Search, build
@@ -70,11 +70,7 @@ class Catalogue:
 
     def lookup(self, book_ids: npt.ArrayLike) -> tuple[IntArray, npt.NDArray[np.bool_]]:
         """For each id, its catalogue row and whether it is in the catalogue (the row is meaningless where not)."""
-        ids = np.asarray(book_ids, dtype=np.int32)
-        if len(self.book_ids) == 0:
-            return np.zeros(len(ids), dtype=np.int32), np.zeros(len(ids), dtype=bool)
-        rows = np.minimum(np.searchsorted(self.book_ids, ids), len(self.book_ids) - 1).astype(np.int32)
-        return rows, self.book_ids[rows] == ids
+        return lookup(self.book_ids, book_ids)
 
 
 @dataclass(frozen=True)

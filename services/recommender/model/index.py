@@ -31,6 +31,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from recommender.model.dataset import lookup
 from recommender.model.params import IndexParams
 from recommender.model.ranking import BookRows, FloatArray, IntArray, Query, Scored, scored
 
@@ -57,10 +58,8 @@ class Excluded:
 
     def keeps(self, rows: IntArray) -> BoolArray:
         keep = np.ones(len(rows), dtype=bool) if self.allowed is None else self.allowed[rows]
-        if len(self.rows):
-            at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-            keep &= self.rows[at] != rows
-        return keep
+        _at, excluded = lookup(self.rows, rows)
+        return keep & ~excluded
 
     def selector(self) -> tuple[faiss.IDSelector | None, list[object]]:
         """A Faiss selector of the rows kept, and the objects it points into (they must outlive the search)."""
