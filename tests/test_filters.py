@@ -125,3 +125,7 @@ def test_facts_follow_changes_of_genre_and_year() -> None:
     assert aligned.allowed(Filters(genres=("FANTASY",))).tolist() == [True, True, False]  # type: ignore[union-attr]
     assert aligned.allowed(Filters(min_year=2000)).tolist() == [False, True, False]  # type: ignore[union-attr]
     assert aligned.allowed(Filters(exclude=(1,))).tolist() == [False, True, True]  # type: ignore[union-attr]
+    # Facts read before any book was stored: every book of the catalogue is unknown to them, none hidden.
+    none_yet = BookFacts.of([]).over(np.array([1, 2, 3], dtype=np.int32))
+    assert none_yet.allowed(Filters()) is None
+    assert none_yet.allowed(Filters(min_year=2000)).tolist() == [False, False, False]  # type: ignore[union-attr]

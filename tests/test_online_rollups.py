@@ -21,7 +21,7 @@ from recommender.model.online_metrics import OnlineSums
 from recommender.settings import Settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
-from recommender.storage.feedback import CLOCK_SKEW, EPOCH, Feedback, Impression, OnlineStore
+from recommender.storage.feedback import CLOCK_SKEW, EPOCH, Feedback, Impression, OnlineStore, _ensure_partition
 
 T = TypeVar("T")
 WINDOW = timedelta(hours=1)
@@ -239,5 +239,28 @@ def test_retention_drops_day_partitions_and_the_roll_ups_follow(settings: Settin
         assert await db.fetchval("SELECT $1::regclass::oid", table) != before
         assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0
         assert await store.sums() == {} and await db.fetchval("SELECT count(*) FROM online_rollups") == 0
+
+    run_db(settings, scenario)
+
+
+def test_a_write_under_way_while_its_days_partition_is_made_lands_in_it(settings: Settings) -> None:
+    """A replica's upkeep makes a day's partition while another one writes rows of that day: the write waits and
+    lands in the new partition (it used to route them to the default partition and fail its new constraint)."""
+    day = (datetime.now(UTC) + timedelta(days=10)).replace(hour=0, minute=0, second=0, microsecond=0)
+    shown = Impression(uuid.uuid4(), 1, "v1", [1, 2], day + timedelta(hours=1))
+
+    async def scenario(db: Database) -> None:
+        store = OnlineStore(db, WINDOW)
+        async with db.connection() as upkeep:
+            making = upkeep.transaction()
+            await making.start()
+            await _ensure_partition(upkeep, "impressions", day)  # attached, not yet committed
+            writing = asyncio.create_task(store.add_impressions([shown]))
+            await asyncio.sleep(0.5)
+            assert not writing.done()  # waits for the partition
+            await making.commit()
+            await writing
+        assert await db.fetchval(f"SELECT count(*) FROM impressions_p{day:%Y%m%d}") == 1
+        assert await db.fetchval("SELECT count(*) FROM impressions_default") == 0
 
     run_db(settings, scenario)

@@ -463,13 +463,21 @@ async def _day_partitions(conn: asyncpg.Connection, table: str) -> list[str]:
 
 
 async def _ensure_partition(conn: asyncpg.Connection, table: str, day: datetime) -> None:
-    """`table`'s partition for `day` (UTC); rows of that day that landed in the default partition move into it."""
+    """`table`'s partition for `day` (UTC); rows of that day that landed in the default partition move into it.
+
+    Writes to `table` wait while it is made (and so does another process making it): ATTACH takes only a weak lock
+    on the parent, so a write that began before it would route a row of that day to the default partition and then
+    fail the default partition's new constraint; and a row landing in the default partition between the move and
+    the ATTACH would fail the ATTACH."""
     name = f"{table}_p{day:%Y%m%d}"
     if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
         return
     column, end = PARTITIONED[table], day + timedelta(days=1)
     bounds = f"FROM ('{day.isoformat()}') TO ('{end.isoformat()}')"
     async with conn.transaction():
+        await conn.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+        if await conn.fetchval("SELECT to_regclass($1)", name) is not None:
+            return
         await conn.execute(f"CREATE TABLE {name} (LIKE {table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)")
         await conn.execute(
             f"WITH moved AS (DELETE FROM {table}_default WHERE {column} >= $1 AND {column} < $2 RETURNING *) "
