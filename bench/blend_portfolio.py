@@ -20,7 +20,7 @@ from bench.harness import write_results
 from recommender.model.evaluation import split
 from recommender.model.fit import fit_content
 from recommender.model.params import SplitParams, TrainingParams
-from recommender.training.tuning import PORTFOLIO, PRIOR_MOST, best_blend, blend_floor, fit_and_measure
+from recommender.training.tuning import PARTS_AS_BLENDS, PORTFOLIO, best_blend, blend_floor, fit_and_measure
 
 DATA_SETS = ("goodbooks", "goodbooks-described", "movielens")
 SEED = 7
@@ -35,7 +35,7 @@ def main() -> int:
         the_split = split(data, SplitParams(seed=SEED))
         fitted = fit_and_measure(the_split, params, fit_content(data.books, params), lambda: False, parts=True)
         start = (params.alpha, params.popularity_prior, params.cf_prior)
-        known = [start, (1.0, 0.0, 0.0), (1.0, PRIOR_MOST, 0.0)]
+        known = [start, *PARTS_AS_BLENDS]
         chosen = best_blend(fitted, the_split, blend_floor(fitted, the_split), known, PASSES, float("inf"))
         p, m = chosen.params, chosen.metrics
         blend = [f"{p.alpha:.3g}", f"{p.popularity_prior:.3g}", f"{p.cf_prior:.3g}"]

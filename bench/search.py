@@ -6,8 +6,8 @@ used to be, implicit's ALS with library defaults and popularity, on the same spl
     python -m bench.search [--seeds 1,2,3] [--data goodbooks,movielens]
 
 The plain searches are deterministic for a seed: their results are kept in bench/.work/search_plain.jsonl and
-reused. Writes bench/results/search.md and .csv, and bench/results/search_progress.png (the default search's best
-NDCG@10 by minutes, seed 1 of each data set).
+reused. Writes bench/results/search.md and .csv, and bench/results/search_progress_DATA.png (the default search's
+best NDCG@10 by minutes, seed 1 of each data set).
 """
 
 from __future__ import annotations

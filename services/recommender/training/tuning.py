@@ -5,9 +5,9 @@ What a search maximises is `score`: the logarithms of NDCG@10 on the warm slice 
 three books), added, so that a configuration wins by serving both, each by its relative gain (the cold slice's
 values are a fraction of the warm one's, and would count for little in a plain sum); a blend that does worse than
 one of its own parts on either slice (or, on the cold slice, than COLD_OVER_POPULAR times popularity) is penalised.
-A search spends a number of full fits' worth (trials), judging
-each fit early on a sample and finishing only the promising ones (successive halving), and then re-blends the best
-fit (no fit needed), bounded by a time cap too; each stage tries the active version's choice, the best earlier
+A search spends a number of full fits' worth (trials), judging each fit early on a sample and finishing only the
+promising ones (successive halving), and then re-blends the best fit (no fit needed), bounded by a time cap too;
+each stage tries the active version's choice, the best earlier
 trials and a portfolio that did well on the public data sets first (warm start), and is deterministic for a seed. A
 configuration whose request costs more than the serving budget (by a cost curve through every fit's measured cost)
 is never released.
@@ -260,10 +260,7 @@ def tune(
     best = best_within(fits.values(), search.latency_budget_ms)
     if not search.blend:
         return best, list(fits.values())
-    # The parts themselves are blends too (CF alone; mostly popularity): tried first, a blend that loses to them
-    # never wins.
-    parts_as_blends = [(1.0, 0.0, 0.0), (1.0, PRIOR_MOST, 0.0)]
-    known = [_blend_knobs(p) for p in (best.params, start, *earlier)] + list(BLEND_PORTFOLIO) + parts_as_blends
+    known = [*(_blend_knobs(p) for p in (best.params, start, *earlier)), *BLEND_PORTFOLIO, *PARTS_AS_BLENDS]
     floor = blend_floor(best, split)
     chosen = best_blend(best, split, floor, known, search.blend_trials, deadline, should_stop)
     chosen = dataclasses.replace(chosen, elapsed=time.perf_counter() - started)
@@ -274,6 +271,9 @@ Blend3 = tuple[float, float, float]  # alpha, popularity prior, CF prior
 PRIOR_MOST = 50.0
 # Known-good blends, measured after the known ones: chosen across the public data sets by bench/blend_portfolio.py.
 BLEND_PORTFOLIO: tuple[Blend3, ...] = ((0.664, 0.85, 7.61), (0.867, 0.0, 0.606), (0.635, 2.23, 3.54))
+# The parts themselves are blends too (CF alone; mostly popularity): measured first, a blend that loses to them
+# never wins.
+PARTS_AS_BLENDS: tuple[Blend3, ...] = ((1.0, 0.0, 0.0), (1.0, PRIOR_MOST, 0.0))
 FIRST_STEPS = (0.2, 0.7, 0.7)  # the first simplex's edges: alpha, then log(1 + prior) for each prior
 
 
@@ -438,9 +438,8 @@ def _study(
     more: Callable[[], bool],
     deadline: float,
     pruner: Any,
-) -> int:
-    """Runs `objective` on proposals (the `known` ones first) while `more()` says so, until the deadline; returns
-    the number of the best finished trial."""
+) -> None:
+    """Runs `objective` on proposals (the `known` ones first) while `more()` says so, until the deadline."""
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(2, search.trials // 4))
@@ -454,7 +453,6 @@ def _study(
             break
         if not more():
             break
-    return int(study.best_trial.number)
 
 
 def als_knobs(params: TrainingParams) -> dict[str, Any]:
