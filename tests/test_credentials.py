@@ -16,6 +16,7 @@ from recommender.client import RecommenderClient
 from recommender.settings import Settings
 from recommender.v1 import recommender_pb2 as pb
 from tests.support.service import RunningService, StartService, status_of, wait_until_idle, with_settings
+from tests.support.waiting import wait_for
 
 KEY = "s3cret-admin-key-4242"
 JWT_SECRET = "a-long-enough-hmac-secret-for-hs256"
@@ -104,3 +105,44 @@ def test_jwts_are_verified_with_expiry_and_audience(start_service: StartService,
     )
     forged = token("another-secret-of-sufficient-length", aud="recommender")
     assert status_of(client(running, forged).retrain)[0] == grpc.StatusCode.PERMISSION_DENIED
+
+
+def _nested_genres(depth: int) -> bytes:
+    """An UpsertBooksRequest whose book's genres nest `depth` lists deep, as bytes (protobuf's own encoder refuses
+    nothing, but its decoder stops at 100 levels)."""
+
+    def field(number: int, payload: bytes) -> bytes:
+        size, length = len(payload), b""
+        while True:
+            byte, size = size & 0x7F, size >> 7
+            length += bytes([byte | (0x80 if size else 0)])
+            if not size:
+                break
+        return bytes([number << 3 | 2]) + length + payload
+
+    genres = b""
+    for _ in range(depth):
+        genres = field(1, field(6, genres))  # ListValue.values[0].list_value
+    book = pb.BookInput(book_id=5, title="Deep").SerializeToString() + field(5, genres)
+    return field(1, book)
+
+
+def test_a_body_is_decoded_only_after_its_credentials_pass_and_never_fails_the_call(
+    start_service: StartService, settings: Settings
+) -> None:
+    running = start_service(settings_=with_settings(settings, api_key=KEY))
+    wait_until_idle(running)
+    deep = _nested_genres(150)
+    with grpc.insecure_channel(running.target) as channel:
+        upsert = channel.unary_unary(  # bytes in, bytes out
+            "/recommender.v1.Recommender/UpsertBooks", request_serializer=bytes, response_deserializer=bytes
+        )
+        anonymous = status_of(lambda: upsert(deep))
+        assert anonymous[0] == grpc.StatusCode.UNAUTHENTICATED
+        keyed = status_of(lambda: upsert(deep, metadata=(("x-api-key", KEY),)))
+        assert keyed[0] == grpc.StatusCode.INVALID_ARGUMENT and "nested more than 100 levels" in keyed[1]
+        garbage = status_of(lambda: upsert(b"\xff\xff\xff", metadata=(("x-api-key", KEY),)))
+        assert garbage[0] == grpc.StatusCode.INVALID_ARGUMENT
+    counted = running.service.metrics.requests  # each answer counted once it has gone
+    wait_for(lambda: counted.labels("UpsertBooks", "UNAUTHENTICATED")._value.get() == 1, timeout=5)
+    wait_for(lambda: counted.labels("UpsertBooks", "INVALID_ARGUMENT")._value.get() == 2, timeout=5)

@@ -104,6 +104,16 @@ def test_oversize_headers_are_431_and_no_size_refusal_is_ever_429(http: httpx.Cl
     )
 
 
+def test_a_header_name_grpc_cannot_carry_is_a_400_not_a_500(http: httpx.Client) -> None:
+    for name in ("#i", "x|y", "p-~aqu^*m"):
+        answer = http.get("/api/v1/recommendations", params={"user_id": 1}, headers={name: "1"})
+        assert answer.status_code == 400, (name, answer.text)
+        assert answer.json() == {
+            "detail": f'the header name "{name}" is not allowed: names take a-z, 0-9, "-", "_" and "."'
+        }
+    assert http.get("/api/v1/health", headers={"x-fine_name.v2": "1"}).status_code == 200
+
+
 def test_a_body_that_is_not_utf8_is_a_400(http: httpx.Client) -> None:
     answer = http.post("/api/v1/books", content=b'{"books":[{"book_id":9003,"title":"Caf\xe9"}]}', headers=JSON)
     assert answer.status_code == 400 and answer.json() == {"detail": "the request body is not valid UTF-8"}

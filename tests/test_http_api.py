@@ -360,7 +360,7 @@ def test_interactions_and_books_are_written_through_the_json_api(http: httpx.Cli
         "/api/v1/interactions",
         json={"interactions": [{"user_id": user, "book_id": read[0]}, {"user_id": user, "book_id": 77_777_777}]},
     )
-    assert refused.status_code == 404
+    assert refused.status_code == 400
     assert refused.json() == {"detail": "nothing written: interactions[1]: book 77777777 is not in the catalogue"}
     written = http.post(
         "/api/v1/interactions",

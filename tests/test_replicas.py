@@ -68,7 +68,7 @@ def test_a_batch_with_bad_entries_is_refused_whole_and_names_them(
             [pb.InteractionInput(user_id=5, book_id=1, rating=4), pb.InteractionInput(user_id=5, book_id=999_999)]
         )
     )
-    assert code == grpc.StatusCode.NOT_FOUND
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message == "nothing written: interactions[1]: book 999999 is not in the catalogue"
     code, message = status_of(lambda: first.client.record_interactions([]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "1 to 1000 entries" in message
@@ -135,7 +135,7 @@ def test_books_added_on_one_replica_get_content_scores_everywhere_at_once(
     model = first.client.similar_books(catalogue[0].book_id, limit=1)
     template = catalogue[0]
     code, message = status_of(lambda: first.client.upsert_books([pb.BookInput(book_id=50_001)]))
-    assert code == grpc.StatusCode.NOT_FOUND
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert message == "nothing written: books[0]: book 50001 is not in the catalogue: a new book needs a title"
     genres = pb.BookInput().genres
     genres.extend(list(template.genres))

@@ -137,6 +137,33 @@ def test_books_changed_since_the_snapshot_join_the_served_catalogue() -> None:
     run(scenario())
 
 
+def test_a_version_forgets_the_books_and_readers_erased_since_its_snapshot_before_it_serves() -> None:
+    model = tiny_model("v1")
+    users = MemoryUsers()
+    users.erased_books, users.erased_users = [1], [7]  # book 1: read by user 1; user 7: a detectives reader
+
+    async def scenario() -> None:
+        fresh = FreshData(users, users)  # type: ignore[arg-type]
+        prepared = await fresh.prepared(model)
+        position = model.catalogue.position(1)
+        assert position in model.reader(1).seen and position not in prepared.reader(1).seen
+        assert prepared.reader(1).factors is not None  # folded in again from the rest of their history
+        assert prepared.popularity[position] == 0 and prepared.rows.item_of_book[position] == -1
+        because = {r.book_id for b in prepared.recommend(1, 19).books for r in b.because}
+        assert because and 1 not in because
+        assert prepared.recommend(7, 5).strategy == "popular" and len(model.reader(7).seen) > 0
+        assert prepared.recommend(7, 5, events=[(12, 5.0)]).strategy != "popular"  # a history after the erasure
+        cookbook = prepared.with_books([Book(1, "A cookbook", "C. Cook", "recipes soup bread", ("cooking",))])
+        assert cookbook.rows.item_of_book[cookbook.catalogue.position(1)] == -1  # starts anew: no factors
+        await fresh.start(prepared)
+        assert not fresh.facts(prepared).hides(5)
+        fresh.on_event(Event.about(Kind.ERASED_BOOKS, [5]))
+        assert fresh.facts(prepared).hides(5)  # at once, before the notice about its readers
+        await fresh.stop()
+
+    run(scenario())
+
+
 # --- the retrain coordinator -----------------------------------------------------------------------------------------
 
 

@@ -189,6 +189,8 @@ class MemoryUsers:
         self.events: dict[int, ReaderEvents] = {}
         self.changed_users: list[int] = []
         self.changed_books: list[Book] = []
+        self.erased_books: list[int] = []
+        self.erased_users: list[int] = []
         self.reads: list[int] = []
 
     async def users_changed_since(self, snapshot: str) -> list[int]:
@@ -198,7 +200,10 @@ class MemoryUsers:
         return list(self.changed_books)
 
     async def books_erased_since(self, snapshot: str) -> list[int]:
-        return []
+        return list(self.erased_books)
+
+    async def users_erased_since(self, snapshot: str) -> list[int]:
+        return list(self.erased_users)
 
     async def user_events(self, user_id: int) -> ReaderEvents:
         self.reads.append(user_id)

@@ -14,16 +14,16 @@ from recommender.model import validation as v
 from recommender.v1 import STATE_CHANGING
 
 ERROR_STATUSES = {
-    "400": "bad input: the detail names the field",
-    "401": "a credential is needed (RECOMMENDER_API_KEY or a JWT)",
+    "400": "bad input: the detail names the field (or the entry naming a book that is not in the catalogue)",
+    "401": "a credential is needed (RECOMMENDER_API_KEY or a JWT): refused before the body is read",
     "403": "the credential is not accepted, or a cross-origin request or an unknown Host",
-    "404": "no such thing (an unknown version, or a book that is not in the catalogue)",
+    "404": "no such thing (an unknown path, version, answer, or a book or reader that is not stored)",
     "405": "the path takes another method",
     "409": "the current state forbids the call: a retrain is running, no canary runs, or the active version "
     "changed meanwhile",
     "413": "the request body is too large",
     "415": "the request body is not declared as JSON",
-    "431": "the request headers are too large",
+    "431": "the request headers are too large, or too many",
     "500": "an internal error: the detail gives the request id to find it in the log",
     "503": "no model yet, or the database cannot be reached",
 }

@@ -149,6 +149,9 @@ class HybridModel:
     popularity: FloatArray  # per catalogue row, in [0, 1]
     index: CatalogueIndex | None = None  # of the trained catalogue (model/index.py); None: exhaustive ranking
     changed_since_index: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # book ids
+    # Book and user ids whose trained data this version must not use (erased after its snapshot): `forgetting`.
+    forgotten: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    forgotten_users: frozenset[int] = frozenset()
 
     @classmethod
     def assemble(
@@ -159,16 +162,20 @@ class HybridModel:
         content: ContentModel,
         index: CatalogueIndex | None = None,
         changed_since_index: IntArray | None = None,
+        forgotten: IntArray | None = None,
     ) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
         liked = cf.user_items.copy()
         liked.data = (liked.data > 0).astype(np.float32)
         counts[cf_positions] = np.asarray(liked.sum(axis=0)).ravel()  # users who liked each book
+        none = np.zeros(0, dtype=np.int32)
+        forgotten = none if forgotten is None else forgotten
+        counts[catalogue.positions(forgotten)] = 0.0
         top = counts.max() if len(counts) else 0.0
         popularity = counts / top if top > 0 else counts
-        changed = np.zeros(0, dtype=np.int32) if changed_since_index is None else changed_since_index
-        return cls(meta, catalogue, cf, content, cf_positions, popularity, index, changed)
+        changed = none if changed_since_index is None else changed_since_index
+        return cls(meta, catalogue, cf, content, cf_positions, popularity, index, changed, forgotten)
 
     def indexed(self, params: IndexParams) -> HybridModel:
         """This model with an index of its catalogue when the catalogue has `params.min_books` books or more."""
@@ -177,6 +184,20 @@ class HybridModel:
         meta = dataclasses.replace(self.meta, params=dataclasses.replace(self.meta.params, index=params))
         index = build(self.catalogue.book_ids, self.rows, self.similar_rows.item_factors, params)
         return dataclasses.replace(self, meta=meta, index=index)
+
+    def forgetting(self, book_ids: Sequence[int], user_ids: Sequence[int] = ()) -> HybridModel:
+        """This model without what it learned of `book_ids` and `user_ids` (erased after its snapshot). A book: no
+        CF factors and no popularity of its own, and no place in any reader's recorded history (such a reader's
+        factors are folded in again from the rest); one written again under its id starts anew, from its text
+        alone. A user: no recorded history (a stranger, until their events say otherwise)."""
+        users = self.forgotten_users | {u for u in user_ids if self.cf.user_row(u) is not None}
+        known = self.catalogue.book_ids[self.catalogue.positions(np.unique(np.asarray(book_ids, dtype=np.int64)))]
+        ids = np.union1d(self.forgotten, known).astype(np.int32)
+        if len(ids) == len(self.forgotten) and users == self.forgotten_users:
+            return self
+        changed = np.union1d(self.changed_since_index, ids).astype(np.int32)  # the index's rows of theirs are stale
+        model = HybridModel.assemble(self.meta, self.catalogue, self.cf, self.content, self.index, changed, ids)
+        return dataclasses.replace(model, forgotten_users=users)
 
     @cached_property
     def search(self) -> Search | None:
@@ -220,11 +241,15 @@ class HybridModel:
         """The model's record of the user; or, when given, `events` (everything the user did, newer than
         the model), with CF factors folded in from it."""
         if events is None:
-            row = self.cf.user_row(user_id)
+            row = None if user_id in self.forgotten_users else self.cf.user_row(user_id)
             if row is None:
                 return Reader(None, np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float32))
             item_positions, weights = self.cf.interactions(row)
-            return Reader(row, self.cf_positions[item_positions], weights)
+            seen = self.cf_positions[item_positions]
+            kept = self._item_of_position[seen] >= 0  # (a recorded book without an item: forgotten)
+            if not kept.all():
+                return Reader(None, seen[kept], weights[kept], self.fold_in(seen[kept], weights[kept]))
+            return Reader(row, seen, weights)
         ratings = dict(events)
         seen = self.catalogue.positions([book_id for book_id, _ in events])
         rated = [ratings[int(self.catalogue.book_ids[p])] for p in seen]
@@ -246,6 +271,7 @@ class HybridModel:
         """CF item index of each catalogue row; -1 for books CF does not have."""
         items = np.full(self.num_books, -1, dtype=np.int32)
         items[self.cf_positions] = np.arange(len(self.cf_positions), dtype=np.int32)
+        items[self.catalogue.positions(self.forgotten)] = -1
         return items
 
     def with_books(self, books: Sequence[Book]) -> HybridModel:
@@ -292,7 +318,8 @@ class HybridModel:
             content.encoder,
         )
         changed_ids = np.union1d(self.changed_since_index, [b.book_id for b in incoming]).astype(np.int32)
-        return HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids)
+        grown = HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids, self.forgotten)
+        return dataclasses.replace(grown, forgotten_users=self.forgotten_users)
 
     def similar(self, book_id: int, limit: int, allowed: BoolArray | None = None) -> list[ScoredBook] | None:
         """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""

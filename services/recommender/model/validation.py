@@ -32,6 +32,7 @@ MAX_BUCKET_MINUTES, MAX_HISTORY_HOURS = 1440, 2160  # the online history's bucke
 # by Envoy itself, with a length or chunked, before anything reaches the service.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_HEADER_KB = 16  # request headers (a long JWT fits); beyond it, 431
+MAX_HEADERS = 100  # request headers, counted; beyond it, 431
 
 
 def shown(value: object) -> str:

@@ -19,13 +19,11 @@ import jwt
 
 from recommender.serving.interceptors import Behaviour, UnaryInterceptor
 from recommender.settings import Settings
+from recommender.v1 import MISSING_CREDENTIALS
 
 log = logging.getLogger(__name__)
 
-MISSING = (
-    "missing credentials: this call needs the admin key or a token, as 'Authorization: Bearer <key>' "
-    "or 'x-api-key: <key>'"
-)
+MISSING = MISSING_CREDENTIALS
 WRONG = "invalid credentials: the key or token is not accepted"
 EXPIRED = "invalid credentials: the token has expired"
 WRONG_AUDIENCE = "invalid credentials: the token is for another audience"

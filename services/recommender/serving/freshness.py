@@ -5,7 +5,12 @@ Kept current by change notices (see storage/events.py), so every replica sees a 
   in (`HybridModel.recommend` with `events`); their histories are cached until a notice names them;
 - books added or edited since the snapshot join the served catalogue, with content vectors at once;
 - what filters read of every book (its genres, year, and whether it is available: a hidden book leaves every
-  answer at once), read whole at start and after missed notices, then kept current by the same changes.
+  answer at once), read whole at start and after missed notices, then kept current by the same changes;
+- books erased since the snapshot: hidden from the moment their notice arrives (before the notice about their
+  readers, so that no answer offers a book to a reader whose history has already lost it), and forgotten by the
+  served model at the next sync, as are readers erased since (`HybridModel.forgetting`: a reader's recorded
+  history loses the book, an erased reader has none, and a book written again under an erased id starts anew).
+  A version is `prepared` that way before it serves at all (start-up, promotion, rollback, canary).
 
 When notices may have been missed, every user is read fresh until the changes since the model's snapshot are
 known again.
@@ -22,6 +27,7 @@ from recommender.model.dataset import Book
 from recommender.model.filters import BookFacts, Facts
 from recommender.model.hybrid import HybridModel, ReaderEvents, warm
 from recommender.storage.catalogue import CatalogueStore
+from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.events import Event, Kind
 from recommender.storage.snapshot import SnapshotStore
 from recommender.tasks import cancelled
@@ -51,6 +57,7 @@ class FreshData:
         self._stopping = False
         self._facts = BookFacts.of([])  # every book's, current
         self._facts_whole = False  # read whole since the last missed notice
+        self._erased_noticed: set[int] = set()  # books erased by notices since the running sync began
         self._aligned: tuple[HybridModel, BookFacts, Facts] | None = None
 
     async def start(self, model: HybridModel | None) -> None:
@@ -112,7 +119,7 @@ class FreshData:
         """The user's whole current history when the model's record of them may be out of date, else None. For a
         model other than the one served (a canary), always the current history: only the served model's changes
         are followed, and `HybridModel.history` keeps the trained factors when nothing changed."""
-        known = model.cf.user_row(user_id) is not None
+        known = model.cf.user_row(user_id) is not None and user_id not in model.forgotten_users
         followed = model is self._target or model is self._synced or model is self._extended
         if known and followed and not self._any_user and user_id not in self._users:
             return None  # (between a swap and its sync, the users of the last sync and of the notices since)
@@ -127,6 +134,19 @@ class FreshData:
             if len(self._cache) > self._max_cached:
                 self._cache.popitem(last=False)
         return history
+
+    async def prepared(self, model: HybridModel) -> HybridModel:
+        """`model` without what it learned of the readers and books erased since its snapshot, before it serves
+        (VersionManager's `prepare`); as it is when the database cannot say (its sync will)."""
+        if not model.meta.snapshot:
+            return model
+        try:
+            books = await self._snapshots.books_erased_since(model.meta.snapshot)
+            users = await self._snapshots.users_erased_since(model.meta.snapshot)
+        except DATABASE_ERRORS as exc:
+            log.warning("cannot read the erasures since version %s's snapshot: %s", model.meta.version, exc)
+            return model
+        return await asyncio.to_thread(_with_books, model, [], books, users)
 
     async def books_changed(self, wait_seconds: float = 5.0) -> None:
         """Books were just written through this process: returns once the served catalogue has them."""
@@ -148,6 +168,10 @@ class FreshData:
             self._noticed.update(event.ids)
             for user_id in event.ids:
                 self._cache.pop(user_id, None)
+        elif event.kind is Kind.ERASED_BOOKS:
+            self._facts = self._facts.hiding(event.ids)  # at once: the notice about their readers comes next
+            self._erased_noticed.update(event.ids)
+            self._wake.set()
         elif event.kind is Kind.BOOKS:
             self._wake.set()
 
@@ -177,19 +201,25 @@ class FreshData:
         number = self._syncs[0] + 1
         self._syncs = (number, self._syncs[1])
         self._noticed, self._all_noticed = set(), False
+        self._erased_noticed = set()
         snapshot = model.meta.snapshot
+        users: list[int] = []
+        books: list[Book] = []
+        erased: list[int] = []
+        erased_users: list[int] = []
         if not snapshot:  # a model that does not say what its data includes: everyone may be newer
             self._noticed, self._all_noticed = set(), True
-            users, books = [], []
         else:  # exactly the rows its snapshot does not see: none at all right after a retrain
             users = await self._snapshots.users_changed_since(snapshot)
-            books = await self._snapshots.books_changed_since(snapshot)
+            erased_users = await self._snapshots.users_erased_since(snapshot)
+            erased = await self._snapshots.books_erased_since(snapshot)
+            books = await self._snapshots.books_changed_since(snapshot)  # after: a book written again is a book
         if not self._facts_whole or not snapshot:
             await self._read_facts()
-        else:
-            erased = await self._snapshots.books_erased_since(snapshot)
-            self._facts = self._facts.with_books(books).hiding(erased)
-        extended = await asyncio.to_thread(_with_books, model, books)
+        else:  # (erased, then written again: a book again)
+            self._facts = self._facts.hiding(erased).with_books(books)
+        self._facts = self._facts.hiding(sorted(self._erased_noticed))  # erased while this sync read
+        extended = await asyncio.to_thread(_with_books, model, books, erased, erased_users)
         if model is not self._target:
             return  # another model took over meanwhile: its own sync follows
         self._synced, self._extended = model, extended
@@ -201,15 +231,18 @@ class FreshData:
             self._synced_now.notify_all()
         if extended is not model:
             log.info(
-                "serving books added or changed since version %s's snapshot: %d books in the catalogue now",
+                "serving version %s with the changes since its snapshot: %d books in the catalogue, %d of them "
+                "erased since (forgotten)",
                 model.meta.version,
                 extended.num_books,
+                len(extended.forgotten),
             )
 
 
-def _with_books(model: HybridModel, books: list[Book]) -> HybridModel:
-    """`model` with `books`, warmed like any model before it serves (its caches are its own)."""
-    extended = model.with_books(books)
+def _with_books(model: HybridModel, books: list[Book], erased: list[int], erased_users: list[int]) -> HybridModel:
+    """`model` with `books` and without what it learned of the `erased` books and users, warmed like any model
+    before it serves (its caches are its own)."""
+    extended = model.with_books(books).forgetting(erased, erased_users)
     if extended is not model:
         warm(extended)
     return extended

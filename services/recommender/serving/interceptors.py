@@ -1,4 +1,8 @@
-"""The shape every interceptor of the service shares: wrap the behaviour of a unary call, or leave it alone."""
+"""The shape every interceptor of the service shares: wrap the behaviour of a unary call, or leave it alone.
+
+The request is decoded inside the call, after every interceptor has had its say, not by gRPC before it: a call
+refused (no credentials) never has its body decoded, and a body that cannot be decoded (nested past protobuf's
+limit, or malformed) is INVALID_ARGUMENT, counted and logged as any answer is, never an error of gRPC's own."""
 
 from __future__ import annotations
 
@@ -6,8 +10,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 
 Behaviour = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+Decode = Callable[[bytes], Any]
+
+# Protobuf's own limit on nested messages when it decodes (google.protobuf's default recursion limit).
+MAX_NESTING = 100
 
 
 class UnaryInterceptor(grpc.aio.ServerInterceptor):
@@ -23,9 +32,26 @@ class UnaryInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        wrapped = self.wrap(details, cast(Behaviour, handler.unary_unary))
-        if wrapped is None:
-            return handler
-        return grpc.unary_unary_rpc_method_handler(
-            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+        behaviour = cast(Behaviour, handler.unary_unary)
+        if handler.request_deserializer is not None:  # the innermost interceptor: decoding moves into the call
+            behaviour = decoding(behaviour, handler.request_deserializer)
+        wrapped = self.wrap(details, behaviour) or behaviour
+        # No deserializer: the call receives the bytes as sent, and `decoding` reads them once the call runs.
+        return grpc.unary_unary_rpc_method_handler(wrapped, response_serializer=handler.response_serializer)
+
+
+def decoding(behaviour: Behaviour, decode: Decode) -> Behaviour:
+    """`behaviour` over the request decoded from the bytes it arrives as: INVALID_ARGUMENT when it cannot be."""
+
+    async def decoded(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = decode(data)
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request message cannot be decoded (malformed, or nested more than {MAX_NESTING} levels "
+                f"deep): {exc}",
+            )
+        return await behaviour(request, context)
+
+    return decoded

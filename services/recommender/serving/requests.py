@@ -47,14 +47,15 @@ def reader(request: pb.RecommendRequest) -> tuple[int, int]:
 
 
 def session(request: pb.RecommendForSessionRequest) -> tuple[list[int], int]:
-    """The books a visitor opened, and the limit, of a RecommendForSession call."""
+    """The books a visitor opened (each once, in the order first opened), and the limit, of a RecommendForSession
+    call."""
     problems = []
     if not 1 <= len(request.book_ids) <= MAX_LIMIT:
         problems.append(f"book_ids must hold 1 to {MAX_LIMIT} books, got {len(request.book_ids)}")
     for i, book_id in enumerate(request.book_ids[:MAX_LIMIT]):
         problems += validation.id_problems(f"book_ids[{i}]", book_id)
     invalid(problems, written=False)
-    return list(request.book_ids), limit(request)
+    return list(dict.fromkeys(request.book_ids)), limit(request)
 
 
 def listed(request: pb.PopularBooksRequest | pb.NewBooksRequest) -> tuple[int, tuple[str, ...]]:

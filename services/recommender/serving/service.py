@@ -98,13 +98,13 @@ class GrpcService:
         self._store = store = open_store(settings.artifacts_dir, db if settings.artifact_store == "postgres" else None)
         log.info("model artifacts in %s", store.root.resolve())
         registry = Registry(db)
-        self._versions = versions = VersionManager(registry, store)
+        self._fresh = FreshData(SnapshotStore(db), CatalogueStore(db))
+        self._versions = versions = VersionManager(registry, store, self._fresh.prepared)
         versions.subscribe(self._served)
         if trains:
             self.coordinator = self._coordinator(store, registry)
             await self.coordinator.clean_up()
         model = await versions.start()
-        self._fresh = FreshData(SnapshotStore(db), CatalogueStore(db))
         await self._fresh.start(model)
         versions.subscribe(self._fresh.on_swap)
         fresh = self._fresh

@@ -167,11 +167,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         book_ids, limit = requests.session(request)
         filters = requests.filters(request)
         model = self._loaded_model()
-        missing = sorted(set(book_ids) - set(model.catalogue.book_ids[model.catalogue.positions(book_ids)].tolist()))
-        if missing:
-            shown = ", ".join(str(b) for b in missing[:20])
-            raise Refused(grpc.StatusCode.NOT_FOUND, f"not in the catalogue: book_ids {shown}")
-        allowed = self._fresh.facts(model).allowed(filters)
+        facts = self._fresh.facts(model)
+        known = set(model.catalogue.book_ids[model.catalogue.positions(book_ids)].tolist())
+        missing = [b for b in book_ids if b not in known]
+        hidden = [b for b in book_ids if b in known and facts.hides(b)]
+        problems = [f"not in the catalogue: book_ids {_listed(missing)}"] if missing else []
+        problems += [f"not available (hidden or erased): book_ids {_listed(hidden)}"] if hidden else []
+        refuse(grpc.StatusCode.NOT_FOUND, problems)
+        allowed = facts.allowed(filters)
         events = [(book_id, None) for book_id in book_ids]
         result = await self._recommendations((model, Request(0, limit, events, allowed, filters.max_per_author)))
         return messages.session_response(model.meta.version, result)
@@ -263,7 +266,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             await self._catalogue.record_interactions(interactions, also)
         except UnknownBooks as exc:
-            refuse(grpc.StatusCode.NOT_FOUND, _naming("interactions", request.interactions, exc.book_ids), _NONE)
+            refuse(grpc.StatusCode.INVALID_ARGUMENT, _naming("interactions", request.interactions, exc.book_ids), _NONE)
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
         return pb.RecordInteractionsResponse(recorded=len(interactions))
@@ -274,7 +277,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             counts = await self._catalogue.upsert_books(requests.books(request))
         except UntitledBooks as exc:
             untitled = _naming("books", request.books, exc.book_ids, "a new book needs a title")
-            refuse(grpc.StatusCode.NOT_FOUND, untitled, _NONE)
+            refuse(grpc.StatusCode.INVALID_ARGUMENT, untitled, _NONE)
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
 
@@ -306,6 +309,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def DeleteBook(self, request: pb.DeleteBookRequest, context: Context) -> pb.DeleteBookResponse:
         requests.positive("book_id", request.book_id)
         rows = await _erasing(Erasure(self._db).book(request.book_id), f"book {request.book_id}")
+        self._fresh.on_event(Event.about(Kind.ERASED_BOOKS, [request.book_id]))  # this process: at once
         await self._fresh.books_changed()
         return pb.DeleteBookResponse(status="erased", interactions=rows["interactions"], feedback=rows["feedback"])
 
@@ -417,6 +421,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
 
 _NONE = "nothing written: "
+
+
+def _listed(book_ids: list[int], most: int = 20) -> str:
+    return ", ".join(map(str, book_ids[:most])) + (f" and {len(book_ids) - most} more" if len(book_ids) > most else "")
 
 
 def _naming(name: str, entries: Sequence[Any], book_ids: Sequence[int], why: str = "") -> list[str]:

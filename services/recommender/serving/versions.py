@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -49,6 +49,7 @@ class NoCanary(LookupError):
 
 
 Subscriber = Callable[[HybridModel], None]
+Prepare = Callable[[HybridModel], Awaitable[HybridModel]]
 
 
 @dataclass(frozen=True)
@@ -75,9 +76,12 @@ def serves_canary(user_id: int, share: float) -> bool:
 
 
 class VersionManager:
-    def __init__(self, registry: Registry, store: ArtifactStore) -> None:
+    def __init__(self, registry: Registry, store: ArtifactStore, prepare: Prepare | None = None) -> None:
+        """`prepare(model)`: what a loaded version becomes before it serves (serving/freshness.py: without what
+        was erased since its snapshot)."""
         self.registry = registry
         self.store = store
+        self.prepare = prepare
         self._model: HybridModel | None = None
         self._canary: CanaryServing | None = None
         self._changing = asyncio.Lock()  # one change of version at a time in this process
@@ -275,6 +279,8 @@ class VersionManager:
         """The version verified and warmed; else None and, when its files are damaged, why."""
         try:
             model = await self.store.load(version)
+            if self.prepare is not None:
+                model = await self.prepare(model)
             await asyncio.to_thread(warm, model)  # before it takes traffic
         except ArtifactCorrupt as exc:
             self._say(f"model version {version} failed verification and will not serve: {exc}")

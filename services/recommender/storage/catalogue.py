@@ -161,12 +161,13 @@ class CatalogueStore:
 
     async def book_facts(self) -> BookFacts:
         """What filters read of every book (model/filters.py), in two light queries (no text); an erased book as
-        hidden (a model trained before its erasure still has it)."""
+        hidden (a model trained before its erasure still has it), unless it was written again."""
         row = await self._db.fetchrow(
             "SELECT coalesce(array_agg(book_id ORDER BY book_id), '{}') AS ids, "
             "coalesce(array_agg(coalesce(published_year, $1) ORDER BY book_id), '{}') AS years, "
             "coalesce(array_agg(available ORDER BY book_id), '{}') AS available FROM (SELECT book_id, "
-            "published_year, available FROM books UNION ALL SELECT book_id, NULL, false FROM erased_books) known",
+            "published_year, available FROM books UNION ALL SELECT book_id, NULL, false FROM erased_books e "
+            "WHERE NOT EXISTS (SELECT 1 FROM books b WHERE b.book_id = e.book_id)) known",
             int(NO_YEAR),
         )
         genres = await self._db.fetch(
@@ -260,13 +261,29 @@ def book_of(row: asyncpg.Record) -> Book:
 
 
 async def _check_books_exist(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> None:
-    missing = await conn.fetch(
-        "SELECT DISTINCT b FROM unnest($1::integer[]) AS b WHERE NOT EXISTS "
-        "(SELECT 1 FROM books WHERE book_id = b) ORDER BY b",
-        sorted({i.book_id for i in interactions}),
+    """Raises UnknownBooks for books not stored; the others stay locked against an erasure until this transaction
+    ends (an erasure running now is waited for, and its book is then unknown)."""
+    wanted = sorted({i.book_id for i in interactions})
+    found = await conn.fetch(
+        "SELECT book_id FROM books WHERE book_id = ANY($1::integer[]) ORDER BY book_id FOR KEY SHARE", wanted
     )
+    missing = sorted(set(wanted) - {row["book_id"] for row in found})
     if missing:
-        raise UnknownBooks([row["b"] for row in missing])
+        raise UnknownBooks(missing)
+
+
+async def _users_held(conn: asyncpg.Connection, user_ids: Sequence[int]) -> None:
+    """Creates the users not stored, and locks every one against an erasure until this transaction ends: a user
+    erased meanwhile (waited for) is created again, so that the write lands after the erasure, as a new reader's."""
+    while True:
+        await conn.execute("INSERT INTO users (user_id) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING", user_ids)
+        held = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM users WHERE user_id = ANY($1::integer[]) ORDER BY user_id "
+            "FOR KEY SHARE) locked",
+            user_ids,
+        )
+        if held == len(user_ids):
+            return
 
 
 async def _notify_changes(
@@ -300,8 +317,8 @@ async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns
         timeout=BULK_SECONDS,
     )
     await conn.execute("DROP TABLE incoming_books")  # a transaction may upsert several groups of columns
-    # A book erased before and written again is a book again.
-    await conn.execute("DELETE FROM erased_books WHERE book_id = ANY($1::integer[])", [r[0] for r in records])
+    # A book erased before and written again is a book again, and its erased_books row stays: models trained
+    # before the erasure learn from it to forget the old book (serving/freshness.py).
 
 
 async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[Interaction]) -> ImportCounts:
@@ -320,10 +337,7 @@ async def _merge_interactions(conn: asyncpg.Connection, interactions: Sequence[I
     """
     if not interactions:
         return ImportCounts(0, 0)
-    await conn.execute(
-        "INSERT INTO users (user_id) SELECT unnest($1::integer[]) ON CONFLICT DO NOTHING",  # in key order
-        sorted({i.user_id for i in interactions}),
-    )
+    await _users_held(conn, sorted({i.user_id for i in interactions}))  # in key order
     # Unix seconds travel as numbers (no datetime object per row); a missing time is the transaction's now().
     await conn.execute(
         "CREATE TEMPORARY TABLE incoming_events (seq integer, user_id integer, book_id integer, rating float8, "

@@ -28,6 +28,7 @@ MAX_IDS = 500
 class Kind(StrEnum):
     INTERACTIONS = "interactions"  # ids: the users whose history changed (empty: any user may have)
     BOOKS = "books"  # ids: the books added or changed (empty: any book may have)
+    ERASED_BOOKS = "erased_books"  # ids: books erased (sent before the notice about their readers' histories)
     VERSION = "version"  # the active version changed (a promotion or a rollback)
     RETRAIN = "retrain"  # a retrain started or ended somewhere
 

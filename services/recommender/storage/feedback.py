@@ -273,6 +273,9 @@ EPOCH = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
 FOREVER = datetime.max.replace(tzinfo=UTC)
 BUCKET = timedelta(minutes=10)  # of the roll-ups
 ONLINE_LOCK = 0x6F6E6C6E  # "onln": one roll-up or prune at a time
+# "impr": batches of impressions take it shared, a reader's erasure exclusive, so that a batch written during an
+# erasure sees it (and drops the reader's answers shown before it).
+IMPRESSIONS_LOCK = 0x696D7072
 ROLL_UP_BATCH = 50_000  # new impressions, and new feedback events, per transaction of a roll-up
 PARTITIONS_AHEAD = 2  # days with a partition of their own beyond today
 PARTITIONED = {"impressions": "shown_at", "feedback": "recorded_at"}
@@ -291,6 +294,7 @@ class OnlineStore:
         users = sorted({i.user_id for i in impressions})
 
         async def write(conn: asyncpg.Connection) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock_shared($1)", IMPRESSIONS_LOCK)
             await conn.copy_records_to_table(
                 "impressions",
                 records=records,

@@ -59,6 +59,11 @@ class SnapshotStore:
         )
         return [row["user_id"] for row in rows]
 
+    async def users_erased_since(self, snapshot: str) -> list[int]:
+        """Users erased by transactions `snapshot` does not see (a model trained on it still has them)."""
+        rows = await self._db.fetch(f"SELECT user_id FROM erased_users WHERE {UNSEEN}", snapshot)
+        return [row["user_id"] for row in rows]
+
     async def books_erased_since(self, snapshot: str) -> list[int]:
         """Books erased by transactions `snapshot` does not see (a model trained on it still has them)."""
         rows = await self._db.fetch(f"SELECT book_id FROM erased_books WHERE {UNSEEN}", snapshot)

@@ -19,3 +19,9 @@ STATE_CHANGING = frozenset(
         "DeleteBook",
     }
 )
+
+# The answer to a call in STATE_CHANGING without a credential, over gRPC and (before its body is read) over HTTP.
+MISSING_CREDENTIALS = (
+    "missing credentials: this call needs the admin key or a token, as 'Authorization: Bearer <key>' "
+    "or 'x-api-key: <key>'"
+)

@@ -2,16 +2,19 @@
 -- defines CONFIG (see recommender.gateway.envoy): the origins allowed to call across sites, and each JSON body's
 -- fields, read from the descriptor set.
 --
+-- On the way in, every request: a header name that gRPC metadata cannot carry: 400.
 -- On the way in (requests that change state):
 --   * a browser's cross-origin request (an Origin that is neither this service's nor a configured one): 403;
+--   * a call that needs a credential and comes without one: 401, before anything reads its body;
 --   * a body that is not declared JSON: 415 (a cross-site form cannot send JSON without asking first);
 --   * a body field the method does not have (a typo would be dropped silently and half a write done), or a
---     boolean that is not a JSON boolean: 400 naming it.
+--     boolean that is not a JSON boolean, or objects and arrays nested past MAX_DEPTH: 400 naming it.
 -- On the way out: every error answer becomes {"detail": "<message>"}.
 --
 -- Replies made here go out through local_reply_config, which gives them the same {"detail": ...} shape.
 
 local SHOWN = 40  -- characters of a client's key quoted back
+local MAX_DEPTH = 32  -- objects and arrays inside each other in a request body
 
 local function shorten(text)
   if #text <= SHOWN then
@@ -74,7 +77,7 @@ end
 
 -- Checks an object at i against `fields` (nil: any keys); returns the index after it, nil for malformed JSON
 -- (which the transcoder then refuses in its own words).
-local function check_object(s, i, fields, path)
+local function check_object(s, i, fields, path, depth)
   i = skip_space(s, i + 1)
   if string.sub(s, i, i) == "}" then
     return i + 1
@@ -98,7 +101,7 @@ local function check_object(s, i, fields, path)
     if string.sub(s, i, i) ~= ":" then
       return nil
     end
-    i = check_value(s, skip_space(s, i + 1), field, path .. key)
+    i = check_value(s, skip_space(s, i + 1), field, path .. key, depth)
     if i == nil then
       return nil
     end
@@ -111,8 +114,11 @@ local function check_object(s, i, fields, path)
 end
 
 -- Checks the value at i against `field` ({kind, message}; nil: anything).
-check_value = function(s, i, field, path)
+check_value = function(s, i, field, path, depth)
   local c = string.sub(s, i, i)
+  if (c == "{" or c == "[") and depth >= MAX_DEPTH then
+    problem("the request body is nested more than " .. MAX_DEPTH .. " levels deep, the most this API takes")
+  end
   local kind = field and field.kind
   if (kind == "list" or (field and field.repeated)) and c ~= "[" and string.sub(s, i, i + 3) ~= "null" then
     problem('"' .. shorten(path) .. '" must be an array')
@@ -128,7 +134,7 @@ check_value = function(s, i, field, path)
     if path ~= "" then
       path = path .. "."
     end
-    return check_object(s, i, fields, path)
+    return check_object(s, i, fields, path, depth + 1)
   elseif c == "[" then
     i = skip_space(s, i + 1)
     if string.sub(s, i, i) == "]" then
@@ -143,7 +149,7 @@ check_value = function(s, i, field, path)
       if item ~= nil and string.sub(s, i, i + 3) == "null" then  -- a repeated field's item is never left out
         problem('"' .. shorten(path .. "[" .. index .. "]") .. '" must not be null')
       end
-      i = check_value(s, i, item, path .. "[" .. index .. "]")
+      i = check_value(s, i, item, path .. "[" .. index .. "]", depth + 1)
       if i == nil then
         return nil
       end
@@ -182,8 +188,33 @@ local function body_message(path)
   return nil
 end
 
+-- Whether the call needs a credential (one is configured, and it changes state).
+local function guarded(method, path)
+  for _, call in ipairs(CONFIG.guarded) do
+    if call.method == method and string.match(path, call.pattern) then
+      return true
+    end
+  end
+  return false
+end
+
+-- A header name gRPC metadata cannot carry (it takes a-z, 0-9, '-', '_' and '.'), or nil.
+local function unfit_header(headers)
+  for key, _ in pairs(headers) do
+    if string.byte(key, 1) ~= 58 and string.find(key, "[^a-z0-9_.-]") then  -- 58: ':' of pseudo-headers
+      return key
+    end
+  end
+  return nil
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
+  local unfit = unfit_header(headers)
+  if unfit ~= nil then
+    refuse(handle, 400, 'the header name "' .. shorten(unfit) .. '" is not allowed: names take a-z, 0-9, "-", "_" and "."')
+    return
+  end
   local method = headers:get(":method")
   local bare = string.match(headers:get(":path") or "", "^[^?]*")
   local taken = CONFIG.fixed[bare]
@@ -198,6 +229,10 @@ function envoy_on_request(handle)
   local origin = headers:get("origin")
   if origin ~= nil and not own_origin(origin, headers:get(":authority") or "") and not CONFIG.cors_origins[origin] then
     refuse(handle, 403, "cross-origin request refused: " .. shorten(origin) .. " is not this service's origin")
+    return
+  end
+  if headers:get("authorization") == nil and headers:get("x-api-key") == nil and guarded(method, bare) then
+    refuse(handle, 401, CONFIG.missing_credentials)  -- before anything reads the body
     return
   end
   local length = tonumber(headers:get("content-length") or "0") or 0
@@ -218,7 +253,7 @@ function envoy_on_request(handle)
     return
   end
   local text = body:getBytes(0, body:length())
-  local ok, failure = pcall(check_value, text, skip_space(text, 1), {kind = "message", message = message}, "")
+  local ok, failure = pcall(check_value, text, skip_space(text, 1), {kind = "message", message = message}, "", 0)
   if not ok then
     if getmetatable(failure) ~= Problem then
       error(failure, 0)
