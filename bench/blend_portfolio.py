@@ -20,7 +20,9 @@ from bench.harness import write_results
 from recommender.model.evaluation import split
 from recommender.model.fit import fit_content
 from recommender.model.params import SplitParams, TrainingParams
-from recommender.training.tuning import PARTS_AS_BLENDS, PORTFOLIO, best_blend, blend_floor, fit_and_measure
+from recommender.training.blends import PARTS_AS_BLENDS, best_blend, blend_floor
+from recommender.training.trials import fit_and_measure
+from recommender.training.tuning import PORTFOLIO
 
 DATA_SETS = ("goodbooks", "goodbooks-described", "movielens")
 SEED = 7

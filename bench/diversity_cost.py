@@ -15,9 +15,10 @@ import numpy as np
 
 from bench import convert
 from bench.harness import write_results
+from recommender.model.answers import Request
 from recommender.model.evaluation import K, Report, Split, evaluate, split
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, Request
+from recommender.model.hybrid import HybridModel
 from recommender.model.params import SplitParams, TrainingParams
 
 CAPS = (None, 2, 1)

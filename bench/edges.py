@@ -17,24 +17,16 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 
+from bench.campaign import ADMIN, ADMIN_KEY, Row, Service, running_service
 from tests.support.ports import free_port
 from tests.support.server import ROOT
 
-if TYPE_CHECKING:
-    from bench.faults import Row, Service
-
-ADMIN_KEY = "fault-campaign-key"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}
-
 
 def row(scenario: str, expected: str, observed: str, ok: bool) -> Row:
-    from bench.faults import Row
-
     return Row(scenario, expected, observed, ok)
 
 
@@ -191,8 +183,6 @@ def forged_feedback(running: Service) -> list[Row]:
 def embedded_database_killed(folder: Path) -> list[Row]:
     """SIGKILL of the embedded PostgreSQL's postmaster during writes: 503 (never 500) while it is away, and the
     service starts it again itself, counted in recommender_database_restarts_total."""
-    from bench.faults import running_service
-
     with running_service(folder, {}, None) as running:
         statuses: list[int] = []
         stop = threading.Event()

@@ -20,9 +20,9 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,8 @@ import asyncpg
 import httpx
 
 from bench import edges
+from bench.campaign import ADMIN, Row, Service, running_service
 from bench.harness import write_results
-from tests.support.server import QUICK, Server, launch
 
 VERSION_FILES = [
     "catalogue.npz",
@@ -43,14 +43,6 @@ VERSION_FILES = [
     "manifest.json",
 ]
 JSON = {"Content-Type": "application/json"}
-
-
-@dataclass
-class Row:
-    scenario: str
-    expected: str
-    observed: str
-    ok: bool
 
 
 @dataclass
@@ -86,72 +78,11 @@ def own_database(folder: Path) -> Iterator[Database]:
         server.cleanup()
 
 
-@dataclass
-class Service:
-    """A running `python server.py` of the campaign, with an HTTP client that carries the admin key."""
-
-    server: Server
-    http: httpx.Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": edges.ADMIN["Authorization"]})
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def process(self) -> subprocess.Popen[bytes]:
-        return self.server.process
-
-    @property
-    def env(self) -> dict[str, str]:
-        return self.server.env
-
-    def get(self, path: str) -> Any:
-        return self.http.get(path).json()
-
-    def wait(self, condition: Callable[[], bool], timeout: float = 60) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-                if condition():
-                    return True
-            if self.process.poll() is not None:
-                raise SystemExit(f"the service exited:\n{self.server.output()[-3000:]}")
-            time.sleep(0.1)
-        return False
-
-    def idle(self) -> bool:
-        return self.wait(lambda: self.get("/api/v1/health") == {"status": "ok", "models_loaded": True}, 120)
-
-    def retrain(self) -> dict[str, Any]:
-        self.http.post("/api/v1/retrain", json={"force": True}).raise_for_status()
-        self.wait(lambda: self.get("/api/v1/health")["status"] == "retraining", 5)
-        self.idle()
-        last: dict[str, Any] = self.get("/api/v1/model/info")["last_retrain"]
-        return last
-
-
 @contextlib.contextmanager
 def service(database: Database, folder: Path, artifacts: Path | None = None) -> Iterator[Service]:
     settings = {"artifacts_dir": str(artifacts)} if artifacts else {}
     with running_service(folder, settings, database.url) as running:
         yield running
-
-
-@contextlib.contextmanager
-def running_service(folder: Path, settings: dict[str, str], database_url: str | None) -> Iterator[Service]:
-    """`python server.py` on free ports, small and quick to train (QUICK), with the campaign's admin key."""
-    server = launch(folder, QUICK | {"api_key": edges.ADMIN_KEY} | settings, database_url)
-    running = Service(server)
-    try:
-        if not running.idle():
-            raise SystemExit(f"the service did not start:\n{server.output()[-3000:]}")
-        yield running
-    finally:
-        running.http.close()
-        server.stop()
 
 
 def database_killed_during_writes(database: Database, running: Service, seconds: float) -> list[Row]:
@@ -163,7 +94,7 @@ def database_killed_during_writes(database: Database, running: Service, seconds:
     numbers = iter(range(1_000_000))
 
     def writer() -> None:
-        with httpx.Client(base_url=running.url, timeout=30, headers=edges.ADMIN) as http:
+        with httpx.Client(base_url=running.url, timeout=30, headers=ADMIN) as http:
             while not stop.is_set():
                 with lock:
                     batch = next(numbers)

@@ -19,10 +19,11 @@ from threadpoolctl import threadpool_limits
 
 from bench import convert
 from bench.harness import write_results
+from recommender.model.answers import Request
 from recommender.model.dataset import TrainingData
 from recommender.model.filters import NO_FILTERS, BookFacts, Facts, Filters
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, Request, warm
+from recommender.model.hybrid import HybridModel, warm
 from recommender.model.params import TrainingParams
 from recommender.storage import demo
 

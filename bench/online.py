@@ -35,10 +35,11 @@ import numpy as np
 from bench import convert
 from bench.harness import WORK, cli, started, write_results
 from recommender.client import RecommenderClient
+from recommender.model.answers import Request
 from recommender.model.dataset import Interaction
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, Request
+from recommender.model.hybrid import HybridModel
 from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.serving.versions import serves_canary
@@ -80,7 +81,7 @@ def expected_reciprocal_rank(shown: list[int], liked: frozenset[int]) -> float:
 
 
 def outcome(shown: list[int], events: list[tuple[int, str]]) -> tuple[float, float, float]:
-    """(clicked, reads, reciprocal rank of the first hit) of one impression, as storage/online.py counts them."""
+    """(clicked, reads, reciprocal rank of the first hit) of one impression, as storage/feedback.py counts them."""
     hits = {book for book, _ in events}
     first = min((shown.index(book) + 1 for book in hits), default=0)
     reads = len({book for book, event in events if event == "read"})

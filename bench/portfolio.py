@@ -30,20 +30,13 @@ from typing import Any
 
 from bench import convert
 from bench.harness import WORK, write_results
+from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import fit_content
-from recommender.model.hybrid import Catalogue
 from recommender.model.params import SplitParams, TrainingParams, TuningPolicy
-from recommender.training.tuning import (
-    COST_READERS,
-    Search,
-    als_knobs,
-    fit_and_measure,
-    request_cost_ms,
-    sample_users,
-    tune,
-)
+from recommender.training.trials import fit_and_measure, request_cost_ms
+from recommender.training.tuning import COST_READERS, Search, als_knobs, sample_users, tune
 
 CACHE = WORK / "portfolio_candidates.json"
 DATA_SETS = ("goodbooks", "goodbooks-described", "movielens")

@@ -22,7 +22,8 @@ from threadpoolctl import threadpool_limits
 
 from bench.harness import MEDIUM, WORK, service, write_results
 from bench.serving import wrk_load
-from recommender.model.hybrid import HybridModel, Request, warm
+from recommender.model.answers import Request
+from recommender.model.hybrid import HybridModel, warm
 from recommender.serving.messages import recommend_response
 from recommender.storage.artifacts import LocalArtifactStore
 

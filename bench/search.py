@@ -24,7 +24,8 @@ from recommender.model.evaluation import Split, split
 from recommender.model.fit import fit_content
 from recommender.model.params import SplitParams, TrainingParams, TuningPolicy
 from recommender.training.compare import library_defaults, progress_chart
-from recommender.training.tuning import Search, Trial, measure_parts, tune
+from recommender.training.trials import Trial, measure_parts
+from recommender.training.tuning import Search, tune
 
 PLAIN = WORK / "search_plain.jsonl"
 COLUMNS = [

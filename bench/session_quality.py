@@ -17,10 +17,10 @@ import numpy as np
 
 from bench import convert
 from bench.harness import write_results
+from recommender.model.answers import Request
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import K, Split, evaluate, split
 from recommender.model.fit import train
-from recommender.model.hybrid import Request
 from recommender.model.params import SplitParams, TrainingParams
 
 

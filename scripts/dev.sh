@@ -4,7 +4,7 @@
 #   scripts/dev.sh run     setup, then start the service (gRPC :50051, JSON/HTTP :8001, embedded PostgreSQL)
 #   scripts/dev.sh test    setup (Chromium and its driver too, for the dashboard's tests), lint, then the whole
 #                          test suite (extra arguments go to pytest)
-#   scripts/dev.sh lint    ruff, mypy, buf lint and the generated-files check
+#   scripts/dev.sh lint    ruff, mypy, the layers (import-linter), buf lint and the generated-files check
 #   scripts/dev.sh screenshots   the README's dashboard screenshots (docs/), from a real service in Chromium
 #   scripts/dev.sh faults  the fault campaign at length (database killed, artifacts damaged, disk full)
 #   scripts/dev.sh installcheck   the package as users install it: a wheel in a fresh venv, served from elsewhere
@@ -38,6 +38,7 @@ lint() {
     .venv/bin/ruff check . &&
         .venv/bin/ruff format --check . &&
         .venv/bin/mypy &&
+        .venv/bin/lint-imports --no-cache --config pyproject.toml &&
         .venv/bin/buf lint gateway/recommender.binpb --config buf.yaml --path recommender/v1/recommender.proto &&
         "$VENV_PY" -m recommender.gateway.codegen --check
 }

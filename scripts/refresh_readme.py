@@ -1,9 +1,10 @@
-"""Regenerates the README's sample outputs from a real run: `.venv/bin/python scripts/refresh_readme.py`.
+"""Regenerates the sample outputs of the README and docs/api.md from a real run:
+`.venv/bin/python scripts/refresh_readme.py`.
 
 Starts `python server.py` on free ports with a fresh embedded PostgreSQL and the default demo catalogue, replays
 the guide's curl session, `python test_retrain.py`, a session of fresh data (interactions, books, similar books)
 and one of online feedback and a canary against it, and rewrites the console block that follows each
-`<!-- sample: NAME -->` marker in README.md. `--check` only says whether the README's blocks still have the shape
+`<!-- sample: NAME -->` marker in those pages. `--check` only says whether the pages' blocks still have the shape
 of a real run (the same commands, the same JSON keys), since versions, times and scores change with every run.
 """
 
@@ -28,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.support.server import ROOT, health_at, started
 
-README = ROOT / "README.md"
+PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md"]  # the pages with samples
+RUN = "scripts/refresh_readme.py"
 SHOWN_URL = "http://localhost:8001"  # what the README shows, whatever port the run used
 BLOCK = re.compile(r"(<!-- sample: (?P<name>[\w-]+) -->\n```console\n)(?P<body>[^`]*?)(\n```)")
 
@@ -217,7 +219,7 @@ def _keys(value: object, prefix: str = "") -> Iterator[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="compare the README's blocks with a real run")
+    parser.add_argument("--check", action="store_true", help="compare the pages' blocks with a real run")
     parser.add_argument("--tuning-seconds", type=float, help="a shorter tuning budget (the shapes do not change)")
     parser.add_argument("--database-url", help="an empty database to use instead of a new embedded PostgreSQL")
     args = parser.parse_args()
@@ -232,18 +234,19 @@ def main() -> int:
             "bookshop": curl_session(url, BOOKSHOP_SESSION),
             "online": curl_session(url, ONLINE_SESSION),
         }
-    text = README.read_text(encoding="utf-8")
-    found = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+    texts = {page: page.read_text(encoding="utf-8") for page in PAGES}
+    found = {m["name"]: (page, m["body"]) for page, text in texts.items() for m in BLOCK.finditer(text)}
     if set(found) != set(samples):
-        print(f"README.md has sample blocks {sorted(found)}, expected {sorted(samples)}", file=sys.stderr)
+        print(f"the pages have sample blocks {sorted(found)}, expected {sorted(samples)}", file=sys.stderr)
         return 1
     if args.check:
-        stale = [name for name, body in samples.items() if shape(body) != shape(found[name])]
+        stale = [name for name, body in samples.items() if shape(body) != shape(found[name][1])]
         for name in stale:
-            print(f"README.md: the {name!r} sample differs from a real run; run scripts/refresh_readme.py")
+            print(f"{found[name][0].relative_to(ROOT)}: the {name!r} sample differs from a real run; run {RUN}")
         return 1 if stale else 0
-    README.write_text(BLOCK.sub(lambda m: m[1] + samples[m["name"]] + m[4], text), encoding="utf-8")
-    print(f"rewrote {', '.join(samples)} in {README}")
+    for page, text in texts.items():
+        page.write_text(BLOCK.sub(lambda m: m[1] + samples[m["name"]] + m[4], text), encoding="utf-8")
+    print(f"rewrote {', '.join(samples)} in {', '.join(str(page.relative_to(ROOT)) for page in PAGES)}")
     return 0
 
 

@@ -5,6 +5,8 @@ its way is removed when it lands."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -186,3 +188,16 @@ def test_a_431_names_the_limit_that_was_hit(replicas: tuple[Replica, Replica]) -
     )
     large = httpx.get(f"{url}/api/v1/health", headers={"x-big": "b" * 20_000}, timeout=30)
     assert large.json() == {"detail": "the request headers are larger than 16 KiB, the most this API takes"}
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl, for an HTTP/2 client")
+def test_over_http2_oversize_headers_reset_the_stream_as_the_readme_says(replicas: tuple[Replica, Replica]) -> None:
+    url = replicas[0].server.url
+    h2c = ["curl", "--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]
+    fine = subprocess.run([*h2c, f"{url}/api/v1/health"], capture_output=True, text=True, timeout=30, check=False)
+    assert fine.stdout == "200 2"  # Envoy speaks HTTP/2 on the same port
+    large = subprocess.run(
+        [*h2c, "-H", "x-big: " + "b" * 20_000, f"{url}/api/v1/health"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (large.returncode, large.stdout.split()[0]) == (92, "000")  # curl's "stream error": no 431 over HTTP/2

@@ -35,9 +35,9 @@ READERS_CHECKED = 12  # former readers of each erased book asked again
 
 
 @pytest.fixture(scope="module")
-def replicas(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Replica]]:
+def replicas(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Replica, Replica]]:
     with two_replicas(template, tmp_path_factory.mktemp("sweep")) as pair:
-        yield list(pair)
+        yield pair
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def erased() -> Erased:
 class Traffic:
     """Calls repeated on both replicas from threads until stopped; every status counted."""
 
-    def __init__(self, replicas: list[Replica]) -> None:
+    def __init__(self, replicas: tuple[Replica, Replica]) -> None:
         self._replicas = replicas
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -81,7 +81,7 @@ class Traffic:
 )
 @given(data=st.data())
 def test_random_erasures_amid_writes_and_reads_leave_no_trace_on_either_replica(
-    replicas: list[Replica], erased: Erased, data: st.DataObject
+    replicas: tuple[Replica, Replica], erased: Erased, data: st.DataObject
 ) -> None:
     first = replicas[0]
     ranks = data.draw(st.lists(st.integers(0, 40), min_size=1, max_size=2, unique=True), label="books by rank")
@@ -116,7 +116,7 @@ def test_random_erasures_amid_writes_and_reads_leave_no_trace_on_either_replica(
 
 
 def test_erasures_hold_after_a_retrain_during_one_a_rollback_and_a_restart(
-    replicas: list[Replica], erased: Erased, tmp_path_factory: pytest.TempPathFactory
+    replicas: tuple[Replica, Replica], erased: Erased, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     first, second = replicas
     before = first.http.get("/api/v1/model/info").json()["version"]
@@ -133,12 +133,16 @@ def test_erasures_hold_after_a_retrain_during_one_a_rollback_and_a_restart(
     wait_for(lambda: _serving(second) == before, timeout=FOLLOW_SECONDS)
     assert erased.problems(second) == []
     second.server.stop()
-    workdir = tmp_path_factory.mktemp("sweep-restart")
     artifacts = second.server.env["RECOMMENDER_ARTIFACTS_DIR"]
-    restarted = Replica(start_server(second.database, workdir, API_KEY=KEY, ARTIFACTS_DIR=artifacts), second.database)
-    replicas[1] = restarted  # the fixture stops it
-    assert _serving(restarted) == before
-    assert erased.problems(restarted) == []
+    workdir = tmp_path_factory.mktemp("sweep-restart")
+    restarted = start_server(second.database, workdir, API_KEY=KEY, ARTIFACTS_DIR=artifacts)
+    replica = Replica(restarted, second.database)
+    try:
+        assert _serving(replica) == before
+        assert erased.problems(replica) == []
+    finally:
+        replica.http.close()
+        restarted.stop()
 
 
 def _serves_other_than(replica: Replica, version: str) -> bool:

@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from recommender.model.answers import Request
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.filters import BookFacts, Filters, author_key
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, Request
+from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, IndexParams, TrainingParams
 from recommender.storage import demo
 

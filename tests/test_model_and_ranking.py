@@ -7,10 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 
+from recommender.model.answers import Reader, Strategy
 from recommender.model.cf import interaction_weights
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, Reader, Strategy
+from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams
 from recommender.model.ranking import Mode
 from tests.support.data import BOOKS, PARAMS, interactions
@@ -297,7 +298,7 @@ def test_each_recommendation_says_which_of_the_readers_books_it_comes_from() -> 
 
 
 def test_a_batch_answers_each_request_exactly_as_it_would_be_answered_alone() -> None:
-    from recommender.model.hybrid import Request
+    from recommender.model.answers import Request
     from recommender.storage import demo
 
     catalogue = demo.generate(11, 400, 120, 4000)

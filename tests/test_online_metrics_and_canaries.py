@@ -17,6 +17,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from recommender.answers.view import OnlineView
 from recommender.model.dataset import Book, Interaction
 from recommender.model.online_metrics import (
     Decision,
@@ -27,7 +28,6 @@ from recommender.model.online_metrics import (
     mean_reciprocal_rank,
     reads_per_1000,
 )
-from recommender.serving.online_view import OnlineView
 from recommender.serving.versions import serves_canary
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage.catalogue import CatalogueStore

@@ -21,7 +21,9 @@ from recommender.model.online_metrics import OnlineSums
 from recommender.settings import Settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
-from recommender.storage.feedback import CLOCK_SKEW, EPOCH, Feedback, Impression, OnlineStore, _ensure_partition
+from recommender.storage.feedback import Feedback, Impression, OnlineStore
+from recommender.storage.partitions import ensure_partition
+from recommender.storage.rollups import CLOCK_SKEW, EPOCH
 
 T = TypeVar("T")
 WINDOW = timedelta(hours=1)
@@ -254,7 +256,7 @@ def test_a_write_under_way_while_its_days_partition_is_made_lands_in_it(settings
         async with db.connection() as upkeep:
             making = upkeep.transaction()
             await making.start()
-            await _ensure_partition(upkeep, "impressions", day)  # attached, not yet committed
+            await ensure_partition(upkeep, "impressions", day)  # attached, not yet committed
             writing = asyncio.create_task(store.add_impressions([shown]))
             await asyncio.sleep(0.5)
             assert not writing.done()  # waits for the partition

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.edges import ADMIN_KEY, schemathesis_run
+from bench.campaign import ADMIN_KEY
+from bench.edges import schemathesis_run
 from tests.support.database import Template
 from tests.support.server import Server, start_server
 

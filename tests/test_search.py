@@ -7,26 +7,18 @@ import dataclasses
 
 import pytest
 
+from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import fit_content
-from recommender.model.hybrid import Catalogue
 from recommender.model.params import ALSParams, SplitParams, TrainingParams
 from recommender.storage import demo
-from recommender.training import tuning
-from recommender.training.tuning import (
-    CostCurve,
-    Search,
-    Trial,
-    als_knobs,
-    best_blend,
-    best_within,
-    blend_floor,
-    fit_and_measure,
-    progress,
-    tune,
-)
+from recommender.training import blends
+from recommender.training.blends import best_blend, blend_floor
+from recommender.training.costs import CostCurve, best_within
+from recommender.training.trials import Trial, fit_and_measure
+from recommender.training.tuning import Search, als_knobs, progress, tune
 
 START = TrainingParams(als=ALSParams(factors=8, iterations=6))
 Prepared = tuple[Split, tuple[Catalogue, ContentModel]]
@@ -117,18 +109,18 @@ def test_the_blend_search_beats_every_known_blend_within_its_passes(
     floor = blend_floor(fitted, the_split)
     known = [(0.6, 2.0, 3.0), (1.0, 0.0, 0.0), (1.0, 50.0, 0.0)]
     passes = 0
-    measure = tuning.measure
+    measure = blends.measure
 
     def counted(*args: object) -> object:
         nonlocal passes
         passes += 1
         return measure(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(tuning, "measure", counted)
+    monkeypatch.setattr(blends, "measure", counted)
     chosen = best_blend(fitted, the_split, floor, known, 12, float("inf"))
     assert passes <= 12
-    best_known = max(tuning._above(tuning.measure(fitted.model.with_blend(*b), the_split), floor) for b in known)
-    assert tuning._above(chosen.metrics, floor) >= best_known
+    best_known = max(blends.above_floor(blends.measure(fitted.model.with_blend(*b), the_split), floor) for b in known)
+    assert blends.above_floor(chosen.metrics, floor) >= best_known
     again = best_blend(fitted, the_split, floor, known, 12, float("inf"))
     assert again.params == chosen.params  # deterministic
     # No time left: the fit as it is.

@@ -12,14 +12,15 @@ import pytest
 
 from recommender.model.dataset import Book
 from recommender.model.online_metrics import OnlineSums, SequentialTest, Summed
+from recommender.schedule import Schedule
 from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.freshness import FreshData
-from recommender.serving.retrain import RetrainCoordinator
-from recommender.serving.schedule import Schedule, Scheduler
 from recommender.serving.versions import VersionManager, VersionUnavailable, serves_canary
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord
+from recommender.training.coordinator import RetrainCoordinator
 from recommender.training.progress import RetrainControl
+from recommender.training.scheduler import Scheduler
 from recommender.training.trainer import RetrainResult
 from tests.support.fakes import CannedSums, MemoryRegistry, MemoryRoute, MemoryStore, MemoryUsers, tiny_model
 
@@ -35,7 +36,20 @@ def versions_of(*names: str, active: str, damaged: tuple[str, ...] = ()) -> Vers
     for name in names:
         registry.add_version(name, Status.ACTIVE if name == active else Status.RETIRED)
         store.models[name] = tiny_model(name)
-    return VersionManager(registry, store)  # type: ignore[arg-type]
+    return VersionManager(registry, store)
+
+
+def fakes(manager: VersionManager) -> tuple[MemoryRegistry, MemoryStore]:
+    """The in-memory registry and store behind a manager of `versions_of`."""
+    registry, store = manager.registry, manager.store
+    assert isinstance(registry, MemoryRegistry) and isinstance(store, MemoryStore)
+    return registry, store
+
+
+def served_version(manager: VersionManager, user_id: int) -> str:
+    model = manager.model_for(user_id)
+    assert model is not None
+    return model.meta.version
 
 
 def status(manager: VersionManager, version: str) -> Status:
@@ -87,7 +101,7 @@ def test_a_canary_serves_its_share_and_is_promoted_or_aborted_once() -> None:
     manager = versions_of("v1", "v2", active="v2")
     run(manager.start())
     run(manager.start_canary("v1", 0.5))
-    served = {user: manager.model_for(user).meta.version for user in range(1, 2001)}  # type: ignore[union-attr]
+    served = {user: served_version(manager, user) for user in range(1, 2001)}
     assert {u for u, v in served.items() if v == "v1"} == {u for u in served if serves_canary(u, 0.5)}
     assert 850 < sum(v == "v1" for v in served.values()) < 1150
     assert run(manager.promote_canary("better", against="v2")) == "v1"
@@ -107,7 +121,7 @@ def test_only_users_named_by_notices_are_read_fresh_and_their_events_are_cached(
     users.events[2] = [(1, 5.0), (11, 5.0)]
 
     async def scenario() -> None:
-        fresh = FreshData(users, users)  # type: ignore[arg-type]
+        fresh = FreshData(users, users)
         await fresh.start(model)
         assert await fresh.newer_events(model, 2) is None  # the model's record is current
         fresh.on_event(Event.about(Kind.INTERACTIONS, [2]))
@@ -128,7 +142,7 @@ def test_books_changed_since_the_snapshot_join_the_served_catalogue() -> None:
     users.changed_books = [Book(500, "Dragon lore", "C. Scribe", "dragon sword magic", ("fantasy",))]
 
     async def scenario() -> None:
-        fresh = FreshData(users, users)  # type: ignore[arg-type]
+        fresh = FreshData(users, users)
         await fresh.start(model)
         served = fresh.with_new_books(model)
         assert served.num_books == model.num_books + 1 and served.catalogue.position(500) is not None
@@ -143,7 +157,7 @@ def test_a_version_forgets_the_books_and_readers_erased_since_its_snapshot_befor
     users.erased_books, users.erased_users = [1], [7]  # book 1: read by user 1; user 7: a detectives reader
 
     async def scenario() -> None:
-        fresh = FreshData(users, users)  # type: ignore[arg-type]
+        fresh = FreshData(users, users)
         prepared = await fresh.prepared(model)
         position = model.catalogue.position(1)
         assert position in model.reader(1).seen and position not in prepared.reader(1).seen
@@ -177,8 +191,9 @@ def coordinator(
         if isinstance(outcome, Exception):
             await manager.store.save(tiny_model("half-written"))  # what a failed retrain leaves
             raise outcome
-        manager.store.models["v9"] = tiny_model("v9")  # type: ignore[attr-defined]
-        await manager.registry.add(VersionRecord("v9", Status.ACTIVE, reason="better"), replaces=manager.version)
+        registry, store = fakes(manager)
+        store.models["v9"] = tiny_model("v9")
+        await registry.add(VersionRecord("v9", Status.ACTIVE, reason="better"), replaces=manager.version)
         return RetrainResult(outcome, "v9", "better", 0.05)
 
     memory = MemoryRoute("memory://", train)
@@ -221,7 +236,7 @@ def test_a_failed_retrain_releases_everything_says_why_and_cleans_up() -> None:
         await finished(retrains, changed)
         assert retrains.state.last_error == "OSError: the disk is full"
         assert not routes[0].held and manager.version == "v1"
-        assert manager.store.removed == ["half-written"]  # type: ignore[attr-defined]
+        assert fakes(manager)[1].removed == ["half-written"]
         await retrains.stop()
 
     run(scenario())
@@ -243,7 +258,7 @@ def test_the_judge_promotes_a_clearly_better_canary_and_aborts_a_worse_one(canar
         await manager.start_canary("v1", 0.5)
         sums = CannedSums()
         sums.by_version = {"v1": readers(2000, canary_hits), "v2": readers(2000, 300)}
-        judge = CanaryJudge(manager, sums, CanaryPolicy(automatic=True, test=SequentialTest()))  # type: ignore[arg-type]
+        judge = CanaryJudge(manager, sums, CanaryPolicy(automatic=True, test=SequentialTest()))
         await judge.look()
         record = await manager.registry.get("v1")
         assert record is not None
@@ -259,7 +274,7 @@ def test_a_judge_that_only_watches_decides_nothing() -> None:
         await manager.start_canary("v1", 0.5)
         sums = CannedSums()
         sums.by_version = {"v1": readers(2000, 600), "v2": readers(2000, 300)}
-        judge = CanaryJudge(manager, sums, CanaryPolicy(automatic=False))  # type: ignore[arg-type]
+        judge = CanaryJudge(manager, sums, CanaryPolicy(automatic=False))
         comparison = await judge.look()
         assert comparison is not None and comparison.verdict.decision.value == "promote"
         assert manager.canary is not None and manager.version == "v2"

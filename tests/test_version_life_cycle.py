@@ -25,10 +25,10 @@ import pytest
 
 from recommender.client import RecommenderClient
 from recommender.processes import is_alive
-from recommender.serving import retrain
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.storage.lock import RetrainLock
+from recommender.training import coordinator
 from recommender.training.config import make_trainer
 from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
@@ -275,7 +275,7 @@ def test_a_retrain_that_cannot_write_fails_cleanly_and_the_next_one_works(
 def test_a_failed_first_training_is_tried_again_until_a_model_serves(
     start_service: StartService, settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(retrain, "FIRST_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(coordinator, "FIRST_RETRY_SECONDS", 0.2)
     trainer = make_trainer(settings, settings.database_url or "")
     calls: list[float] = []
 

@@ -12,7 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, Validation
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from recommender.model.params import ALSParams, GatePolicy, SplitParams, TrainingParams, TuningPolicy
-from recommender.serving.schedule import Schedule
+from recommender.schedule import Schedule
 
 _ALS, _TRAINING, _TUNING, _GATE, _SPLIT = ALSParams(), TrainingParams(), TuningPolicy(), GatePolicy(), SplitParams()
 HOST = re.compile(r"^(\*|[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])$")

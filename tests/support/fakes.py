@@ -11,10 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from recommender.model.answers import ReaderEvents
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.filters import BookFacts
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, ReaderEvents
+from recommender.model.hybrid import HybridModel
 from recommender.model.online_metrics import OnlineSums
 from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactMissing
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord

@@ -49,9 +49,12 @@ def two_replicas(template: Template, workdir: Path) -> Iterator[tuple[Replica, R
     first = start_server(database, workdir / "first", API_KEY=KEY, ARTIFACTS_DIR=artifacts)
     try:
         second = start_server(database, workdir / "second", API_KEY=KEY, ARTIFACTS_DIR=artifacts)
+        pair = Replica(first, database), Replica(second, database)
         try:
-            yield Replica(first, database), Replica(second, database)
+            yield pair
         finally:
+            for replica in pair:
+                replica.http.close()
             second.stop()
     finally:
         first.stop()

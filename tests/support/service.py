@@ -17,12 +17,12 @@ import pytest
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
 from recommender.model.hybrid import HybridModel
-from recommender.serving.retrain import RetrainState
 from recommender.serving.service import GrpcService
 from recommender.settings import Settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
 from recommender.training.config import make_trainer
+from recommender.training.coordinator import RetrainState
 from recommender.training.progress import RetrainControl
 from recommender.training.route import RetrainRunner
 from recommender.training.trainer import RetrainResult

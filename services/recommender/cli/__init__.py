@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not cuda_available():
             print(
-                "recommender: RECOMMENDER_TRAIN_DEVICE=gpu, but CUDA is not usable here: install the gpu extra "
-                "(pip install -e '.[gpu]') on a machine with an NVIDIA GPU, or set it to auto or cpu",
+                "recommender: RECOMMENDER_TRAIN_DEVICE=gpu, but CUDA is not usable here: install the package with its "
+                "gpu extra (recommender[gpu]) on a machine with an NVIDIA GPU, or set it to auto or cpu",
                 file=sys.stderr,
             )
             return 2

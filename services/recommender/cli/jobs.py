@@ -21,7 +21,7 @@ from recommender.storage.db import Database
 from recommender.training.progress import Progress, RetrainControl
 
 if TYPE_CHECKING:
-    from recommender.training.tuning import Trial
+    from recommender.training.trials import Trial
 
 log = logging.getLogger("recommender")
 

@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from recommender.model import cf, content
+from recommender.model.catalogue import Catalogue
 from recommender.model.dataset import Book, TrainingData
-from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
+from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.params import TrainingParams
 
 log = logging.getLogger(__name__)

@@ -9,16 +9,16 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
-import scipy.sparse as sp
 
+from recommender.model.answers import Reader, ReaderEvents, Reason, Recommendations, Request, ScoredBook, Strategy
+from recommender.model.catalogue import Catalogue, grown
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
-from recommender.model.dataset import Book, lookup
+from recommender.model.dataset import Book
 from recommender.model.explain import explained
 from recommender.model.filters import author_key, capped
 from recommender.model.index import CatalogueIndex, Search, build
@@ -35,78 +35,7 @@ from recommender.model.ranking import (
     ranked,
     scored,
 )
-
-# (book_id, rating or None) of everything a user did, read from the database.
-ReaderEvents = Sequence[tuple[int, float | None]]
-
-
-class Strategy(StrEnum):
-    HYBRID = "hybrid"  # the user is in the CF model
-    CONTENT = "content"  # history unknown to CF: content similarity to it
-    POPULAR = "popular"  # no history at all
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    book_ids: IntArray  # sorted; the row order of the content model
-    titles: list[str]
-    authors: list[str]
-
-    @classmethod
-    def from_books(cls, books: Sequence[Book]) -> Catalogue:
-        """`books` sorted by id."""
-        return cls(
-            np.array([b.book_id for b in books], dtype=np.int32), [b.title for b in books], [b.authors for b in books]
-        )
-
-    def position(self, book_id: int) -> int | None:
-        found = self.positions([book_id])
-        return int(found[0]) if len(found) else None
-
-    def positions(self, book_ids: npt.ArrayLike) -> IntArray:
-        """Catalogue rows of the given ids; ids not in the catalogue are dropped."""
-        rows, known = self.lookup(book_ids)
-        return rows[known]
-
-    def lookup(self, book_ids: npt.ArrayLike) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-        """For each id, its catalogue row and whether it is in the catalogue (the row is meaningless where not)."""
-        return lookup(self.book_ids, book_ids)
-
-
-@dataclass(frozen=True)
-class Reason:
-    """One of the reader's own books that a recommendation comes from."""
-
-    book_id: int
-    title: str
-    part: str  # "cf": readers who liked it liked the recommended book; "content": the two read alike
-    share: float  # its share of what the reader's books gave the recommendation, 0-1
-
-
-@dataclass(frozen=True)
-class ScoredBook:
-    book_id: int
-    title: str
-    authors: str
-    score: float
-    cf_score: float
-    content_score: float
-    because: tuple[Reason, ...] = ()
-
-
-@dataclass(frozen=True)
-class Request:
-    user_id: int
-    limit: int
-    events: ReaderEvents | None = None  # everything the user did, when it is newer than the model
-    allowed: BoolArray | None = None  # the catalogue positions the answer may hold (model/filters.py); None: all
-    max_per_author: int | None = None  # books of one author in the answer
-
-
-@dataclass(frozen=True)
-class Recommendations:
-    strategy: Strategy
-    books: list[ScoredBook]
+from recommender.model.similar import book_queries, unit_rows
 
 
 @dataclass(frozen=True)
@@ -117,26 +46,6 @@ class ModelMeta:
     params: TrainingParams = field(default_factory=TrainingParams)  # what training chose
     metrics: dict[str, float] = field(default_factory=dict)  # offline metrics of this configuration
     snapshot: str = ""  # the database snapshot its data was read in ("": unknown, anything may be newer)
-
-
-@dataclass(frozen=True)
-class Reader:
-    """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row,
-    or for a history newer than the model, factors folded in from it."""
-
-    cf_row: int | None
-    seen: IntArray
-    weights: FloatArray
-    factors: FloatArray | None = None
-
-    def user_vector(self, cf: CFModel) -> FloatArray | None:
-        if self.factors is not None:
-            return self.factors
-        return cf.user_factors[self.cf_row] if self.cf_row is not None else None
-
-    @property
-    def liked(self) -> int:
-        return int((self.weights > 0).sum())
 
 
 @dataclass(frozen=True)
@@ -277,49 +186,13 @@ class HybridModel:
     def with_books(self, books: Sequence[Book]) -> HybridModel:
         """This model with `books` added to the catalogue or updated in it: content vectors from the version's
         text encoder (zero for versions without one), no CF factors until a retrain."""
-        if not books:
+        found = grown(self.catalogue, self.content, books)
+        if found is None:
             return self
-        latest = {book.book_id: book for book in books}
-        incoming = [latest[book_id] for book_id in sorted(latest)]
-        content = self.content
-        if content.encoder is not None:
-            features, vectors = content.encoder.encode([book.text() for book in incoming])
-        else:
-            features = sp.csr_matrix((len(incoming), content.feature_dim), dtype=np.float32)
-            vectors = np.zeros((len(incoming), content.vectors.shape[1]), dtype=np.float32)
-        rows, known = self.catalogue.lookup([book.book_id for book in incoming])
-        same_text = known.copy()
-        if content.encoder is not None and known.any():  # a re-encoding differs in the last float bits: compare
-            difference = abs(content.features[rows[known]] - features[np.flatnonzero(known)])
-            same_text[known] = np.asarray(difference.max(axis=1).todense()).ravel() < 1e-5
-        same_name = known & np.array(
-            [
-                (b.title, b.authors) == (self.catalogue.titles[r], self.catalogue.authors[r])
-                for b, r in zip(incoming, rows, strict=True)
-            ]
-        )
-        changed = np.flatnonzero(~(same_text & same_name))
-        if len(changed) == 0:
-            return self
-        incoming = [incoming[i] for i in changed]
-        features = sp.vstack(  # books whose text is unchanged keep their trained rows
-            [content.features[rows[i]] if same_text[i] else features[i] for i in changed], format="csr"
-        )
-        vectors = np.stack([content.vectors[rows[i]] if same_text[i] else vectors[i] for i in changed])
-        keep = np.setdiff1d(np.arange(self.num_books), rows[changed][known[changed]])
-        ids = np.concatenate([self.catalogue.book_ids[keep], [book.book_id for book in incoming]]).astype(np.int32)
-        order = np.argsort(ids, kind="stable")
-        titles = [self.catalogue.titles[p] for p in keep] + [b.title for b in incoming]
-        authors = [self.catalogue.authors[p] for p in keep] + [b.authors for b in incoming]
-        catalogue = Catalogue(ids[order], [titles[i] for i in order], [authors[i] for i in order])
-        merged = ContentModel(
-            sp.csr_matrix(sp.vstack([content.features[keep], features], format="csr")[order]),
-            np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
-            content.encoder,
-        )
-        changed_ids = np.union1d(self.changed_since_index, [b.book_id for b in incoming]).astype(np.int32)
-        grown = HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids, self.forgotten)
-        return dataclasses.replace(grown, forgotten_users=self.forgotten_users)
+        catalogue, merged, incoming = found
+        changed_ids = np.union1d(self.changed_since_index, incoming).astype(np.int32)
+        model = HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids, self.forgotten)
+        return dataclasses.replace(model, forgotten_users=self.forgotten_users)
 
     def similar(self, book_id: int, limit: int, allowed: BoolArray | None = None) -> list[ScoredBook] | None:
         """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""
@@ -328,15 +201,24 @@ class HybridModel:
     def similar_many(
         self, requests: Sequence[tuple[int, int]], allowed: BoolArray | None = None
     ) -> list[list[ScoredBook] | None]:
-        from recommender.model.similar import similar_many
-
-        return similar_many(self, requests, allowed)
+        """For each (book id, limit): the books like it among those `allowed` (catalogue positions; None: all),
+        best first; None for a book not in the catalogue. One product for all requests: an answer is the same
+        alone or in a batch."""
+        positions = [self.catalogue.position(book_id) for book_id, _limit in requests]
+        queries = book_queries(self.similar_rows, positions, self.alpha)
+        limits = [requests[i][1] for i in queries]
+        ranked = self.ranked(list(queries.values()), limits, between_books=True, allowed=[allowed] * len(queries))
+        found = dict(zip(queries, ranked, strict=True))
+        return [
+            None
+            if (books := found.get(i)) is None
+            else self.books(books.positions, books.scores, books.cf, books.content)
+            for i in range(len(requests))
+        ]
 
     @cached_property
     def similar_rows(self) -> BookRows:
-        from recommender.model.similar import similar_rows
-
-        return similar_rows(self)
+        return unit_rows(self.rows)
 
     @cached_property
     def rows(self) -> BookRows:
@@ -437,7 +319,9 @@ class HybridModel:
         ]
 
     def _answer(self, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
-        because = explained(self, books.positions, reader, q) if explain else None
+        because = (
+            explained(self.catalogue, self.content, self.rows, self.cf, books.positions, reader, q) if explain else None
+        )
         strategy = Strategy.CONTENT if q.user is None else Strategy.HYBRID
         return Recommendations(strategy, self.books(books.positions, books.scores, books.cf, books.content, because))
 

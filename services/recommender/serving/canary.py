@@ -1,6 +1,6 @@
 """The canary's judge, in the processes that may train: every few seconds it compares the canary's online metrics
 with the active version's over the same period (since the canary started, the same attribution), and with
-RECOMMENDER_CANARY=auto it promotes or aborts the canary once the sequential test (model/online.py) is decisive.
+RECOMMENDER_CANARY=auto it promotes or aborts the canary once the sequential test (model/online_metrics.py) is decisive.
 Each decision goes to the registry (the version's reason, with the test's numbers) and the log. Several
 processes may judge at once: the registry lets only the first decision through.
 
@@ -16,11 +16,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest, Verdict
 from recommender.serving.versions import NoCanary, VersionManager
 from recommender.storage.db import DATABASE_ERRORS
-from recommender.storage.feedback import OnlineStore
 from recommender.storage.registry import ActiveChanged
 from recommender.tasks import cancelled
 
@@ -53,6 +53,14 @@ class Comparison:
 SumsSource = Callable[[datetime | None, Sequence[str]], Awaitable[dict[str, OnlineSums]]]
 
 
+class Summing(Protocol):
+    """Where the judge reads the versions' online sums (storage/feedback.py's OnlineStore)."""
+
+    async def sums(
+        self, since: datetime | None = None, versions: Sequence[str] | None = None
+    ) -> dict[str, OnlineSums]: ...
+
+
 async def compare(sums_of: SumsSource, versions: VersionManager, test: SequentialTest) -> Comparison | None:
     """The running canary against the active version since the canary started; None when no canary runs."""
     canary, active = versions.canary, versions.version
@@ -67,7 +75,7 @@ class CanaryJudge:
     def __init__(
         self,
         versions: VersionManager,
-        store: OnlineStore,
+        store: Summing,
         policy: CanaryPolicy,
         on_sums: Callable[[dict[str, OnlineSums]], None] = lambda sums: None,
     ) -> None:

@@ -5,11 +5,12 @@ handler by one decorator, so that handlers only say what they do. Envoy turns th
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 
+from recommender.answers.record import UnknownAnswer
 from recommender.serving.versions import NoCanary, VersionNotFound, VersionUnavailable
 from recommender.storage.db import DATABASE_ERRORS, CommitUncertain
 from recommender.storage.registry import ActiveChanged
@@ -40,9 +41,25 @@ def refuse(code: grpc.StatusCode, problems: list[str], prefix: str = "") -> None
         raise Refused(code, f"{prefix}{shown}{more}")
 
 
+def listed_ids(book_ids: list[int], most: int = 20) -> str:
+    """The first `most` ids, and how many more."""
+    return ", ".join(map(str, book_ids[:most])) + (f" and {len(book_ids) - most} more" if len(book_ids) > most else "")
+
+
+def naming(name: str, entries: Sequence[Any], book_ids: Sequence[int], why: str = "") -> list[str]:
+    """ "name[i]: book B is not in the catalogue" for each entry naming one of `book_ids`."""
+    missing, then = set(book_ids), f": {why}" if why else ""
+    return [
+        f"{name}[{i}]: book {e.book_id} is not in the catalogue{then}"
+        for i, e in enumerate(entries)
+        if e.book_id in missing
+    ]
+
+
 # The service's own errors; their text is the message.
 STATUS: dict[type[Exception], grpc.StatusCode] = {
     VersionNotFound: grpc.StatusCode.NOT_FOUND,
+    UnknownAnswer: grpc.StatusCode.NOT_FOUND,
     VersionUnavailable: grpc.StatusCode.FAILED_PRECONDITION,  # the gateway answers 409: its state forbids it
     NoCanary: grpc.StatusCode.ABORTED,
     ActiveChanged: grpc.StatusCode.ABORTED,

@@ -22,21 +22,37 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from typing import Protocol
 
+from recommender.model.answers import ReaderEvents
 from recommender.model.dataset import Book
 from recommender.model.filters import BookFacts, Facts
-from recommender.model.hybrid import HybridModel, ReaderEvents, warm
-from recommender.storage.catalogue import CatalogueStore
+from recommender.model.hybrid import HybridModel, warm
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.events import Event, Kind
-from recommender.storage.snapshot import SnapshotStore
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
 
 
+class Changes(Protocol):
+    """What changed after a snapshot (storage/snapshot.py's SnapshotStore)."""
+
+    async def users_changed_since(self, snapshot: str) -> list[int]: ...
+    async def users_erased_since(self, snapshot: str) -> list[int]: ...
+    async def books_erased_since(self, snapshot: str) -> list[int]: ...
+    async def books_changed_since(self, snapshot: str) -> list[Book]: ...
+
+
+class Current(Protocol):
+    """What holds now (storage/catalogue.py's CatalogueStore)."""
+
+    async def user_events(self, user_id: int) -> ReaderEvents: ...
+    async def book_facts(self) -> BookFacts: ...
+
+
 class FreshData:
-    def __init__(self, snapshots: SnapshotStore, catalogue: CatalogueStore, max_cached: int = 10_000) -> None:
+    def __init__(self, snapshots: Changes, catalogue: Current, max_cached: int = 10_000) -> None:
         """`snapshots`: what changed since a model's snapshot; `catalogue`: a user's events now."""
         self._snapshots = snapshots
         self._catalogue = catalogue
@@ -118,7 +134,7 @@ class FreshData:
     async def newer_events(self, model: HybridModel, user_id: int) -> ReaderEvents | None:
         """The user's whole current history when the model's record of them may be out of date, else None. For a
         model other than the one served (a canary), always the current history: only the served model's changes
-        are followed, and `HybridModel.history` keeps the trained factors when nothing changed."""
+        are followed, and `HybridModel.reader` keeps the trained factors when nothing changed."""
         known = model.cf.user_row(user_id) is not None and user_id not in model.forgotten_users
         followed = model is self._target or model is self._synced or model is self._extended
         if known and followed and not self._any_user and user_id not in self._users:

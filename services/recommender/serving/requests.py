@@ -178,6 +178,10 @@ class NamedReads:
     names: list[str]
     reads: list[Feedback]
 
+    @property
+    def named(self) -> list[tuple[str, Feedback]]:
+        return list(zip(self.names, self.reads, strict=True))
+
 
 def interactions(request: pb.RecordInteractionsRequest) -> tuple[list[Interaction], NamedReads]:
     """A RecordInteractions call's interactions, and the reads of the entries that name their answer."""

@@ -14,18 +14,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from recommender.answers.queue import ImpressionLog
+from recommender.answers.record import AnswersRecord
+from recommender.answers.view import OnlineView
 from recommender.model.hybrid import HybridModel
 from recommender.model.online_metrics import SequentialTest
 from recommender.model.validation import MAX_BODY_BYTES, MAX_HEADER_KB
+from recommender.schedule import Schedule
 from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.batching import BatchPolicy
 from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
-from recommender.serving.impressions import ImpressionLog
-from recommender.serving.online_view import OnlineView
-from recommender.serving.retrain import RetrainCoordinator
-from recommender.serving.schedule import Schedule, Scheduler
 from recommender.serving.servicer import RecommenderServicer
 from recommender.serving.telemetry import MetricsEndpoint, ObservingInterceptor, ServiceMetrics
 from recommender.serving.versions import VersionManager
@@ -39,7 +39,9 @@ from recommender.storage.seed import DemoSize, prepare_database
 from recommender.storage.snapshot import SnapshotStore
 from recommender.training.child import ChildProcessTrainer
 from recommender.training.config import make_trainer
+from recommender.training.coordinator import RetrainCoordinator
 from recommender.training.route import RetrainRoute, RetrainRunner
+from recommender.training.scheduler import Scheduler
 from recommender.v1 import SERVICE_NAME, STATE_CHANGING, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -198,12 +200,12 @@ class GrpcService:
             self._cluster,
             self._fresh,
             self._view,
+            AnswersRecord(self._view.store, self._impressions),
             self.settings.start_alpha,
             self.coordinator,
             next_scheduled_retrain=lambda: scheduler.next_tick if scheduler else None,
             batching=BatchPolicy(self.settings.batch_wait_ms / 1000, self.settings.batch_max),
             on_batch=lambda method, size: self.metrics.batch_size.labels(method).observe(size),
-            impressions=self._impressions,
             canaries=self.canary_policy,
         )
         recommender_pb2_grpc.add_RecommenderServicer_to_server(servicer, server)

@@ -3,35 +3,34 @@ serving/messages.py, and every refusal becomes its status in one place (serving/
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
 import numpy as np
 
+from recommender.answers.record import AnswersRecord
+from recommender.answers.view import OnlineView
+from recommender.model.answers import ReaderEvents, Recommendations, Request, ScoredBook
 from recommender.model.filters import NO_FILTERS, Filters, genre_key
-from recommender.model.hybrid import HybridModel, ReaderEvents, Recommendations, Request, ScoredBook
+from recommender.model.hybrid import HybridModel
 from recommender.serving import messages, requests
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy, per_model
 from recommender.serving.canary import CanaryPolicy, compare
 from recommender.serving.cluster import Cluster
-from recommender.serving.errors import Refused, answers, refuse
+from recommender.serving.errors import Refused, answers, invalid, listed_ids, naming, refuse
 from recommender.serving.freshness import FreshData
-from recommender.serving.impressions import FLUSH_SECONDS, ImpressionLog
-from recommender.serving.online_view import OnlineView
-from recommender.serving.retrain import RetrainCoordinator
 from recommender.serving.versions import VersionManager
 from recommender.storage.catalogue import CatalogueStore, UnknownBooks, UntitledBooks
 from recommender.storage.db import DATABASE_ERRORS, Database
 from recommender.storage.erasure import Erased, Erasure, NothingStored
 from recommender.storage.events import Event, Kind
-from recommender.storage.feedback import Impression, OnlineStore, attribution_problem
 from recommender.storage.registry import VersionRecord
+from recommender.training.coordinator import RetrainCoordinator
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -53,18 +52,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         cluster: Cluster,
         fresh: FreshData,
         online: OnlineView,
+        answers: AnswersRecord,
         alpha: float,
         coordinator: RetrainCoordinator | None = None,
         next_scheduled_retrain: Callable[[], datetime | None] = lambda: None,
         batching: BatchPolicy = DEFAULT_BATCHING,
         on_batch: Callable[[str, int], None] = lambda method, size: None,
-        impressions: ImpressionLog | None = None,
         canaries: CanaryPolicy | None = None,
     ) -> None:
         """`coordinator`: None in a serving worker, which neither retrains nor rolls back. Concurrent Recommend
         (and SimilarBooks) calls are answered in batches (see serving/batching.py); `on_batch(method, size)` after
-        each. `online`: the online record (feedback in, metrics out); `impressions`: where Recommend answers are
-        recorded (None: they are not); `canaries`: how canaries are started and judged."""
+        each. `online`: the online metrics; `answers`: the record of answers (recorded, paged, credited with feedback);
+        `canaries`: how canaries are started and judged."""
         self._versions = versions
         self._db = db
         self._catalogue = CatalogueStore(db)
@@ -75,7 +74,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._next_scheduled_retrain = next_scheduled_retrain
         self._latest: VersionRecord | None = None  # the registry's newest version, as last read
         self._online = online
-        self._impressions = impressions
+        self._answers = answers
         self._canaries = canaries or CanaryPolicy()
         self._recommendations: Batcher[tuple[HybridModel, Request], Recommendations] = Batcher(
             per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
@@ -99,23 +98,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         allowed = self._fresh.facts(model).allowed(filters)
         asked = Request(user_id, page.offset + limit, events, allowed, filters.max_per_author)
         result = await self._recommendations((model, asked))
-        return self._shown(user_id, model, dataclasses.replace(result, books=result.books[page.offset :]))
+        return self._recorded_answer(user_id, model, dataclasses.replace(result, books=result.books[page.offset :]))
 
     async def _next_page(
         self, user_id: int, limit: int, filters: Filters, answer: uuid.UUID, offset: int
     ) -> pb.RecommendResponse:
         """The answer `answer` continued: the same version's ranking without every book its pages showed, from
         where `offset` says the pages got to."""
-        first = await self._recorded(answer)
-        if first.continues is not None:
-            first = await self._recorded(first.continues)
+        first = await self._answers.first_page(answer)
         if first.user_id != user_id:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"recommendation {answer} answered another reader")
         model = self._fresh.with_new_books(self._serving(first.version))
-        pages = await self._online.store.pages_of(first.recommendation_id)
-        if self._impressions is not None:
-            pages += self._impressions.unwritten_pages(first.recommendation_id)
-        shown = {book for answer in (first, *pages) for book in answer.books}
+        shown = await self._answers.shown_by(first)
         allowed = self._fresh.facts(model).allowed(filters)
         allowed = np.ones(model.num_books, dtype=bool) if allowed is None else allowed
         allowed[model.catalogue.positions(sorted(shown))] = False
@@ -124,30 +118,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         asked = Request(user_id, skip + limit, events, allowed, filters.max_per_author)
         result = await self._recommendations((model, asked))
         rest = dataclasses.replace(result, books=result.books[skip:])
-        return self._shown(user_id, model, rest, continues=first.recommendation_id)
+        return self._recorded_answer(user_id, model, rest, continues=first.recommendation_id)
 
-    def _shown(
+    def _recorded_answer(
         self, user_id: int, model: HybridModel, result: Recommendations, continues: uuid.UUID | None = None
     ) -> pb.RecommendResponse:
-        """The answer, recorded as an impression (a later page: of the answer it continues)."""
-        recommendation_id = uuid.uuid4()
-        if self._impressions is not None and result.books:
-            books = [book.book_id for book in result.books]
-            shown_at = datetime.now(UTC)
-            impression = Impression(recommendation_id, user_id, model.meta.version, books, shown_at, continues)
-            self._impressions.record(impression)
+        """The answer, recorded (a later page: as the answer it continues)."""
+        books = [book.book_id for book in result.books]
+        recommendation_id = self._answers.record(user_id, model.meta.version, books, continues)
         return messages.recommend_response(user_id, model.meta.version, result, str(recommendation_id))
-
-    async def _recorded(self, answer: uuid.UUID) -> Impression:
-        """A recorded answer: shown by this process and queued, or written (another replica's answer is written
-        within half a second: waited for that long)."""
-        for attempt in range(3):
-            known = await self._known_answers([answer])
-            if answer in known:
-                return known[answer]
-            if attempt < 2:
-                await asyncio.sleep(FLUSH_SECONDS)
-        raise Refused(grpc.StatusCode.NOT_FOUND, f"no recorded answer has recommendation_id {answer}")
 
     def _serving(self, version: str) -> HybridModel:
         """The model of `version` while it serves (active or canary), else FAILED_PRECONDITION."""
@@ -171,8 +150,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         known = set(model.catalogue.book_ids[model.catalogue.positions(book_ids)].tolist())
         missing = [b for b in book_ids if b not in known]
         hidden = [b for b in book_ids if b in known and facts.hides(b)]
-        problems = [f"not in the catalogue: book_ids {_listed(missing)}"] if missing else []
-        problems += [f"not available (hidden or erased): book_ids {_listed(hidden)}"] if hidden else []
+        problems = [f"not in the catalogue: book_ids {listed_ids(missing)}"] if missing else []
+        problems += [f"not available (hidden or erased): book_ids {listed_ids(hidden)}"] if hidden else []
         refuse(grpc.StatusCode.NOT_FOUND, problems)
         allowed = facts.allowed(filters)
         events = [(book_id, None) for book_id in book_ids]
@@ -196,14 +175,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @answers(unavailable="no retrain started")
     async def Retrain(self, request: pb.RetrainRequest, context: Context) -> pb.RetrainResponse:
-        if not await self._coordinating().start(force=request.force):
+        if not await self._coordinator_here().start(force=request.force):
             raise Refused(grpc.StatusCode.ABORTED, RETRAIN_RUNNING)
         log.info("retrain started on request%s", " (forced: the promotion gate is skipped)" if request.force else "")
         return pb.RetrainResponse(status="accepted", message=RETRAIN_ACCEPTED)
 
     @answers(unavailable="nothing rolled back")
     async def Rollback(self, request: pb.RollbackRequest, context: Context) -> pb.RollbackResponse:
-        self._coordinating()
+        self._coordinator_here()
         version = requests.version(request)
         self._no_retrain_running()
         return pb.RollbackResponse(status="rolled_back", version=await self._versions.rollback(version))
@@ -215,7 +194,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @answers(unavailable="no canary started")
     async def StartCanary(self, request: pb.StartCanaryRequest, context: Context) -> pb.StartCanaryResponse:
-        self._coordinating()
+        self._coordinator_here()
         version, share = requests.canary(request, self._canaries.share)
         self._no_retrain_running()
         await self._versions.start_canary(version, share)
@@ -223,7 +202,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @answers(unavailable="nothing promoted")
     async def PromoteCanary(self, request: pb.PromoteCanaryRequest, context: Context) -> pb.PromoteCanaryResponse:
-        self._coordinating()
+        self._coordinator_here()
         self._no_retrain_running()
         version = await self._versions.promote_canary("promoted by hand")
         log.info("canary %s promoted by hand", version)
@@ -231,7 +210,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     @answers(unavailable="nothing aborted")
     async def AbortCanary(self, request: pb.AbortCanaryRequest, context: Context) -> pb.AbortCanaryResponse:
-        self._coordinating()
+        self._coordinator_here()
         reason = requests.abort_reason(request)
         version = await self._versions.abort_canary(reason)
         log.info("canary %s %s", version, reason)
@@ -245,8 +224,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     @answers(unavailable="nothing recorded")
     async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context: Context) -> pb.RecordFeedbackResponse:
         events = requests.feedback(request)
-        await self._attributable(events)
-        await self._online.store.add_feedback(events.reads)
+        invalid(await self._answers.problems(events.named))
+        await self._answers.add_feedback(events.reads)
         return pb.RecordFeedbackResponse(recorded=len(events.reads))
 
     @answers(unavailable="no answer")
@@ -261,12 +240,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self, request: pb.RecordInteractionsRequest, context: Context
     ) -> pb.RecordInteractionsResponse:
         interactions, named = requests.interactions(request)
-        await self._attributable(named)
-        also = OnlineStore.feedback_writer(named.reads) if named.reads else None
+        invalid(await self._answers.problems(named.named))
+        also = self._answers.feedback_writer(named.reads) if named.reads else None
         try:
             await self._catalogue.record_interactions(interactions, also)
         except UnknownBooks as exc:
-            refuse(grpc.StatusCode.INVALID_ARGUMENT, _naming("interactions", request.interactions, exc.book_ids), _NONE)
+            invalid(naming("interactions", request.interactions, exc.book_ids))
         # This replica answers with them at once; the others when the change notice reaches them.
         self._fresh.on_event(Event.about(Kind.INTERACTIONS, (i.user_id for i in interactions)))
         return pb.RecordInteractionsResponse(recorded=len(interactions))
@@ -276,8 +255,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         try:
             counts = await self._catalogue.upsert_books(requests.books(request))
         except UntitledBooks as exc:
-            untitled = _naming("books", request.books, exc.book_ids, "a new book needs a title")
-            refuse(grpc.StatusCode.INVALID_ARGUMENT, untitled, _NONE)
+            untitled = naming("books", request.books, exc.book_ids, "a new book needs a title")
+            invalid(untitled)
         await self._fresh.books_changed()
         return pb.UpsertBooksResponse(added=counts.added, updated=counts.updated)
 
@@ -353,7 +332,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise Refused(grpc.StatusCode.UNAVAILABLE, MODEL_NOT_LOADED)
         return self._fresh.with_new_books(model)
 
-    def _coordinating(self) -> RetrainCoordinator:
+    def _coordinator_here(self) -> RetrainCoordinator:
         """This process's retrain coordinator; FAILED_PRECONDITION in a serving worker, which has none."""
         if self._coordinator is None:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, WORKER_RETRAIN)
@@ -387,29 +366,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if canary is not None and comparison is not None:
             info.canary.CopyFrom(messages.canary(canary, comparison, self._canaries.automatic))
 
-    async def _known_answers(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Impression]:
-        """The answers of `ids` known here: written, or shown by this process and queued."""
-        known = await self._online.store.shown(ids)
-        if self._impressions is not None:
-            known |= self._impressions.unwritten(ids)
-        return known
-
-    async def _attributable(self, events: requests.NamedReads) -> None:
-        """Refuses events that cannot count for the answer they name, "name: why", for the answers known here
-        (written, or shown by this process and queued). An answer not known yet (another replica's, still queued)
-        is judged by the same rules when the online figures are summed."""
-        if not events.reads:
-            return
-        shown = await self._known_answers([f.recommendation_id for f in events.reads])
-        window = self._online.store.attribution_window
-        problems = [
-            f"{name}: {problem}"
-            for name, event in zip(events.names, events.reads, strict=True)
-            if (answer := shown.get(event.recommendation_id)) is not None
-            and (problem := attribution_problem(event, answer, window))
-        ]
-        refuse(grpc.StatusCode.INVALID_ARGUMENT, problems, _NONE)
-
     async def _newer_events(self, model: HybridModel, user_id: int) -> ReaderEvents | None:
         """The user's events when they are newer than the model; None (the model's record) when the database
         cannot be read, so that answers go on."""
@@ -418,23 +374,6 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         except DATABASE_ERRORS as exc:
             log.warning("could not read the history of user %d; answering without it: %s", user_id, exc)
             return None
-
-
-_NONE = "nothing written: "
-
-
-def _listed(book_ids: list[int], most: int = 20) -> str:
-    return ", ".join(map(str, book_ids[:most])) + (f" and {len(book_ids) - most} more" if len(book_ids) > most else "")
-
-
-def _naming(name: str, entries: Sequence[Any], book_ids: Sequence[int], why: str = "") -> list[str]:
-    """ "name[i]: book B is not in the catalogue" for each entry naming one of `book_ids`."""
-    missing, then = set(book_ids), f": {why}" if why else ""
-    return [
-        f"{name}[{i}]: book {e.book_id} is not in the catalogue{then}"
-        for i, e in enumerate(entries)
-        if e.book_id in missing
-    ]
 
 
 async def _erasing(erase: Awaitable[Erased], what: str) -> dict[str, int]:

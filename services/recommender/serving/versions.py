@@ -27,11 +27,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from recommender.model.hybrid import HybridModel, warm
 from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactError
 from recommender.storage.artifacts import ArtifactStore
-from recommender.storage.registry import Registry, Status, VersionRecord
+from recommender.storage.registry import Status, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,22 @@ class VersionUnavailable(ValueError):
 
 class NoCanary(LookupError):
     """No canary runs."""
+
+
+class VersionRegistry(Protocol):
+    """The model registry as the manager (and the RPCs that show it) use it: storage/registry.py's Registry."""
+
+    async def active(self) -> VersionRecord | None: ...
+    async def canary(self) -> VersionRecord | None: ...
+    async def get(self, version: str) -> VersionRecord | None: ...
+    async def latest(self) -> VersionRecord | None: ...
+    async def versions(self) -> list[VersionRecord]: ...
+    async def retired(self) -> list[VersionRecord]: ...
+    async def activate(self, version: str, reason: str, replaces: str | None) -> None: ...
+    async def mark_failed(self, version: str, reason: str, fallback: str | None = None) -> None: ...
+    async def start_canary(self, version: str, share: float, reason: str) -> datetime: ...
+    async def promote_canary(self, version: str, reason: str, replaces: str | None) -> bool: ...
+    async def abort_canary(self, reason: str, version: str | None = None) -> str | None: ...
 
 
 Subscriber = Callable[[HybridModel], None]
@@ -76,7 +93,7 @@ def serves_canary(user_id: int, share: float) -> bool:
 
 
 class VersionManager:
-    def __init__(self, registry: Registry, store: ArtifactStore, prepare: Prepare | None = None) -> None:
+    def __init__(self, registry: VersionRegistry, store: ArtifactStore, prepare: Prepare | None = None) -> None:
         """`prepare(model)`: what a loaded version becomes before it serves (serving/freshness.py: without what
         was erased since its snapshot)."""
         self.registry = registry

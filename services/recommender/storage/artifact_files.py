@@ -19,9 +19,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recommender.model.catalogue import Catalogue
 from recommender.model.cf import CFModel
 from recommender.model.content import ContentModel, TextEncoder
-from recommender.model.hybrid import Catalogue, HybridModel, ModelMeta
+from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.index import CatalogueIndex, Cells, restore
 from recommender.model.params import TrainingParams
 

@@ -131,7 +131,7 @@ class CatalogueStore:
     async def record_interactions(self, interactions: Sequence[Interaction], also: Also | None = None) -> ImportCounts:
         """Merges new events (as `import_data` does) in one transaction and tells the other processes whose
         history changed. Raises UnknownBooks, writing nothing, when a book does not exist. `also(conn)`: more
-        writes of the same transaction (what the events say about recommendations: storage/online.py)."""
+        writes of the same transaction (what the events say about recommendations: storage/feedback.py)."""
 
         return await self.import_data([], interactions, also=also)
 

@@ -23,7 +23,8 @@ import asyncpg
 
 from recommender.storage.db import Database
 from recommender.storage.events import Event, Kind, notify
-from recommender.storage.feedback import IMPRESSIONS_LOCK, ONLINE_LOCK
+from recommender.storage.feedback import IMPRESSIONS_LOCK
+from recommender.storage.rollups import ONLINE_LOCK
 
 
 class NothingStored(Exception):

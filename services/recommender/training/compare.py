@@ -19,7 +19,8 @@ from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SplitParams, TrainingParams
 from recommender.model.ranking import Mode
-from recommender.training.tuning import Search, Trial, fit_and_measure, measure, measure_parts, progress, tune
+from recommender.training.trials import Trial, fit_and_measure, measure, measure_parts
+from recommender.training.tuning import Search, progress, tune
 
 
 @dataclass(frozen=True)

@@ -17,21 +17,23 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import Report, Split, split
 from recommender.model.fit import TrainingCancelled, fit_content, new_version, train
-from recommender.model.hybrid import Catalogue
 from recommender.model.params import GatePolicy, SplitParams, TrainingParams, TuningPolicy
 from recommender.storage.artifacts import ArtifactStore, open_store, prune
 from recommender.storage.db import Database
 from recommender.storage.registry import ActiveChanged, Outcome, Registry, Status, TrialRecord, VersionRecord
 from recommender.storage.snapshot import SnapshotStore
 from recommender.training.progress import RetrainControl
-from recommender.training.tuning import Search, Trial, fit_and_measure, tune
+from recommender.training.trials import Trial, fit_and_measure
+from recommender.training.tuning import Search, tune
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +345,13 @@ def worse(after: Report, before: Report, gate: GatePolicy, cold_history: int) ->
     return ""
 
 
-async def tidy(store: ArtifactStore, registry: Registry) -> list[str]:
+class Versions(Protocol):
+    """The registry as the clean-up reads it (storage/registry.py's Registry)."""
+
+    async def versions(self) -> list[VersionRecord]: ...
+
+
+async def tidy(store: ArtifactStore, registry: Versions) -> list[str]:
     """Removes what retrains that died or failed half-way left in the artifact store (`.incoming-*` folders,
     versions the registry never recorded): the one clean-up, at every retrain's start, after a failure, and when a
     service starts. The caller holds the cluster's retrain lock, so no retrain is writing."""

@@ -14,16 +14,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from recommender.model.fit import TrainingCancelled
-from recommender.serving.versions import VersionManager
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.lock import RetrainLock
-from recommender.storage.registry import Outcome, Registry
+from recommender.storage.registry import Outcome
 from recommender.tasks import cancelled
 from recommender.training.progress import Progress, RetrainControl
 from recommender.training.route import RetrainRoute, released
-from recommender.training.trainer import RetrainResult, tidy
+from recommender.training.trainer import RetrainResult, Versions, tidy
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,22 @@ FIRST_RETRY_SECONDS = 10.0
 MAX_RETRY_SECONDS = 600.0
 
 
-class Busy(Exception):
-    """A retrain (or a rollback) is running."""
+class Served(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+class Serving(Protocol):
+    """What the coordinator needs of its process's serving side (serving/versions.py's VersionManager): to follow
+    the registry once a retrain has published, and to say what serves."""
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def canary(self) -> Served | None: ...
+
+    async def follow(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,9 +65,9 @@ class RetrainCoordinator:
     def __init__(
         self,
         route: RetrainRoute,
-        versions: VersionManager,
+        versions: Serving,
         store: ArtifactStore,
-        registry: Registry,
+        registry: Versions,
         on_change: Callable[[], None] = lambda: None,
         on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
         on_finished: Callable[[RetrainResult], None] = lambda result: None,
@@ -143,7 +157,7 @@ class RetrainCoordinator:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            serving = "the previous model keeps serving" if self._versions.model else "no model serves yet"
+            serving = "the previous model keeps serving" if self._versions.version else "no model serves yet"
             log.exception("retrain failed; %s", serving)
             result = RetrainResult(Outcome.FAILED, "", error, time.perf_counter() - started)
         finally:
@@ -161,7 +175,7 @@ class RetrainCoordinator:
 
     def _retry_without_model(self, failed: bool) -> None:
         """After a failed retrain while no model serves, another one later (with a growing wait)."""
-        if self._versions.model is not None or not failed:
+        if self._versions.version is not None or not failed:
             self._failures_without_model = 0
             return
         if self._stopping:

@@ -1,4 +1,4 @@
-"""Online metrics as the service shows them: read from the online record (storage/online.py) in the background,
+"""Online metrics as the service shows them: read from the online record (storage/feedback.py) in the background,
 however often ModelInfo, ListModels and the dashboard ask.
 
 The sums read the roll-ups (storage/feedback.py), whose cost follows the readers and buckets of the period rather

@@ -1,0 +1,76 @@
+"""What the model answers with, and what it knows of one reader: plain data that the model's modules share (the
+served model in model/hybrid.py, "because you read" in model/explain.py, similar books in model/similar.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from recommender.model.cf import CFModel, FloatArray, IntArray
+from recommender.model.ranking import BoolArray
+
+# (book_id, rating or None) of everything a user did, read from the database.
+ReaderEvents = Sequence[tuple[int, float | None]]
+
+
+class Strategy(StrEnum):
+    HYBRID = "hybrid"  # the user is in the CF model
+    CONTENT = "content"  # history unknown to CF: content similarity to it
+    POPULAR = "popular"  # no history at all
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One of the reader's own books that a recommendation comes from."""
+
+    book_id: int
+    title: str
+    part: str  # "cf": readers who liked it liked the recommended book; "content": the two read alike
+    share: float  # its share of what the reader's books gave the recommendation, 0-1
+
+
+@dataclass(frozen=True)
+class ScoredBook:
+    book_id: int
+    title: str
+    authors: str
+    score: float
+    cf_score: float
+    content_score: float
+    because: tuple[Reason, ...] = ()
+
+
+@dataclass(frozen=True)
+class Request:
+    user_id: int
+    limit: int
+    events: ReaderEvents | None = None  # everything the user did, when it is newer than the model
+    allowed: BoolArray | None = None  # the catalogue positions the answer may hold (model/filters.py); None: all
+    max_per_author: int | None = None  # books of one author in the answer
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    strategy: Strategy
+    books: list[ScoredBook]
+
+
+@dataclass(frozen=True)
+class Reader:
+    """What one user has: catalogue positions, their interaction weights (negative: disliked), and the CF row,
+    or for a history newer than the model, factors folded in from it."""
+
+    cf_row: int | None
+    seen: IntArray
+    weights: FloatArray
+    factors: FloatArray | None = None
+
+    def user_vector(self, cf: CFModel) -> FloatArray | None:
+        if self.factors is not None:
+            return self.factors
+        return cf.user_factors[self.cf_row] if self.cf_row is not None else None
+
+    @property
+    def liked(self) -> int:
+        return int((self.weights > 0).sum())
