@@ -25,9 +25,9 @@ import grpc
 import httpx
 
 from bench.harness import MEDIUM, latency_chart, percentiles, service, write_results
+from bench.servers import Server
 from recommender.v1 import recommender_pb2 as pb
 from recommender.v1 import recommender_pb2_grpc as pb_grpc
-from tests.support.server import Server
 
 WINDOW = 30.0  # seconds: the first half-minute after a start or a swap, and the steady half-minute compared
 CHURN_USERS = 5_000

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from tests.support.server import QUICK, Server, launch
+from bench.servers import QUICK, Server, launch
 
 ADMIN_KEY = "fault-campaign-key"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"}

@@ -22,8 +22,8 @@ import httpx
 import psutil
 
 from bench.campaign import ADMIN, ADMIN_KEY, Row, Service, running_service
-from tests.support.ports import free_port
-from tests.support.server import ROOT
+from bench.ports import free_port
+from bench.servers import ROOT
 
 
 def row(scenario: str, expected: str, observed: str, ok: bool) -> Row:

@@ -23,8 +23,8 @@ import time
 import httpx
 
 from bench.harness import MEDIUM, WORK, cli, write_results
+from bench.servers import started
 from bench.serving import wrk_load
-from tests.support.server import started
 
 FOLDER = WORK / "first-model"
 DEMO = {"demo_books": MEDIUM.books, "demo_users": MEDIUM.users, "demo_interactions": MEDIUM.interactions}

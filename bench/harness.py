@@ -1,5 +1,5 @@
 """What the benchmarks share: a service with a demo catalogue of a given size (kept in bench/.work/ between runs),
-started with the real `python server.py` (tests/support/server.py, the one way everything starts it), and a results
+started with the real `python server.py` (bench/servers.py, the one way everything starts it), and a results
 writer (Markdown and CSV in bench/results/, with the machine's description)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from tests.support.server import ROOT, Server, environment, started
+from bench.servers import ROOT, Server, environment, started
 
 WORK = ROOT / "bench" / ".work"
 RESULTS = ROOT / "bench" / "results"

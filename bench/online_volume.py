@@ -22,9 +22,9 @@ import asyncpg
 import numpy as np
 
 from bench.harness import percentiles, write_results
+from bench.servers import embedded_server
 from recommender.storage.db import Database
 from recommender.storage.feedback import Feedback, Impression, OnlineStore
-from tests.support.database import embedded_server
 
 READERS = 20_000
 COLUMNS = [

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from bench.harness import MEDIUM, latency_chart, percentiles, service, write_results
-from tests.support.server import Server
+from bench.servers import Server
 
 TIMEOUT = 2.0
 

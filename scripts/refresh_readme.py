@@ -24,10 +24,10 @@ from pathlib import Path
 
 import httpx
 
-# Run as a script (`python scripts/...`): the repository root, where tests/support/ lives, on the path.
+# Run as a script (`python scripts/...`): the repository root, where bench/ lives, on the path.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.server import ROOT, health_at, started
+from bench.servers import ROOT, health_at, started
 
 PAGES = [ROOT / "README.md", ROOT / "docs" / "api.md"]  # the pages with samples
 RUN = "scripts/refresh_readme.py"

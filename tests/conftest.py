@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.servers import QUICK, SMALL_DEMO, Server, embedded_server, start_server
 from recommender.settings import Settings, load_settings
-from tests.support.database import Template, create_database, embedded_server, trained_template
-from tests.support.server import QUICK, SMALL_DEMO, Server, start_server
+from tests.support.database import Template, create_database, trained_template
 from tests.support.service import LoopThread, ModelBuilder, RunningService, StartService, start, trained
 from tests.support.waiting import wait_for
 

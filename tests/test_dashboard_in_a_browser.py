@@ -17,8 +17,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 
+from bench.servers import ROOT, Server, start_server
 from tests.support.database import Template
-from tests.support.server import ROOT, Server, start_server
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")

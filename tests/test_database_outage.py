@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.support.server import start_server
+from bench.servers import start_server
 from tests.support.waiting import wait_for
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.servers import ROOT
 from recommender.cli.arguments import parser
-from tests.support.server import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from bench.servers import ROOT, Server, start_server
 from recommender.storage.lock import RetrainLock
 from tests.support.database import Template
-from tests.support.server import ROOT, Server, start_server
 from tests.support.service import LoopThread
 from tests.support.waiting import wait_for
 

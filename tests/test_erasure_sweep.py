@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from bench.servers import start_server
 from tests.support.database import Template
 from tests.support.replicas import (
     FOLLOW_SECONDS,
@@ -27,7 +28,6 @@ from tests.support.replicas import (
     two_replicas,
     widely_read,
 )
-from tests.support.server import start_server
 from tests.support.service import demo_sizes
 from tests.support.waiting import wait_for
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.servers import ROOT, Server, start_server
 from tests.support.database import Template
-from tests.support.server import ROOT, Server, start_server
 
 JSON = {"Content-Type": "application/json"}
 BROKEN_PEM = "-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n"

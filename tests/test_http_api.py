@@ -18,9 +18,9 @@ import httpx
 import psutil
 import pytest
 
+from bench.ports import free_port
+from bench.servers import ROOT, SMALL_DEMO, Server, start_server, wait_idle
 from tests.support.database import Template, create_database
-from tests.support.ports import free_port
-from tests.support.server import ROOT, SMALL_DEMO, Server, start_server, wait_idle
 from tests.support.waiting import wait_for
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from bench.campaign import ADMIN_KEY
 from bench.edges import schemathesis_run
+from bench.servers import Server, start_server
 from tests.support.database import Template
-from tests.support.server import Server, start_server
 
 EXAMPLES = 20  # per operation
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import grpc
 import httpx
 
+from bench.ports import free_port
+from bench.servers import ROOT, health_at, start_server
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.storage import demo
@@ -25,8 +27,6 @@ from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from recommender.v1 import recommender_pb2 as pb
 from tests.support.metrics import scraped
-from tests.support.ports import free_port
-from tests.support.server import ROOT, health_at, start_server
 from tests.support.service import RunningService, StartService, demo_sizes, status_of
 from tests.support.waiting import seconds_until, wait_for
 

