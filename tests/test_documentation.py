@@ -1,9 +1,11 @@
-"""The README is a manual and docs/ its depth: short enough to read, free of issue numbers, and every link, command
-and module it names exists (the samples are checked against a real run by test_http_api's refresh check)."""
+"""The README is a manual and docs/ its depth: short enough to read, free of issue numbers, every link, command and
+module it names exists, and its samples have the shape of a real run's."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from bench.servers import ROOT
 from recommender.cli.arguments import parser
+from tests.support.database import create_database
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -52,3 +55,12 @@ def test_every_command_a_page_names_exists(page: Path) -> None:
 def _subcommands() -> set[str]:
     actions = [a for a in parser()._actions if a.dest == "command"]
     return set(actions[0].choices or ()) if actions else set()
+
+
+def test_the_samples_come_from_a_real_run(postgres_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "scripts/refresh_readme.py", "--check", "--tuning-seconds", "0.5",
+         "--database-url", create_database(postgres_url)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

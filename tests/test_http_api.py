@@ -279,15 +279,6 @@ def test_two_instances_on_other_ports_start_side_by_side(server: Server, templat
         assert second.stop() == 0
 
 
-def test_the_readme_samples_come_from_a_real_run(postgres_url: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "scripts/refresh_readme.py", "--check", "--tuning-seconds", "0.5",
-         "--database-url", create_database(postgres_url)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_models_rollback_and_force_over_http(http: httpx.Client) -> None:
     wait_idle(http)
     info = http.get("/api/v1/model/info").json()
