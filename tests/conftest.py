@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.servers import QUICK, SMALL_DEMO, Server, embedded_server, start_server
+from bench.servers import QUICK, SMALL_DEMO, Server, embedded_server
 from recommender.settings import Settings, load_settings
 from tests.support.database import Template, create_database, trained_template
 from tests.support.service import LoopThread, ModelBuilder, RunningService, StartService, start, trained
@@ -87,9 +87,8 @@ def replicas(start_service: StartService) -> tuple[RunningService, RunningServic
 @pytest.fixture(scope="module")
 def server(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real `python server.py` with the trained template's data, one per test module that asks for it."""
-    running = start_server(template.copy(workdir := tmp_path_factory.mktemp("server")), workdir)
-    yield running
-    running.stop()
+    with template.served(tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 @pytest.fixture

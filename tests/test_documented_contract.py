@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from bench.servers import ROOT, Server, start_server
+from bench.servers import ROOT, Server
 from recommender.storage.lock import RetrainLock
 from tests.support.database import Template
 from tests.support.service import LoopThread
@@ -92,9 +92,8 @@ def test_the_cases_here_are_exactly_the_codes_the_readme_documents() -> None:
 
 @pytest.fixture(scope="module")
 def server(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(template.copy(workdir := tmp_path_factory.mktemp("contract")), workdir, API_KEY=KEY)
-    yield running
-    running.stop()
+    with template.served(tmp_path_factory.mktemp("contract"), API_KEY=KEY) as running:
+        yield running
 
 
 @contextmanager

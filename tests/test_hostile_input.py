@@ -4,6 +4,7 @@ request from another web site or Host name, bodies too large refused by Envoy, a
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -102,6 +103,32 @@ def test_oversize_headers_are_431_and_no_size_refusal_is_ever_429(http: httpx.Cl
         431,
         {"detail": "the request headers are larger than 16 KiB, the most this API takes"},
     )
+    many = http.get("/api/v1/health", headers={f"x-h{i}": "1" for i in range(120)})  # small ones: the count
+    assert (many.status_code, many.json()) == (
+        431,
+        {"detail": "the request has more than 100 headers, the most this API takes"},
+    )
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl, for an HTTP/2 client")
+def test_over_http2_oversize_headers_reset_the_stream_as_the_readme_says(server: Server) -> None:
+    h2c = ["curl", "--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]
+    health = f"{server.url}/api/v1/health"
+    fine = subprocess.run([*h2c, health], capture_output=True, text=True, timeout=30, check=False)
+    assert fine.stdout == "200 2"  # Envoy speaks HTTP/2 on the same port
+    large = subprocess.run(
+        [*h2c, "-H", "x-big: " + "b" * 20_000, health],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (large.returncode, large.stdout.split()[0]) == (92, "000")  # curl's "stream error": no 431 over HTTP/2
+
+
+def test_query_strings_as_browsers_send_them(http: httpx.Client) -> None:
+    book = {"book_id": 950_200, "title": "Panels", "genres": ["Graphic Novel"], "published_year": 2099}
+    assert http.post("/api/v1/books", json={"books": [book]}, headers=JSON).status_code == 200
+    for query_string in ("genre=graphic+novel", "genre=graphic%20novel"):
+        listed = http.get(f"/api/v1/books/new?{query_string}&limit=3").json()["books"]
+        assert [b["book_id"] for b in listed][:1] == [950_200], query_string
 
 
 def test_a_header_name_grpc_cannot_carry_is_a_400_not_a_500(http: httpx.Client) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from bench.campaign import ADMIN_KEY
 from bench.edges import schemathesis_run
-from bench.servers import Server, start_server
+from bench.servers import Server
 from tests.support.database import Template
 
 EXAMPLES = 20  # per operation
@@ -20,9 +20,8 @@ EXAMPLES = 20  # per operation
 
 @pytest.fixture(scope="module")
 def api(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(template.copy(workdir := tmp_path_factory.mktemp("openapi")), workdir, API_KEY=ADMIN_KEY)
-    yield server
-    server.stop()
+    with template.served(tmp_path_factory.mktemp("openapi"), API_KEY=ADMIN_KEY) as server:
+        yield server
 
 
 def test_the_document_declares_every_rpc_its_limits_and_its_credentials(api: Server) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from bench.campaign import ADMIN_KEY
 from bench.edges import schemathesis_run
-from bench.servers import Server, start_server
+from bench.servers import Server
 from tests.support.database import Template
 
 EXAMPLES = 10  # per operation
@@ -18,9 +18,8 @@ EXAMPLES = 10  # per operation
 
 @pytest.fixture(scope="module")
 def api(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(template.copy(workdir := tmp_path_factory.mktemp("keyless")), workdir, API_KEY=ADMIN_KEY)
-    yield server
-    server.stop()
+    with template.served(tmp_path_factory.mktemp("keyless"), API_KEY=ADMIN_KEY) as server:
+        yield server
 
 
 def test_schemathesis_without_a_key_finds_nothing(api: Server) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from bench.servers import QUICK, Server, launch
 
 
 def with_database(url: str, name: str) -> str:
@@ -76,6 +79,17 @@ class Template:
         asyncio.run(create())
         shutil.copytree(self.artifacts, workdir / "artifacts", dirs_exist_ok=True)
         return with_database(self.server_url, name)
+
+    @contextmanager
+    def served(self, workdir: Path, **settings: str) -> Iterator[Server]:
+        """The real `python server.py` on a copy of this template (`settings`: RECOMMENDER_* without the prefix),
+        stopped when the block ends."""
+        running = launch(workdir, QUICK | settings, self.copy(workdir))
+        try:
+            running.wait_idle()
+            yield running
+        finally:
+            running.stop()
 
 
 def trained_template(server_url: str, folder: Path, settings: Mapping[str, object]) -> Template:

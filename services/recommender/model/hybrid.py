@@ -72,6 +72,7 @@ class HybridModel:
         index: CatalogueIndex | None = None,
         changed_since_index: IntArray | None = None,
         forgotten: IntArray | None = None,
+        forgotten_users: frozenset[int] = frozenset(),
     ) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
@@ -84,7 +85,7 @@ class HybridModel:
         top = counts.max() if len(counts) else 0.0
         popularity = counts / top if top > 0 else counts
         changed = none if changed_since_index is None else changed_since_index
-        return cls(meta, catalogue, cf, content, cf_positions, popularity, index, changed, forgotten)
+        return cls(meta, catalogue, cf, content, cf_positions, popularity, index, changed, forgotten, forgotten_users)
 
     def indexed(self, params: IndexParams) -> HybridModel:
         """This model with an index of its catalogue when the catalogue has `params.min_books` books or more."""
@@ -105,8 +106,7 @@ class HybridModel:
         if len(ids) == len(self.forgotten) and users == self.forgotten_users:
             return self
         changed = np.union1d(self.changed_since_index, ids).astype(np.int32)  # the index's rows of theirs are stale
-        model = HybridModel.assemble(self.meta, self.catalogue, self.cf, self.content, self.index, changed, ids)
-        return dataclasses.replace(model, forgotten_users=users)
+        return HybridModel.assemble(self.meta, self.catalogue, self.cf, self.content, self.index, changed, ids, users)
 
     @cached_property
     def search(self) -> Search | None:
@@ -191,8 +191,9 @@ class HybridModel:
             return self
         catalogue, merged, incoming = found
         changed_ids = np.union1d(self.changed_since_index, incoming).astype(np.int32)
-        model = HybridModel.assemble(self.meta, catalogue, self.cf, merged, self.index, changed_ids, self.forgotten)
-        return dataclasses.replace(model, forgotten_users=self.forgotten_users)
+        return HybridModel.assemble(
+            self.meta, catalogue, self.cf, merged, self.index, changed_ids, self.forgotten, self.forgotten_users
+        )
 
     def similar(self, book_id: int, limit: int, allowed: BoolArray | None = None) -> list[ScoredBook] | None:
         """Books like `book_id`, best first (see model/similar.py); None when the book is not in the catalogue."""

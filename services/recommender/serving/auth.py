@@ -23,7 +23,6 @@ from recommender.v1 import MISSING_CREDENTIALS
 
 log = logging.getLogger(__name__)
 
-MISSING = MISSING_CREDENTIALS
 WRONG = "invalid credentials: the key or token is not accepted"
 EXPIRED = "invalid credentials: the token has expired"
 WRONG_AUDIENCE = "invalid credentials: the token is for another audience"
@@ -56,7 +55,7 @@ class Credentials:
         if authorization[:7].lower() == "bearer ":
             presented = authorization[7:].strip()
         if not presented:
-            return grpc.StatusCode.UNAUTHENTICATED, MISSING
+            return grpc.StatusCode.UNAUTHENTICATED, MISSING_CREDENTIALS
         if self.api_key and hmac.compare_digest(presented.encode(), self.api_key.encode()):
             return None
         return self._check_token(presented)

@@ -33,10 +33,14 @@ class NothingStored(Exception):
 
 @dataclass(frozen=True)
 class Erased:
-    """Rows removed, per table; `stored`: whether anything was."""
+    """Rows removed, per table."""
 
     rows: dict[str, int]
-    stored: bool = True
+
+    @property
+    def stored(self) -> bool:
+        """Whether anything was stored."""
+        return any(self.rows.values())
 
 
 class Erasure:
@@ -67,7 +71,7 @@ class Erasure:
             }
             await _remember(conn, "user", user_id)
             await notify(conn, Event.about(Kind.INTERACTIONS, [user_id]))
-            return Erased(rows, stored=any(rows.values()))
+            return Erased(rows)
 
         erased = await self._db.written(write)
         if not erased.stored:
