@@ -34,15 +34,16 @@ import numpy as np
 
 from bench import convert
 from bench.harness import WORK, cli, started, write_results
+from recommender.answers.statistics import Decision, SequentialTest
 from recommender.client import RecommenderClient
 from recommender.model.answers import Request
 from recommender.model.dataset import Interaction
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
-from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.serving.versions import serves_canary
+from recommender.storage.sums import OnlineSums
 from recommender.v1 import recommender_pb2 as pb
 
 HIT_CLICK, MISS_CLICK, POSITION_DECAY, READ_AFTER_CLICK = 0.30, 0.01, 0.8, 0.6

@@ -17,22 +17,21 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from recommender.answers.view import OnlineView
-from recommender.model.dataset import Book, Interaction
-from recommender.model.online_metrics import (
+from recommender.answers.statistics import (
     Decision,
-    OnlineSums,
     SequentialTest,
-    Summed,
     click_through_rate,
     mean_reciprocal_rank,
     reads_per_1000,
 )
+from recommender.answers.view import OnlineView
+from recommender.model.dataset import Book, Interaction
 from recommender.serving.versions import serves_canary
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
 from recommender.storage.feedback import Feedback, Impression, OnlineStore
+from recommender.storage.sums import OnlineSums, Summed
 from recommender.v1 import recommender_pb2 as pb
 from tests.support.service import RunningService, StartService
 from tests.support.waiting import wait_for

@@ -17,13 +17,13 @@ from typing import TypeVar
 import pytest
 
 from recommender.model.dataset import Book, Interaction
-from recommender.model.online_metrics import OnlineSums
 from recommender.settings import Settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database
 from recommender.storage.feedback import Feedback, Impression, OnlineStore
 from recommender.storage.partitions import ensure_partition
 from recommender.storage.rollups import CLOCK_SKEW, EPOCH
+from recommender.storage.sums import OnlineSums
 
 T = TypeVar("T")
 WINDOW = timedelta(hours=1)

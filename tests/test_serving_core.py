@@ -5,23 +5,25 @@ schedule. The same behaviours end to end, through the real database and Envoy, a
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
 
+from recommender.answers.judge import CanaryJudge, CanaryPolicy
+from recommender.answers.statistics import SequentialTest
 from recommender.model.dataset import Book
-from recommender.model.online_metrics import OnlineSums, SequentialTest, Summed
 from recommender.schedule import Schedule
-from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.freshness import FreshData
 from recommender.serving.versions import VersionManager, VersionUnavailable, serves_canary
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord
+from recommender.storage.sums import OnlineSums, Summed
 from recommender.training.coordinator import RetrainCoordinator
 from recommender.training.progress import RetrainControl
 from recommender.training.scheduler import Scheduler
-from recommender.training.trainer import RetrainResult
+from recommender.training.trainer import RetrainResult, tidy
 from tests.support.fakes import CannedSums, MemoryRegistry, MemoryRoute, MemoryStore, MemoryUsers, tiny_model
 
 T = TypeVar("T")
@@ -196,10 +198,10 @@ def coordinator(
         await registry.add(VersionRecord("v9", Status.ACTIVE, reason="better"), replaces=manager.version)
         return RetrainResult(outcome, "v9", "better", 0.05)
 
-    memory = MemoryRoute("memory://", train)
+    memory = MemoryRoute("memory://", train, functools.partial(tidy, manager.store, manager.registry))
     route.append(memory)
     changed = asyncio.Event()
-    retrains = RetrainCoordinator(memory, manager, manager.store, manager.registry, on_change=changed.set)
+    retrains = RetrainCoordinator(memory, manager, on_change=changed.set)
     return retrains, changed
 
 

@@ -16,9 +16,9 @@ from recommender.model.dataset import Book, TrainingData
 from recommender.model.filters import BookFacts
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
-from recommender.model.online_metrics import OnlineSums
 from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactMissing
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord
+from recommender.storage.sums import OnlineSums
 from recommender.training.route import RetrainRoute
 from tests.support.data import BOOKS, PARAMS, interactions
 

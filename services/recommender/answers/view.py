@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from recommender.model.online_metrics import OnlineSums
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.feedback import OnlineStore
+from recommender.storage.sums import OnlineSums
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,8 @@ def train(settings: Settings, force: bool = False) -> int:
 
     with database_url(settings) as dsn:
         asyncio.run(_prepare(settings, dsn))
-        route = RetrainRoute(dsn, ChildProcessTrainer(make_trainer(settings, dsn), settings.log_format))
+        trainer = make_trainer(settings, dsn)
+        route = RetrainRoute(dsn, ChildProcessTrainer(trainer, settings.log_format), trainer.tidy)
         with _progress_display() as on_progress, fork_server():
             control = RetrainControl(force=force, on_progress=on_progress)
             try:

@@ -11,9 +11,9 @@ from typing import Any, Protocol, TypeVar, cast
 import grpc
 
 from recommender.answers.record import UnknownAnswer
-from recommender.serving.versions import NoCanary, VersionNotFound, VersionUnavailable
+from recommender.serving.versions import VersionNotFound, VersionUnavailable
 from recommender.storage.db import DATABASE_ERRORS, CommitUncertain
-from recommender.storage.registry import ActiveChanged
+from recommender.storage.registry import ActiveChanged, NoCanary
 
 SHOWN_PROBLEMS = 20  # bad entries named in one message
 

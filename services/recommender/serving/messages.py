@@ -10,13 +10,14 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from recommender.answers.judge import Comparison
+from recommender.answers.statistics import Interval, online_intervals
 from recommender.model.answers import Recommendations, ScoredBook
 from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel
-from recommender.model.online_metrics import Interval, OnlineSums, online_intervals
-from recommender.serving.canary import Comparison
 from recommender.serving.versions import CanaryServing, is_available
 from recommender.storage.registry import Outcome, VersionRecord
+from recommender.storage.sums import OnlineSums
 from recommender.training.coordinator import RetrainState
 from recommender.v1 import recommender_pb2 as pb
 

@@ -5,6 +5,7 @@ coordinator and schedule that only processes that may train add to it."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from enum import StrEnum
 
@@ -14,16 +15,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
+from recommender.answers.judge import CanaryJudge, CanaryPolicy
 from recommender.answers.queue import ImpressionLog
 from recommender.answers.record import AnswersRecord
+from recommender.answers.statistics import SequentialTest
 from recommender.answers.view import OnlineView
 from recommender.model.hybrid import HybridModel
-from recommender.model.online_metrics import SequentialTest
 from recommender.model.validation import MAX_BODY_BYTES, MAX_HEADER_KB
 from recommender.schedule import Schedule
 from recommender.serving.auth import AuthInterceptor, Credentials
 from recommender.serving.batching import BatchPolicy
-from recommender.serving.canary import CanaryJudge, CanaryPolicy
 from recommender.serving.cluster import Cluster
 from recommender.serving.freshness import FreshData
 from recommender.serving.servicer import RecommenderServicer
@@ -42,6 +43,7 @@ from recommender.training.config import make_trainer
 from recommender.training.coordinator import RetrainCoordinator
 from recommender.training.route import RetrainRoute, RetrainRunner
 from recommender.training.scheduler import Scheduler
+from recommender.training.trainer import tidy
 from recommender.v1 import SERVICE_NAME, STATE_CHANGING, recommender_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -139,10 +141,8 @@ class GrpcService:
         if trainer is None:
             trainer = ChildProcessTrainer(make_trainer(self.settings, self.dsn), self.settings.log_format)
         return RetrainCoordinator(
-            RetrainRoute(self.dsn, trainer),
+            RetrainRoute(self.dsn, trainer, functools.partial(tidy, store, registry)),
             self.versions,
-            store,
-            registry,
             on_change=lambda: self.metrics.retraining.set(1 if self.coordinator and self.coordinator.running else 0),
             on_stage_done=lambda stage, seconds: self.metrics.stage_seconds.labels(stage).observe(seconds),
             on_finished=lambda result: self.metrics.retrains.labels(result.outcome.value).inc(),

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from recommender.answers.judge import CanaryPolicy, compare
 from recommender.answers.record import AnswersRecord
 from recommender.answers.view import OnlineView
 from recommender.model.answers import ReaderEvents, Recommendations, Request, ScoredBook
@@ -20,7 +21,6 @@ from recommender.model.filters import NO_FILTERS, Filters, genre_key
 from recommender.model.hybrid import HybridModel
 from recommender.serving import messages, requests
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy, per_model
-from recommender.serving.canary import CanaryPolicy, compare
 from recommender.serving.cluster import Cluster
 from recommender.serving.errors import Refused, answers, invalid, listed_ids, naming, refuse
 from recommender.serving.freshness import FreshData

@@ -25,11 +25,12 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
+from recommender.answers.statistics import online_intervals
 from recommender.logs import request_id
 from recommender.model.hybrid import HybridModel
-from recommender.model.online_metrics import OnlineSums, online_intervals
 from recommender.processes import is_alive
 from recommender.serving.interceptors import Behaviour, UnaryInterceptor
+from recommender.storage.sums import OnlineSums
 
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 

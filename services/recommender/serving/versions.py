@@ -32,7 +32,7 @@ from typing import Protocol
 from recommender.model.hybrid import HybridModel, warm
 from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactError
 from recommender.storage.artifacts import ArtifactStore
-from recommender.storage.registry import Status, VersionRecord
+from recommender.storage.registry import NoCanary, Status, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ class VersionNotFound(LookupError):
 
 class VersionUnavailable(ValueError):
     """The version is known but cannot serve (rejected, failed, or its artifact is gone or damaged)."""
-
-
-class NoCanary(LookupError):
-    """No canary runs."""
 
 
 class VersionRegistry(Protocol):

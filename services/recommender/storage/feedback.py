@@ -1,5 +1,5 @@
 """The online record in PostgreSQL: the answers readers were shown (impressions), what they did with them
-(feedback), written and read back; the sums of model/online_metrics.py computed from both are the roll-ups'
+(feedback), written and read back; the sums of answers/statistics.py computed from both are the roll-ups'
 (storage/rollups.py), and the raw tables are partitioned by day (storage/partitions.py).
 
 Attribution: a click or read that names its answer (`recommendation_id`) counts for that answer when the answer

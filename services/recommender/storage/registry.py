@@ -25,6 +25,10 @@ from recommender.storage.events import Event, Kind, notify
 _ACTIVE_LOCK = 0x61637476  # "actv"
 
 
+class NoCanary(LookupError):
+    """No canary runs."""
+
+
 class ActiveChanged(RuntimeError):
     """The active version is no longer the one a change was decided against."""
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from recommender.model.online_metrics import OnlineSums, Summed
 from recommender.storage.db import Database
 from recommender.storage.partitions import coming_days, day_of, drop_days
 from recommender.storage.snapshot import UNSEEN
+from recommender.storage.sums import OnlineSums, Summed
 
 # How much earlier than its answer an event may say it happened (clients' clocks are not the server's).
 CLOCK_SKEW = timedelta(minutes=1)
@@ -148,7 +148,7 @@ WHERE new.recommendation_id = ANY ($2::uuid[])
 
 # Each version's figures per reader, from the roll-ups' whole buckets from $1 (before $6) and the impressions from $2
 # up to $1 (a period's first, partial bucket), then summed by version and bucket ($4 wide, from $5; NULL: one
-# bucket), the reader being the unit of analysis (model/online_metrics.py). $3: the versions (NULL: all).
+# bucket), the reader being the unit of analysis (answers/statistics.py). $3: the versions (NULL: all).
 _SUMS = """
 WITH figures AS (
     SELECT version, bucket AS at, user_id, impressions AS i, clicks AS c, reads AS r, reciprocal_ranks AS rr,

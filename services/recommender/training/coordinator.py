@@ -1,6 +1,6 @@
 """The retrain coordinator, only in processes that may train (Gorse's master, beside the serving node): the one
-retrain route of training/route.py (the cluster's retrain lock, the trainer in a child process), run in the
-background, then the version manager told to serve what it promoted.
+retrain route of training/route.py (claim the cluster's retrain lock, run the trainer in a child process, tidy
+after a failure, release), run in the background, then the serving side told to follow what it promoted.
 
 Whatever happens (a failed or cancelled retrain, a lost database), the lock, the in-process flag and the progress
 are released, so that the next retrain works without a restart.
@@ -17,18 +17,17 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from recommender.model.fit import TrainingCancelled
-from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.lock import RetrainLock
 from recommender.storage.registry import Outcome
 from recommender.tasks import cancelled
 from recommender.training.progress import Progress, RetrainControl
 from recommender.training.route import RetrainRoute, released
-from recommender.training.trainer import RetrainResult, Versions, tidy
+from recommender.training.trainer import RetrainResult
 
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled: the service is shutting down"
-CLEAN_UP_SECONDS = 5.0  # what a stop waits for the lock's release and the clean-up of a failed retrain
+STOP_SECONDS = 11.0  # what a stop waits for a cancelled retrain's clean-up and the lock's release
 # With no model to serve, a failed retrain is tried again after this, doubling up to the most (a database that was
 # away, a full disk freed: the service recovers without anybody asking).
 FIRST_RETRY_SECONDS = 10.0
@@ -66,8 +65,6 @@ class RetrainCoordinator:
         self,
         route: RetrainRoute,
         versions: Serving,
-        store: ArtifactStore,
-        registry: Versions,
         on_change: Callable[[], None] = lambda: None,
         on_stage_done: Callable[[str, float], None] = lambda stage, seconds: None,
         on_finished: Callable[[RetrainResult], None] = lambda result: None,
@@ -75,8 +72,6 @@ class RetrainCoordinator:
         """`route`: how a retrain takes the cluster's lock and runs (training/route.py)."""
         self._route = route
         self._versions = versions
-        self._store = store
-        self._registry = registry
         self._on_change = on_change
         self._on_stage_done = on_stage_done
         self._on_finished = on_finished
@@ -118,13 +113,7 @@ class RetrainCoordinator:
 
     async def clean_up(self) -> None:
         """Removes what retrains that died half-way left in the artifact store, when no retrain runs anywhere."""
-        lock = await self._route.claim(announce=False)
-        if lock is None:
-            return
-        try:
-            await self._clean()
-        finally:
-            await released(lock)
+        await self._route.clean_up()
 
     async def stop(self) -> None:
         """Kills a running retrain and waits (boundedly) for its lock to be released."""
@@ -132,14 +121,14 @@ class RetrainCoordinator:
         await cancelled(self._retry)
         task = self._task
         if task is not None and not task.done():
-            await cancelled(task, CLEAN_UP_SECONDS + 1)
+            await cancelled(task, STOP_SECONDS)
 
     async def _retrain(self, lock: RetrainLock, control: RetrainControl) -> None:
         started = time.perf_counter()
         result: RetrainResult | None = None
         error = ""
         try:
-            result = await self._route.run(control)
+            result = await self._route.holding(lock, control)
             if result.outcome in (Outcome.PROMOTED, Outcome.CANARY):
                 control.stage("swapping")
                 await self._versions.follow()
@@ -161,17 +150,12 @@ class RetrainCoordinator:
             log.exception("retrain failed; %s", serving)
             result = RetrainResult(Outcome.FAILED, "", error, time.perf_counter() - started)
         finally:
-            try:
-                if error and error != CANCELLED:
-                    await self._clean()
-            finally:
-                await released(lock)
-                self._state = RetrainState(False, error, datetime.now(UTC))
-                self._control = None
-                if result is not None:
-                    self._on_finished(result)
-                self._on_change()
-                self._retry_without_model(bool(error) and error != CANCELLED)
+            self._state = RetrainState(False, error, datetime.now(UTC))
+            self._control = None
+            if result is not None:
+                self._on_finished(result)
+            self._on_change()
+            self._retry_without_model(bool(error) and error != CANCELLED)
 
     def _retry_without_model(self, failed: bool) -> None:
         """After a failed retrain while no model serves, another one later (with a growing wait)."""
@@ -193,11 +177,3 @@ class RetrainCoordinator:
                 self._retry_without_model(True)
 
         self._retry = asyncio.create_task(later())
-
-    async def _clean(self) -> None:
-        """What a retrain left half-way (training/trainer.py's `tidy`); the caller holds the retrain lock."""
-        try:
-            async with asyncio.timeout(CLEAN_UP_SECONDS):
-                await tidy(self._store, self._registry)
-        except Exception as exc:
-            log.warning("could not clean up the artifacts folder: %s", str(exc) or type(exc).__name__)

@@ -143,10 +143,8 @@ class Trainer:
                     return await self._reject(release, evaluation, refusal)
                 return await self._publish(release, evaluation)
             except (TrainingCancelled, asyncio.CancelledError):
-                await _quietly(tidy(store, registry))
-                raise
+                raise  # the route tidies (training/route.py): a child killed half-way could not
             except Exception as exc:
-                await _quietly(tidy(store, registry))
                 failed = VersionRecord(
                     release.version,
                     Status.FAILED,
@@ -157,6 +155,11 @@ class Trainer:
                 )
                 await _quietly(registry.add(failed))  # the database may be what failed: the log still says why
                 raise
+
+    async def tidy(self) -> None:
+        """`tidy` over this trainer's store, on a connection of its own (the route's clean-up after a failure)."""
+        async with await Database.connect(self.dsn, max_size=1) as db:
+            await tidy(open_store(self.artifacts_dir, db if self.shared_artifacts else None), Registry(db))
 
     async def _evaluate(self, release: Release) -> Evaluation:
         """Step 1: the candidate measured on a held-out split, tuned when tuning is on; the active configuration
@@ -353,9 +356,11 @@ class Versions(Protocol):
 
 async def tidy(store: ArtifactStore, registry: Versions) -> list[str]:
     """Removes what retrains that died or failed half-way left in the artifact store (`.incoming-*` folders,
-    versions the registry never recorded): the one clean-up, at every retrain's start, after a failure, and when a
-    service starts. The caller holds the cluster's retrain lock, so no retrain is writing."""
-    removed = await store.clean({record.version for record in await registry.versions()})
+    versions the registry never recorded or recorded as failed): the one clean-up, at every retrain's start, after
+    a failure (training/route.py), and when a service starts. The caller holds the cluster's retrain lock, so no
+    retrain is writing."""
+    owned = {record.version for record in await registry.versions() if record.status is not Status.FAILED}
+    removed = await store.clean(owned)
     if removed:
         log.info("removed model files no registered version owns (left by a stopped retrain): %s", removed)
     return removed

@@ -79,7 +79,7 @@ CREATE TABLE online_readers (
 );
 
 -- Per version and 10-minute bucket, over its readers: the sums of the figures, their squares and their products
--- with the impressions (model/online_metrics.py's OnlineSums), so that a series in 10-minute buckets reads one row
+-- with the impressions (storage/sums.py's OnlineSums), so that a series in 10-minute buckets reads one row
 -- a bucket.
 CREATE TABLE online_buckets (
     version     text NOT NULL,

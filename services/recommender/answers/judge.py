@@ -1,6 +1,6 @@
 """The canary's judge, in the processes that may train: every few seconds it compares the canary's online metrics
 with the active version's over the same period (since the canary started, the same attribution), and with
-RECOMMENDER_CANARY=auto it promotes or aborts the canary once the sequential test (model/online_metrics.py) is decisive.
+RECOMMENDER_CANARY=auto it promotes or aborts the canary once the sequential test (answers/statistics.py) is decisive.
 Each decision goes to the registry (the version's reason, with the test's numbers) and the log. Several
 processes may judge at once: the registry lets only the first decision through.
 
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
-from recommender.model.online_metrics import Decision, OnlineSums, SequentialTest, Verdict
-from recommender.serving.versions import NoCanary, VersionManager
+from recommender.answers.statistics import Decision, SequentialTest, Verdict
 from recommender.storage.db import DATABASE_ERRORS
-from recommender.storage.registry import ActiveChanged
+from recommender.storage.registry import ActiveChanged, NoCanary
+from recommender.storage.sums import OnlineSums
 from recommender.tasks import cancelled
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,29 @@ class Comparison:
 SumsSource = Callable[[datetime | None, Sequence[str]], Awaitable[dict[str, OnlineSums]]]
 
 
+class Canary(Protocol):
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def started_at(self) -> datetime: ...
+
+
+class Served(Protocol):
+    """What the judge needs of its process's serving side (serving/versions.py's VersionManager): what serves, and
+    the canary's fate carried out everywhere."""
+
+    @property
+    def version(self) -> str | None: ...
+
+    @property
+    def canary(self) -> Canary | None: ...
+
+    async def promote_canary(self, reason: str, version: str | None = None, against: str | None = None) -> str: ...
+
+    async def abort_canary(self, reason: str, version: str | None = None) -> str: ...
+
+
 class Summing(Protocol):
     """Where the judge reads the versions' online sums (storage/feedback.py's OnlineStore)."""
 
@@ -61,7 +84,7 @@ class Summing(Protocol):
     ) -> dict[str, OnlineSums]: ...
 
 
-async def compare(sums_of: SumsSource, versions: VersionManager, test: SequentialTest) -> Comparison | None:
+async def compare(sums_of: SumsSource, versions: Served, test: SequentialTest) -> Comparison | None:
     """The running canary against the active version since the canary started; None when no canary runs."""
     canary, active = versions.canary, versions.version
     if canary is None or active is None:
@@ -74,7 +97,7 @@ async def compare(sums_of: SumsSource, versions: VersionManager, test: Sequentia
 class CanaryJudge:
     def __init__(
         self,
-        versions: VersionManager,
+        versions: Served,
         store: Summing,
         policy: CanaryPolicy,
         on_sums: Callable[[dict[str, OnlineSums]], None] = lambda sums: None,
