@@ -1,29 +1,38 @@
-"""Where a Recommend call's time goes: `.venv/bin/python -m bench.request_path [--seconds 10]`.
+"""Where a Recommend call's time goes: `.venv/bin/python -m bench.request_path [--seconds 10] [--factors 400]`.
 
 In process, one BLAS thread, over 2,000 random known users of the newest version of the 10,000-book /
 50,000-user / 1,000,000-interaction catalogue (run `bench.serving` once to create it), microseconds per request
-(median of 5 passes): the model's record of the user, the model's answer without and with `because`, the same
-answered in batches of 16 (per request), and the response message. Under load (wrk, 16 connections through Envoy):
-CPU time per request of the serving process and of Envoy, for Health and for Recommend (from /proc), the one
-figure that bounds requests per second on this machine. Writes bench/results/request_path.*.
+(median of 5 passes), per stage of the model's answer: the model's record of the user, the query (the reader's
+vector and the candidates' statistics), the shortlist (one float32 product with every book), the exact scores of
+the shortlist, `because`, the whole answer without and with `because`, in batches of 16, and the response
+message. The same for that version's CF part refitted at `--factors` (the cost of a large model: the search is
+free to choose one). Under load (wrk, 16 connections through Envoy, default settings): CPU time per request of
+the serving processes, of Envoy and of the client (wrk), for Health and for Recommend, from /proc and the
+children's rusage. Writes bench/results/request_path.*.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import psutil
 from threadpoolctl import threadpool_limits
 
 from bench.harness import MEDIUM, WORK, service, write_results
 from bench.serving import wrk_load
+from recommender.model import cf
 from recommender.model.answers import Request
+from recommender.model.explain import explained
 from recommender.model.hybrid import HybridModel, warm
+from recommender.model.ranking import scored, shortlist
 from recommender.serving.messages import recommend_response
 from recommender.storage.artifacts import LocalArtifactStore
 
@@ -34,32 +43,24 @@ BATCH = 16
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--factors", type=int, default=400)
     args = parser.parse_args()
-    rows = [["in process", stage, micros] for stage, micros in in_process(_newest_version()).items()]
+    served = _newest_version()
+    rows: list[list[object]] = []
+    for model in (served, refitted(served, args.factors)):
+        label = f"in process, {model.cf.item_factors.shape[1]} factors"
+        rows += [[label, stage, micros] for stage, micros in in_process(model).items()]
     with service(MEDIUM) as running:
-        envoy = _envoy_of(running.process.pid)
         for kind in ("health", "known"):
-            server_before, envoy_before = _cpu(running.process.pid), _cpu(envoy)
-            started = time.monotonic()
-            rate, *_ = wrk_load(running.url, kind, MEDIUM.users, args.seconds, 16)
-            answered = rate * (time.monotonic() - started)
-            call = "Health" if kind == "health" else "Recommend"
-            rows.append(
-                [
-                    "under load",
-                    f"{call}: serving process CPU",
-                    (_cpu(running.process.pid) - server_before) / answered * 1e6,
-                ]
-            )
-            rows.append(["under load", f"{call}: Envoy CPU", (_cpu(envoy) - envoy_before) / answered * 1e6])
-            rows.append(["under load", f"{call}: requests/s", rate])
+            rows += under_load(running.process.pid, running.url, kind, args.seconds)
     write_results(
         "request_path",
         "Where a Recommend call's time goes",
         ["where", "what", "us per request (or requests/s)"],
         rows,
-        f"{USERS:,} random known users, limit 10; in process: median of 5 passes, one BLAS thread; under load: wrk, "
-        f"16 connections through Envoy, {args.seconds:.0f} s each, catalogue {MEDIUM.name}.",
+        f"{USERS:,} random known users, limit 10; in process: median of 5 passes, one BLAS thread, the served "
+        f"version and its CF part refitted at {args.factors} factors; under load: wrk, 16 connections through "
+        f"Envoy, {args.seconds:.0f} s each, catalogue {MEDIUM.name}, default settings.",
     )
     return 0
 
@@ -69,22 +70,76 @@ def in_process(model: HybridModel) -> dict[str, float]:
     warm(model)
     rng = random.Random(0)
     users = [int(model.cf.user_ids[rng.randrange(model.cf.num_users)]) for _ in range(USERS)]
+    readers = [model.reader(user) for user in users]
+    queries = [model.query(reader) for reader in readers]
+    lists = [shortlist(model.rows, [q], [10], [None])[0] for q in queries]
     answers = [model.recommend(user, 10) for user in users]
+    best = [scored(model.rows, q, candidates).positions[:10] for q, candidates in zip(queries, lists, strict=True)]
     version = model.meta.version
 
     def batched() -> None:
         for start in range(0, len(users), BATCH):
             model.recommend_many([Request(user, 10) for user in users[start : start + BATCH]])
 
+    def because() -> None:
+        for positions, reader, q in zip(best, readers, queries, strict=True):
+            explained(model.catalogue, model.content, model.rows, model.cf, positions, reader, q)
+
     return {
-        "the model's record of the user (history)": _per_request(lambda: [model.reader(u) for u in users]),
-        "recommend, without because": _per_request(lambda: [model.recommend(u, 10, explain=False) for u in users]),
-        "recommend, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
-        f"recommend, with because, in batches of {BATCH}": _per_request(batched),
+        "the model's record of the user": _per_request(lambda: [model.reader(u) for u in users]),
+        "the query (vector and statistics)": _per_request(lambda: [model.query(r) for r in readers]),
+        "the shortlist (one float32 product)": _per_request(
+            lambda: [shortlist(model.rows, [q], [10], [None]) for q in queries]
+        ),
+        "the shortlist's exact scores": _per_request(
+            lambda: [scored(model.rows, q, c) for q, c in zip(queries, lists, strict=True)]
+        ),
+        "because": _per_request(because),
+        "answer, without because": _per_request(lambda: [model.recommend(u, 10, explain=False) for u in users]),
+        "answer, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
+        f"answer, with because, in batches of {BATCH}": _per_request(batched),
         "response message (RecommendResponse)": _per_request(
             lambda: [recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]
         ),
     }
+
+
+def refitted(model: HybridModel, factors: int) -> HybridModel:
+    """`model` with its CF part fitted again at `factors` (three iterations: the cost is the shape's)."""
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    params = dataclasses.replace(model.cf.params, factors=factors, iterations=3)
+    liked = model.cf.user_items.copy()
+    liked.data = np.maximum(liked.data, 0.0).astype(np.float32)
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=factors, iterations=3, regularization=params.regularization, alpha=params.confidence, random_state=0
+        )
+        als.fit(liked, show_progress=False)
+    fitted = cf.CFModel(
+        model.cf.user_ids, model.cf.item_ids, np.asarray(als.user_factors, dtype=np.float32),
+        np.asarray(als.item_factors, dtype=np.float32), model.cf.user_items, params,
+    )  # fmt: skip
+    meta = dataclasses.replace(model.meta, params=dataclasses.replace(model.meta.params, als=params))
+    return HybridModel.assemble(meta, model.catalogue, fitted, model.content)
+
+
+def under_load(server: int, url: str, kind: str, seconds: float) -> list[list[object]]:
+    """CPU per request of the serving processes, Envoy and wrk, and the rate, for `kind` through Envoy."""
+    serving, envoy = _serving_processes(server), _named(server, "envoy")
+    serving_before, envoy_before = sum(_cpu(p) for p in serving), _cpu(envoy)
+    client_before = _children_cpu()
+    started = time.monotonic()
+    rate, *_ = wrk_load(url, kind, MEDIUM.users, seconds, 16)
+    answered = rate * (time.monotonic() - started)
+    call = "Health" if kind == "health" else "Recommend"
+    return [
+        ["under load", f"{call}: serving processes' CPU ({len(serving)})",
+         (sum(_cpu(p) for p in serving) - serving_before) / answered * 1e6],
+        ["under load", f"{call}: Envoy CPU", (_cpu(envoy) - envoy_before) / answered * 1e6],
+        ["under load", f"{call}: client (wrk) CPU", (_children_cpu() - client_before) / answered * 1e6],
+        ["under load", f"{call}: requests/s", rate],
+    ]  # fmt: skip
 
 
 def _per_request(run: Callable[[], object], passes: int = 5) -> float:
@@ -104,16 +159,27 @@ def _newest_version() -> HybridModel:
     return store.read(versions[0])
 
 
-def _envoy_of(server: int) -> int:
+def _serving_processes(server: int) -> list[int]:
+    """The server and its serving workers (`recommender.cli worker`)."""
+    children = psutil.Process(server).children(recursive=True)
+    return [server] + [c.pid for c in children if "worker" in c.cmdline() and "recommender.cli" in c.cmdline()]
+
+
+def _named(server: int, name: str) -> int:
     for child in psutil.Process(server).children(recursive=True):
-        if "envoy" in Path(child.exe()).name:
+        if name in Path(child.exe()).name:
             return int(child.pid)
-    raise SystemExit("no Envoy under the server")
+    raise SystemExit(f"no {name} under the server")
 
 
 def _cpu(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return float(times.user + times.system)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
 
 
 if __name__ == "__main__":

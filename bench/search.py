@@ -1,7 +1,7 @@
 """The default search against a long one: on the Goodreads sample and on MovieLens, three split seeds each, the
-first model's search with default settings (fits judged early, the portfolio, the serving budget) against a
-60-fit search of the plain kind (every fit in full, TPE alone, no budget), the plain 20-fit search the default
-used to be, implicit's ALS with library defaults and popularity, on the same split.
+first model's search with default settings (fits judged early, the portfolio, no serving budget) against a
+60-fit search of the plain kind (every fit in full, TPE alone), the plain 20-fit search the default used to be,
+implicit's ALS with library defaults and popularity, on the same split.
 
     python -m bench.search [--seeds 1,2,3] [--data goodbooks,movielens]
 
@@ -24,6 +24,7 @@ from recommender.model.evaluation import Split, split
 from recommender.model.fit import fit_content
 from recommender.model.params import SplitParams, TrainingParams, TuningPolicy
 from recommender.training.compare import library_defaults, progress_chart
+from recommender.training.costs import request_cost, typical_history
 from recommender.training.trials import Trial, measure_parts
 from recommender.training.tuning import Search, tune
 
@@ -31,7 +32,7 @@ PLAIN = WORK / "search_plain.jsonl"
 COLUMNS = [
     "data", "seed", "default NDCG@10", "60-fit NDCG@10", "default / 60-fit", "20-fit (old default)",
     "ALS defaults", "popularity", "cold: default", "cold: ALS defaults", "cold: popularity", "default s",
-    "60-fit s", "chosen", "ms a request",
+    "60-fit s", "chosen", "M multiply-adds a request",
 ]  # fmt: skip
 
 
@@ -63,7 +64,7 @@ def main() -> int:
                 f"{als.ndcg_cold:.4f}", f"{parts['popularity'].ndcg_cold:.4f}", round(seconds),
                 round(long["seconds"]),
                 f"{best.params.als.factors} factors, reg {best.params.als.regularization:.3g}",
-                f"{best.cost_ms:.2f}" if best.cost_ms is not None else "",
+                f"{request_cost(best.model, typical_history(the_split)):.1f}",
             ])  # fmt: skip
             print(rows[-1], flush=True)
     write_results(
@@ -72,8 +73,9 @@ def main() -> int:
         COLUMNS,
         rows,
         "Default: RECOMMENDER_TUNING_TRIALS=20 full fits' worth, fits judged early (successive halving), the "
-        "portfolio first, the serving budget. 60-fit and 20-fit: TPE alone, every fit in full, no budget. Cold: "
-        "readers cut to 3 books. ms a request: the chosen model's maths (ranking and because), one thread.",
+        "portfolio first, no serving budget. 60-fit and 20-fit: TPE alone, every fit in full. Cold: "
+        "readers cut to 3 books. Cost: the chosen model's maths a request (ranking and because), millions of "
+        "multiply-adds (model/cost.py).",
     )
     for name, tried in charted:
         progress_chart(tried, RESULTS / f"search_progress_{name}.png", f"{name}, split seed 1, default settings")
@@ -88,7 +90,7 @@ def plain(
     key = f"{name}/{seed}/{trials}"
     if key not in kept:
         started = time.perf_counter()
-        search = Search(trials, 900.0, seed, halving=False, portfolio=(), latency_budget_ms=None)
+        search = Search(trials, None, seed, halving=False, portfolio=())
         best, _tried = tune(the_split, params, content, search)
         kept[key] = {
             "ndcg": best.metrics.ndcg,

@@ -26,7 +26,10 @@ SERVER = (sys.executable, "server.py")
 IDLE = {"status": "ok", "models_loaded": True}
 # Small enough that a retrain takes well under a second, big enough for ALS and TF-IDF to find signal.
 SMALL_DEMO = {"demo_books": 400, "demo_users": 150, "demo_interactions": 4000}
-QUICK = {"als_iterations": "8", "tuning": "off", **{key: str(value) for key, value in SMALL_DEMO.items()}}
+# One serving process unless a test asks for more (by default, one per core: many servers share the test machine).
+QUICK = {
+    "als_iterations": "8", "tuning": "off", "workers": "1", **{key: str(value) for key, value in SMALL_DEMO.items()}
+}  # fmt: skip
 
 
 def health_at(url: str) -> dict[str, Any]:

@@ -324,20 +324,6 @@ def test_a_batch_answers_each_request_exactly_as_it_would_be_answered_alone() ->
     assert model.similar_many(similar) == [model.similar(book, limit) for book, limit in similar]
 
 
-@pytest.mark.parametrize("width", [7, 255, 256, 1000, 10_001])
-def test_top_k_rows_are_the_best_values_with_ties_to_the_lower_position(width: int) -> None:
-    from recommender.model.ranking import top_k_rows
-
-    rng = np.random.default_rng(width)
-    ranking = rng.integers(0, 50, size=(6, width)).astype(np.float32)  # many ties
-    ranking[1, : width // 2] = -np.inf
-    ranking[2] = -np.inf
-    ks = [1, 10, 3, 300, width, 0]
-    for row, k, top in zip(ranking, ks, top_k_rows(ranking, ks), strict=True):
-        expected = sorted(range(width), key=lambda p: (-row[p], p))[:k]
-        assert top.tolist() == expected
-
-
 @pytest.mark.parametrize("history", [5, 60])
 def test_the_cf_explanation_is_implicits_for_a_history_shorter_or_longer_than_the_factors(history: int) -> None:
     """Shorter than the factors, the explanation is solved through the model's own inverse (Woodbury: no cube of

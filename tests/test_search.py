@@ -4,11 +4,13 @@ determinism for a seed, the serving budget, and its progress by minutes."""
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 
 from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
+from recommender.model.cost import request_madds
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import fit_content
@@ -16,7 +18,7 @@ from recommender.model.params import ALSParams, SplitParams, TrainingParams
 from recommender.storage import demo
 from recommender.training import blends
 from recommender.training.blends import best_blend, blend_floor
-from recommender.training.costs import CostCurve, best_within
+from recommender.training.costs import best_within, request_cost, typical_history
 from recommender.training.trials import Trial, fit_and_measure
 from recommender.training.tuning import Search, als_knobs, progress, tune
 
@@ -64,17 +66,50 @@ def test_the_known_configurations_come_first_then_the_portfolio(prepared: Prepar
 
 
 def test_a_configuration_over_the_serving_budget_is_never_chosen(prepared: Prepared) -> None:
-    best, tried = _search(prepared, latency_budget_ms=1_000.0)
+    the_split, _content = prepared
+    _free, unbounded = _search(prepared)
+    costs = {t.params: request_cost(t.model, typical_history(the_split)) for t in unbounded if t.full}
+    best_free = max((t for t in unbounded if t.full), key=lambda t: t.score)
+    budget = costs[best_free.params] * 0.999  # the best fit without a budget is over this one
+    assert min(costs.values()) < budget
+    best, tried = _search(prepared, cost_budget=budget)
     finished = [t for t in tried if t.full]
-    assert len(finished) >= 2 and all(t.cost_ms is not None and t.cost_ms > 0 for t in finished)
-    assert best.cost_ms is not None and best.cost_ms <= 1_000.0
+    assert all(t.cost == costs.get(t.params, t.cost) and t.cost is not None and t.cost > 0 for t in finished)
+    assert best.cost is not None and best.cost <= budget and best.params != best_free.params
     # The rule, on those trials with costs set: the best scoring one over the budget loses to every one within.
     ranked = sorted(finished, key=lambda t: -t.score)
-    costly = [dataclasses.replace(t, cost_ms=5.0 if t is ranked[0] else 1.0) for t in ranked]
+    costly = [dataclasses.replace(t, cost=5.0 if t is ranked[0] else 1.0) for t in ranked]
     assert best_within(costly, None).params == ranked[0].params
     assert best_within(costly, 2.0).params == ranked[1].params
     # None within: the cheapest.
-    assert best_within(costly, 0.5).cost_ms == 1.0
+    assert best_within(costly, 0.5).cost == 1.0
+
+
+def test_the_same_data_and_seed_release_the_same_configuration_on_a_machine_three_times_slower(
+    prepared: Prepared, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No timing decides what a search releases: with every clock the search reads running three times slower
+    (each timing three times longer), the same fits are tried and the same configuration chosen, budget or not."""
+    the_split, _content = prepared
+    _free, unbounded = _search(prepared)
+    budget = sorted(request_cost(t.model, typical_history(the_split)) for t in unbounded if t.full)[1]
+    here = [_search(prepared, blend=True, blend_trials=6, **changes) for changes in ({}, {"cost_budget": budget})]
+    real_perf_counter, real_monotonic = time.perf_counter, time.monotonic
+    monkeypatch.setattr(time, "perf_counter", lambda: 3.0 * real_perf_counter())
+    monkeypatch.setattr(time, "monotonic", lambda: 3.0 * real_monotonic())
+    slower = [_search(prepared, blend=True, blend_trials=6, **changes) for changes in ({}, {"cost_budget": budget})]
+    for (best, tried), (slow_best, slow_tried) in zip(here, slower, strict=True):
+        assert slow_best.params == best.params
+        assert [t.params for t in slow_tried] == [t.params for t in tried]
+        assert sum(t.seconds for t in slow_tried) > 2 * sum(t.seconds for t in tried)  # the clock did slow down
+
+
+def test_a_requests_cost_is_counted_from_the_models_shape_and_grows_with_its_factors() -> None:
+    costs = [request_madds(10_000, factors, 64, 30.0) for factors in (16, 64, 128, 256, 512)]
+    assert costs == sorted(costs) and len(set(costs)) == len(costs)
+    assert request_madds(10_000, 400, 64, 30.0) > 10_000 * 400  # the scan alone reads every book's factors
+    # A history longer than the factors costs the direct solve, and never less than a shorter one.
+    assert request_madds(10_000, 32, 64, 40.0) >= request_madds(10_000, 32, 64, 31.0)
 
 
 def test_progress_is_the_best_finished_fit_by_minutes(prepared: Prepared) -> None:
@@ -86,19 +121,6 @@ def test_progress_is_the_best_finished_fit_by_minutes(prepared: Prepared) -> Non
     values = [v for _, v in points]
     best_by_score = max((t for t in tried if t.full), key=lambda t: t.score)
     assert values[-1] == best_by_score.metrics.ndcg
-
-
-def test_a_fit_is_judged_by_the_cost_curve_through_every_measurement_not_its_own_alone() -> None:
-    truth = {16: 0.1, 64: 0.3, 128: 0.55, 230: 1.0, 240: 1.05, 512: 2.1}
-    curve = CostCurve()
-    for factors, ms in truth.items():
-        curve = curve.with_point(factors, ms)
-    # One measurement a third slow (the machine busy meanwhile) moves the curve only a little there.
-    noisy = curve.with_point(230, 1.35)
-    assert noisy.at(230) < 1.1 < 1.35
-    assert abs(curve.at(240) - 1.05) < 0.05
-    costs = [noisy.at(k) for k in range(8, 513, 8)]
-    assert costs == sorted(costs)  # more factors never cost less
 
 
 def test_the_blend_search_beats_every_known_blend_within_its_passes(

@@ -66,10 +66,12 @@ class Settings(BaseSettings):
     tuning: Literal["auto", "off"] = "auto" if _TUNING.enabled else "off"
     tuning_trials: int = Field(default=_TUNING.trials, ge=1, le=10_000)
     retrain_trials: int = Field(default=_TUNING.retrain_trials, ge=1, le=10_000)
-    tuning_seconds: float = Field(default=_TUNING.seconds, gt=0.0)
+    tuning_seconds: float = Field(default=_TUNING.seconds or 0.0, ge=0.0)  # 0: no cap
     tuning_halving: bool = _TUNING.halving
-    # What a request's model maths may cost with a searched configuration, in ms (0: no budget).
-    latency_budget_ms: float = Field(default=_TUNING.latency_budget_ms or 0.0, ge=0.0)
+    # Millions of multiply-adds a request's model maths may take with a searched configuration (0: no budget).
+    cost_budget: float = Field(default=_TUNING.cost_budget or 0.0, ge=0.0)
+    # Gone: a budget in milliseconds released a worse model on a slower machine. Set, it stops the start-up.
+    latency_budget_ms: str | None = None
     gate_tolerance: float = Field(default=_GATE.tolerance, ge=0.0)
     eval_holdout: float = Field(default=_SPLIT.holdout, gt=0.0, lt=1.0)
     eval_min_positives: int = Field(default=_SPLIT.min_positives, ge=2)
@@ -108,7 +110,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=0.0, ge=0.0, le=100.0)
     batch_max: int = Field(default=32, ge=1, le=1024)
     # Serving processes behind Envoy: the main one (which also retrains) and workers that follow its versions.
-    workers: int = Field(default=1, ge=1, le=64)
+    # Unset: one per core the process may use, as many as memory holds (cli/capacity.py).
+    workers: int | None = Field(default=None, ge=1, le=64)
     tfidf_max_features: int = Field(default=_TRAINING.tfidf_max_features, ge=1, le=1_000_000)
     keep_versions: int = Field(default=5, ge=1, le=1000)
     # Demo catalogue written into an empty database on first start.
@@ -133,6 +136,16 @@ class Settings(BaseSettings):
     def start_alpha(self) -> float:
         """The alpha to train with (and to show before the first model): "auto" starts from the default."""
         return _TRAINING.alpha if self.alpha == "auto" else float(self.alpha)
+
+    @field_validator("latency_budget_ms")
+    @classmethod
+    def _gone(cls, value: str | None) -> None:
+        if value is not None:
+            raise ValueError(
+                "is no longer read: a budget in milliseconds chose a worse model on a slower machine; "
+                "RECOMMENDER_COST_BUDGET states it in millions of multiply-adds (docs/model.md)"
+            )
+        return None
 
     @field_validator("impressions_retention", "attribution_window", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from asyncio.subprocess import PIPE
 from typing import TYPE_CHECKING
 
 from recommender.claims import Claim, Claimed
+from recommender.cli.capacity import serving_processes
 from recommender.processes import die_with_parent
 from recommender.settings import Settings
 from recommender.storage.database_server import EmbeddedPostgres, database, keep_running
@@ -86,7 +87,7 @@ async def _serve(settings: Settings, dsn: str, claim: Claim, embedded: EmbeddedP
     try:
         await service.start()
         claim.describe(command="recommender serve", grpc=f"{settings.grpc_host}:{service.port}")
-        workers = await _start_workers(settings, dsn, settings.workers - 1)
+        workers = await _start_workers(settings, dsn, serving_processes(settings.workers) - 1)
         if not settings.gateway:
             await stop.wait()
             return 0

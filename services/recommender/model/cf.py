@@ -18,7 +18,6 @@ from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import TrainingData
 from recommender.model.params import ALSParams
-from recommender.model.products import ExactProduct
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -26,6 +25,10 @@ FloatArray = npt.NDArray[np.float32]
 
 # LAPACK's solver for symmetric positive definite systems, called directly: a request's explanation pays no checks.
 _POSV = scipy.linalg.lapack.dposv
+
+# Item factors' entries up to which a version keeps the whitened factors for explanations (`CFModel._whitened`):
+# 64M, 256 MB, a million books at 64 factors.
+WHITENED_MOST = 64_000_000
 
 # Ratings below this say the user did not like the book (see `interaction_weights`).
 DISLIKE_BELOW = 3.0
@@ -61,15 +64,6 @@ class CFModel:
         start, end = self.user_items.indptr[row], self.user_items.indptr[row + 1]
         return self.user_items.indices[start:end], self.user_items.data[start:end]
 
-    def scores(self, user_factors: FloatArray) -> FloatArray:
-        """Predicted preference for every item (columns) of each row of user factors, each row the same whatever
-        the other rows (model/products.py)."""
-        return self._preference(user_factors)
-
-    @cached_property
-    def _preference(self) -> ExactProduct:
-        return ExactProduct.of(self.item_factors)
-
     def fold_in(self, items: IntArray, weights: FloatArray) -> FloatArray | None:
         """The user factors ALS would give a history of `items` (CF item indices) with these `weights`, the item
         factors held fixed (implicit's `recalculate_user`: one least-squares solve, about k^3 + len(history) * k^2
@@ -88,31 +82,50 @@ class CFModel:
         at once: s_ij = (y_i' W_u^-1 y_j) c_i, with W_u = Y'Y + lambda I + Y_u' (C_u - I) Y_u. Disliked items give
         nothing.
 
-        W_u differs from the model's own Y'Y + lambda I (inverted once, `_inverse`) by the user's h items only, so
-        for a history shorter than the factors the solve is Woodbury's: an h x h system, about h k^2 operations
-        instead of k^3 (38 ms at 512 factors for implicit's own, a cube per request)."""
+        W_u differs from the model's own A = Y'Y + lambda I by the user's h items only, so for a history shorter
+        than the factors the solve is Woodbury's, an h x h system, and with A = L L' every product through A^-1 is
+        one of rows of the whitened factors R = Y L^-T (`_whitened`, once per version): about h^2 k + h t k
+        operations for t targets, priced by the history (implicit's own solves a cube of the factors per request,
+        38 ms at 512 factors)."""
         confidence = self.params.confidence * weights.astype(np.float64)
-        history = self.item_factors[items].astype(np.float64)
-        wanted = self.item_factors[targets].T.astype(np.float64)
         extra = np.abs(confidence) - 1.0  # C_u - I
-        if len(items) < history.shape[1]:
-            through = history @ self._inverse  # h x k
-            inner = np.eye(len(items)) + (through @ history.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
-            weighted = np.linalg.solve(inner, through @ wanted)  # Y_u W_u^-1 Y_t'
+        k = self.item_factors.shape[1]
+        if len(items) < k:
+            mine, theirs = self._whitened_rows(items), self._whitened_rows(targets)
+            inner = np.eye(len(items)) + (mine @ mine.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
+            weighted = np.linalg.solve(inner, mine @ theirs.T)  # Y_u W_u^-1 Y_t'
         else:
-            system = self._gram + self.params.regularization * np.eye(self._gram.shape[0])
+            history = self.item_factors[items].astype(np.float64)
+            system = self._gram + self.params.regularization * np.eye(k)
             system += (history.T * extra) @ history
-            _factor, solved, info = _POSV(system, wanted)  # LAPACK: no checks
+            _factor, solved, info = _POSV(system, self.item_factors[targets].T.astype(np.float64))  # no checks
             if info != 0:  # not positive definite (cannot happen with a positive regularisation)
-                solved = np.linalg.lstsq(system, wanted, rcond=None)[0]
+                solved = np.linalg.lstsq(system, self.item_factors[targets].T, rcond=None)[0]
             weighted = history @ solved
         return np.asarray(weighted.T * np.maximum(confidence, 0.0), dtype=np.float32)
 
+    def _whitened_rows(self, items: IntArray) -> npt.NDArray[np.float64]:
+        """Rows of R = Y L^-T for `items`: from the table when the version keeps one, else solved now."""
+        table = self._whitened
+        if table is not None:
+            return table[items].astype(np.float64)
+        rows = scipy.linalg.solve_triangular(self._cholesky, self.item_factors[items].T.astype(np.float64), lower=True)
+        return np.asarray(rows.T)
+
     @cached_property
-    def _inverse(self) -> npt.NDArray[np.float64]:
-        """(Y'Y + lambda I)^-1: every explanation's common part, k^3 once per model."""
+    def _whitened(self) -> FloatArray | None:
+        """R = Y L^-T for every item (float32, as large as the item factors), so that an explanation gathers rows
+        instead of solving; None beyond WHITENED_MOST entries (a huge catalogue solves a reader's rows per request)."""
+        if self.item_factors.size > WHITENED_MOST or self.num_items == 0:
+            return None
+        solved = scipy.linalg.solve_triangular(self._cholesky, self.item_factors.T.astype(np.float64), lower=True)
+        return np.ascontiguousarray(solved.T, dtype=np.float32)
+
+    @cached_property
+    def _cholesky(self) -> npt.NDArray[np.float64]:
+        """L of A = Y'Y + lambda I = L L': every explanation's common part, k^3 once per version."""
         system = self._gram + self.params.regularization * np.eye(self._gram.shape[0])
-        return np.asarray(scipy.linalg.cho_solve(scipy.linalg.cho_factor(system), np.eye(system.shape[0])))
+        return np.asarray(scipy.linalg.cholesky(system, lower=True))
 
     @cached_property
     def _gram(self) -> npt.NDArray[np.float64]:

@@ -4,7 +4,6 @@ books they liked."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,7 +12,6 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import Book
-from recommender.model.products import ExactProduct
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -63,17 +61,6 @@ class ContentModel:
     def profile(self, positions: npt.NDArray[np.int32], weights: FloatArray) -> FloatArray:
         """A user's profile: the `weights`-weighted sum of the vectors of the books at `positions`."""
         return np.asarray(weights.astype(np.float32) @ self.vectors[positions], dtype=np.float32)
-
-    def scores(self, profiles: FloatArray) -> FloatArray:
-        """Cosine similarity of every book (columns) to each profile (rows); a zero profile scores 0 everywhere.
-        Each row is the same whatever the other rows (model/products.py)."""
-        norms = np.linalg.norm(profiles, axis=1, keepdims=True)
-        return self.similarity((profiles / np.where(norms > 0, norms, 1.0)).astype(np.float32))
-
-    @cached_property
-    def similarity(self) -> ExactProduct:
-        """Dot products with every book's vector."""
-        return ExactProduct.of(self.vectors)
 
 
 def _vectorizer(**options: object) -> TfidfVectorizer:

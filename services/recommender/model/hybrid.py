@@ -229,7 +229,6 @@ class HybridModel:
             self._item_of_position,
             self.content.vectors,
             self.popularity,
-            lambda: self.content.similarity,
         )
 
     def recommend(

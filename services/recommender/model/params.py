@@ -106,12 +106,14 @@ class TuningPolicy:
     enabled: bool = True
     trials: int = 20  # full fits' worth a first version's search (and `recommender tune`) spends
     retrain_trials: int = 2  # full fits' worth a later retrain's search spends, the best known configurations first
-    seconds: float = 900.0  # a cap on any search's time, whatever its trials
+    # A cap on any search's time, whatever its trials (None: none, the trials bound it). A cap that binds decides
+    # by the machine's speed what is released; by default none does.
+    seconds: float | None = None
     blend: bool = True  # alpha and the popularity and CF priors are searched too
     halving: bool = True  # each fit judged early on a sample, only the promising ones finished
-    # A request's model maths (the ranking and `because` of ten books, one thread) may cost this much with the
-    # chosen configuration; None: any (README, "How the search chooses").
-    latency_budget_ms: float | None = 1.2
+    # Millions of multiply-adds a request's model maths (the ranking and `because` of ten books, model/cost.py) may
+    # take with the chosen configuration; None: any (docs/model.md, "How the search chooses").
+    cost_budget: float | None = None
 
 
 @dataclass(frozen=True)

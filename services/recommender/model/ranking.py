@@ -10,9 +10,10 @@ blend is ONE inner product of a query vector with the book's row [item factors, 
              = q . row(b) + a constant,   q = [u w_cf/sd_cf, p w_content/sd_content, w_pop/sd_pop + TIE_BREAK]
 
 and the means and spreads over the candidates come from catalogue statistics (column sums and Gram matrices),
-less the reader's own books: no pass over the catalogue. Ranking is then a product with every book's row (`exact`,
-model/products.py keeps it the same alone or in a batch), or a catalogue index's candidates re-scored exactly.
-The scores shown are computed apart, in float64, for the returned books only, and order them.
+less the reader's own books: no pass over the catalogue. Ranking is then one float32 product with every book's row
+(`shortlist`), or a catalogue index's candidates; either way the candidates' scores are computed exactly, in
+float64 from the parts, and those choose and order the answer. So an answer is the same alone or in a batch (a
+BLAS library sums a product's rows in an order that depends on the batch: only the shortlist sees those bits).
 
 Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
 Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
@@ -23,15 +24,13 @@ min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
-
-from recommender.model.products import ExactProduct
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -43,6 +42,11 @@ SUMS_BLOCK = 65_536
 
 # Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
 TIE_BREAK = 1e-6
+
+# The unit roundoff of float32: a sum of n products is within 2 n UNIT |q| |x| of the exact one (`shortlist`).
+UNIT = 2.0**-24
+# Below this many queries, one matrix-vector product each is faster than a matrix product (OpenBLAS, measured).
+FEWEST_ROWS_FOR_ONE_PRODUCT = 4
 
 
 class Mode(StrEnum):
@@ -110,7 +114,6 @@ class BookRows:
     item_of_book: IntArray  # per catalogue row, its CF item (-1: none)
     content: FloatArray  # catalogue rows x d, unit rows
     popularity: FloatArray  # per catalogue row, in [0, 1]
-    content_exact: Callable[[], ExactProduct]  # the content vectors' product (the content model's own, shared)
 
     @property
     def num_books(self) -> int:
@@ -148,27 +151,39 @@ class BookRows:
         return np.argsort(-self.popularity, kind="stable").astype(np.int32)
 
     @cached_property
-    def cf_rows(self) -> FloatArray:
-        """The item factors in catalogue order: zero rows for books CF does not have."""
-        rows = np.zeros((self.num_books, self.item_factors.shape[1]), dtype=np.float32)
-        has = self.item_of_book >= 0
-        rows[has] = self.item_factors[self.item_of_book[has]]
-        return rows
+    def columns(self) -> FloatArray:
+        """Every book's row [item factors (zero where CF has none), content vector, popularity], transposed:
+        (k + d + 1) x books, contiguous (OpenBLAS's fastest layout for a vector against them)."""
+        k, d = self.width
+        columns = np.zeros((k + d + 1, self.num_books), dtype=np.float32)
+        has = np.flatnonzero(self.item_of_book >= 0)
+        columns[:k, has] = self.item_factors[self.item_of_book[has]].T
+        columns[k : k + d] = self.content.T
+        columns[-1] = self.popularity
+        return columns
 
     @cached_property
-    def cf_exact(self) -> ExactProduct:
-        return ExactProduct.of(self.cf_rows)
+    def longest(self) -> float:
+        """The largest norm of a book's row (what bounds the float32 product's rounding)."""
+        return float(np.sqrt(np.square(self.columns, dtype=np.float64).sum(axis=0)).max(initial=0.0))
 
     def cf_of(self, positions: IntArray, user: FloatArray) -> Float64Array:
-        """CF scores of the books at `positions` (0 where CF has no factors), in float64."""
+        """CF scores of the books at `positions` (0 where CF has no factors), in float64 (`_dots`)."""
         items = self.item_of_book[positions]
         scores = np.zeros(len(positions), dtype=np.float64)
         known = items >= 0
-        scores[known] = self.item_factors[items[known]].astype(np.float64) @ user.astype(np.float64)
+        scores[known] = _dots(self.item_factors[items[known]], user)
         return scores
 
     def content_of(self, positions: IntArray, profile: FloatArray) -> Float64Array:
-        return self.content[positions].astype(np.float64) @ profile.astype(np.float64)
+        return _dots(self.content[positions], profile)
+
+
+def _dots(rows: FloatArray, vector: FloatArray) -> Float64Array:
+    """Each row's inner product with `vector` in float64, each the same whatever the other rows: a float32 product
+    is exact in float64, and a sum along a row is added in an order fixed by its length (BLAS's matrix-vector
+    product sums a row in an order that depends on where the row falls among the others)."""
+    return np.multiply(rows, vector, dtype=np.float64).sum(axis=1)
 
 
 @dataclass(frozen=True)
@@ -250,30 +265,6 @@ def query(
     return Query(vector, cf, content, popular, user, unit, seen)
 
 
-def exact_top(
-    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
-) -> list[IntArray]:
-    """Each query's `limits[i]` best catalogue rows by its inner product with every book's row, its seen books
-    left out, and with `allowed[i]` (a mask over the catalogue) only the rows it allows, best first (ties: the lower
-    row first). The CF and content parts are two products, each rounded to its own scale (model/products.py: the
-    same alone or in a batch); popularity is added exactly."""
-    if not queries:
-        return []
-    k, _d = rows.width
-    vectors = np.stack([q.vector for q in queries])
-    ranking = rows.cf_exact(vectors[:, :k]) if k else np.zeros((len(queries), rows.num_books), np.float32)
-    ranking += rows.content_exact()(vectors[:, k:-1])
-    ranking += vectors[:, -1:] * rows.popularity
-    masks = list(allowed) or [None] * len(queries)
-    ks = []
-    for row, q, mask, limit in zip(ranking, queries, masks, limits, strict=True):
-        row[q.seen] = -np.inf
-        if mask is not None:
-            row[~mask] = -np.inf
-        ks.append(min(limit, int(np.isfinite(row).sum()) if mask is not None else rows.num_books - len(q.seen)))
-    return top_k_rows(ranking, ks)
-
-
 @dataclass(frozen=True)
 class Scored:
     """Books of one answer, best first, with their blended score and its CF and content parts (z-scores)."""
@@ -299,30 +290,55 @@ def scored(rows: BookRows, q: Query, best: IntArray) -> Scored:
 def ranked(
     rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
 ) -> list[Scored]:
-    """Each query's answer: its best books (`exact_top`), scored and in the order of their scores. What a reader
-    is served and what evaluation measures."""
-    best = exact_top(rows, queries, limits, allowed)
-    return [scored(rows, q, top) for q, top in zip(queries, best, strict=True)]
+    """Each query's answer: its `limits[i]` best books, its seen books left out and, with `allowed[i]` (a mask
+    over the catalogue), only those it allows; chosen and ordered by their exact scores among the `shortlist`.
+    What a reader is served and what evaluation measures."""
+    masks = list(allowed) or [None] * len(queries)
+    return [
+        _first(scored(rows, q, candidates), limit)
+        for q, candidates, limit in zip(queries, shortlist(rows, queries, limits, masks), limits, strict=True)
+    ]
 
 
-def popular_top(rows: BookRows, k: int, allowed: BoolArray | None = None) -> IntArray:
-    """The `k` most popular books (for a reader with no history) among those `allowed`, ties to the lower row."""
-    order = rows.popular_order if allowed is None else rows.popular_order[allowed[rows.popular_order]]
-    return order[: min(k, len(order))]
+def exact_top(
+    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
+) -> list[IntArray]:
+    """Each query's best catalogue rows, best first (`ranked`'s books)."""
+    return [answer.positions for answer in ranked(rows, queries, limits, allowed)]
 
 
-def top_k_rows(ranking: FloatArray, ks: Sequence[int]) -> list[IntArray]:
-    """Each row's `ks[i]` best positions, best first (ties: the lower position first). Each row sorts the few
-    values at or above a bar that at least k of its values reach (`_bars`)."""
-    k = min(max(ks, default=0), ranking.shape[1])
-    if k <= 0:
-        return [np.zeros(0, dtype=np.int32) for _ in ks]
-    tops = []
-    for row, limit, bar in zip(ranking, ks, _bars(ranking, k), strict=True):
-        best = np.flatnonzero(row >= bar)
-        best = best[np.argsort(-row[best], kind="stable")][:limit]
-        tops.append(best.astype(np.int32))
-    return tops
+def shortlist(
+    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
+) -> list[IntArray]:
+    """Per query, in catalogue order: at least its `limit` best rows by one float32 product with every book's row
+    (those at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's
+    rounding bound of the bar (2 n UNIT |q| max|x|, n terms a sum): a book whose exact score is among the `limit`
+    best (or ties with the last of them) is there, whatever the product's last bits, alone or in a batch."""
+    if not queries:
+        return []
+    vectors = np.stack([q.vector for q in queries])
+    if len(vectors) < FEWEST_ROWS_FOR_ONE_PRODUCT:
+        ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
+        for i, vector in enumerate(vectors):
+            np.matmul(vector, rows.columns, out=ranking[i])
+    else:
+        ranking = vectors @ rows.columns
+    for row, q, mask in zip(ranking, queries, masks, strict=True):
+        row[q.seen] = -np.inf
+        if mask is not None:
+            row[~mask] = -np.inf
+    wanted = min(max(limits), rows.num_books)
+    if wanted <= 0:
+        return [np.zeros(0, dtype=np.int32) for _ in queries]
+    bars = _bars(ranking, wanted)
+    found = []
+    bound = 4 * vectors.shape[1] * UNIT * rows.longest
+    for row, vector, bar in zip(ranking, vectors, bars.tolist(), strict=True):
+        if not math.isfinite(bar):
+            found.append(np.flatnonzero(np.isfinite(row)).astype(np.int32))
+            continue
+        found.append(np.flatnonzero(row >= bar - bound * float(np.linalg.norm(vector))).astype(np.int32))
+    return found
 
 
 # Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
@@ -330,10 +346,10 @@ BAR_GROUPS = 256
 
 
 def _bars(ranking: FloatArray, k: int) -> FloatArray:
-    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below:
-    the k-th largest of the maxima of BAR_GROUPS interleaved groups (the k groups with the largest maxima each hold
-    a value at or above it). Four times as fast as partitioning the row for the k-th best value itself (14 against
-    60 us for 10,000 books), and the values above the bar are few."""
+    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below
+    (the k-th largest of the maxima of BAR_GROUPS interleaved groups: the k groups with the largest maxima each hold
+    a value at or above it). Four times as fast as partitioning the row for the k-th
+    best value itself (14 against 60 us for 10,000 books), and the values above the bar are few."""
     rows, width = ranking.shape
     if k > BAR_GROUPS or width < BAR_GROUPS:
         return np.partition(ranking, width - k, axis=1)[:, width - k]
@@ -342,3 +358,13 @@ def _bars(ranking: FloatArray, k: int) -> FloatArray:
     rest = width - whole
     maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
     return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
+
+
+def _first(answer: Scored, limit: int) -> Scored:
+    return Scored(answer.positions[:limit], answer.scores[:limit], answer.cf[:limit], answer.content[:limit])
+
+
+def popular_top(rows: BookRows, k: int, allowed: BoolArray | None = None) -> IntArray:
+    """The `k` most popular books (for a reader with no history) among those `allowed`, ties to the lower row."""
+    order = rows.popular_order if allowed is None else rows.popular_order[allowed[rows.popular_order]]
+    return order[: min(k, len(order))]

@@ -16,7 +16,7 @@ def unit_rows(rows: BookRows) -> BookRows:
     factors = rows.item_factors
     norms = np.linalg.norm(factors, axis=1, keepdims=True)
     unit = (factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    return BookRows(unit, rows.item_of_book, rows.content, rows.popularity, rows.content_exact)
+    return BookRows(unit, rows.item_of_book, rows.content, rows.popularity)
 
 
 def book_queries(rows: BookRows, positions: Sequence[int | None], alpha: float) -> dict[int, Query]:

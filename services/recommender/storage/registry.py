@@ -89,7 +89,7 @@ class TrialRecord:
     seconds: float
     fidelity: float = 1.0  # below 1: judged early on a sample and stopped (training/tuning.py)
     elapsed: float | None = None  # seconds since its search started, when it ended
-    cost_ms: float | None = None  # a request's model maths with it
+    cost: float | None = None  # a request's model maths with it, millions of multiply-adds (model/cost.py)
 
 
 _COLUMNS = (
@@ -228,7 +228,8 @@ class Registry:
         if not trials:
             return
         await self._db.execute_many(
-            "INSERT INTO tuning_trials (version, params, metrics, score, seconds, fidelity, elapsed_seconds, cost_ms) "
+            "INSERT INTO tuning_trials "
+            "(version, params, metrics, score, seconds, fidelity, elapsed_seconds, cost_madds) "
             "VALUES ($1, $2::jsonb, $3::jsonb, $4, $5, $6, $7, $8)",
             [
                 (
@@ -239,7 +240,7 @@ class Registry:
                     t.seconds,
                     t.fidelity,
                     t.elapsed,
-                    t.cost_ms,
+                    t.cost,
                 )
                 for t in trials
             ],

@@ -84,7 +84,7 @@ def best_blend(
                 raise TrainingCancelled("training cancelled")
             passes += 1
             model = best.model.with_blend(*key)
-            measured[key] = Trial(model.meta.params, model, measure(model, split), best.seconds, cost_ms=best.cost_ms)
+            measured[key] = Trial(model.meta.params, model, measure(model, split), best.seconds, cost=best.cost)
         return above_floor(measured[key].metrics, floor)
 
     def knobs_at(x: npt.NDArray[np.float64]) -> Blend3:

@@ -39,10 +39,10 @@ def tuning_policy(settings: Settings) -> TuningPolicy:
         enabled=settings.tuning == "auto",
         trials=settings.tuning_trials,
         retrain_trials=settings.retrain_trials,
-        seconds=settings.tuning_seconds,
+        seconds=settings.tuning_seconds or None,
         blend=settings.tunes_blend,
         halving=settings.tuning_halving,
-        latency_budget_ms=settings.latency_budget_ms or None,
+        cost_budget=settings.cost_budget or None,
     )
 
 

@@ -1,72 +1,46 @@
-"""What a request costs with a configuration, judged by a curve through every finished fit's measured cost, and
-the best fit that serves within a budget."""
+"""The serving budget of a search: a request's model maths, in millions of multiply-adds (model/cost.py), the
+same figure on every machine; the best fit that serves within it."""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
-import scipy.optimize
 
+from recommender.model.cost import request_madds
+from recommender.model.evaluation import Split
+from recommender.model.hybrid import HybridModel
 from recommender.training.trials import Trial
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class CostCurve:
-    """A request's cost by the model's factors: c0 + c1 k + c2 k^2 (none negative: scipy's nnls) through every
-    finished fit's measured cost. For one catalogue and its readers the cost depends on the factors alone, while
-    one measurement on a shared machine can be a third off (what else runs meanwhile): judged by the curve through
-    all of them, a fit near the budget is not kept or dropped by the luck of its own measurement."""
-
-    points: tuple[tuple[int, float], ...] = ()
-
-    def with_point(self, factors: int, ms: float) -> CostCurve:
-        return CostCurve((*self.points, (factors, ms)))
-
-    def at(self, factors: int) -> float:
-        return float(self._coefficients @ _powers(factors))
-
-    def describe(self) -> str:
-        return ", ".join(f"{self.at(k):.2f} ms at {k} factors" for k in (16, 64, 256, 512))
-
-    @functools.cached_property
-    def _coefficients(self) -> npt.NDArray[np.float64]:
-        basis = np.array([_powers(k) for k, _ms in self.points])
-        coefficients, _residual = scipy.optimize.nnls(basis, np.array([ms for _k, ms in self.points]))
-        return np.asarray(coefficients)
+def typical_history(split: Split) -> float:
+    """The median reader's books in the split's training part: the history a request is costed for."""
+    _users, counts = np.unique(split.train.user_ids, return_counts=True)
+    return float(np.median(counts)) if len(counts) else 0.0
 
 
-def _powers(factors: int) -> npt.NDArray[np.float64]:
-    scaled = factors / 512  # columns of like size, for the solver
-    return np.array([1.0, scaled, scaled * scaled])
+def request_cost(model: HybridModel, history: float) -> float:
+    """Millions of multiply-adds of one request's model maths with `model`, for a reader with `history` books."""
+    factors = model.cf.item_factors.shape[1]
+    return request_madds(model.num_books, factors, model.content.vectors.shape[1], history) / 1e6
 
 
-def costed(trial: Trial, costs: CostCurve) -> Trial:
-    if not trial.full or trial.cost_ms is None:
-        return trial
-    return dataclasses.replace(trial, cost_ms=costs.at(trial.params.als.factors))
+def over(trial: Trial, budget: float | None) -> bool:
+    return budget is not None and trial.cost is not None and trial.cost > budget
 
 
-def over(trial: Trial, budget_ms: float | None) -> bool:
-    return budget_ms is not None and trial.cost_ms is not None and trial.cost_ms > budget_ms
-
-
-def best_within(fits: Iterable[Trial], budget_ms: float | None) -> Trial:
+def best_within(fits: Iterable[Trial], budget: float | None) -> Trial:
     """The best finished fit that serves within the budget (or, when none does, the cheapest one)."""
     finished = [t for t in fits if t.full]
-    feasible = [t for t in finished if not over(t, budget_ms)]
+    feasible = [t for t in finished if not over(t, budget)]
     if feasible:
         return max(feasible, key=lambda t: t.score)
-    cheapest = min(finished, key=lambda t: t.cost_ms or 0.0)
+    cheapest = min(finished, key=lambda t: t.cost or 0.0)
     log.warning(
-        "tuning: no configuration served within %.2f ms a request; the cheapest (%.2f ms) is chosen",
-        budget_ms or 0.0, cheapest.cost_ms or 0.0,
+        "tuning: no configuration served within %.2f million multiply-adds a request; the cheapest (%.2f) is chosen",
+        budget or 0.0, cheapest.cost or 0.0,
     )  # fmt: skip
     return cheapest

@@ -376,7 +376,7 @@ def _changed_meanwhile(exc: ActiveChanged) -> str:
 def _trial_record(trial: Trial) -> TrialRecord:
     return TrialRecord(
         trial.params.as_dict(), trial.metrics.as_dict(), trial.score, trial.seconds, trial.fidelity, trial.elapsed,
-        trial.cost_ms,
+        trial.cost,
     )  # fmt: skip
 
 

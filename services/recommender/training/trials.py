@@ -7,17 +7,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import numpy as np
-from threadpoolctl import threadpool_limits
 
 from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.evaluation import IntArray, K, Ranker, Report, Split, evaluate
 from recommender.model.fit import train
-from recommender.model.hybrid import HybridModel, warm
+from recommender.model.hybrid import HybridModel
 from recommender.model.params import TrainingParams
 from recommender.model.ranking import Mode
 
@@ -65,7 +62,7 @@ class Trial:
     parts: dict[str, Report] | None = None  # measure_parts of the model, when measured in the same pass
     fidelity: float = 1.0  # the share of a full look: 1 for every iteration on every reader
     elapsed: float = 0.0  # seconds since its search started, when it ended
-    cost_ms: float | None = None  # a request's model maths with it (ranking and `because`), when measured
+    cost: float | None = None  # a request's model maths with it, millions of multiply-adds (training/costs.py)
 
     @property
     def score(self) -> float:
@@ -79,7 +76,7 @@ class Trial:
         return self.parts if self.parts is not None else measure_parts(self.model, split)
 
     def describe(self) -> str:
-        cost = "" if self.cost_ms is None else f", {self.cost_ms:.2f} ms a request"
+        cost = "" if self.cost is None else f", {self.cost:.1f} M multiply-adds a request"
         how = "in full" if self.full else f"judged early at fidelity {self.fidelity:.2f}"
         return (
             f"{knobs_text(self.params)}: NDCG@10 {self.metrics.ndcg:.4f}, cold {self.metrics.ndcg_cold:.4f}, "
@@ -103,23 +100,6 @@ def fit_and_measure(
         return Trial(params, model, measure(model, split), time.perf_counter() - started)
     measured = measure_parts(model, split)
     return Trial(params, model, measured["hybrid"], time.perf_counter() - started, measured)
-
-
-def request_cost_ms(model: HybridModel, users: Sequence[int], repeats: int = 3) -> float:
-    """The milliseconds of one `Recommend`'s model maths with `model` (ten books, ranked and explained), one
-    request at a time on one thread: the median over `users` of each one's fastest of `repeats` (the fastest, so
-    that what else the machine does, a service beside a retrain, does not count as the model's cost)."""
-    warm(model)
-    spent = []
-    with threadpool_limits(1, "blas"):
-        for user in users:
-            fastest = math.inf
-            for _ in range(repeats):
-                started = time.perf_counter()
-                model.recommend(int(user), K)
-                fastest = min(fastest, time.perf_counter() - started)
-            spent.append(fastest)
-    return 1000.0 * float(np.median(spent)) if spent else 0.0
 
 
 def knobs_text(params: TrainingParams) -> str:

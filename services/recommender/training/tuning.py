@@ -10,13 +10,14 @@ promising ones (successive halving), and then re-blends the best fit (no fit nee
 each stage tries the active version's choice, the best earlier
 trials and a portfolio that did well on the public data sets first (warm start), and is deterministic for a seed. A
 configuration whose request costs more than the serving budget (by a cost curve through every fit's measured cost)
-is never released.
+(millions of multiply-adds: the same on every machine) is never released.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,11 +37,8 @@ from recommender.training.blends import (
     blend_floor,
     blend_knobs,
 )
-from recommender.training.costs import CostCurve, best_within, costed, over
-from recommender.training.trials import Trial, fit_and_measure, measure, request_cost_ms, score
-
-log = logging.getLogger(__name__)
-
+from recommender.training.costs import best_within, over, request_cost, typical_history
+from recommender.training.trials import Trial, fit_and_measure, measure, score
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +65,16 @@ LOOK_FEWEST = 300
 REDUCTION = 3  # successive halving: a fit goes on only while it is in the best third of those judged at its look
 
 
-COST_READERS = 30  # readers a configuration's cost per request is measured on
-
-
 @dataclass(frozen=True)
 class Search:
     trials: int  # full fits' worth it may spend (a fit judged early costs its share of one)
-    seconds: float  # and no longer than this
+    seconds: float | None  # and no longer than this (None: no cap; the trials bound it)
     seed: int
     blend: bool = True  # alpha and the priors too (else they stay as given)
     blend_trials: int = 30  # blends of the best fit tried (each a ranking pass, no fit)
     halving: bool = True  # judge each fit early and finish only the promising ones (else every fit in full)
     portfolio: tuple[dict[str, Any], ...] = PORTFOLIO  # tried after the known configurations, before proposals
-    latency_budget_ms: float | None = None  # a request's model maths may cost this much (None: any)
+    cost_budget: float | None = None  # millions of multiply-adds a request's model maths may take (None: any)
 
     @classmethod
     def of(cls, policy: TuningPolicy, seed: int, first: bool = True) -> Search:
@@ -87,7 +82,7 @@ class Search:
         trials = policy.trials if first else policy.retrain_trials
         return cls(
             trials, policy.seconds, seed, policy.blend, halving=policy.halving,
-            latency_budget_ms=policy.latency_budget_ms,
+            cost_budget=policy.cost_budget,
         )  # fmt: skip
 
 
@@ -105,8 +100,8 @@ def tune(
     the configured one; `earlier`, the best of earlier searches; then the search's portfolio; `first`, when given,
     is `start` measured already):
 
-    1. the fits: ALS's knobs (`Fits`), proposed by Optuna's TPE. A finished fit over `search.latency_budget_ms` per
-       request (by the CostCurve) is infeasible: never chosen;
+    1. the fits: ALS's knobs (`Fits`), proposed by Optuna's TPE. A finished fit over `search.cost_budget` per
+       request (training/costs.py) is infeasible: never chosen;
     2. the blend of the best fit: alpha and the two priors, each a ranking pass without a fit, by `best_blend` from
        the known blends and BLEND_PORTFOLIO (with `search.blend`).
     """
@@ -120,7 +115,7 @@ def tune(
     ) if search.halving else optuna.pruners.NopPruner()  # fmt: skip
     _study(search, known_fits, fits.fit, fits.more, fits.deadline, pruner)
     tried = fits.results()
-    best = best_within(tried, search.latency_budget_ms)
+    best = best_within(tried, search.cost_budget)
     if not search.blend:
         return best, tried
     known = [*(blend_knobs(p) for p in (best.params, start, *earlier)), *BLEND_PORTFOLIO, *PARTS_AS_BLENDS]
@@ -148,12 +143,11 @@ class Fits:
         self._split, self._start, self._content, self._search = split, start, fitted_content, search
         self._should_stop, self._first = should_stop, first
         self.started = time.perf_counter()
-        self.deadline = self.started + search.seconds
+        self.deadline = math.inf if search.seconds is None else self.started + search.seconds
         self.tried: dict[int, Trial] = {}
         self._sample = _sample(split, search.seed)
-        self._cost_readers = sample_users(split, search.seed, COST_READERS)
+        self._history = typical_history(split)
         self._spent = 0.0  # full fits' worth
-        self._costs = CostCurve()
 
     def more(self) -> bool:
         """Whether to go on: budget left (a sampler that keeps proposing measured configurations spends nothing:
@@ -161,10 +155,8 @@ class Fits:
         return self._spent < self._search.trials and len(self.tried) < 10 * self._search.trials
 
     def results(self) -> list[Trial]:
-        """Every fit tried, each finished one's cost as the curve through all of them reads it."""
-        if self._costs.points:
-            log.info("tuning: a request costs %s", self._costs.describe())
-        return [costed(t, self._costs) if self._costs.points else t for t in self.tried.values()]
+        """Every fit tried."""
+        return list(self.tried.values())
 
     def fit(self, proposal: Any) -> float:
         """What the sampler learns of `proposal`: the score of its fit (see `_feasible`)."""
@@ -174,14 +166,10 @@ class Fits:
             self.tried[proposal.number] = known[0]
             return _feasible(known[0], self._search)
         trial = self._fitted(proposal, params)
-        measured = ""
-        if self._search.latency_budget_ms is not None:
-            cost = request_cost_ms(trial.model, self._cost_readers)
-            self._costs = self._costs.with_point(params.als.factors, cost)
-            trial = dataclasses.replace(trial, cost_ms=self._costs.at(params.als.factors))
-            measured = f" (this fit measured {cost:.2f} ms)"
+        if self._search.cost_budget is not None:
+            trial = dataclasses.replace(trial, cost=request_cost(trial.model, self._history))
         self.tried[proposal.number] = trial
-        log.info("tuning: trial %d, %s%s", proposal.number, trial.describe(), measured)
+        log.info("tuning: trial %d, %s", proposal.number, trial.describe())
         return _feasible(trial, self._search)
 
     def _fitted(self, proposal: Any, params: TrainingParams) -> Trial:
@@ -218,7 +206,7 @@ class Fits:
 def _feasible(trial: Trial, search: Search) -> float:
     """What the sampler learns of a finished fit: its score, far below every feasible one's when it costs more
     per request than the budget allows."""
-    return trial.score - (100.0 if over(trial, search.latency_budget_ms) else 0.0)
+    return trial.score - (100.0 if over(trial, search.cost_budget) else 0.0)
 
 
 def _sample(split: Split, seed: int) -> Split:

@@ -1,0 +1,125 @@
+"""Whether a compressed copy of the catalogue's rows would scan faster than the float32 product the ranking uses:
+`.venv/bin/python -m bench.scan_compression [--factors 400] [--readers 1000]`.
+
+On the Goodreads sample and MovieLens, two split seeds each, a model fitted at `--factors`; for `--readers`
+readers, unfiltered and with a filter that allows half of the books: the exact answer (`model/ranking.py`'s
+`ranked`, the float32 shortlist re-scored in float64), then each first stage's shortlist of the same size re-scored
+exactly the same way: the float32 product (what serves), Faiss's scalar quantiser at 8 bits per entry
+(`QT_8bit`, a third of the bytes and less) and at half precision (`QT_fp16`). Recall@10 against the exact answer,
+the first stage's µs per reader (one thread, the rows cold in cache between readers, as a serving process with
+other work meets them) and the bytes it reads. Writes bench/results/scan_compression.*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+
+from bench import convert
+from bench.harness import write_results
+from recommender.model.evaluation import split
+from recommender.model.fit import fit_content
+from recommender.model.hybrid import HybridModel
+from recommender.model.params import ALSParams, SplitParams, TrainingParams
+from recommender.model.ranking import Query, ranked, scored, shortlist
+from recommender.training.trials import fit_and_measure
+
+IntArray = npt.NDArray[np.int32]
+FLUSH = np.ones(8_000_000)  # 64 MB, read between readers: larger than the last-level cache
+LIMIT = 10
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--factors", type=int, default=400)
+    parser.add_argument("--readers", type=int, default=1000)
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1, "blas")
+    rows: list[list[object]] = []
+    for name in ("goodbooks", "movielens"):
+        data = convert.training_data(name)
+        params = dataclasses.replace(TrainingParams(), als=ALSParams(factors=args.factors, iterations=10, threads=2))
+        content = fit_content(data.books, params)
+        for seed in (1, 2):
+            model = fit_and_measure(split(data, SplitParams(seed=seed)), params, content, lambda: False).model
+            rows += compared(name, seed, model, args.readers)
+    write_results(
+        "scan_compression",
+        "A compressed scan against the float32 one (bench/scan_compression.py)",
+        ["data", "seed", "filter", "first stage", "bytes per book", "recall@10", "us per reader"],
+        rows,
+        f"{args.factors} factors; readers drawn at random; each first stage hands its best {LIMIT} (and, for the "
+        "compressed ones, as many again) to the exact scores. Recall@10 against the exact answer. One thread; "
+        "64 MB read between readers so that the rows come from memory.",
+    )
+    return 0
+
+
+def compared(name: str, seed: int, model: HybridModel, readers: int) -> list[list[object]]:
+    rng = np.random.default_rng(seed)
+    users = rng.choice(model.cf.user_ids, size=min(readers, model.cf.num_users), replace=False)
+    queries = [model.query(model.reader(int(user))) for user in users]
+    half = rng.random(model.num_books) < 0.5
+    columns = model.rows.columns
+    found: list[list[object]] = []
+    for label, mask in (("none", None), ("half the books", half)):
+        exact = [a.positions for a in ranked(model.rows, queries, [LIMIT] * len(queries), [mask] * len(queries))]
+        stages: dict[str, tuple[int, Callable[[Query], IntArray]]] = {
+            "float32 product (served)": (4 * columns.shape[0], _served_stage(model, mask)),
+        }
+        for quantiser, code in (("8-bit scalar quantiser", "QT_8bit"), ("half precision", "QT_fp16")):
+            index = faiss.IndexScalarQuantizer(
+                columns.shape[0], getattr(faiss.ScalarQuantizer, code), faiss.METRIC_INNER_PRODUCT
+            )
+            vectors = np.ascontiguousarray(columns.T)
+            index.train(vectors)
+            index.add(vectors)
+            stages[f"Faiss {quantiser}"] = (index.sa_code_size(), _faiss_stage(index, mask))
+        for stage, (size, first) in stages.items():
+            recall, micros = _measured(model, queries, exact, first)
+            found.append([name, seed, label, stage, size, f"{recall:.4f}", round(micros)])
+            print(found[-1], flush=True)
+    return found
+
+
+def _served_stage(model: HybridModel, mask: npt.NDArray[np.bool_] | None) -> Callable[[Query], IntArray]:
+    return lambda q: shortlist(model.rows, [q], [LIMIT], [mask])[0]
+
+
+def _faiss_stage(index: faiss.IndexScalarQuantizer, mask: npt.NDArray[np.bool_] | None) -> Callable[[Query], IntArray]:
+    def first(q: Query) -> IntArray:
+        keep = np.ones(index.ntotal, dtype=bool) if mask is None else mask.copy()
+        keep[q.seen] = False
+        bits = np.packbits(keep, bitorder="little")
+        params = faiss.SearchParameters()
+        params.sel = faiss.IDSelectorBitmap(len(keep), faiss.swig_ptr(bits))
+        _values, found = index.search(q.vector[None, :], 2 * LIMIT, params=params)
+        return np.sort(found[0][found[0] >= 0]).astype(np.int32)
+
+    return first
+
+
+def _measured(
+    model: HybridModel, queries: list[Query], exact: list[IntArray], first: Callable[[Query], IntArray]
+) -> tuple[float, float]:
+    hits, spent = 0, []
+    for q, truth in zip(queries, exact, strict=True):
+        FLUSH.sum()
+        started = time.perf_counter()
+        candidates = first(q)
+        spent.append(time.perf_counter() - started)
+        answer = scored(model.rows, q, candidates).positions[:LIMIT]
+        hits += len(set(answer.tolist()) & set(truth.tolist()))
+    return hits / max(sum(len(t) for t in exact), 1), 1e6 * float(np.median(spent))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
