@@ -87,10 +87,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=1, help="RECOMMENDER_WORKERS")
+    parser.add_argument("--workers", type=int, help="RECOMMENDER_WORKERS (default: the service's, one per core)")
     args = parser.parse_args()
     rows: list[list[object]] = []
-    with service(MEDIUM, WORKERS=str(args.workers)) as running:
+    workers = {} if args.workers is None else {"WORKERS": str(args.workers)}
+    with service(MEDIUM, **workers) as running:
         rates: dict[tuple[str, str], float] = {}
         for kind in ("health", "known", "unknown"):
             rate, latencies = asyncio.run(
@@ -107,13 +108,13 @@ def main() -> int:
         rows.append(["Envoy (wrk), 1 connection", "known", rate, p50, p90, p99])
     notes = (
         f"{args.connections} connections (one where shown), {args.seconds:.0f} s each, limit 10, catalogue "
-        f"{MEDIUM.name}, {args.workers} serving process(es); client and "
+        f"{MEDIUM.name}, {args.workers or 'one per core (the default)'} serving process(es); client and "
         "server share the machine. For wrk the middle column is p90 (what it reports), for gRPC p95.\n\n"
         f"Recommend (known users) / Health through Envoy: {rates['envoy', 'known'] / rates['envoy', 'health']:.2f} "
         f"(target 0.6); through gRPC: {rates['grpc', 'known'] / rates['grpc', 'health']:.2f}."
     )
     write_results(
-        "serving" if args.workers == 1 else f"serving-{args.workers}-workers",
+        "serving" if args.workers is None else f"serving-{args.workers}-workers",
         "Serving: requests per second and latency",
         ["path", "call", "requests/s", "p50 ms", "p95 (p90) ms", "p99 ms"],
         rows,
