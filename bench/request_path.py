@@ -33,7 +33,7 @@ from recommender.model.answers import Request
 from recommender.model.explain import explained
 from recommender.model.hybrid import HybridModel, warm
 from recommender.model.ranking import scored, shortlist
-from recommender.serving.messages import recommend_response
+from recommender.serving.messages import AnswerMessages
 from recommender.storage.artifacts import LocalArtifactStore
 
 USERS = 2_000
@@ -75,7 +75,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
     lists = [shortlist(model.rows, [q], [10], [None])[0] for q in queries]
     answers = [model.recommend(user, 10) for user in users]
     best = [scored(model.rows, q, candidates).positions[:10] for q, candidates in zip(queries, lists, strict=True)]
-    version = model.meta.version
+    version, shown = model.meta.version, AnswerMessages()
 
     def batched() -> None:
         for start in range(0, len(users), BATCH):
@@ -99,7 +99,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
         "answer, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
         f"answer, with because, in batches of {BATCH}": _per_request(batched),
         "response message (RecommendResponse)": _per_request(
-            lambda: [recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]
+            lambda: [shown.recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]
         ),
     }
 

@@ -350,3 +350,39 @@ def test_the_cf_explanation_is_implicits_for_a_history_shorter_or_longer_than_th
         _score, expected, _weights = solver.explain(0, row, int(target), N=history)
         for item, contribution in expected:
             assert mine[t, list(items).index(item)] == pytest.approx(contribution, rel=1e-3, abs=1e-5)
+
+
+def test_the_shortlist_answers_exactly_as_scoring_every_book_would() -> None:
+    """The float32 product only shortlists: the answer is the best books by their exact scores over the whole
+    catalogue, with a filter too, for readers CF knows, readers it does not and a history newer than the model."""
+    from recommender.model.ranking import ranked, scored
+    from recommender.storage import demo
+
+    catalogue = demo.generate(3, 500, 150, 5000)
+    model = train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, als=ALSParams(factors=24)),
+    )
+    readers = [model.reader(int(u)) for u in model.cf.user_ids[:60]]
+    readers.append(model.reader(10_001, [(3, 5.0), (40, None), (77, 2.0)]))
+    half = np.random.default_rng(3).random(model.num_books) < 0.5
+    for mask in (None, half):
+        for reader in readers:
+            q = model.query(reader)
+            allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
+            allowed[q.seen] = False
+            every = scored(model.rows, q, np.flatnonzero(allowed).astype(np.int32))
+            answer = ranked(model.rows, [q], [10], [mask])[0]
+            assert answer.positions.tolist() == every.positions[:10].tolist()
+            assert answer.scores.tolist() == every.scores[:10].tolist()
+
+
+def test_a_reblend_shares_the_versions_rows_and_other_fits_get_their_own(model: HybridModel) -> None:
+    rows = model.rows
+    blended = model.with_blend(alpha=0.2)
+    assert blended.rows is rows and blended.alpha == 0.2 and model.alpha != 0.2
+    other = dataclasses.replace(model.cf, item_factors=model.cf.item_factors * 2)
+    refit = dataclasses.replace(model, cf=other)
+    assert refit.rows is not rows
+    assert np.allclose(refit.rows.item_factors, 2 * rows.item_factors)
+    assert model.rows is not refit.rows and np.allclose(model.rows.item_factors, rows.item_factors)

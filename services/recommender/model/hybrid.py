@@ -19,6 +19,7 @@ from recommender.model.catalogue import Catalogue, grown
 from recommender.model.cf import CFModel, FloatArray, IntArray, interaction_weights
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book
+from recommender.model.derived import Derived
 from recommender.model.explain import explained
 from recommender.model.filters import author_key, capped
 from recommender.model.index import CatalogueIndex, Search, build
@@ -61,6 +62,8 @@ class HybridModel:
     # Book and user ids whose trained data this version must not use (erased after its snapshot): `forgetting`.
     forgotten: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     forgotten_users: frozenset[int] = frozenset()
+    # What is computed from the books and fits once, shared with copies that keep them (a re-blend, an index).
+    derived: Derived = field(default_factory=Derived, compare=False, repr=False)
 
     @classmethod
     def assemble(
@@ -135,12 +138,7 @@ class HybridModel:
             popularity_prior=now.popularity_prior if popularity_prior is None else popularity_prior,
             cf_prior=now.cf_prior if cf_prior is None else cf_prior,
         )
-        blended = dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))
-        # The same books: their rows and their index's search need no rebuild.
-        for shared in ("rows", "similar_rows", "_item_of_position", "search"):
-            if shared in self.__dict__:
-                blended.__dict__[shared] = self.__dict__[shared]
-        return blended
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared
 
     @property
     def num_books(self) -> int:
@@ -175,9 +173,12 @@ class HybridModel:
         known = items >= 0
         return self.cf.fold_in(items[known], weights[known])
 
-    @cached_property
+    @property
     def _item_of_position(self) -> IntArray:
         """CF item index of each catalogue row; -1 for books CF does not have."""
+        return self.derived.of(self._basis, "item_of_position", self._items)
+
+    def _items(self) -> IntArray:
         items = np.full(self.num_books, -1, dtype=np.int32)
         items[self.cf_positions] = np.arange(len(self.cf_positions), dtype=np.int32)
         items[self.catalogue.positions(self.forgotten)] = -1
@@ -217,13 +218,21 @@ class HybridModel:
             for i in range(len(requests))
         ]
 
-    @cached_property
-    def similar_rows(self) -> BookRows:
-        return unit_rows(self.rows)
+    @property
+    def _basis(self) -> tuple[object, ...]:
+        """What `derived` is computed from."""
+        return (self.catalogue, self.cf, self.content, self.popularity, self.forgotten)
 
-    @cached_property
+    @property
+    def similar_rows(self) -> BookRows:
+        return self.derived.of(self._basis, "similar_rows", lambda: unit_rows(self.rows))
+
+    @property
     def rows(self) -> BookRows:
         """Every book's row and the catalogue statistics: what the ranking is made of."""
+        return self.derived.of(self._basis, "rows", self._rows)
+
+    def _rows(self) -> BookRows:
         return BookRows(
             self.cf.item_factors,
             self._item_of_position,
@@ -273,9 +282,12 @@ class HybridModel:
         picked = capped(rank, self.author_codes, request.limit, cap, available)
         return scored(self.rows, q, picked)
 
-    @cached_property
+    @property
     def author_codes(self) -> IntArray:
         """Per catalogue position, a code of its first author (model/filters.py's `author_key`)."""
+        return self.derived.of(self._basis, "author_codes", self._author_codes)
+
+    def _author_codes(self) -> IntArray:
         _keys, codes = np.unique([author_key(a) for a in self.catalogue.authors], return_inverse=True)
         return codes.astype(np.int32)
 

@@ -12,7 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recommender.answers.judge import Comparison
 from recommender.answers.statistics import Interval, online_intervals
-from recommender.model.answers import Recommendations, ScoredBook
+from recommender.model.answers import Reason, Recommendations, ScoredBook
 from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel
 from recommender.serving.versions import CanaryServing, is_available
@@ -21,40 +21,67 @@ from recommender.storage.sums import OnlineSums
 from recommender.training.coordinator import RetrainState
 from recommender.v1 import recommender_pb2 as pb
 
-
-def recommend_response(
-    user_id: int, version: str, result: Recommendations, recommendation_id: str
-) -> pb.RecommendResponse:
-    return pb.RecommendResponse(
-        user_id=user_id,
-        strategy=result.strategy.value,
-        model_version=version,
-        recommendation_id=recommendation_id,
-        recommendations=_recommended(result),
-    )
+# Books and reasons whose messages an AnswerMessages keeps built (beyond it, it starts again).
+MOST_KEPT = 65_536
 
 
-def session_response(version: str, result: Recommendations) -> pb.RecommendForSessionResponse:
-    return pb.RecommendForSessionResponse(
-        strategy=result.strategy.value, model_version=version, recommendations=_recommended(result)
-    )
+class AnswerMessages:
+    """Answers as messages: each book's fixed part (id, title, authors) and each reason's (id, title) built once and
+    copied into every answer that shows it, since copying a built message costs less than half of building it
+    (upb: 38 against 88 us for ten books with three reasons each). Keyed by their text too, so a book whose title
+    changes gets a new one."""
 
+    def __init__(self) -> None:
+        self._books: dict[tuple[int, str, str], pb.RecommendedBook] = {}
+        self._reasons: dict[tuple[int, str], pb.Reason] = {}
 
-def _recommended(result: Recommendations) -> list[pb.RecommendedBook]:
-    return [
-        pb.RecommendedBook(
-            book_id=book.book_id,
-            title=book.title,
-            authors=book.authors,
-            score=rounded(book.score),
-            cf_score=rounded(book.cf_score),
-            content_score=rounded(book.content_score),
-            because=[
-                pb.Reason(book_id=r.book_id, title=r.title, part=r.part, share=rounded(r.share)) for r in book.because
-            ],
+    def recommend_response(
+        self, user_id: int, version: str, result: Recommendations, recommendation_id: str
+    ) -> pb.RecommendResponse:
+        response = pb.RecommendResponse(
+            user_id=user_id,
+            strategy=result.strategy.value,
+            model_version=version,
+            recommendation_id=recommendation_id,
         )
-        for book in result.books
-    ]
+        self._add(response.recommendations, result)
+        return response
+
+    def session_response(self, version: str, result: Recommendations) -> pb.RecommendForSessionResponse:
+        response = pb.RecommendForSessionResponse(strategy=result.strategy.value, model_version=version)
+        self._add(response.recommendations, result)
+        return response
+
+    def _add(self, into: Any, result: Recommendations) -> None:
+        for book in result.books:
+            message = into.add()
+            message.CopyFrom(self._book(book))
+            message.score = rounded(book.score)
+            message.cf_score = rounded(book.cf_score)
+            message.content_score = rounded(book.content_score)
+            for reason in book.because:
+                shown = message.because.add()
+                shown.CopyFrom(self._reason(reason))
+                shown.part = reason.part
+                shown.share = rounded(reason.share)
+
+    def _book(self, book: ScoredBook) -> pb.RecommendedBook:
+        key = (book.book_id, book.title, book.authors)
+        built = self._books.get(key)
+        if built is None:
+            if len(self._books) >= MOST_KEPT:
+                self._books.clear()
+            built = self._books[key] = pb.RecommendedBook(book_id=book.book_id, title=book.title, authors=book.authors)
+        return built
+
+    def _reason(self, reason: Reason) -> pb.Reason:
+        key = (reason.book_id, reason.title)
+        built = self._reasons.get(key)
+        if built is None:
+            if len(self._reasons) >= MOST_KEPT:
+                self._reasons.clear()
+            built = self._reasons[key] = pb.Reason(book_id=reason.book_id, title=reason.title)
+        return built
 
 
 def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:

@@ -75,6 +75,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._latest: VersionRecord | None = None  # the registry's newest version, as last read
         self._online = online
         self._answers = answers
+        self._messages = messages.AnswerMessages()
         self._canaries = canaries or CanaryPolicy()
         self._recommendations: Batcher[tuple[HybridModel, Request], Recommendations] = Batcher(
             per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
@@ -126,7 +127,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         """The answer, recorded (a later page: as the answer it continues)."""
         books = [book.book_id for book in result.books]
         recommendation_id = self._answers.record(user_id, model.meta.version, books, continues)
-        return messages.recommend_response(user_id, model.meta.version, result, str(recommendation_id))
+        return self._messages.recommend_response(user_id, model.meta.version, result, str(recommendation_id))
 
     def _serving(self, version: str) -> HybridModel:
         """The model of `version` while it serves (active or canary), else FAILED_PRECONDITION."""
@@ -156,7 +157,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         allowed = facts.allowed(filters)
         events = [(book_id, None) for book_id in book_ids]
         result = await self._recommendations((model, Request(0, limit, events, allowed, filters.max_per_author)))
-        return messages.session_response(model.meta.version, result)
+        return self._messages.session_response(model.meta.version, result)
 
     @answers(unavailable="no answer")
     async def ModelInfo(self, request: pb.ModelInfoRequest, context: Context) -> pb.ModelInfoResponse:

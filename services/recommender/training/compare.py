@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from recommender.model import cf
 from recommender.model.dataset import TrainingData
+from recommender.model.derived import Derived
 from recommender.model.evaluation import Report, Split, positives, split
 from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
@@ -82,6 +83,7 @@ def library_defaults(the_split: Split, served: HybridModel, like_threshold: floa
     model = dataclasses.replace(
         served,
         cf=cf.CFModel(user_ids, item_ids, np.asarray(als.user_factors), np.asarray(als.item_factors), seen),
+        derived=Derived(),  # other fits: rows of their own
     )
     return Row("implicit ALS, library defaults", measure(model, the_split, Mode.CF), time.perf_counter() - started)
 
