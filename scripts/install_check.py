@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for name, ok in checks.items():
             print(f"{'ok' if ok else 'FAILED'}: {name}, from {wheel.name} installed in {venv}, run in {folder}")
+        if not checks["a recommendation"]:
+            print(f"the recommendation's answer: {answer.status_code} {answer.text[:500]}")
         return 0 if all(checks.values()) else 1
     finally:
         if args.keep:

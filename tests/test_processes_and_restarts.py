@@ -200,3 +200,21 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_recommendations_answer_as_soon_as_health_says_ready_with_two_processes(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """When the first model arrives, no serving process has passed Envoy's health check yet (every 0.5 s): Envoy
+    then asks any of them, and one without a model hands the read on to another, so a reader never gets "no
+    healthy upstream" from a service whose health says it is ready."""
+    server = start_server(create_database(postgres_url), tmp_path, wait=False, WORKERS="2")
+    try:
+        wait_for(lambda: server.health().get("models_loaded") is True, timeout=120, interval=0.005)
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            answers = [http.get("/api/v1/recommendations?user_id=1&limit=3") for _ in range(40)]
+        assert all(a.status_code == 200 and len(a.json()["recommendations"]) == 3 for a in answers), [
+            (a.status_code, a.text[:100]) for a in answers if a.status_code != 200
+        ]
+    finally:
+        assert server.stop() == 0

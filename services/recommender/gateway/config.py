@@ -139,9 +139,28 @@ def api_routes(
                 "response_headers_to_add": [{"header": {"key": "allow", "value": ", ".join(methods)}}],
             }
         )
-        cluster = SERVING_CLUSTER if balanced and path in SERVING_PATHS else MAIN_CLUSTER
-        routes.append({"match": _path_match(path), "route": {"cluster": cluster, "timeout": timeout}})
+        route: dict[str, object] = {"cluster": MAIN_CLUSTER, "timeout": timeout}
+        if balanced and path in SERVING_PATHS:
+            route = {"cluster": SERVING_CLUSTER, "timeout": timeout, "retry_policy": SERVING_RETRY}
+        routes.append({"match": _path_match(path), "route": route})
     return routes
+
+
+# A read that a serving process cannot answer (UNAVAILABLE: it has no model yet, or it is stopping) is asked of
+# another one, once (see the serving cluster's panic threshold).
+SERVING_RETRY = {
+    "retry_on": "unavailable,connect-failure,refused-stream,reset",
+    "num_retries": 1,
+    "retry_host_predicate": [
+        {
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }
+    ],
+    "host_selection_retry_max_attempts": 3,
+}
 
 
 def _upstream_host(host: str) -> str:
@@ -174,7 +193,10 @@ def _balanced(cluster: dict[str, Any], name: str, upstreams: Sequence[Upstream])
         "name": name,
         "type": "STRICT_DNS",  # host names (a Kubernetes Service, compose services) as well as addresses
         "lb_policy": "ROUND_ROBIN",
-        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},  # never route to one without a model
+        # Only when no process passes its health check (the moment a first model arrives, before the next check)
+        # does Envoy route to all of them: one that has no model answers UNAVAILABLE and the read goes to another
+        # (SERVING_RETRY); else "no healthy upstream" would answer while the service is ready.
+        "common_lb_config": {"healthy_panic_threshold": {"value": 1}},
         "health_checks": [
             {
                 "timeout": "2s",
