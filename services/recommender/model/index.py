@@ -33,7 +33,7 @@ import numpy.typing as npt
 
 from recommender.model.dataset import lookup
 from recommender.model.params import IndexParams
-from recommender.model.ranking import BookRows, FloatArray, IntArray, Query, Scored, scored
+from recommender.model.ranking import BookRows, FloatArray, IntArray, Query, Scored, best_of
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -270,7 +270,7 @@ class Search:
             allowed = allowed.copy()
             allowed[q.seen] = False
             if int(allowed.sum()) < self.params.exact_below:
-                return _best(rows, q, _exact_top(rows, q, np.flatnonzero(allowed), limit), limit)
+                return best_of(rows, q, _exact_top(rows, q, np.flatnonzero(allowed), limit), limit)
         seen_rows = self.row_of[q.seen]
         excluded = Excluded(np.sort(seen_rows[seen_rows >= 0]), None if allowed is None else allowed[self.positions])
         share = 1.0 if allowed is None else float(allowed.mean())
@@ -280,7 +280,7 @@ class Search:
             parts = self._parts(rows, q, n, excluded, share, between_books)
             fresh = _exact_top(rows, q, segment, n)
             candidates = np.unique(np.concatenate([self.positions[np.concatenate([p.rows for p in parts])], fresh]))
-            answer = _best(rows, q, candidates.astype(np.int32), limit)
+            answer = best_of(rows, q, candidates.astype(np.int32), limit)
             bound = sum(p.bound for p in parts)
             if len(segment) > n:
                 bound = max(bound, _value(rows, q, fresh[-1:])[0])
@@ -343,11 +343,6 @@ def _exact_top(rows: BookRows, q: Query, among: npt.NDArray[np.integer], n: int)
     values = _value(rows, q, positions)
     best = np.argpartition(-values, n - 1)[:n]
     return positions[best[np.argsort(-values[best], kind="stable")]]
-
-
-def _best(rows: BookRows, q: Query, candidates: IntArray, limit: int) -> Scored:
-    answer = scored(rows, q, candidates)
-    return Scored(answer.positions[:limit], answer.scores[:limit], answer.cf[:limit], answer.content[:limit])
 
 
 @contextlib.contextmanager

@@ -295,7 +295,7 @@ def ranked(
     What a reader is served and what evaluation measures."""
     masks = list(allowed) or [None] * len(queries)
     return [
-        _first(scored(rows, q, candidates), limit)
+        best_of(rows, q, candidates, limit)
         for q, candidates, limit in zip(queries, shortlist(rows, queries, limits, masks), limits, strict=True)
     ]
 
@@ -360,7 +360,9 @@ def _bars(ranking: FloatArray, k: int) -> FloatArray:
     return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
 
 
-def _first(answer: Scored, limit: int) -> Scored:
+def best_of(rows: BookRows, q: Query, candidates: IntArray, limit: int) -> Scored:
+    """The `limit` best of `candidates` by their exact scores (`scored`), best first."""
+    answer = scored(rows, q, candidates)
     return Scored(answer.positions[:limit], answer.scores[:limit], answer.cf[:limit], answer.content[:limit])
 
 

@@ -3,9 +3,9 @@ rounded to the six decimals float32 maths holds (and JSON shows no float noise).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,6 +23,8 @@ from recommender.v1 import recommender_pb2 as pb
 
 # Books and reasons whose messages an AnswerMessages keeps built (beyond it, it starts again).
 MOST_KEPT = 65_536
+K = TypeVar("K")
+M = TypeVar("M")
 
 
 class AnswerMessages:
@@ -67,21 +69,21 @@ class AnswerMessages:
 
     def _book(self, book: ScoredBook) -> pb.RecommendedBook:
         key = (book.book_id, book.title, book.authors)
-        built = self._books.get(key)
-        if built is None:
-            if len(self._books) >= MOST_KEPT:
-                self._books.clear()
-            built = self._books[key] = pb.RecommendedBook(book_id=book.book_id, title=book.title, authors=book.authors)
-        return built
+        return _kept(self._books, key, lambda: pb.RecommendedBook(book_id=key[0], title=key[1], authors=key[2]))
 
     def _reason(self, reason: Reason) -> pb.Reason:
         key = (reason.book_id, reason.title)
-        built = self._reasons.get(key)
-        if built is None:
-            if len(self._reasons) >= MOST_KEPT:
-                self._reasons.clear()
-            built = self._reasons[key] = pb.Reason(book_id=reason.book_id, title=reason.title)
-        return built
+        return _kept(self._reasons, key, lambda: pb.Reason(book_id=key[0], title=key[1]))
+
+
+def _kept(kept: dict[K, M], key: K, build: Callable[[], M]) -> M:
+    """`kept[key]`, built first when missing (the whole store dropped once it holds MOST_KEPT)."""
+    built = kept.get(key)
+    if built is None:
+        if len(kept) >= MOST_KEPT:
+            kept.clear()
+        built = kept[key] = build()
+    return built
 
 
 def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:
