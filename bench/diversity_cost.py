@@ -20,6 +20,7 @@ from recommender.model.evaluation import K, Report, Split, evaluate, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SplitParams, TrainingParams
+from recommender.model.recommend import recommend_many
 
 CAPS = (None, 2, 1)
 
@@ -51,7 +52,7 @@ def main() -> int:
 
 def measured(model: HybridModel, the_split: Split, cap: int | None) -> Report:
     users = list(the_split.held_out)
-    answers = model.recommend_many([Request(u, K, max_per_author=cap) for u in users], explain=False)
+    answers = recommend_many(model, [Request(u, K, max_per_author=cap) for u in users], explain=False)
     lists = {u: np.array([b.book_id for b in a.books], dtype=np.int32) for u, a in zip(users, answers, strict=True)}
     return evaluate(lambda user, _k: lists[user], the_split, model.num_books)
 

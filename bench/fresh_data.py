@@ -14,7 +14,11 @@ from collections.abc import Callable
 from threadpoolctl import threadpool_limits
 
 from bench.harness import MEDIUM, WORK, service, write_results
-from recommender.model.hybrid import HybridModel, warm
+from recommender.model.hybrid import HybridModel
+from recommender.model.readers import reader_of
+from recommender.model.recommend import recommend
+from recommender.model.similar import similar_to
+from recommender.model.warm import warm
 from recommender.storage.artifacts import LocalArtifactStore
 
 CALLS = 2000
@@ -60,10 +64,10 @@ def main() -> None:
     histories = {user: events(user) for user in set(users)}
     rows: list[list[object]] = []
     for name, call in (
-        ("recommend, the model's record", lambda u: model.recommend(u, 10)),
-        ("recommend, folded in from a newer history", lambda u: model.recommend(u, 10, histories[u])),
+        ("recommend, the model's record", lambda u: recommend(model, u, 10)),
+        ("recommend, folded in from a newer history", lambda u: recommend(model, u, 10, histories[u])),
         ("fold-in alone", lambda u: _fold_in(model, histories[u], u)),
-        ("similar books", lambda u: model.similar(int(model.catalogue.book_ids[u % model.num_books]), 10)),
+        ("similar books", lambda u: similar_to(model, int(model.catalogue.book_ids[u % model.num_books]), 10)),
     ):
         p50, p99 = per_call_ms(call, users)
         rows.append([name, p50, p99])
@@ -81,7 +85,7 @@ def main() -> None:
 
 
 def _fold_in(model: HybridModel, history: list[tuple[int, float | None]], user: int) -> None:
-    model.reader(user, history)
+    reader_of(model, user, history)
 
 
 if __name__ == "__main__":

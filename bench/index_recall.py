@@ -21,6 +21,9 @@ from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, IndexParams, TrainingParams
 from recommender.model.ranking import scored
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for
+from recommender.model.similar import similar_to
 
 COLUMNS = ["data", "seed", "books", "readers", "filtered (25%)", "content only", "similar books"]
 
@@ -66,7 +69,7 @@ def reader_recall(model: HybridModel, users: list[int], allowed: np.ndarray | No
     assert search is not None
     hits = 0
     for user in users:
-        q = model.query(model.reader(user))
+        q = query_for(model, reader_of(model, user))
         found = search.ranked(model.rows, q, 10, allowed=allowed).positions
         candidates = np.setdiff1d(np.arange(model.num_books), q.seen)
         if allowed is not None:
@@ -80,8 +83,8 @@ def similar_recall(model: HybridModel, books: list[int]) -> float:
     exhaustive = dataclasses.replace(model, index=None)
     hits = 0
     for book in books:
-        truth = {b.book_id for b in exhaustive.similar(book, 10) or []}
-        hits += len(truth & {b.book_id for b in model.similar(book, 10) or []})
+        truth = {b.book_id for b in similar_to(exhaustive, book, 10) or []}
+        hits += len(truth & {b.book_id for b in similar_to(model, book, 10) or []})
     return hits / (10 * len(books))
 
 

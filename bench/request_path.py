@@ -31,8 +31,11 @@ from bench.serving import wrk_load
 from recommender.model import cf
 from recommender.model.answers import Request
 from recommender.model.explain import explained
-from recommender.model.hybrid import HybridModel, warm
+from recommender.model.hybrid import HybridModel
 from recommender.model.ranking import scored, shortlist
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for, recommend, recommend_many
+from recommender.model.warm import warm
 from recommender.serving.messages import AnswerMessages
 from recommender.storage.artifacts import LocalArtifactStore
 
@@ -70,24 +73,24 @@ def in_process(model: HybridModel) -> dict[str, float]:
     warm(model)
     rng = random.Random(0)
     users = [int(model.cf.user_ids[rng.randrange(model.cf.num_users)]) for _ in range(USERS)]
-    readers = [model.reader(user) for user in users]
-    queries = [model.query(reader) for reader in readers]
+    readers = [reader_of(model, user) for user in users]
+    queries = [query_for(model, reader) for reader in readers]
     lists = [shortlist(model.rows, [q], [10], [None])[0] for q in queries]
-    answers = [model.recommend(user, 10) for user in users]
+    answers = [recommend(model, user, 10) for user in users]
     best = [scored(model.rows, q, candidates).positions[:10] for q, candidates in zip(queries, lists, strict=True)]
     version, shown = model.meta.version, AnswerMessages()
 
     def batched() -> None:
         for start in range(0, len(users), BATCH):
-            model.recommend_many([Request(user, 10) for user in users[start : start + BATCH]])
+            recommend_many(model, [Request(user, 10) for user in users[start : start + BATCH]])
 
     def because() -> None:
         for positions, reader, q in zip(best, readers, queries, strict=True):
             explained(model.catalogue, model.content, model.rows, model.cf, positions, reader, q)
 
     return {
-        "the model's record of the user": _per_request(lambda: [model.reader(u) for u in users]),
-        "the query (vector and statistics)": _per_request(lambda: [model.query(r) for r in readers]),
+        "the model's record of the user": _per_request(lambda: [reader_of(model, u) for u in users]),
+        "the query (vector and statistics)": _per_request(lambda: [query_for(model, r) for r in readers]),
         "the shortlist (one float32 product)": _per_request(
             lambda: [shortlist(model.rows, [q], [10], [None]) for q in queries]
         ),
@@ -95,8 +98,8 @@ def in_process(model: HybridModel) -> dict[str, float]:
             lambda: [scored(model.rows, q, c) for q, c in zip(queries, lists, strict=True)]
         ),
         "because": _per_request(because),
-        "answer, without because": _per_request(lambda: [model.recommend(u, 10, explain=False) for u in users]),
-        "answer, with because": _per_request(lambda: [model.recommend(u, 10) for u in users]),
+        "answer, without because": _per_request(lambda: [recommend(model, u, 10, explain=False) for u in users]),
+        "answer, with because": _per_request(lambda: [recommend(model, u, 10) for u in users]),
         f"answer, with because, in batches of {BATCH}": _per_request(batched),
         "response message (RecommendResponse)": _per_request(
             lambda: [shown.recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]

@@ -27,9 +27,12 @@ import numpy as np
 
 from bench.harness import RESULTS, WORK, Size, percentiles, service, write_results
 from bench.serving import wrk_load
+from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import IndexParams
 from recommender.model.ranking import exact_top, scored
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for, recommend
 from recommender.storage.artifacts import LocalArtifactStore
 
 READERS, INTERACTIONS = 20_000, 400_000
@@ -95,7 +98,7 @@ def measure(books: int, seconds: float, fresh: bool) -> list[object]:
     maths_index = maths_p50(model, sample) if model.index is not None else float("nan")
     maths_exhaustive = maths_p50(exhaustive, sample)
     started = time.perf_counter()
-    exhaustive.indexed(dataclasses.replace(IndexParams(), min_books=0))
+    with_index(exhaustive, dataclasses.replace(IndexParams(), min_books=0))
     build = time.perf_counter() - started
     row: list[object] = [books, model.index is not None, p50, p90, p99, rate, f"{recall:.4f}"]
     row += [maths_index, maths_exhaustive, rss, on_disk, index_mib, build, model.meta.training_seconds]
@@ -126,7 +129,7 @@ def recall_at_10(model: HybridModel, readers: np.ndarray, served: dict[int, list
     hits = total = 0
     for start in range(0, len(readers), 16):
         users = [int(u) for u in readers[start : start + 16]]
-        queries = [exhaustive.query(exhaustive.reader(user)) for user in users]
+        queries = [query_for(exhaustive, reader_of(exhaustive, user)) for user in users]
         fetched = exact_top(exhaustive.rows, queries, [TRUTH_FETCHED] * len(queries))
         for user, q, best in zip(users, queries, fetched, strict=True):
             truth = set(model.catalogue.book_ids[scored(exhaustive.rows, q, best).positions[:10]].tolist())
@@ -136,11 +139,11 @@ def recall_at_10(model: HybridModel, readers: np.ndarray, served: dict[int, list
 
 
 def maths_p50(model: HybridModel, readers: list[int]) -> float:
-    model.recommend(readers[0], 10)  # the first call builds the cached rows
+    recommend(model, readers[0], 10)  # the first call builds the cached rows
     times = []
     for user in readers:
         started = time.perf_counter()
-        model.recommend(user, 10)
+        recommend(model, user, 10)
         times.append(time.perf_counter() - started)
     return percentiles(times)[0]
 

@@ -29,6 +29,8 @@ from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, SplitParams, TrainingParams
 from recommender.model.ranking import Query, scored, shortlist
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for
 from recommender.training.trials import fit_and_measure
 
 IntArray = npt.NDArray[np.int32]
@@ -67,7 +69,7 @@ def main() -> int:
 def compared(name: str, seed: int, model: HybridModel, readers: int) -> list[list[object]]:
     rng = np.random.default_rng(seed)
     users = rng.choice(model.cf.user_ids, size=min(readers, model.cf.num_users), replace=False)
-    queries = [model.query(model.reader(int(user))) for user in users]
+    queries = [query_for(model, reader_of(model, int(user))) for user in users]
     half = rng.random(model.num_books) < 0.5
     columns = model.rows.columns
     found: list[list[object]] = []

@@ -22,6 +22,7 @@ from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import K, Split, evaluate, split
 from recommender.model.fit import train
 from recommender.model.params import SplitParams, TrainingParams
+from recommender.model.recommend import recommend_many
 
 
 def main() -> int:
@@ -52,13 +53,13 @@ def measure(data: TrainingData, seed: int) -> list[object]:
             sessions.setdefault(user, []).append(book)
     model = train(train_part.subset(~np.isin(train_part.user_ids, list(the_split.cold))), TrainingParams())
     cold = Split(train_part, the_split.slice(cold=True), the_split.cold)
-    answers = model.recommend_many(
-        [Request(0, K, [(b, None) for b in sessions.get(u, [])]) for u in cold.held_out], explain=False
+    answers = recommend_many(
+        model, [Request(0, K, [(b, None) for b in sessions.get(u, [])]) for u in cold.held_out], explain=False
     )
     lists = {
         u: np.array([b.book_id for b in a.books], dtype=np.int32) for u, a in zip(cold.held_out, answers, strict=True)
     }
-    popular_ids = [b.book_id for b in model.recommend_many([Request(0, K + 3)], explain=False)[0].books]
+    popular_ids = [b.book_id for b in recommend_many(model, [Request(0, K + 3)], explain=False)[0].books]
 
     def popular_for(user: int, k: int) -> np.ndarray:
         opened = set(sessions.get(user, []))

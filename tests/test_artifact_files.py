@@ -17,6 +17,7 @@ import pytest
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
+from recommender.model.recommend import recommend
 from recommender.storage.artifact_files import MANIFEST, ArtifactCorrupt, ArtifactMissing
 from recommender.storage.artifacts import LocalArtifactStore, prune
 from tests.support.data import BOOKS, PARAMS, interactions
@@ -32,8 +33,8 @@ def test_a_saved_version_loads_back_identical(tmp_path: Path) -> None:
     loaded = store.read(model.meta.version)
     assert loaded.meta == model.meta
     assert loaded.catalogue.titles == model.catalogue.titles and loaded.catalogue.authors == model.catalogue.authors
-    assert loaded.recommend(2, 5) == model.recommend(2, 5)
-    assert loaded.recommend(999, 5, [(12, 1.0)]) == model.recommend(999, 5, [(12, 1.0)])
+    assert recommend(loaded, 2, 5) == recommend(model, 2, 5)
+    assert recommend(loaded, 999, 5, [(12, 1.0)]) == recommend(model, 999, 5, [(12, 1.0)])
     assert loaded.cf.params == dataclasses.replace(model.cf.params)
 
 

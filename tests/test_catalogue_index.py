@@ -12,9 +12,13 @@ import pytest
 
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.fit import train
+from recommender.model.growth import with_books, with_index
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import IndexParams
 from recommender.model.ranking import scored
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for, recommend
+from recommender.model.similar import similar_to
 from recommender.storage import demo
 from recommender.storage.artifact_files import ArtifactCorrupt
 from recommender.storage.artifacts import LocalArtifactStore
@@ -39,7 +43,7 @@ def exhaustive(demo_books: demo.DemoCatalogue) -> HybridModel:
 
 @pytest.fixture(scope="module")
 def indexed(exhaustive: HybridModel) -> HybridModel:
-    model = exhaustive.indexed(INDEX)
+    model = with_index(exhaustive, INDEX)
     assert model.index is not None and model.search is not None
     return model
 
@@ -49,13 +53,13 @@ def readers(model: HybridModel) -> list[int]:
 
 
 def ids(model: HybridModel, user: int, limit: int = 10) -> list[int]:
-    return [b.book_id for b in model.recommend(user, limit, explain=False).books]
+    return [b.book_id for b in recommend(model, user, limit, explain=False).books]
 
 
 def truly_best(model: HybridModel, user: int, allowed: np.ndarray | None = None, limit: int = 10) -> list[int]:
     """The reader's best books by their float64 scores over the whole catalogue (`ranking.scored`): the truth that
     both the exhaustive product (rounded, model/products.py) and the index approach."""
-    q = model.query(model.reader(user))
+    q = query_for(model, reader_of(model, user))
     candidates = np.setdiff1d(np.arange(model.num_books), q.seen)
     if allowed is not None:
         candidates = candidates[allowed[candidates]]
@@ -75,24 +79,24 @@ def test_the_index_finds_the_books_the_whole_catalogue_ranking_finds(
     assert recall([ids(indexed, u) for u in users], truth) >= 0.99
     assert recall([ids(exhaustive, u) for u in users], truth) >= 0.99
     for user in users[:50]:
-        served = indexed.recommend(user, 10)
-        seen = indexed.catalogue.book_ids[indexed.reader(user).seen]
+        served = recommend(indexed, user, 10)
+        seen = indexed.catalogue.book_ids[reader_of(indexed, user).seen]
         assert not {b.book_id for b in served.books} & set(seen.tolist())
         # Re-scored exactly: a book's score is the same whichever way it was found.
-        everything = {b.book_id: b.score for b in exhaustive.recommend(user, 300, explain=False).books}
+        everything = {b.book_id: b.score for b in recommend(exhaustive, user, 300, explain=False).books}
         assert [b.score for b in served.books] == pytest.approx([everything[b.book_id] for b in served.books])
         assert all(b.because for b in served.books)
     rng = np.random.default_rng(3)  # readers newer than the model: folded in, searched alike
     histories = [[(int(b), 5.0) for b in rng.choice(exhaustive.catalogue.book_ids, 4)] for _ in range(30)]
-    found = [[b.book_id for b in indexed.recommend(10**6, 10, h, explain=False).books] for h in histories]
-    truth = [[b.book_id for b in exhaustive.recommend(10**6, 10, h, explain=False).books] for h in histories]
+    found = [[b.book_id for b in recommend(indexed, 10**6, 10, h, explain=False).books] for h in histories]
+    truth = [[b.book_id for b in recommend(exhaustive, 10**6, 10, h, explain=False).books] for h in histories]
     assert recall(found, truth) >= 0.99
 
 
 def test_similar_books_come_through_the_index(exhaustive: HybridModel, indexed: HybridModel) -> None:
     books = [int(b) for b in exhaustive.catalogue.book_ids[::10]]
-    found = [[b.book_id for b in indexed.similar(book, 10) or []] for book in books]
-    truth = [[b.book_id for b in exhaustive.similar(book, 10) or []] for book in books]
+    found = [[b.book_id for b in similar_to(indexed, book, 10) or []] for book in books]
+    truth = [[b.book_id for b in similar_to(exhaustive, book, 10) or []] for book in books]
     assert recall(found, truth) >= 0.95
     assert all(book not in answer for book, answer in zip(books, found, strict=True))
 
@@ -106,7 +110,7 @@ def test_a_predicate_restricts_the_candidates_without_losing_recall(indexed: Hyb
     allowed = np.random.default_rng(7).random(indexed.num_books) < share
     found, truth = [], []
     for user in readers(indexed)[:100]:
-        q = indexed.query(indexed.reader(user))
+        q = query_for(indexed, reader_of(indexed, user))
         answer = search.ranked(indexed.rows, q, 10, allowed=allowed)
         assert allowed[answer.positions].all()
         found.append(indexed.catalogue.book_ids[answer.positions].tolist())
@@ -125,8 +129,8 @@ def test_books_added_after_the_index_are_searched_exactly_beside_it(
     most_read = [int(b) for b in exhaustive.catalogue.book_ids[np.argsort(-exhaustive.popularity)[:40]]]
     added = [dataclasses.replace(by_id[b], book_id=100_000 + b, title=f"{by_id[b].title} (2nd ed.)") for b in most_read]
     changed = dataclasses.replace(by_id[most_read[0]], description="dragons dragons dragons " * 5)
-    grown_exact = exhaustive.with_books([*added, changed]).with_blend(alpha=0.0)
-    grown = indexed.with_books([*added, changed]).with_blend(alpha=0.0)
+    grown_exact = with_books(exhaustive, [*added, changed]).with_blend(alpha=0.0)
+    grown = with_books(indexed, [*added, changed]).with_blend(alpha=0.0)
     assert grown.search is not None and len(grown.search.segment) == len(added) + 1
     new = {b.book_id for b in added} | {changed.book_id}
     users = readers(grown)
@@ -144,7 +148,7 @@ def test_a_version_keeps_its_index_and_refuses_a_damaged_one(tmp_path: Path, ind
     loaded = store.read(indexed.meta.version)
     assert loaded.index is not None
     for user in readers(indexed)[:20]:
-        assert loaded.recommend(user, 10) == indexed.recommend(user, 10)
+        assert recommend(loaded, user, 10) == recommend(indexed, user, 10)
     index_file = folder / "index.npz"
     index_file.write_bytes(index_file.read_bytes()[:-100])
     with pytest.raises(ArtifactCorrupt, match=r"index\.npz does not match its checksum"):
@@ -152,7 +156,7 @@ def test_a_version_keeps_its_index_and_refuses_a_damaged_one(tmp_path: Path, ind
 
 
 def test_a_small_catalogue_is_ranked_exhaustively(exhaustive: HybridModel) -> None:
-    assert exhaustive.indexed(IndexParams(min_books=exhaustive.num_books + 1)).index is None
+    assert with_index(exhaustive, IndexParams(min_books=exhaustive.num_books + 1)).index is None
     assert exhaustive.search is None
 
 
@@ -161,7 +165,7 @@ def test_an_index_refuses_a_catalogue_it_does_not_cover(indexed: HybridModel, ex
 
     index = indexed.index
     assert index is not None
-    smaller = exhaustive.with_books([Book(999_999, "Another", "X", "words", ())])
+    smaller = with_books(exhaustive, [Book(999_999, "Another", "X", "words", ())])
     with pytest.raises(ValueError, match="does not cover"):
         restore(smaller.catalogue.book_ids, smaller.rows, index.content, index.book_cf)
 

@@ -15,8 +15,11 @@ from recommender.model.answers import Request
 from recommender.model.dataset import Book, TrainingData
 from recommender.model.filters import BookFacts, Filters, author_key
 from recommender.model.fit import train
+from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, IndexParams, TrainingParams
+from recommender.model.recommend import recommend, recommend_many
+from recommender.model.similar import similar_to
 from recommender.storage import demo
 
 GENRES = sorted({g for b in demo.generate(3, 400, 150, 4000).books for g in b.genres})
@@ -28,7 +31,7 @@ def models() -> tuple[list[Book], dict[str, HybridModel]]:
     data = TrainingData.from_interactions(catalogue.books, catalogue.interactions)
     exact = train(data, TrainingParams(als=ALSParams(factors=16, iterations=6)))
     # The index forced on, and a predicate answered through it (not by its exhaustive fallback).
-    indexed = exact.indexed(IndexParams(min_books=0, exact_below=0))
+    indexed = with_index(exact, IndexParams(min_books=0, exact_below=0))
     return catalogue.books, {"exact": exact, "index": indexed}
 
 
@@ -50,8 +53,8 @@ def test_a_filtered_answer_is_the_ranking_restricted_to_what_matches(
     model = by_path[path]
     facts = BookFacts.of(books).over(model.catalogue.book_ids)
     allowed = facts.allowed(chosen)
-    answer = model.recommend_many([Request(user, limit, allowed=allowed)], explain=False)[0]
-    everything = model.recommend_many([Request(user, model.num_books)], explain=False)[0]
+    answer = recommend_many(model, [Request(user, limit, allowed=allowed)], explain=False)[0]
+    everything = recommend_many(model, [Request(user, model.num_books)], explain=False)[0]
     by_id = {b.book_id: b for b in books}
     matching = [b for b in everything.books if _matches(by_id[b.book_id], chosen)][:limit]
     # As many as match (up to the limit), every one matching; exactly, the best of them: the scores of the
@@ -71,8 +74,8 @@ def test_the_author_cap_keeps_the_best_books_of_each_author(
 ) -> None:
     books, by_path = models
     model = by_path["exact"]
-    answer = model.recommend_many([Request(user, limit, max_per_author=cap)], explain=False)[0]
-    everything = model.recommend_many([Request(user, model.num_books)], explain=False)[0]
+    answer = recommend_many(model, [Request(user, limit, max_per_author=cap)], explain=False)[0]
+    everything = recommend_many(model, [Request(user, model.num_books)], explain=False)[0]
     authors = {b.book_id: author_key(b.authors) for b in books}
     expected: list[int] = []
     counts: dict[str, int] = {}
@@ -87,18 +90,18 @@ def test_the_author_cap_keeps_the_best_books_of_each_author(
 def test_hidden_books_are_in_no_answer_and_come_back(models: tuple[list[Book], dict[str, HybridModel]]) -> None:
     books, by_path = models
     model = by_path["exact"]
-    first = model.recommend(5, 10)
+    first = recommend(model, 5, 10)
     hidden = [b.book_id for b in first.books[:3]]
-    liked = model.similar(first.books[0].book_id, 10)
+    liked = similar_to(model, first.books[0].book_id, 10)
     assert liked is not None
     hidden += [b.book_id for b in liked[:2]]
     facts = BookFacts.of(books).with_books([dataclasses.replace(_book(books, b), available=False) for b in hidden])
     allowed = facts.over(model.catalogue.book_ids).allowed(Filters())
-    again = model.recommend_many([Request(5, 10, allowed=allowed)])[0]
+    again = recommend_many(model, [Request(5, 10, allowed=allowed)])[0]
     assert len(again.books) == 10 and not {b.book_id for b in again.books} & set(hidden)
-    similar = model.similar(first.books[0].book_id, 10, allowed)
+    similar = similar_to(model, first.books[0].book_id, 10, allowed)
     assert similar is not None and not {b.book_id for b in similar} & set(hidden)
-    popular = model.recommend_many([Request(0, 400, allowed=allowed)])[0]
+    popular = recommend_many(model, [Request(0, 400, allowed=allowed)])[0]
     assert len(popular.books) == 400 - len(hidden)
     back = facts.with_books([_book(books, b) for b in hidden])
     assert back.over(model.catalogue.book_ids).allowed(Filters()) is None

@@ -11,9 +11,13 @@ from recommender.model.answers import Reader, Strategy
 from recommender.model.cf import interaction_weights
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
+from recommender.model.growth import with_books
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams
 from recommender.model.ranking import Mode
+from recommender.model.readers import fold_in, reader_of
+from recommender.model.recommend import query_for, recommend, recommend_many, top_books
+from recommender.model.similar import similar_to, similar_to_many
 from tests.support.data import BOOKS, PARAMS, interactions
 
 
@@ -31,7 +35,7 @@ def test_counts_describe_the_matrix_and_catalogue(model: HybridModel) -> None:
 
 
 def test_blend_is_alpha_weighted_sum_of_standardised_parts(model: HybridModel) -> None:
-    result = model.recommend(2, limit=20)
+    result = recommend(model, 2, limit=20)
     assert result.strategy is Strategy.HYBRID
     for book in result.books:
         assert book.score == pytest.approx(0.6 * book.cf_score + 0.4 * book.content_score, abs=1e-5)
@@ -51,11 +55,11 @@ def test_ratings_become_weights_and_low_ratings_mean_disliked() -> None:
 def test_a_disliked_book_is_never_recommended_and_shapes_no_profile() -> None:
     rows = [*interactions(), Interaction(2, 12, 1.0)]  # user 2 hated a detective story
     model = train(TrainingData.from_interactions(BOOKS, rows), PARAMS)
-    assert 12 not in [b.book_id for b in model.recommend(2, limit=20).books]
-    fresh = model.recommend(999, limit=19, events=[(12, 1.0), (3, 5.0)])
+    assert 12 not in [b.book_id for b in recommend(model, 2, limit=20).books]
+    fresh = recommend(model, 999, limit=19, events=[(12, 1.0), (3, 5.0)])
     assert 12 not in [b.book_id for b in fresh.books]
     # The first two stand apart; the next three tie exactly, and which of them comes third is float rounding.
-    assert [b.book_id for b in fresh.books][:2] == [b.book_id for b in model.recommend(999, 2, [(3, 5.0)]).books]
+    assert [b.book_id for b in fresh.books][:2] == [b.book_id for b in recommend(model, 999, 2, [(3, 5.0)]).books]
 
 
 def test_a_popularity_prior_steers_users_with_little_history() -> None:
@@ -64,24 +68,24 @@ def test_a_popularity_prior_steers_users_with_little_history() -> None:
     data = TrainingData.from_interactions(BOOKS, rows)
     plain = train(data, PARAMS)
     prior = train(data, dataclasses.replace(PARAMS, popularity_prior=2.0))
-    assert plain.recommend(50, 1).books[0].book_id != 20
-    assert prior.recommend(50, 1).books[0].book_id == 20
+    assert recommend(plain, 50, 1).books[0].book_id != 20
+    assert recommend(prior, 50, 1).books[0].book_id == 20
     # A user with a longer history keeps their own top books.
-    assert {b.book_id for b in prior.recommend(8, 3).books} == {b.book_id for b in plain.recommend(8, 3).books}
+    assert {b.book_id for b in recommend(prior, 8, 3).books} == {b.book_id for b in recommend(plain, 8, 3).books}
 
 
 def test_alpha_one_ranks_by_cf_and_zero_by_content(model: HybridModel) -> None:
     cf_only = model.with_blend(alpha=1.0)
     content_only = model.with_blend(alpha=0.0)
-    for book in cf_only.recommend(2, 20).books:
+    for book in recommend(cf_only, 2, 20).books:
         assert book.score == pytest.approx(book.cf_score)
-    for book in content_only.recommend(2, 20).books:
+    for book in recommend(content_only, 2, 20).books:
         assert book.score == pytest.approx(book.content_score)
 
 
 def test_known_user_gets_own_taste_and_never_books_already_read(model: HybridModel) -> None:
     read = {i.book_id for i in interactions() if i.user_id == 2}
-    result = model.recommend(2, limit=3)
+    result = recommend(model, 2, limit=3)
     ids = [b.book_id for b in result.books]
     assert not read & set(ids)
     assert all(book_id <= 10 for book_id in ids), ids  # the dragon books user 2 has not read
@@ -89,12 +93,12 @@ def test_known_user_gets_own_taste_and_never_books_already_read(model: HybridMod
 
 def test_limit_beyond_candidates_returns_every_unread_book(model: HybridModel) -> None:
     read = {i.book_id for i in interactions() if i.user_id == 1}
-    result = model.recommend(1, limit=100)
+    result = recommend(model, 1, limit=100)
     assert sorted(b.book_id for b in result.books) == sorted(set(range(1, 21)) - read)
 
 
 def test_unknown_user_without_history_gets_popular_books(model: HybridModel) -> None:
-    result = model.recommend(999, limit=5)
+    result = recommend(model, 999, limit=5)
     assert result.strategy is Strategy.POPULAR
     counts = np.bincount([i.book_id for i in interactions()], minlength=21)
     expected_top = max(range(1, 21), key=lambda b: (counts[b], -b))
@@ -104,7 +108,7 @@ def test_unknown_user_without_history_gets_popular_books(model: HybridModel) -> 
 
 
 def test_unknown_user_with_fresh_history_gets_folded_in_cf_scores(model: HybridModel) -> None:
-    result = model.recommend(999, limit=5, events=[(12, 5.0), (13, 4.0)])
+    result = recommend(model, 999, limit=5, events=[(12, 5.0), (13, 4.0)])
     assert result.strategy is Strategy.HYBRID
     ids = [b.book_id for b in result.books]
     assert 12 not in ids and 13 not in ids
@@ -120,7 +124,7 @@ def test_fresh_history_of_books_without_cf_factors_gets_content_answers() -> Non
         if model.cf.item_ids.searchsorted(b) >= model.cf.num_items
         or model.cf.item_ids[model.cf.item_ids.searchsorted(b)] != b
     ][:2]
-    result = model.recommend(999, limit=5, events=[(b, 5.0) for b in read])
+    result = recommend(model, 999, limit=5, events=[(b, 5.0) for b in read])
     assert result.strategy is Strategy.CONTENT
     assert all(b.cf_score == 0.0 and b.score == b.content_score for b in result.books)
     assert all(11 <= b.book_id <= 20 and b.book_id not in read for b in result.books)
@@ -130,56 +134,56 @@ def test_folding_in_a_users_own_history_reproduces_their_factors(model: HybridMo
     row = model.cf.user_row(2)
     assert row is not None
     positions, weights = model.cf.interactions(row)
-    folded = model.fold_in(model.cf_positions[positions], weights)
+    folded = fold_in(model, model.cf_positions[positions], weights)
     assert folded is not None
     fitted = model.cf.user_factors[row]
     assert float(folded @ fitted / np.linalg.norm(folded) / np.linalg.norm(fitted)) > 0.95
     # Read back unchanged from the database, the history keeps the trained factors.
     history = [(int(model.catalogue.book_ids[model.cf_positions[p]]), 5.0) for p in positions]
-    assert model.reader(2, history).cf_row == row
-    assert model.reader(2, [*history, (20, None)]).factors is not None
+    assert reader_of(model, 2, history).cf_row == row
+    assert reader_of(model, 2, [*history, (20, None)]).factors is not None
 
 
 def test_books_read_after_training_never_come_back(model: HybridModel) -> None:
-    before = [b.book_id for b in model.recommend(1, limit=3).books]
+    before = [b.book_id for b in recommend(model, 1, limit=3).books]
     row = model.cf.user_row(1)
     assert row is not None
     positions, _weights = model.cf.interactions(row)
     history = [(int(model.catalogue.book_ids[model.cf_positions[p]]), None) for p in positions]
-    after = model.recommend(1, limit=10, events=[*history, *((b, 5.0) for b in before)])
+    after = recommend(model, 1, limit=10, events=[*history, *((b, 5.0) for b in before)])
     assert not set(before) & {b.book_id for b in after.books}
 
 
 def test_similar_books_share_the_taste_and_leave_out_the_book(model: HybridModel) -> None:
-    similar = model.similar(3, limit=5)
+    similar = similar_to(model, 3, limit=5)
     assert similar is not None and len(similar) == 5
     assert all(1 <= b.book_id <= 10 and b.book_id != 3 for b in similar), similar
     scores = [b.score for b in similar]
     assert scores == sorted(scores, reverse=True)
-    assert model.similar(12345, limit=5) is None
+    assert similar_to(model, 12345, limit=5) is None
 
 
 def test_books_added_after_training_get_content_scores_at_once(model: HybridModel) -> None:
     new = Book(25, "Dragon hoard", "C. Wyrm", "dragon magic kingdom quest", ("fantasy",))
-    extended = model.with_books([new, dataclasses.replace(BOOKS[0], title="Dragon quest one")])
+    extended = with_books(model, [new, dataclasses.replace(BOOKS[0], title="Dragon quest one")])
     assert extended.num_books == model.num_books + 1
     assert list(extended.catalogue.book_ids) == sorted(extended.catalogue.book_ids)
     assert extended.catalogue.titles[0] == "Dragon quest one"
-    similar = extended.similar(25, limit=5)
+    similar = similar_to(extended, 25, limit=5)
     assert similar is not None and all(1 <= b.book_id <= 10 for b in similar), similar
-    assert 25 in [b.book_id for b in extended.recommend(2, limit=extended.num_books).books]
+    assert 25 in [b.book_id for b in recommend(extended, 2, limit=extended.num_books).books]
     assert np.allclose(extended.content.vectors[:20], model.content.vectors, atol=1e-6)
 
 
 def test_fresh_history_of_books_outside_the_catalogue_falls_back_to_popular(model: HybridModel) -> None:
-    assert model.recommend(999, limit=3, events=[(12345, 1.0)]).strategy is Strategy.POPULAR
+    assert recommend(model, 999, limit=3, events=[(12345, 1.0)]).strategy is Strategy.POPULAR
 
 
 def test_training_without_interactions_serves_popular_and_content() -> None:
     model = train(TrainingData.from_interactions(BOOKS, []), PARAMS)
     assert model.cf.num_users == 0 and model.cf.nnz == 0
-    assert len(model.recommend(1, 5).books) == 5
-    assert model.recommend(1, 5, [(1, 1.0)]).strategy is Strategy.CONTENT
+    assert len(recommend(model, 1, 5).books) == 5
+    assert recommend(model, 1, 5, [(1, 1.0)]).strategy is Strategy.CONTENT
 
 
 def test_interactions_with_books_outside_the_catalogue_are_left_out() -> None:
@@ -217,8 +221,8 @@ def test_the_ranking_is_the_blend_of_z_scores_over_the_candidates() -> None:
     assert len(model.cf_positions) < model.num_books  # books nobody read are part of it
     fresh = [(5, 5.0), (17, None), (40, 2.0)]
     for user, events in [*((u, None) for u in range(1, 81)), (10_000, fresh)]:
-        served = model.recommend(user, 10, events)
-        reader = model.reader(user, events)
+        served = recommend(model, user, 10, events)
+        reader = reader_of(model, user, events)
         expected, blended = long_way(model, reader)
         positions = model.catalogue.positions([b.book_id for b in served.books])
         assert [b.score for b in served.books] == pytest.approx(blended[positions].tolist(), abs=1e-6), user
@@ -261,9 +265,9 @@ def test_a_reader_is_served_what_evaluation_scores_for_them() -> None:
     catalogue = demo.generate(4, 300, 80, 2500)
     model = train(TrainingData.from_interactions(catalogue.books, catalogue.interactions), PARAMS)
     users = [int(u) for u in model.cf.user_ids] + [999_999]
-    evaluated = model.top_books(users, 10, [Mode.HYBRID])[Mode.HYBRID]
+    evaluated = top_books(model, users, 10, [Mode.HYBRID])[Mode.HYBRID]
     for user, books in zip(users, evaluated, strict=True):
-        assert [b.book_id for b in model.recommend(user, 10).books] == books.tolist()
+        assert [b.book_id for b in recommend(model, user, 10).books] == books.tolist()
 
 
 def test_each_recommendation_says_which_of_the_readers_books_it_comes_from() -> None:
@@ -277,7 +281,7 @@ def test_each_recommendation_says_which_of_the_readers_books_it_comes_from() -> 
         dataclasses.replace(PARAMS, als=ALSParams(factors=16, regularization=0.1, confidence=2.0)),
     )
     user = int(model.cf.user_ids[3])
-    answer = model.recommend(user, 5)
+    answer = recommend(model, user, 5)
     items, weights = model.cf.interactions(3)
     read = set(model.catalogue.book_ids[model.cf_positions[items]].tolist())
     for book in answer.books:
@@ -294,7 +298,7 @@ def test_each_recommendation_says_which_of_the_readers_books_it_comes_from() -> 
     mine = model.cf.explain(items, weights, np.array([target], dtype=np.int32))[0]
     for item, contribution in expected:
         assert mine[list(items).index(item)] == pytest.approx(contribution, rel=1e-3, abs=1e-5)
-    assert model.recommend(user, 5, explain=False).books[0].because == ()
+    assert recommend(model, user, 5, explain=False).books[0].because == ()
 
 
 def test_a_batch_answers_each_request_exactly_as_it_would_be_answered_alone() -> None:
@@ -317,11 +321,11 @@ def test_a_batch_answers_each_request_exactly_as_it_would_be_answered_alone() ->
         batched = [
             answer
             for start in range(0, len(requests), size)
-            for answer in model.recommend_many(requests[start : start + size])
+            for answer in recommend_many(model, requests[start : start + size])
         ]
-        assert batched == [model.recommend(r.user_id, r.limit, r.events) for r in requests], size
+        assert batched == [recommend(model, r.user_id, r.limit, r.events) for r in requests], size
     similar = [(int(b), 5) for b in model.catalogue.book_ids[:30]] + [(999_999, 5)]
-    assert model.similar_many(similar) == [model.similar(book, limit) for book, limit in similar]
+    assert similar_to_many(model, similar) == [similar_to(model, book, limit) for book, limit in similar]
 
 
 @pytest.mark.parametrize("history", [5, 60])
@@ -363,12 +367,12 @@ def test_the_shortlist_answers_exactly_as_scoring_every_book_would() -> None:
         TrainingData.from_interactions(catalogue.books, catalogue.interactions),
         dataclasses.replace(PARAMS, als=ALSParams(factors=24)),
     )
-    readers = [model.reader(int(u)) for u in model.cf.user_ids[:60]]
-    readers.append(model.reader(10_001, [(3, 5.0), (40, None), (77, 2.0)]))
+    readers = [reader_of(model, int(u)) for u in model.cf.user_ids[:60]]
+    readers.append(reader_of(model, 10_001, [(3, 5.0), (40, None), (77, 2.0)]))
     half = np.random.default_rng(3).random(model.num_books) < 0.5
     for mask in (None, half):
         for reader in readers:
-            q = model.query(reader)
+            q = query_for(model, reader)
             allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
             allowed[q.seen] = False
             every = scored(model.rows, q, np.flatnonzero(allowed).astype(np.int32))

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from recommender.model import cf, content
 from recommender.model.catalogue import Catalogue
 from recommender.model.dataset import Book, TrainingData
+from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.params import TrainingParams
 
@@ -60,7 +61,7 @@ def train(
     model = HybridModel.assemble(meta, catalogue, cf_model, content_model)
     check()
     indexing = time.perf_counter()
-    model = model.indexed(params.index)
+    model = with_index(model, params.index)
     if model.index is not None:
         log.info("indexed %d books in %.1f s", model.num_books, time.perf_counter() - indexing)
     meta = dataclasses.replace(model.meta, training_seconds=time.perf_counter() - started)

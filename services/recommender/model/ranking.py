@@ -167,6 +167,12 @@ class BookRows:
         """The largest norm of a book's row (what bounds the float32 product's rounding)."""
         return float(np.sqrt(np.square(self.columns, dtype=np.float64).sum(axis=0)).max(initial=0.0))
 
+    def unit(self) -> BookRows:
+        """These rows with the item factors scaled to unit length: their products are cosine similarities."""
+        norms = np.linalg.norm(self.item_factors, axis=1, keepdims=True)
+        unit = (self.item_factors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        return BookRows(unit, self.item_of_book, self.content, self.popularity)
+
     def cf_of(self, positions: IntArray, user: FloatArray) -> Float64Array:
         """CF scores of the books at `positions` (0 where CF has no factors), in float64 (`_dots`)."""
         items = self.item_of_book[positions]

@@ -2,13 +2,13 @@
 
 Kept current by change notices (see storage/events.py), so every replica sees a write made through any of them:
 - users whose history is newer than the model are answered from their current history, with CF factors folded
-  in (`HybridModel.recommend` with `events`); their histories are cached until a notice names them;
+  in (`recommend` with `events`, model/recommend.py); their histories are cached until a notice names them;
 - books added or edited since the snapshot join the served catalogue, with content vectors at once;
 - what filters read of every book (its genres, year, and whether it is available: a hidden book leaves every
   answer at once), read whole at start and after missed notices, then kept current by the same changes;
 - books erased since the snapshot: hidden from the moment their notice arrives (before the notice about their
   readers, so that no answer offers a book to a reader whose history has already lost it), and forgotten by the
-  served model at the next sync, as are readers erased since (`HybridModel.forgetting`: a reader's recorded
+  served model at the next sync, as are readers erased since (model/growth.py's `forgetting`: a reader's recorded
   history loses the book, an erased reader has none, and a book written again under an erased id starts anew).
   A version is `prepared` that way before it serves at all (start-up, promotion, rollback, canary).
 
@@ -27,7 +27,9 @@ from typing import Protocol
 from recommender.model.answers import ReaderEvents
 from recommender.model.dataset import Book
 from recommender.model.filters import BookFacts, Facts
-from recommender.model.hybrid import HybridModel, warm
+from recommender.model.growth import forgetting, with_books
+from recommender.model.hybrid import HybridModel
+from recommender.model.warm import warm
 from recommender.storage.db import DATABASE_ERRORS
 from recommender.storage.events import Event, Kind
 from recommender.tasks import cancelled
@@ -134,7 +136,7 @@ class FreshData:
     async def newer_events(self, model: HybridModel, user_id: int) -> ReaderEvents | None:
         """The user's whole current history when the model's record of them may be out of date, else None. For a
         model other than the one served (a canary), always the current history: only the served model's changes
-        are followed, and `HybridModel.reader` keeps the trained factors when nothing changed."""
+        are followed, and model/readers.py's `reader_of` keeps the trained factors when nothing changed."""
         known = model.cf.user_row(user_id) is not None and user_id not in model.forgotten_users
         followed = model is self._target or model is self._synced or model is self._extended
         if known and followed and not self._any_user and user_id not in self._users:
@@ -258,7 +260,7 @@ class FreshData:
 def _with_books(model: HybridModel, books: list[Book], erased: list[int], erased_users: list[int]) -> HybridModel:
     """`model` with `books` and without what it learned of the `erased` books and users, warmed like any model
     before it serves (its caches are its own)."""
-    extended = model.with_books(books).forgetting(erased, erased_users)
+    extended = forgetting(with_books(model, books), erased, erased_users)
     if extended is not model:
         warm(extended)
     return extended

@@ -19,6 +19,8 @@ from recommender.answers.view import OnlineView
 from recommender.model.answers import ReaderEvents, Recommendations, Request, ScoredBook
 from recommender.model.filters import NO_FILTERS, Filters, genre_key
 from recommender.model.hybrid import HybridModel
+from recommender.model.recommend import recommend_many
+from recommender.model.similar import similar_to_many
 from recommender.serving import messages, requests
 from recommender.serving.batching import DEFAULT_BATCHING, Batcher, BatchPolicy, per_model
 from recommender.serving.cluster import Cluster
@@ -78,7 +80,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._messages = messages.AnswerMessages()
         self._canaries = canaries or CanaryPolicy()
         self._recommendations: Batcher[tuple[HybridModel, Request], Recommendations] = Batcher(
-            per_model(HybridModel.recommend_many), batching, lambda size: on_batch("Recommend", size)
+            per_model(recommend_many), batching, lambda size: on_batch("Recommend", size)
         )
         self._similar: Batcher[tuple[HybridModel, tuple[int, int]], list[ScoredBook] | None] = Batcher(
             per_model(self._similar_many), batching, lambda size: on_batch("SimilarBooks", size)
@@ -302,7 +304,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             model = self._fresh.with_new_books(self._versions.model)
             allowed = self._fresh.facts(model).allowed(Filters(genres=genres))
             have = {book.book_id for book, _ in found}
-            best = model.recommend_many([Request(0, limit + len(have), allowed=allowed)], explain=False)[0].books
+            best = recommend_many(model, [Request(0, limit + len(have), allowed=allowed)], explain=False)[0].books
             more = [b.book_id for b in best if b.book_id not in have][: limit - len(found)]
             found += [(book, 0.0) for book in await self._catalogue.books(more)]
         return pb.PopularBooksResponse(books=messages.listed(found))
@@ -323,7 +325,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _similar_many(self, model: HybridModel, asked: Sequence[tuple[int, int]]) -> list[list[ScoredBook] | None]:
         """Books like each asked one, hidden books left out."""
-        return model.similar_many(asked, self._fresh.facts(model).allowed(NO_FILTERS))
+        return similar_to_many(model, asked, self._fresh.facts(model).allowed(NO_FILTERS))
 
     def _loaded_model(self, user_id: int = 0) -> HybridModel:
         """The model that answers `user_id` (the canary for its share), with the books added since its snapshot;

@@ -17,6 +17,7 @@ from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import TrainingParams
 from recommender.model.ranking import Mode
+from recommender.model.recommend import top_books
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def measure_modes(model: HybridModel, split: Split, modes: tuple[Mode, ...]) -> 
     users = list(split.held_out)
     return {
         mode: evaluate(_lookup(dict(zip(users, lists, strict=True))), split, model.num_books)
-        for mode, lists in model.top_books(users, K, modes).items()
+        for mode, lists in top_books(model, users, K, modes).items()
     }
 
 
