@@ -42,7 +42,8 @@ from recommender.model.evaluation import Split, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, TrainingParams
-from recommender.serving.versions import serves_canary
+from recommender.model.recommend import recommend_many
+from recommender.serving.policy import serves_canary
 from recommender.storage.sums import OnlineSums
 from recommender.v1 import recommender_pb2 as pb
 
@@ -178,7 +179,7 @@ def _simulate_until_decided(client: RecommenderClient, readers: list[Reader], rn
 
 
 def answers(model: HybridModel, readers: list[Reader]) -> dict[int, list[int]]:
-    results = model.recommend_many([Request(r.user_id, SHOWN) for r in readers], explain=False)
+    results = recommend_many(model, [Request(r.user_id, SHOWN) for r in readers], explain=False)
     return {r.user_id: [b.book_id for b in result.books] for r, result in zip(readers, results, strict=True)}
 
 

@@ -26,7 +26,7 @@ from recommender.answers.statistics import (
 )
 from recommender.answers.view import OnlineView
 from recommender.model.dataset import Book, Interaction
-from recommender.serving.versions import serves_canary
+from recommender.serving.policy import serves_canary
 from recommender.settings import Settings, SettingsError, load_settings
 from recommender.storage.catalogue import CatalogueStore
 from recommender.storage.db import Database

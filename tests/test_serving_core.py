@@ -14,9 +14,13 @@ import pytest
 from recommender.answers.judge import CanaryJudge, CanaryPolicy
 from recommender.answers.statistics import SequentialTest
 from recommender.model.dataset import Book
+from recommender.model.growth import with_books
+from recommender.model.readers import reader_of
+from recommender.model.recommend import recommend
 from recommender.schedule import Schedule
 from recommender.serving.freshness import FreshData
-from recommender.serving.versions import VersionManager, VersionUnavailable, serves_canary
+from recommender.serving.policy import VersionUnavailable, serves_canary
+from recommender.serving.versions import VersionManager
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord
 from recommender.storage.sums import OnlineSums, Summed
@@ -162,14 +166,14 @@ def test_a_version_forgets_the_books_and_readers_erased_since_its_snapshot_befor
         fresh = FreshData(users, users)
         prepared = await fresh.prepared(model)
         position = model.catalogue.position(1)
-        assert position in model.reader(1).seen and position not in prepared.reader(1).seen
-        assert prepared.reader(1).factors is not None  # folded in again from the rest of their history
+        assert position in reader_of(model, 1).seen and position not in reader_of(prepared, 1).seen
+        assert reader_of(prepared, 1).factors is not None  # folded in again from the rest of their history
         assert prepared.popularity[position] == 0 and prepared.rows.item_of_book[position] == -1
-        because = {r.book_id for b in prepared.recommend(1, 19).books for r in b.because}
+        because = {r.book_id for b in recommend(prepared, 1, 19).books for r in b.because}
         assert because and 1 not in because
-        assert prepared.recommend(7, 5).strategy == "popular" and len(model.reader(7).seen) > 0
-        assert prepared.recommend(7, 5, events=[(12, 5.0)]).strategy != "popular"  # a history after the erasure
-        cookbook = prepared.with_books([Book(1, "A cookbook", "C. Cook", "recipes soup bread", ("cooking",))])
+        assert recommend(prepared, 7, 5).strategy == "popular" and len(reader_of(model, 7).seen) > 0
+        assert recommend(prepared, 7, 5, events=[(12, 5.0)]).strategy != "popular"  # a history after the erasure
+        cookbook = with_books(prepared, [Book(1, "A cookbook", "C. Cook", "recipes soup bread", ("cooking",))])
         assert cookbook.rows.item_of_book[cookbook.catalogue.position(1)] == -1  # starts anew: no factors
         await fresh.start(prepared)
         assert not fresh.facts(prepared).hides(5)

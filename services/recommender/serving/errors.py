@@ -11,7 +11,7 @@ from typing import Any, Protocol, TypeVar, cast
 import grpc
 
 from recommender.answers.record import UnknownAnswer
-from recommender.serving.versions import VersionNotFound, VersionUnavailable
+from recommender.serving.policy import VersionNotFound, VersionUnavailable
 from recommender.storage.db import DATABASE_ERRORS, CommitUncertain
 from recommender.storage.registry import ActiveChanged, NoCanary
 

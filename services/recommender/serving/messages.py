@@ -15,7 +15,8 @@ from recommender.answers.statistics import Interval, online_intervals
 from recommender.model.answers import Reason, Recommendations, ScoredBook
 from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel
-from recommender.serving.versions import CanaryServing, is_available
+from recommender.serving.policy import is_available
+from recommender.serving.versions import CanaryServing
 from recommender.storage.registry import Outcome, VersionRecord
 from recommender.storage.sums import OnlineSums
 from recommender.training.coordinator import RetrainState

@@ -15,7 +15,8 @@ fail verification is marked failed in the registry and never serves; one whose f
 retried quietly (its files may arrive), and each reason is logged once.
 
 A canary is a second version served beside the active one to a fixed share of the users (`serves_canary`: the
-same users in every process), loaded, verified and warmed the same way.
+same users in every process), loaded, verified and warmed the same way. Which version may serve, and as what, is
+decided in serving/policy.py; this module only carries it out.
 """
 
 from __future__ import annotations
@@ -29,20 +30,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from recommender.model.hybrid import HybridModel, warm
+from recommender.model.hybrid import HybridModel
+from recommender.model.warm import warm
+from recommender.serving.policy import (
+    VersionUnavailable,
+    canary_candidate,
+    fallbacks,
+    previous,
+    rollback_candidate,
+    serves_canary,
+)
 from recommender.storage.artifact_files import ArtifactCorrupt, ArtifactError
 from recommender.storage.artifacts import ArtifactStore
 from recommender.storage.registry import NoCanary, Status, VersionRecord
 
 log = logging.getLogger(__name__)
-
-
-class VersionNotFound(LookupError):
-    """No such version in the registry, or nothing to roll back to."""
-
-
-class VersionUnavailable(ValueError):
-    """The version is known but cannot serve (rejected, failed, or its artifact is gone or damaged)."""
 
 
 class VersionRegistry(Protocol):
@@ -74,18 +76,6 @@ class CanaryServing:
     @property
     def version(self) -> str:
         return self.model.meta.version
-
-
-_MASK = 2**64 - 1
-
-
-def serves_canary(user_id: int, share: float) -> bool:
-    """Whether `user_id` is among a canary's `share` of the users: a fixed hash of the id (SplitMix64's mixer),
-    the same in every process and on every replica; a larger share keeps the users of a smaller one."""
-    x = (user_id + 0x9E3779B97F4A7C15) & _MASK
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
-    return (x ^ (x >> 31)) < share * 2**64
 
 
 class VersionManager:
@@ -172,13 +162,7 @@ class VersionManager:
         registry (a running canary is rejected), then served. Raises VersionNotFound or VersionUnavailable, or the
         database's error; a failure changes nothing."""
         async with self._changing:
-            record = await self.registry.get(version)
-            if record is None:
-                raise VersionNotFound(f"no model version {version!r}; GET /api/v1/models lists them")
-            if record.status is Status.ACTIVE:
-                raise VersionUnavailable(f"version {version} is the active version already")
-            if record.status is Status.FAILED:
-                raise VersionUnavailable(f"version {version} failed: it has no model to serve")
+            canary_candidate(version, await self.registry.get(version))
             model = await self._loaded(version)
             started = await self.registry.start_canary(version, share, f"canary for {share:.1%} of the users")
             self._canary = CanaryServing(model, share, started)
@@ -255,12 +239,8 @@ class VersionManager:
         swapped in. A failure at any step changes nothing. Raises VersionNotFound, VersionUnavailable,
         ActiveChanged (another process changed the active version first), or the database's error."""
         async with self._changing:
-            target = version or await self._previous()
-            record = await self.registry.get(target)
-            if record is None:
-                raise VersionNotFound(f"no model version {target!r}; GET /api/v1/models lists them")
-            if record.status in (Status.REJECTED, Status.FAILED):
-                raise VersionUnavailable(f"version {target} was {record.status.value}: it has no model to serve")
+            target = version or previous(await self.registry.retired(), await self.store.available())
+            record = rollback_candidate(target, await self.registry.get(target))
             model = await self._loaded(target)
             reason = f"rolled back from {self.version}" if self.version else "rolled back"
             if record.status is not Status.ACTIVE:
@@ -274,16 +254,9 @@ class VersionManager:
         """The versions whose artifacts can still be loaded."""
         return await self.store.available()
 
-    async def _previous(self) -> str:
-        available = await self.store.available()
-        for record in await self.registry.retired():
-            if record.version in available:
-                return record.version
-        raise VersionNotFound("no earlier version to roll back to")
-
     async def _fallback(self) -> HybridModel | None:
-        for record in await self.registry.retired():
-            model, _damaged = await self._load(record.version)
+        for version in fallbacks(await self.registry.retired()):
+            model, _damaged = await self._load(version)
             if model is not None:
                 return model
         return None
@@ -326,9 +299,3 @@ def settle_memory() -> None:
     gc.unfreeze()
     gc.collect()
     gc.freeze()
-
-
-def is_available(record: VersionRecord, available: set[str]) -> bool:
-    """Whether `record` can serve from its kept files: the active version, a canary, and a retired version a
-    rollback could serve."""
-    return record.status in (Status.ACTIVE, Status.CANARY, Status.RETIRED) and record.version in available
