@@ -62,7 +62,9 @@ def test_recommendations_list_books_best_first(http: httpx.Client) -> None:
     for book in books:
         assert set(book) == {"book_id", "title", "authors", "score", "cf_score", "content_score", "because"}
         assert 1 <= len(book["because"]) <= 3
-        assert set(book["because"][0]) == {"book_id", "title", "part", "share"}
+        for reason in book["because"]:  # what a book signal says comes as text ("" for the others)
+            assert set(reason) == {"book_id", "title", "part", "share", "text"}
+            assert bool(reason["text"]) == (reason["part"] in ("author", "series"))
         assert isinstance(book["book_id"], int) and isinstance(book["title"], str) and book["title"]
         assert isinstance(book["authors"], str)
         # JSON numbers (a score of exactly 1 prints as 1), never strings

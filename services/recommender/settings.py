@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     cf_prior: float = Field(default=_TRAINING.cf_prior, ge=0.0)
     # A catalogue of this many books or more gets an index at training time (model/index.py); 0: always.
     index_min_books: int = Field(default=_TRAINING.index.min_books, ge=0)
+    # A reader's book signals (their authors, the series they read in order) re-rank the blend's shortlist, with
+    # weights the search chooses; "off": the blend alone, from the next retrain.
+    book_signals: Literal["auto", "off"] = "auto"
     # Evaluation in every retrain (see recommender.model.evaluation) and the promotion gate.
     tuning: Literal["auto", "off"] = "auto" if _TUNING.enabled else "off"
     tuning_trials: int = Field(default=_TUNING.trials, ge=1, le=10_000)

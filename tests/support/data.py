@@ -4,7 +4,7 @@ read dragons, 7-12 detectives)."""
 from __future__ import annotations
 
 from recommender.model.dataset import Book, Interaction
-from recommender.model.params import ALSParams, TrainingParams
+from recommender.model.params import ALSParams, SignalWeights, TrainingParams
 
 BOOKS = [
     Book(i, f"Dragon quest {i}", "A. Fantasist", "dragon sword kingdom magic quest", ("fantasy",)) for i in range(1, 11)
@@ -25,7 +25,13 @@ def interactions() -> list[Interaction]:
 
 
 # Few factors: with as many factors as users, ALS would memorise the matrix instead of generalising.
-# No popularity prior here: these tests look at the blend itself (the prior has its own test).
+# No popularity prior and no book signals here: these tests look at the blend itself (the prior and the signals
+# have their own tests).
 PARAMS = TrainingParams(
-    als=ALSParams(factors=4, regularization=0.5), tfidf_max_features=100, alpha=0.6, popularity_prior=0.0, cf_prior=0.0
+    als=ALSParams(factors=4, regularization=0.5),
+    tfidf_max_features=100,
+    alpha=0.6,
+    popularity_prior=0.0,
+    cf_prior=0.0,
+    signals=SignalWeights(),
 )

@@ -8,10 +8,15 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-from recommender.model.answers import Reason, ScoredBook
+from recommender.model.answers import Reader, Reason, ScoredBook
 from recommender.model.cf import IntArray
 from recommender.model.hybrid import HybridModel
-from recommender.model.ranking import BoolArray, Query, Scored, ranked
+from recommender.model.ranking import BoolArray, Query, Scored, ranked, scored
+from recommender.model.signals import ReaderSignals, allowed_of
+
+# How much deeper than an answer the blend's shortlist goes when book signals re-rank it: room for the books the
+# signals hold back to be replaced.
+SIGNALS_DEPTH = 10
 
 
 def best_books(
@@ -20,17 +25,54 @@ def best_books(
     limits: Sequence[int],
     between_books: bool = False,
     allowed: Sequence[BoolArray | None] = (),
+    readers: Sequence[Reader] = (),
 ) -> list[Scored]:
     """Each query's best books, scored, best first. `between_books`: the queries are books (`similar_rows`);
-    `allowed[i]`: the positions query i's answer may hold (None: all)."""
+    `allowed[i]`: the positions query i's answer may hold (None: all); `readers[i]`: query i's reader, whose
+    book signals (model/signals.py) then re-rank a deeper shortlist of the blend's candidates."""
+    masks = list(allowed) or [None] * len(queries)
+    signals = not between_books and readers and not model.meta.params.signals.off and not model.signals.empty
+    depths = [n + max(n, SIGNALS_DEPTH) for n in limits] if signals else limits
+    first = _ranked(model, queries, depths, between_books, masks)
+    if not signals:
+        return first
+    return [
+        _with_signals(model, q, reader, found, n, mask)
+        for q, reader, found, n, mask in zip(queries, readers, first, limits, masks, strict=True)
+    ]
+
+
+def _ranked(
+    model: HybridModel,
+    queries: Sequence[Query],
+    limits: Sequence[int],
+    between_books: bool,
+    masks: Sequence[BoolArray | None],
+) -> list[Scored]:
+    """Through the version's index when it has one, else one exhaustive product for them all."""
     rows = model.similar_rows if between_books else model.rows
     if model.search is None:
-        return ranked(rows, queries, limits, allowed)
-    masks = list(allowed) or [None] * len(queries)
+        return ranked(rows, queries, limits, masks)
     return [
         model.search.ranked(rows, q, n, allowed=mask, between_books=between_books)
         for q, n, mask in zip(queries, limits, masks, strict=True)
     ]
+
+
+def _with_signals(
+    model: HybridModel, q: Query, reader: Reader, first: Scored, limit: int, mask: BoolArray | None
+) -> Scored:
+    """The `limit` best of the blend's shortlist and the books the reader's signals could raise, by blended score
+    plus the weighed signals, the volumes of each series the reader started in order."""
+    signals, weights = model.signals, model.meta.params.signals
+    mine = ReaderSignals.of(signals, reader.seen, reader.weights)
+    rows = np.union1d(first.positions, allowed_of(mine.candidates(signals), q.seen, mask))
+    base = scored(model.rows, q, rows.astype(np.int32))
+    author, following, held = mine.features(signals, base.positions)
+    scores = base.scores + weights.author * author + weights.next * following - weights.held * held
+    scores, places = mine.in_order(signals, base.positions, scores)
+    order = np.lexsort((-model.rows.popularity[base.positions], places, -scores))[:limit]
+    return Scored(base.positions[order], scores[order], base.cf[order], base.content[order])
 
 
 def scored_books(

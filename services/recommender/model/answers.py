@@ -26,8 +26,11 @@ class Reason:
 
     book_id: int
     title: str
-    part: str  # "cf": readers who liked it liked the recommended book; "content": the two read alike
+    # "cf": readers who liked it liked the recommended book; "content": the two read alike; "author": more by an
+    # author of it; "series": the next volume of its series
+    part: str
     share: float  # its share of what the reader's books gave the recommendation, 0-1
+    text: str = ""  # for "author" and "series", what it says
 
 
 @dataclass(frozen=True)

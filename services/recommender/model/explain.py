@@ -1,14 +1,18 @@
-""" "Because you read": for each recommended book, the reader's own books it comes from most."""
+""" "Because you read": for each recommended book, the reader's own books it comes from most, and what their book
+signals say of it (an author they came back to, the next volume of a series)."""
 
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from recommender.model.answers import Reader, Reason
 from recommender.model.catalogue import Catalogue
 from recommender.model.cf import CFModel
 from recommender.model.content import ContentModel
+from recommender.model.params import SignalWeights
 from recommender.model.ranking import BookRows, IntArray, Query
+from recommender.model.signals import BookSignals, ReaderSignals, gather
 
 SHOWN = 3  # reasons per book
 
@@ -56,3 +60,47 @@ def explained(
         )
         for row in range(len(positions))
     ]
+
+
+def signal_reasons(
+    catalogue: Catalogue,
+    signals: BookSignals,
+    weights: SignalWeights,
+    reader: Reader,
+    positions: IntArray,
+    scores: npt.NDArray[np.float64],
+) -> list[tuple[Reason, ...]]:
+    """For each recommended book, what the reader's book signals say of it, with the reader's book behind each:
+    "more by" an author the reader came back to, "next in" a series they read. Its share: what the signal added
+    to the book's score, of that and the blend's score (when positive)."""
+    mine = ReaderSignals.of(signals, reader.seen, reader.weights)
+    author, following, _held = mine.features(signals, positions)
+    liked = reader.seen[reader.weights > 0]
+    written = {code: row for row in liked[::-1].tolist() for code in gather(signals.book_authors, np.array([row]))}
+    found: list[tuple[Reason, ...]] = []
+    for i, row in enumerate(positions.tolist()):
+        reasons = []
+        if author[i] > 0 and weights.author > 0:
+            code = max(
+                (c for c in gather(signals.book_authors, np.array([row])).tolist() if c in written),
+                key=lambda c: int(mine.liked_by[np.searchsorted(mine.authors, c)]),
+            )
+            source, count = written[code], int(mine.liked_by[np.searchsorted(mine.authors, code)])
+            added = weights.author * author[i]
+            text = f"more by {signals.author_names[code]}, {count} of whose books you read"
+            reasons.append(_signal(catalogue, source, "author", added, scores[i], text))
+        if following[i] > 0 and weights.next > 0:
+            series = int(signals.series[row])
+            group = int(np.searchsorted(mine.started, series))
+            members = gather(signals.series_books, np.array([series]))
+            read = members[np.isin(members, reader.seen)]
+            source = int(read[np.argmax(signals.position[read])])
+            text = f"next in {signals.series_names[series]} after #{mine.furthest[group]:g}"
+            reasons.append(_signal(catalogue, source, "series", weights.next, scores[i], text))
+        found.append(tuple(reasons))
+    return found
+
+
+def _signal(catalogue: Catalogue, source: int, part: str, added: float, score: float, text: str) -> Reason:
+    share = added / (added + max(score - added, 0.0)) if added > 0 else 0.0
+    return Reason(int(catalogue.book_ids[source]), catalogue.titles[source], part, share, text)

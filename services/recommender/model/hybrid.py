@@ -20,8 +20,9 @@ from recommender.model.content import ContentModel
 from recommender.model.derived import Derived
 from recommender.model.filters import author_key
 from recommender.model.index import CatalogueIndex, Search
-from recommender.model.params import TrainingParams
+from recommender.model.params import SignalWeights, TrainingParams
 from recommender.model.ranking import Blend, BookRows
+from recommender.model.signals import BookSignals
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,11 @@ class HybridModel:
         )
         return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared
 
+    def with_signals(self, weights: SignalWeights) -> HybridModel:
+        """The same fits with the reader's book signals weighed otherwise (no refit)."""
+        params = dataclasses.replace(self.meta.params, signals=weights)
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared
+
     @property
     def num_books(self) -> int:
         return len(self.catalogue.book_ids)
@@ -140,6 +146,14 @@ class HybridModel:
             self.content.vectors,
             self.popularity,
         )
+
+    @property
+    def signals(self) -> BookSignals:
+        """Each book's authors and series, and the inverted lists back to books (model/signals.py)."""
+        return self.derived.of(self._basis, "signals", self._signals)
+
+    def _signals(self) -> BookSignals:
+        return BookSignals.of(self.catalogue.titles, self.catalogue.authors)
 
     @property
     def author_codes(self) -> IntArray:

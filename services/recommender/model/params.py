@@ -12,6 +12,31 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class SignalWeights:
+    """How much each of a reader's book signals (model/signals.py) adds to a candidate's blended score, a sum of
+    z-scores: the same units for every catalogue. All zero: the blend alone."""
+
+    author: float = 0.0
+    next: float = 0.0
+    held: float = 0.0
+    series_order: bool = False  # the unread volumes of a series the reader started in order, whatever the weights
+
+    @property
+    def off(self) -> bool:
+        return not (self.author or self.next or self.held or self.series_order)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"author_weight": self.author, "next_weight": self.next, "held_weight": self.held,
+                "series_order": self.series_order}  # fmt: skip
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> SignalWeights:
+        """As `as_dict` wrote them; a version stored before book signals has none (the blend alone)."""
+        weights = {k: float(values.get(f"{k}_weight", 0.0)) for k in ("author", "next", "held")}
+        return cls(**weights, series_order=bool(values.get("series_order", False)))
+
+
+@dataclass(frozen=True)
 class ALSParams:
     factors: int = 64
     iterations: int = 15
@@ -50,6 +75,9 @@ class TrainingParams:
     alpha: float = 0.6  # the CF weight of the blend: alpha * cf + (1 - alpha) * content
     popularity_prior: float = 2.0  # liked books a user needs before their own scores outweigh popularity
     cf_prior: float = 3.0  # liked books a user needs before CF weighs as much as alpha says (content fills in)
+    # A reader's book signals (model/signals.py), a search's starting point: the author signal measured on the
+    # Goodreads sample (bench/book_signals.py); catalogues without authors or series ignore it.
+    signals: SignalWeights = field(default_factory=lambda: SignalWeights(author=0.5, series_order=True))
     index: IndexParams = field(default_factory=IndexParams)  # how fast, not what: never stored with a version
 
     def as_dict(self) -> dict[str, Any]:
@@ -61,6 +89,7 @@ class TrainingParams:
             "alpha": self.alpha,
             "popularity_prior": self.popularity_prior,
             "cf_prior": self.cf_prior,
+            **self.signals.as_dict(),
         }
 
     def with_values(self, values: dict[str, Any]) -> TrainingParams:
@@ -75,7 +104,7 @@ class TrainingParams:
             for k, v in values.items()
             if k in ("tfidf_max_features", "alpha", "popularity_prior", "cf_prior")
         }
-        return dataclasses.replace(self, als=als, **top)
+        return dataclasses.replace(self, als=als, signals=SignalWeights.of(values), **top)
 
 
 def _like(default: Any, value: Any) -> Any:
@@ -114,6 +143,7 @@ class TuningPolicy:
     # Millions of multiply-adds a request's model maths (the ranking and `because` of ten books, model/cost.py) may
     # take with the chosen configuration; None: any (docs/model.md, "How the search chooses").
     cost_budget: float | None = None
+    book_signals: bool = True  # the weights of a reader's book signals (model/signals.py) are searched too
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from recommender.model.answering import best_books, scored_books
-from recommender.model.answers import Reader, ReaderEvents, Recommendations, Request, Strategy
+from recommender.model.answers import Reader, ReaderEvents, Reason, Recommendations, Request, Strategy
 from recommender.model.cf import IntArray
-from recommender.model.explain import explained
+from recommender.model.explain import SHOWN, explained, signal_reasons
 from recommender.model.filters import capped
 from recommender.model.hybrid import HybridModel
 from recommender.model.ranking import Mode, Query, Scored, popular_top, query, scored
@@ -41,10 +41,11 @@ def recommend_many(model: HybridModel, requests: Sequence[Request], explain: boo
         [queries[i] for i in plain],
         [requests[i].limit for i in plain],
         allowed=[requests[i].allowed for i in plain],
+        readers=[readers[i] for i in plain],
     )
     best = dict(zip(plain, answers, strict=True))
     for i in queries.keys() - set(plain):
-        best[i] = _capped(model, queries[i], requests[i])
+        best[i] = _capped(model, queries[i], requests[i], readers[i])
     return [
         _answer(model, readers[i], queries[i], best[i], explain) if i in queries else _popular(model, r)
         for i, r in enumerate(requests)
@@ -70,31 +71,49 @@ def top_books(
         readers = [reader_of(model, user) for user in user_ids[start : start + batch]]
         for mode in modes:
             queries = [query_for(model, reader, mode) for reader in readers]
-            found[mode] += [book_ids[a.positions] for a in best_books(model, queries, [k] * len(queries))]
+            signals = readers if mode is Mode.HYBRID else ()  # the parts are measured as themselves
+            found[mode] += [
+                book_ids[a.positions] for a in best_books(model, queries, [k] * len(queries), readers=signals)
+            ]
     return found
 
 
-def _capped(model: HybridModel, q: Query, request: Request) -> Scored:
+def _capped(model: HybridModel, q: Query, request: Request, reader: Reader) -> Scored:
     """The query's best books with at most `request.max_per_author` of one author."""
     allowed = request.allowed
+    deepest: list[Scored] = []
 
     def rank(n: int) -> IntArray:
-        return best_books(model, [q], [n], allowed=[allowed])[0].positions
+        deepest[:] = best_books(model, [q], [n], allowed=[allowed], readers=[reader])
+        return deepest[0].positions
 
     available = model.num_books if allowed is None else int(allowed.sum())
     cap = request.max_per_author or request.limit
     picked = capped(rank, model.author_codes, request.limit, cap, available)
-    return scored(model.rows, q, picked)
+    ranking = deepest[0] if deepest else scored(model.rows, q, picked)
+    kept = np.isin(ranking.positions, picked)
+    return Scored(ranking.positions[kept], ranking.scores[kept], ranking.cf[kept], ranking.content[kept])
 
 
 def _answer(model: HybridModel, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
-    because = (
-        explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q) if explain else None
-    )
+    because = _because(model, reader, q, books) if explain else None
     strategy = Strategy.CONTENT if q.user is None else Strategy.HYBRID
     return Recommendations(
         strategy, scored_books(model, books.positions, books.scores, books.cf, books.content, because)
     )
+
+
+def _because(model: HybridModel, reader: Reader, q: Query, books: Scored) -> list[tuple[Reason, ...]] | None:
+    """The reader's books each recommendation comes from (model/explain.py): what their book signals say first,
+    then the books it comes from most through the blend, SHOWN in all."""
+    blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q)
+    weights = model.meta.params.signals
+    if weights.off or model.signals.empty or not len(books.positions):
+        return blended
+    said = signal_reasons(model.catalogue, model.signals, weights, reader, books.positions, books.scores)
+    if blended is None:
+        return said if any(said) else None
+    return [(*mine, *theirs)[:SHOWN] for mine, theirs in zip(said, blended, strict=True)]
 
 
 def _popular(model: HybridModel, request: Request) -> Recommendations:

@@ -67,6 +67,8 @@ class AnswerMessages:
                 shown.CopyFrom(self._reason(reason))
                 shown.part = reason.part
                 shown.share = rounded(reason.share)
+                if reason.text:
+                    shown.text = reason.text
 
     def _book(self, book: ScoredBook) -> pb.RecommendedBook:
         key = (book.book_id, book.title, book.authors)

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from recommender.model.cf import cuda_available
-from recommender.model.params import ALSParams, GatePolicy, IndexParams, SplitParams, TrainingParams, TuningPolicy
+from recommender.model.params import (
+    ALSParams,
+    GatePolicy,
+    IndexParams,
+    SignalWeights,
+    SplitParams,
+    TrainingParams,
+    TuningPolicy,
+)
 from recommender.settings import Settings
 from recommender.training.trainer import Trainer
+
+_TRAINING = TrainingParams()
 
 
 def training_params(settings: Settings) -> TrainingParams:
@@ -23,6 +33,7 @@ def training_params(settings: Settings) -> TrainingParams:
         alpha=settings.start_alpha,
         popularity_prior=settings.popularity_prior,
         cf_prior=settings.cf_prior,
+        signals=_TRAINING.signals if settings.book_signals == "auto" else SignalWeights(),
         index=IndexParams(min_books=settings.index_min_books, threads=settings.train_threads),
     )
 
@@ -43,6 +54,7 @@ def tuning_policy(settings: Settings) -> TuningPolicy:
         blend=settings.tunes_blend,
         halving=settings.tuning_halving,
         cost_budget=settings.cost_budget or None,
+        book_signals=settings.book_signals == "auto",
     )
 
 

@@ -38,6 +38,7 @@ from recommender.training.blends import (
     blend_knobs,
 )
 from recommender.training.costs import best_within, over, request_cost, typical_history
+from recommender.training.signal_weights import best_signals
 from recommender.training.trials import Trial, fit_and_measure, measure, score
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Search:
     halving: bool = True  # judge each fit early and finish only the promising ones (else every fit in full)
     portfolio: tuple[dict[str, Any], ...] = PORTFOLIO  # tried after the known configurations, before proposals
     cost_budget: float | None = None  # millions of multiply-adds a request's model maths may take (None: any)
+    signals: bool = True  # the weights of the reader's book signals too, after the blend
 
     @classmethod
     def of(cls, policy: TuningPolicy, seed: int, first: bool = True) -> Search:
@@ -82,7 +84,7 @@ class Search:
         trials = policy.trials if first else policy.retrain_trials
         return cls(
             trials, policy.seconds, seed, policy.blend, halving=policy.halving,
-            cost_budget=policy.cost_budget,
+            cost_budget=policy.cost_budget, signals=policy.book_signals,
         )  # fmt: skip
 
 
@@ -103,7 +105,8 @@ def tune(
     1. the fits: ALS's knobs (`Fits`), proposed by Optuna's TPE. A finished fit over `search.cost_budget` per
        request (training/costs.py) is infeasible: never chosen;
     2. the blend of the best fit: alpha and the two priors, each a ranking pass without a fit, by `best_blend` from
-       the known blends and BLEND_PORTFOLIO (with `search.blend`).
+       the known blends and BLEND_PORTFOLIO (with `search.blend`);
+    3. then the weights of the reader's book signals, by `best_signals` (with `search.signals`).
     """
     import optuna
 
@@ -121,6 +124,8 @@ def tune(
     known = [*(blend_knobs(p) for p in (best.params, start, *earlier)), *BLEND_PORTFOLIO, *PARTS_AS_BLENDS]
     floor = blend_floor(best, split)
     chosen = best_blend(best, split, floor, known, search.blend_trials, fits.deadline, should_stop)
+    if search.signals:
+        chosen = best_signals(chosen, split, floor, fits.deadline, should_stop)
     chosen = dataclasses.replace(chosen, elapsed=time.perf_counter() - fits.started)
     return chosen, [*tried, *([chosen] if chosen is not best else [])]
 
