@@ -149,3 +149,16 @@ def test_a_version_stored_before_book_signals_loads_without_them() -> None:
     stored = {k: v for k, v in TrainingParams().as_dict().items() if "weight" not in k and k != "series_order"}
     assert TrainingParams().with_values(stored).signals.off
     assert TrainingParams().with_values(TrainingParams().as_dict()).signals == TrainingParams().signals
+
+
+def test_because_says_what_the_signals_say_with_the_readers_book_behind_it(model: HybridModel) -> None:
+    events = [(101, 5.0), (102, 5.0)]
+    answer = {b.book_id: b for b in recommend(model, 10**6, 10, events).books}
+    said = [r for r in answer[103].because if r.part == "series"]
+    assert [(r.book_id, r.text) for r in said] == [(102, "next in The Saga after #2")]
+    assert 0 < said[0].share <= 1
+    by_author = [r for b in answer.values() for r in b.because if r.part == "author"]
+    assert by_author and all(r.text == "more by C. Writer, 2 of whose books you read" for r in by_author)
+    assert all(r.book_id in (101, 102) for r in by_author)
+    plain = recommend(model.with_signals(SignalWeights()), 10**6, 10, events)
+    assert all(r.part in ("cf", "content") and not r.text for b in plain.books for r in b.because)
