@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recommender.model.answers import Request
+from recommender.model.catalogue import Catalogue
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
@@ -65,12 +66,19 @@ def test_a_series_is_read_from_the_common_title_form(title: str, found: tuple[st
 
 
 def test_authors_split_on_commas_and_series_list_their_volumes_in_order() -> None:
-    titles = ["B (S, #2)", "A (S, #1)", "C", "D (s , #3)"]
-    signals = BookSignals.of(titles, ["X, Y", "X", "Z", "y"])
+    books = [
+        Book(1, "B (S, #2)", "X, Y"),
+        Book(2, "A (S, #1)", "X"),
+        Book(3, "C", "Z", series="s ", series_position=3),  # stated, not in the title
+        Book(4, "D (Other, #1)", "y", series="S", series_position=0.5),  # what the catalogue states wins
+    ]
+    catalogue = Catalogue.from_books(books)
+    assert catalogue.series == [("S", 2.0), ("S", 1.0), ("s", 3.0), ("S", 0.5)]
+    signals = BookSignals.of(catalogue.series, catalogue.authors)
     assert signals.author_names == ["X", "Y", "Z"]
     assert signals.book_authors[3].indices.tolist() == [1]  # "y" is Y
-    assert signals.series_books[0].indices.tolist() == [1, 0, 3]  # "S" and "s ": one series, by volume
-    assert BookSignals.of(["A", "B"], ["X", "Y"]).empty
+    assert signals.series_books[0].indices.tolist() == [3, 1, 0, 2]  # "S", "s ": one series, by volume
+    assert BookSignals.of([None, None], ["X", "Y"]).empty
 
 
 def test_the_next_volume_of_a_started_series_is_recommended_before_the_later_ones(model: HybridModel) -> None:

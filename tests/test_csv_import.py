@@ -139,6 +139,21 @@ def test_a_partial_book_update_keeps_the_absent_columns(database_url: str, tmp_p
     assert table(database_url, query) == [("Dune", "Frank Herbert", "", GENRES, None)]
 
 
+def test_series_columns_are_imported_together_and_checked(database_url: str, tmp_path: Path) -> None:
+    books = (
+        "book_id,title,authors,series,series_position\n1,Dune,Frank Herbert,Dune Chronicles,1\n2,Emma,Jane Austen,,\n"
+    )
+    assert run_cli(database_url, "import", "--books", str(write(tmp_path, "b.csv", books))).returncode == 0
+    assert table(database_url, "SELECT book_id, series, series_position FROM books ORDER BY book_id") == [
+        (1, "Dune Chronicles", 1.0),
+        (2, None, None),
+    ]
+    bad = write(tmp_path, "bad.csv", "book_id,title,series\n3,Dracula,Stoker tales\n")
+    failed = run_cli(database_url, "import", "--books", str(bad))
+    assert failed.returncode != 0 and "series and series_position must be given together" in failed.stderr
+    assert counts(database_url)["books"] == 2
+
+
 def test_an_available_column_hides_and_brings_back_books(database_url: str, tmp_path: Path) -> None:
     assert run_cli(database_url, "import", "--books", str(write(tmp_path, "b.csv", BOOKS))).returncode == 0
     query = "SELECT book_id, title, available FROM books WHERE book_id IN (1, 2) ORDER BY book_id"

@@ -632,3 +632,29 @@ def test_feedback_and_canaries_over_http(http: httpx.Client) -> None:
     assert point["impressions"] >= 1 and 0 <= point["click_through_rate"] <= 1
     too_far = http.get("/api/v1/model/online", params={"hours": 5000})
     assert (too_far.status_code, too_far.json()) == (400, {"detail": "hours must be between 1 and 2160, got 5000"})
+
+
+def test_books_carry_their_series_stated_or_read_from_the_title(http: httpx.Client) -> None:
+    stated = {"book_id": 990_701, "title": "Harbour Lights", "authors": "Ann Tide", "genres": ["mystery"],
+              "published_year": 2099, "series": "Harbour", "series_position": 2}  # fmt: skip
+    titled = {"book_id": 990_702, "title": "Harbour Dawn (Harbour, #1)", "authors": "Ann Tide", "genres": ["mystery"],
+              "published_year": 2098}  # fmt: skip
+    assert http.post("/api/v1/books", json={"books": [stated, titled]}).status_code == 200
+    newest = {b["book_id"]: b for b in http.get("/api/v1/books/new?genre=mystery&limit=2").json()["books"]}
+    assert (newest[990_701]["series"], newest[990_701]["series_position"]) == ("Harbour", 2)
+    assert (newest[990_702]["series"], newest[990_702]["series_position"]) == ("Harbour", 1)
+    similar = http.get("/api/v1/books/990701/similar?limit=100").json()["books"]
+    assert [(b["series"], b["series_position"]) for b in similar if b["book_id"] == 990_702] == [("Harbour", 1)]
+    assert all("series" not in b for b in similar if "#" not in b["title"] and b["book_id"] != 990_701)
+    for bad, problem in (
+        ({"series": "Harbour"}, "books[0].series and books[0].series_position must be given together"),
+        ({"series": "Harbour", "series_position": -1}, "books[0].series_position must be a number from 0 to 100000"),
+    ):
+        answer = http.post("/api/v1/books", json={"books": [{"book_id": 990_701, **bad}]})
+        assert answer.status_code == 400 and answer.json()["detail"].startswith(f"nothing written: {problem}"), (
+            answer.text
+        )
+    cleared = http.post("/api/v1/books", json={"books": [{"book_id": 990_701, "series": ""}]})
+    assert cleared.status_code == 200
+    newest = {b["book_id"]: b for b in http.get("/api/v1/books/new?genre=mystery&limit=2").json()["books"]}
+    assert "series" not in newest[990_701]  # back to what the title says: none

@@ -85,9 +85,9 @@ def scored_books(
 ) -> list[ScoredBook]:
     """The books at catalogue `positions` with their scores (and reasons), as an answer holds them."""
     catalogue = model.catalogue
-    titles, authors = catalogue.titles, catalogue.authors
+    titles, authors, series = catalogue.titles, catalogue.authors, catalogue.series
     return [
-        ScoredBook(book_id, titles[p], authors[p], score, cf_score, content_score, reasons)
+        ScoredBook(book_id, titles[p], authors[p], score, cf_score, content_score, reasons, series[p])
         for book_id, p, score, cf_score, content_score, reasons in zip(
             catalogue.book_ids[positions].tolist(),
             positions.tolist(),

@@ -42,6 +42,7 @@ class ScoredBook:
     cf_score: float
     content_score: float
     because: tuple[Reason, ...] = ()
+    series: tuple[str, float] | None = None  # its series and place in it
 
 
 @dataclass(frozen=True)

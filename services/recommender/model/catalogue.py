@@ -13,6 +13,7 @@ import scipy.sparse as sp
 from recommender.model.cf import IntArray
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book, lookup
+from recommender.model.series import series_of
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,16 @@ class Catalogue:
     book_ids: IntArray  # sorted; the row order of the content model
     titles: list[str]
     authors: list[str]
+    series: list[tuple[str, float] | None]  # each book's series and place in it (model/series.py's `series_of`)
 
     @classmethod
     def from_books(cls, books: Sequence[Book]) -> Catalogue:
         """`books` sorted by id."""
         return cls(
-            np.array([b.book_id for b in books], dtype=np.int32), [b.title for b in books], [b.authors for b in books]
+            np.array([b.book_id for b in books], dtype=np.int32),
+            [b.title for b in books],
+            [b.authors for b in books],
+            [_series(b) for b in books],
         )
 
     def position(self, book_id: int) -> int | None:
@@ -64,7 +69,7 @@ def grown(
         same_text[known] = np.asarray(difference.max(axis=1).todense()).ravel() < 1e-5
     same_name = known & np.array(
         [
-            (b.title, b.authors) == (catalogue.titles[r], catalogue.authors[r])
+            (b.title, b.authors, _series(b)) == (catalogue.titles[r], catalogue.authors[r], catalogue.series[r])
             for b, r in zip(incoming, rows, strict=True)
         ]
     )
@@ -81,10 +86,15 @@ def grown(
     order = np.argsort(ids, kind="stable")
     titles = [catalogue.titles[p] for p in keep] + [b.title for b in incoming]
     authors = [catalogue.authors[p] for p in keep] + [b.authors for b in incoming]
+    series = [catalogue.series[p] for p in keep] + [_series(b) for b in incoming]
     merged = ContentModel(
         sp.csr_matrix(sp.vstack([content.features[keep], features], format="csr")[order]),
         np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
         content.encoder,
     )
-    ordered = Catalogue(ids[order], [titles[i] for i in order], [authors[i] for i in order])
+    ordered = Catalogue(ids[order], [titles[i] for i in order], [authors[i] for i in order], [series[i] for i in order])
     return ordered, merged, [book.book_id for book in incoming]
+
+
+def _series(book: Book) -> tuple[str, float] | None:
+    return series_of(book.title, book.series, book.series_position)

@@ -28,6 +28,9 @@ class Book:
     genres: tuple[str, ...] = ()
     published_year: int | None = None
     available: bool = True  # False: hidden from every answer (kept in the data; it can come back)
+    # Its series and place in it ("" and None: as its title says, model/series.py).
+    series: str = ""
+    series_position: float | None = None
 
     def text(self) -> str:
         """What the content model reads; genres are repeated since they carry the most topical signal."""

@@ -153,7 +153,7 @@ class HybridModel:
         return self.derived.of(self._basis, "signals", self._signals)
 
     def _signals(self) -> BookSignals:
-        return BookSignals.of(self.catalogue.titles, self.catalogue.authors)
+        return BookSignals.of(self.catalogue.series, self.catalogue.authors)
 
     @property
     def author_codes(self) -> IntArray:

@@ -18,6 +18,13 @@ def series_in_title(title: str) -> tuple[str, float] | None:
     return (name, float(found["position"])) if name else None
 
 
+def series_of(title: str, series: str = "", position: float | None = None) -> tuple[str, float] | None:
+    """A book's series and place: as given (a catalogue that states them), else as its title says."""
+    if series.strip() and position is not None:
+        return series.strip(), float(position)
+    return series_in_title(title)
+
+
 def series_key(name: str) -> str:
     """What two spellings of one series share."""
     return " ".join(name.lower().split())

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recommender.model.ranking import BoolArray, Float64Array, IntArray
-from recommender.model.series import series_in_title, series_key
+from recommender.model.series import series_key
 
 # The reader's authors whose books join the candidates, the most-read first: a history of hundreds of authors
 # would otherwise put most of a catalogue in the shortlist.
@@ -39,7 +39,8 @@ class BookSignals:
     series_names: list[str]
 
     @classmethod
-    def of(cls, titles: Sequence[str], authors: Sequence[str]) -> BookSignals:
+    def of(cls, series_of_books: Sequence[tuple[str, float] | None], authors: Sequence[str]) -> BookSignals:
+        """From each book's series and place (None: none) and its authors, comma-separated."""
         author_codes: dict[str, int] = {}
         author_names: list[str] = []
         indptr, indices = [0], []
@@ -51,15 +52,15 @@ class BookSignals:
                     author_names.append(name)
                 indices.append(author_codes[key])
             indptr.append(len(indices))
-        shape = (len(titles), len(author_names))
+        shape = (len(authors), len(author_names))
         book_authors = sp.csr_matrix((np.ones(len(indices), dtype=np.float32), indices, indptr), shape=shape)
-        series, position, series_names = _series(titles)
+        series, position, series_names = _series(series_of_books)
         members = np.flatnonzero(series >= 0)
         order = members[np.lexsort((members, position[members], series[members]))]
         counts = np.bincount(series[order], minlength=len(series_names))
         series_books = sp.csr_matrix(
             (np.ones(len(order), dtype=np.float32), order, np.concatenate([[0], np.cumsum(counts)])),
-            shape=(len(series_names), len(titles)),
+            shape=(len(series_names), len(authors)),
         )
         return cls(book_authors, book_authors.T.tocsr(), series, position, series_books, author_names, series_names)
 
@@ -69,13 +70,12 @@ class BookSignals:
         return not len(self.series_names) and not (np.diff(self.author_books.indptr) > 1).any()
 
 
-def _series(titles: Sequence[str]) -> tuple[IntArray, Float64Array, list[str]]:
+def _series(series_of_books: Sequence[tuple[str, float] | None]) -> tuple[IntArray, Float64Array, list[str]]:
     codes: dict[str, int] = {}
     names: list[str] = []
-    series = np.full(len(titles), -1, dtype=np.int32)
-    position = np.full(len(titles), np.nan)
-    for row, title in enumerate(titles):
-        found = series_in_title(title)
+    series = np.full(len(series_of_books), -1, dtype=np.int32)
+    position = np.full(len(series_of_books), np.nan)
+    for row, found in enumerate(series_of_books):
         if found is None:
             continue
         key = series_key(found[0])

@@ -87,6 +87,19 @@ def year_problems(name: str, value: int | None) -> list[str]:
     return []
 
 
+MAX_SERIES_POSITION = 100_000
+
+
+def series_problems(prefix: str, series: str | None, position: float | None) -> list[str]:
+    """A series and a place in it, given together ("" and None: neither, the title says)."""
+    problems = text_problems(f"{prefix}series", series, MAX_TITLE) if series else []
+    if bool(series and series.strip()) != (position is not None):
+        problems.append(f"{prefix}series and {prefix}series_position must be given together")
+    if position is not None and not (math.isfinite(position) and 0 <= position <= MAX_SERIES_POSITION):
+        problems.append(f"{prefix}series_position must be a number from 0 to {MAX_SERIES_POSITION}, got {position}")
+    return problems
+
+
 def genre_problems(name: str, genres: tuple[str, ...]) -> list[str]:
     problems = []
     if len(genres) > MAX_GENRES:

@@ -15,6 +15,7 @@ from recommender.answers.statistics import Interval, online_intervals
 from recommender.model.answers import Reason, Recommendations, ScoredBook
 from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel
+from recommender.model.series import series_of
 from recommender.serving.policy import is_available
 from recommender.serving.versions import CanaryServing
 from recommender.storage.registry import Outcome, VersionRecord
@@ -35,7 +36,7 @@ class AnswerMessages:
     changes gets a new one."""
 
     def __init__(self) -> None:
-        self._books: dict[tuple[int, str, str], pb.RecommendedBook] = {}
+        self._books: dict[tuple[int, str, str, tuple[str, float] | None], pb.RecommendedBook] = {}
         self._reasons: dict[tuple[int, str], pb.Reason] = {}
 
     def recommend_response(
@@ -71,8 +72,12 @@ class AnswerMessages:
                     shown.text = reason.text
 
     def _book(self, book: ScoredBook) -> pb.RecommendedBook:
-        key = (book.book_id, book.title, book.authors)
-        return _kept(self._books, key, lambda: pb.RecommendedBook(book_id=key[0], title=key[1], authors=key[2]))
+        key = (book.book_id, book.title, book.authors, book.series)
+        return _kept(
+            self._books,
+            key,
+            lambda: pb.RecommendedBook(book_id=key[0], title=key[1], authors=key[2], **_series(key[3])),
+        )
 
     def _reason(self, reason: Reason) -> pb.Reason:
         key = (reason.book_id, reason.title)
@@ -89,6 +94,11 @@ def _kept(kept: dict[K, M], key: K, build: Callable[[], M]) -> M:
     return built
 
 
+def _series(found: tuple[str, float] | None) -> dict[str, Any]:
+    """A book message's series fields: none when it has no series."""
+    return {} if found is None else {"series": found[0], "series_position": found[1]}
+
+
 def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:
     return [
         pb.ListedBook(
@@ -98,6 +108,7 @@ def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:
             genres=list(book.genres),
             published_year=book.published_year,
             score=rounded(score),
+            **_series(series_of(book.title, book.series, book.series_position)),
         )
         for book, score in books
     ]
@@ -108,7 +119,10 @@ def similar_response(book_id: int, version: str, books: Sequence[ScoredBook]) ->
         book_id=book_id,
         model_version=version,
         books=[
-            pb.SimilarBook(book_id=b.book_id, title=b.title, authors=b.authors, score=rounded(b.score)) for b in books
+            pb.SimilarBook(
+                book_id=b.book_id, title=b.title, authors=b.authors, score=rounded(b.score), **_series(b.series)
+            )
+            for b in books
         ],
     )
 

@@ -269,13 +269,25 @@ def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
             genres = tuple(v.string_value for v in entry.genres.values)
         else:
             problems.append(f"{name}.genres must be an array of strings")
-    return problems + validation.book_text_problems(
-        f"{name}.",
-        title=entry.title if entry.HasField("title") else None,
-        authors=entry.authors if entry.HasField("authors") else None,
-        description=entry.description if entry.HasField("description") else None,
-        genres=genres,
-        published_year=entry.published_year if entry.HasField("published_year") else None,
+    return (
+        problems
+        + validation.book_text_problems(
+            f"{name}.",
+            title=entry.title if entry.HasField("title") else None,
+            authors=entry.authors if entry.HasField("authors") else None,
+            description=entry.description if entry.HasField("description") else None,
+            genres=genres,
+            published_year=entry.published_year if entry.HasField("published_year") else None,
+        )
+        + (
+            validation.series_problems(
+                f"{name}.",
+                entry.series if entry.HasField("series") else None,
+                entry.series_position if entry.HasField("series_position") else None,
+            )
+            if entry.HasField("series") or entry.HasField("series_position")
+            else []
+        )
     )
 
 
@@ -300,6 +312,8 @@ def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
         columns.append("published_year")
     if entry.HasField("available"):
         columns.append("available")
+    if entry.HasField("series"):
+        columns += ["series", "series_position"]
     book = Book(
         book_id=entry.book_id,
         title=entry.title.strip(),
@@ -308,5 +322,7 @@ def _book_change(entry: pb.BookInput) -> tuple[Book, list[str]]:
         genres=tuple(v.string_value for v in entry.genres.values),
         published_year=entry.published_year if entry.HasField("published_year") else None,
         available=entry.available if entry.HasField("available") else True,
+        series=entry.series.strip(),
+        series_position=entry.series_position if entry.HasField("series_position") and entry.series.strip() else None,
     )
     return book, columns

@@ -25,6 +25,7 @@ from recommender.model.content import ContentModel, TextEncoder
 from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.index import CatalogueIndex, Cells, restore
 from recommender.model.params import TrainingParams
+from recommender.model.series import series_in_title
 
 FORMAT = 2
 MANIFEST = "manifest.json"
@@ -86,6 +87,8 @@ def _unpack_text(blob: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64]) ->
 def write_version(folder: Path, model: HybridModel) -> None:
     titles, title_offsets = _pack_text(model.catalogue.titles)
     authors, author_offsets = _pack_text(model.catalogue.authors)
+    series, series_offsets = _pack_text([found[0] if found else "" for found in model.catalogue.series])
+    places = np.array([found[1] if found else np.nan for found in model.catalogue.series], dtype=np.float64)
     np.savez(
         folder / "catalogue.npz",
         book_ids=model.catalogue.book_ids,
@@ -93,6 +96,9 @@ def write_version(folder: Path, model: HybridModel) -> None:
         title_offsets=title_offsets,
         authors=authors,
         author_offsets=author_offsets,
+        series=series,
+        series_offsets=series_offsets,
+        series_positions=places,
     )
     np.savez(
         folder / "cf.npz",
@@ -168,12 +174,25 @@ def _finite(name: str, values: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return values
 
 
+def _read_series(arrays: Any, titles: list[str]) -> list[tuple[str, float] | None]:
+    """Each book's series and place; a version written before they were kept reads them from its titles."""
+    if "series" not in arrays:
+        return [series_in_title(title) for title in titles]
+    names = _unpack_text(arrays["series"], arrays["series_offsets"])
+    places = arrays["series_positions"]
+    if len(names) != len(titles) or len(places) != len(titles):
+        raise ArtifactCorrupt("the series do not match the catalogue")
+    return [(name, float(place)) if name else None for name, place in zip(names, places.tolist(), strict=True)]
+
+
 def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
     with np.load(folder / "catalogue.npz", allow_pickle=False) as arrays:
+        titles = _unpack_text(arrays["titles"], arrays["title_offsets"])
         catalogue = Catalogue(
             arrays["book_ids"],
-            _unpack_text(arrays["titles"], arrays["title_offsets"]),
+            titles,
             _unpack_text(arrays["authors"], arrays["author_offsets"]),
+            _read_series(arrays, titles),
         )
     params = TrainingParams().with_values(manifest["params"])
     with np.load(folder / "cf.npz", allow_pickle=False) as arrays:

@@ -48,7 +48,9 @@ _MERGE = """
         SELECT count(*) FILTER (WHERE inserted) AS added, count(*) FILTER (WHERE NOT inserted) AS updated FROM merged
         """
 
-BOOK_COLUMNS = ("book_id", "title", "authors", "description", "genres", "published_year", "available")
+BOOK_COLUMNS = (
+    "book_id", "title", "authors", "description", "genres", "published_year", "available", "series", "series_position",
+)  # fmt: skip
 SELECT_BOOKS = f"SELECT {', '.join(BOOK_COLUMNS)} FROM books"
 _BOOK_FIELDS = ", ".join(f"b.{name}" for name in BOOK_COLUMNS)
 
@@ -257,6 +259,8 @@ def book_of(row: asyncpg.Record) -> Book:
         genres=tuple(row["genres"]),
         published_year=row["published_year"],
         available=row["available"],
+        series=row["series"] or "",
+        series_position=row["series_position"],
     )
 
 
@@ -299,8 +303,12 @@ async def _notify_changes(
 async def _upsert_books(conn: asyncpg.Connection, books: Iterable[Book], columns: Collection[str]) -> None:
     """Inserts new books whole; of existing ones, updates only `columns`."""
     records = [
-        (b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year, b.available) for b in books
-    ]
+        (
+            b.book_id, b.title, b.authors, b.description, list(b.genres), b.published_year, b.available,
+            b.series or None, b.series_position if b.series else None,
+        )
+        for b in books
+    ]  # fmt: skip
     if not records:
         return
     updated = [name for name in BOOK_COLUMNS if name in columns and name != "book_id"]

@@ -27,6 +27,10 @@ MULTILINE = frozenset({"description"})
 FIELD_SIZE_LIMIT = 16 * 1024 * 1024
 
 
+# A book's series and place are written together: a file with either column updates both.
+SERIES = frozenset({"series", "series_position"})
+
+
 class RowError(ValueError):
     """One bad row; the reader adds the file and line."""
 
@@ -83,7 +87,7 @@ def _read(path: Path, required: tuple[str, ...], make: Callable[[dict[str, str]]
             if missing:
                 shown = ", ".join(header) or "(empty)"
                 raise FileError(f"{path}: missing column(s) {', '.join(missing)}; the header is: {shown}")
-            parsed.columns = frozenset(header)
+            parsed.columns = frozenset(header) | (SERIES if SERIES & set(header) else frozenset())
             while True:
                 line = reader.line_num + 1  # where the next row starts (a quoted field may span lines)
                 try:
@@ -178,12 +182,15 @@ def _book(row: dict[str, str]) -> Book:
         genres=genres,
         published_year=year,
         available=_flag(row, "available"),
+        series=row.get("series", "").strip(),
+        series_position=_float(row, "series_position"),
     )
     _raise_if(
         validation.id_problems("book_id", book_id)
         + validation.book_text_problems(
             "", book.title, book.authors, book.description, book.genres, book.published_year
         )
+        + validation.series_problems("", book.series, book.series_position)
     )
     return book
 
