@@ -102,8 +102,9 @@ def main() -> int:
             users = sorted(other.held_out)
             share = {k: next_volume_share(t.model, users) for k, t in fitted.items()}
             w = chosen[True].signals
+            said = f"author {w.author:g}, next {w.next:g}, held {w.held:g}"
             rows.append([
-                name, seed, f"author {w.author:g}, next {w.next:g}, held {w.held:g}",
+                name, seed, "none: no series, no author of two books" if fitted[True].model.signals.empty else said,
                 f"{parts[True]['hybrid'].ndcg:.4f}", f"{parts[False]['hybrid'].ndcg:.4f}",
                 f"{parts[True]['hybrid'].ndcg / parts[False]['hybrid'].ndcg:.3f}",
                 f"{parts[True]['hybrid'].ndcg_cold / parts[True]['popularity'].ndcg_cold:.3f}",

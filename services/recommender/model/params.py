@@ -77,7 +77,7 @@ class TrainingParams:
     cf_prior: float = 3.0  # liked books a user needs before CF weighs as much as alpha says (content fills in)
     # A reader's book signals (model/signals.py), a search's starting point: the author signal measured on the
     # Goodreads sample (bench/book_signals.py); catalogues without authors or series ignore it.
-    signals: SignalWeights = field(default_factory=lambda: SignalWeights(author=0.5, series_order=True))
+    signals: SignalWeights = field(default_factory=lambda: SignalWeights(author=1.0, series_order=True))
     index: IndexParams = field(default_factory=IndexParams)  # how fast, not what: never stored with a version
 
     def as_dict(self) -> dict[str, Any]:

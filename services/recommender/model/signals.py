@@ -3,10 +3,14 @@ read in order. Inverted lists from authors and series to books, so a reader's si
 by the catalogue; applied to a shortlist of the blend's candidates (model/answering.py).
 
 A candidate's signals: `author`, log(1 + the reader's liked books by its author (the most-read of its authors));
-`next`, 1 for the next unread volume of a series the reader started (after the furthest volume they read);
-`held`, 1 for a volume whose series' entry (that next volume, or volume one of a series not started) is unread
-and earlier. Within a series, the reader's unread volumes always read in order: a later volume never ranks
-above an earlier one the answer could hold.
+`next`, 1 for the next unread volume of a series the reader started (the first whole-numbered one after the
+furthest volume they read); `held`, 1 for a later unread volume of such a series. Within a series the reader
+started, the unread volumes after the furthest read always come in order: a later volume never ranks above an
+earlier one the answer could hold (`ReaderSignals.in_order`).
+
+Why only series the reader started: ordering the volumes of every series (volume one before the rest for a reader
+who never opened it) cost 1 to 10% of NDCG@10 on the Goodreads sample, whose readers rate later volumes without
+the first.
 """
 
 from __future__ import annotations
