@@ -25,20 +25,19 @@ def best_books(
     limits: Sequence[int],
     between_books: bool = False,
     allowed: Sequence[BoolArray | None] = (),
-    readers: Sequence[Reader] = (),
+    signals: Sequence[ReaderSignals] = (),
 ) -> list[Scored]:
     """Each query's best books, scored, best first. `between_books`: the queries are books (`similar_rows`);
-    `allowed[i]`: the positions query i's answer may hold (None: all); `readers[i]`: query i's reader, whose
-    book signals (model/signals.py) then re-rank a deeper shortlist of the blend's candidates."""
+    `allowed[i]`: the positions query i's answer may hold (None: all); `signals[i]`: query i's reader's book
+    signals (model/signals.py, `reader_signals`), which then re-rank a deeper shortlist of the blend's candidates."""
     masks = list(allowed) or [None] * len(queries)
-    signals = not between_books and readers and not model.meta.params.signals.off and not model.signals.empty
     depths = [n + max(n, SIGNALS_DEPTH) for n in limits] if signals else limits
     first = _ranked(model, queries, depths, between_books, masks)
     if not signals:
         return first
     return [
-        _with_signals(model, q, reader, found, n, mask)
-        for q, reader, found, n, mask in zip(queries, readers, first, limits, masks, strict=True)
+        _with_signals(model, q, mine, found, n, mask)
+        for q, mine, found, n, mask in zip(queries, signals, first, limits, masks, strict=True)
     ]
 
 
@@ -60,12 +59,11 @@ def _ranked(
 
 
 def _with_signals(
-    model: HybridModel, q: Query, reader: Reader, first: Scored, limit: int, mask: BoolArray | None
+    model: HybridModel, q: Query, mine: ReaderSignals, first: Scored, limit: int, mask: BoolArray | None
 ) -> Scored:
     """The `limit` best of the blend's shortlist and the books the reader's signals could raise, by blended score
     plus the weighed signals, the volumes of each series the reader started in order."""
     signals, weights = model.signals, model.meta.params.signals
-    mine = ReaderSignals.of(signals, reader.seen, reader.weights)
     rows = np.union1d(first.positions, allowed_of(mine.candidates(signals), q.seen, mask))
     base = scored(model.rows, q, rows.astype(np.int32))
     author, following, held = mine.features(signals, base.positions)
@@ -73,6 +71,13 @@ def _with_signals(
     scores, places = mine.in_order(signals, base.positions, scores)
     order = np.lexsort((-model.rows.popularity[base.positions], places, -scores))[:limit]
     return Scored(base.positions[order], scores[order], base.cf[order], base.content[order])
+
+
+def reader_signals(model: HybridModel, readers: Sequence[Reader]) -> list[ReaderSignals]:
+    """The readers' book signals when the version ranks with them (none otherwise: the blend alone)."""
+    if model.meta.params.signals.off or model.signals.empty:
+        return []
+    return [ReaderSignals.of(model.signals, reader.seen, reader.weights) for reader in readers]
 
 
 def scored_books(

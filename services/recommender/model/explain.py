@@ -67,38 +67,42 @@ def signal_reasons(
     signals: BookSignals,
     weights: SignalWeights,
     reader: Reader,
+    mine: ReaderSignals,
     positions: IntArray,
     scores: npt.NDArray[np.float64],
 ) -> list[tuple[Reason, ...]]:
     """For each recommended book, what the reader's book signals say of it, with the reader's book behind each:
     "more by" an author the reader came back to, "next in" a series they read. Its share: what the signal added
     to the book's score, of that and the blend's score (when positive)."""
-    mine = ReaderSignals.of(signals, reader.seen, reader.weights)
     author, following, _held = mine.features(signals, positions)
-    liked = reader.seen[reader.weights > 0]
-    written = {code: row for row in liked[::-1].tolist() for code in gather(signals.book_authors, np.array([row]))}
+    sources = _first_by_author(signals, reader.seen[reader.weights > 0]) if weights.author > 0 else {}
     found: list[tuple[Reason, ...]] = []
     for i, row in enumerate(positions.tolist()):
         reasons = []
         if author[i] > 0 and weights.author > 0:
             code = max(
-                (c for c in gather(signals.book_authors, np.array([row])).tolist() if c in written),
-                key=lambda c: int(mine.liked_by[np.searchsorted(mine.authors, c)]),
+                (c for c in signals.authors_of(row).tolist() if c in sources),
+                key=lambda c: mine.liked_by_author(c),
             )
-            source, count = written[code], int(mine.liked_by[np.searchsorted(mine.authors, code)])
-            added = weights.author * author[i]
-            text = f"more by {signals.author_names[code]}, {count} of whose books you read"
-            reasons.append(_signal(catalogue, source, "author", added, scores[i], text))
+            text = f"more by {signals.author_names[code]}, {mine.liked_by_author(code)} of whose books you read"
+            reasons.append(_signal(catalogue, sources[code], "author", weights.author * author[i], scores[i], text))
         if following[i] > 0 and weights.next > 0:
             series = int(signals.series[row])
-            group = int(np.searchsorted(mine.started, series))
-            members = gather(signals.series_books, np.array([series]))
-            read = members[np.isin(members, reader.seen)]
+            volumes = signals.volumes_of(series)
+            read = volumes[np.isin(volumes, reader.seen)]
             source = int(read[np.argmax(signals.position[read])])
-            text = f"next in {signals.series_names[series]} after #{mine.furthest[group]:g}"
+            text = f"next in {signals.series_names[series]} after #{signals.position[source]:g}"
             reasons.append(_signal(catalogue, source, "series", weights.next, scores[i], text))
         found.append(tuple(reasons))
     return found
+
+
+def _first_by_author(signals: BookSignals, liked: IntArray) -> dict[int, int]:
+    """Per author code, the first of the reader's liked books (catalogue rows) by them."""
+    codes = gather(signals.book_authors, liked)
+    owners = np.repeat(liked, np.diff(signals.book_authors.indptr)[liked])
+    found, first = np.unique(codes, return_index=True)
+    return dict(zip(found.tolist(), owners[first].tolist(), strict=True))
 
 
 def _signal(catalogue: Catalogue, source: int, part: str, added: float, score: float, text: str) -> Reason:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from recommender.model.answering import best_books, scored_books
+from recommender.model.answering import best_books, reader_signals, scored_books
 from recommender.model.answers import Reader, ReaderEvents, Reason, Recommendations, Request, Strategy
 from recommender.model.cf import IntArray
 from recommender.model.explain import SHOWN, explained, signal_reasons
@@ -16,6 +16,7 @@ from recommender.model.filters import capped
 from recommender.model.hybrid import HybridModel
 from recommender.model.ranking import Mode, Query, Scored, popular_top, query, scored
 from recommender.model.readers import reader_of
+from recommender.model.signals import ReaderSignals
 
 
 def recommend(
@@ -35,19 +36,20 @@ def recommend_many(model: HybridModel, requests: Sequence[Request], explain: boo
     author cap reads the ranking as deep as it needs."""
     readers = [reader_of(model, r.user_id, r.events) for r in requests]
     queries = {i: query_for(model, reader) for i, reader in enumerate(readers) if len(reader.seen)}
+    signals = dict(zip(queries, reader_signals(model, [readers[i] for i in queries]), strict=False))
     plain = [i for i in queries if requests[i].max_per_author is None]
     answers = best_books(
         model,
         [queries[i] for i in plain],
         [requests[i].limit for i in plain],
         allowed=[requests[i].allowed for i in plain],
-        readers=[readers[i] for i in plain],
+        signals=[signals[i] for i in plain if i in signals],
     )
     best = dict(zip(plain, answers, strict=True))
     for i in queries.keys() - set(plain):
-        best[i] = _capped(model, queries[i], requests[i], readers[i])
+        best[i] = _capped(model, queries[i], requests[i], signals.get(i))
     return [
-        _answer(model, readers[i], queries[i], best[i], explain) if i in queries else _popular(model, r)
+        _answer(model, readers[i], signals.get(i), queries[i], best[i], explain) if i in queries else _popular(model, r)
         for i, r in enumerate(requests)
     ]
 
@@ -71,20 +73,20 @@ def top_books(
         readers = [reader_of(model, user) for user in user_ids[start : start + batch]]
         for mode in modes:
             queries = [query_for(model, reader, mode) for reader in readers]
-            signals = readers if mode is Mode.HYBRID else ()  # the parts are measured as themselves
+            signals = reader_signals(model, readers) if mode is Mode.HYBRID else []  # the parts: as themselves
             found[mode] += [
-                book_ids[a.positions] for a in best_books(model, queries, [k] * len(queries), readers=signals)
+                book_ids[a.positions] for a in best_books(model, queries, [k] * len(queries), signals=signals)
             ]
     return found
 
 
-def _capped(model: HybridModel, q: Query, request: Request, reader: Reader) -> Scored:
+def _capped(model: HybridModel, q: Query, request: Request, mine: ReaderSignals | None) -> Scored:
     """The query's best books with at most `request.max_per_author` of one author."""
     allowed = request.allowed
     deepest: list[Scored] = []
 
     def rank(n: int) -> IntArray:
-        deepest[:] = best_books(model, [q], [n], allowed=[allowed], readers=[reader])
+        deepest[:] = best_books(model, [q], [n], allowed=[allowed], signals=[mine] if mine is not None else [])
         return deepest[0].positions
 
     available = model.num_books if allowed is None else int(allowed.sum())
@@ -95,25 +97,29 @@ def _capped(model: HybridModel, q: Query, request: Request, reader: Reader) -> S
     return Scored(ranking.positions[kept], ranking.scores[kept], ranking.cf[kept], ranking.content[kept])
 
 
-def _answer(model: HybridModel, reader: Reader, q: Query, books: Scored, explain: bool) -> Recommendations:
-    because = _because(model, reader, q, books) if explain else None
+def _answer(
+    model: HybridModel, reader: Reader, mine: ReaderSignals | None, q: Query, books: Scored, explain: bool
+) -> Recommendations:
+    because = _because(model, reader, mine, q, books) if explain else None
     strategy = Strategy.CONTENT if q.user is None else Strategy.HYBRID
     return Recommendations(
         strategy, scored_books(model, books.positions, books.scores, books.cf, books.content, because)
     )
 
 
-def _because(model: HybridModel, reader: Reader, q: Query, books: Scored) -> list[tuple[Reason, ...]] | None:
+def _because(
+    model: HybridModel, reader: Reader, mine: ReaderSignals | None, q: Query, books: Scored
+) -> list[tuple[Reason, ...]] | None:
     """The reader's books each recommendation comes from (model/explain.py): what their book signals say first,
     then the books it comes from most through the blend, SHOWN in all."""
     blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q)
-    weights = model.meta.params.signals
-    if weights.off or model.signals.empty or not len(books.positions):
+    if mine is None or not len(books.positions):
         return blended
-    said = signal_reasons(model.catalogue, model.signals, weights, reader, books.positions, books.scores)
+    weights = model.meta.params.signals
+    said = signal_reasons(model.catalogue, model.signals, weights, reader, mine, books.positions, books.scores)
     if blended is None:
         return said if any(said) else None
-    return [(*mine, *theirs)[:SHOWN] for mine, theirs in zip(said, blended, strict=True)]
+    return [(*found, *theirs)[:SHOWN] for found, theirs in zip(said, blended, strict=True)]
 
 
 def _popular(model: HybridModel, request: Request) -> Recommendations:

@@ -68,6 +68,16 @@ class BookSignals:
         )
         return cls(book_authors, book_authors.T.tocsr(), series, position, series_books, author_names, series_names)
 
+    def authors_of(self, row: int) -> IntArray:
+        """The author codes of the book at `row`."""
+        pointers = self.book_authors.indptr
+        return np.asarray(self.book_authors.indices[pointers[row] : pointers[row + 1]], dtype=np.int32)
+
+    def volumes_of(self, series: int) -> IntArray:
+        """The rows of a series' books, in series order."""
+        pointers = self.series_books.indptr
+        return np.asarray(self.series_books.indices[pointers[series] : pointers[series + 1]], dtype=np.int32)
+
     @property
     def empty(self) -> bool:
         """No author with two books and no series: nothing to say beyond the blend."""
@@ -117,6 +127,11 @@ class ReaderSignals:
         following = np.full(len(started), -1, dtype=np.int32)
         following[group[whole][::-1]] = books[whole][::-1]  # the last written is each series' first such volume
         return cls(authors.astype(np.int32), counts.astype(np.int32), started, furthest, following)
+
+    def liked_by_author(self, code: int) -> int:
+        """How many of the reader's liked books the author wrote (0: none)."""
+        at = int(np.searchsorted(self.authors, code))
+        return int(self.liked_by[at]) if at < len(self.authors) and self.authors[at] == code else 0
 
     def candidates(self, signals: BookSignals) -> IntArray:
         """Books the signals could raise: by the reader's most-read authors, and the next volumes."""
