@@ -85,21 +85,7 @@ def _unpack_text(blob: npt.NDArray[np.uint8], offsets: npt.NDArray[np.int64]) ->
 
 
 def write_version(folder: Path, model: HybridModel) -> None:
-    titles, title_offsets = _pack_text(model.catalogue.titles)
-    authors, author_offsets = _pack_text(model.catalogue.authors)
-    series, series_offsets = _pack_text([found[0] if found else "" for found in model.catalogue.series])
-    places = np.array([found[1] if found else np.nan for found in model.catalogue.series], dtype=np.float64)
-    np.savez(
-        folder / "catalogue.npz",
-        book_ids=model.catalogue.book_ids,
-        titles=titles,
-        title_offsets=title_offsets,
-        authors=authors,
-        author_offsets=author_offsets,
-        series=series,
-        series_offsets=series_offsets,
-        series_positions=places,
-    )
+    _write_catalogue(folder / "catalogue.npz", model.catalogue)
     np.savez(
         folder / "cf.npz",
         user_ids=model.cf.user_ids,
@@ -145,6 +131,25 @@ def write_version(folder: Path, model: HybridModel) -> None:
         "files": files,
     }
     write_atomically(folder / MANIFEST, json.dumps(manifest, indent=2))  # last: it marks the version complete
+
+
+def _write_catalogue(path: Path, catalogue: Catalogue) -> None:
+    """Ids, titles, authors and each book's series and place (nan and "": none), as `_read_files` reads them."""
+    titles, title_offsets = _pack_text(catalogue.titles)
+    authors, author_offsets = _pack_text(catalogue.authors)
+    series, series_offsets = _pack_text([found[0] if found else "" for found in catalogue.series])
+    places = np.array([found[1] if found else np.nan for found in catalogue.series], dtype=np.float64)
+    np.savez(
+        path,
+        book_ids=catalogue.book_ids,
+        titles=titles,
+        title_offsets=title_offsets,
+        authors=authors,
+        author_offsets=author_offsets,
+        series=series,
+        series_offsets=series_offsets,
+        series_positions=places,
+    )
 
 
 def _describe(path: Path) -> dict[str, Any]:
