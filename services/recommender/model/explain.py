@@ -80,10 +80,7 @@ def signal_reasons(
     for i, row in enumerate(positions.tolist()):
         reasons = []
         if author[i] > 0 and weights.author > 0:
-            code = max(
-                (c for c in signals.authors_of(row).tolist() if c in sources),
-                key=lambda c: mine.liked_by_author(c),
-            )
+            code = max((c for c in signals.authors_of(row).tolist() if c in sources), key=mine.liked_by_author)
             text = f"more by {signals.author_names[code]}, {mine.liked_by_author(code)} of whose books you read"
             reasons.append(_signal(catalogue, sources[code], "author", weights.author * author[i], scores[i], text))
         if following[i] > 0 and weights.next > 0:

@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recommender.model.dataset import lookup
 from recommender.model.ranking import BoolArray, Float64Array, IntArray
 from recommender.model.series import series_key
 
@@ -119,7 +120,7 @@ class ReaderSignals:
         sizes = np.diff(signals.series_books.indptr)[started]
         books = gather(signals.series_books, started)  # series after series, each in series order
         group = np.repeat(np.arange(len(started)), sizes)
-        read = member(books, np.unique(seen))
+        read = lookup(np.unique(seen), books)[1]
         places = signals.position[books]
         furthest = np.zeros(len(started))
         np.maximum.at(furthest, group[read], places[read])
@@ -130,8 +131,8 @@ class ReaderSignals:
 
     def liked_by_author(self, code: int) -> int:
         """How many of the reader's liked books the author wrote (0: none)."""
-        at = int(np.searchsorted(self.authors, code))
-        return int(self.liked_by[at]) if at < len(self.authors) and self.authors[at] == code else 0
+        at, found = lookup(self.authors, [code])
+        return int(self.liked_by[at[0]]) if found[0] else 0
 
     def candidates(self, signals: BookSignals) -> IntArray:
         """Books the signals could raise: by the reader's most-read authors, and the next volumes."""
@@ -148,11 +149,7 @@ class ReaderSignals:
 
     def _series_of(self, signals: BookSignals, rows: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
         """Per row, the index of its series among those started, and whether it is one."""
-        series = signals.series[rows]
-        if not len(self.started):
-            return np.zeros(len(rows), dtype=np.int32), np.zeros(len(rows), dtype=bool)
-        group = np.minimum(np.searchsorted(self.started, series), len(self.started) - 1).astype(np.int32)
-        return group, (self.started[group] == series) & (series >= 0)
+        return lookup(self.started, signals.series[rows])  # (-1, no series, is never among them)
 
     def _author(self, signals: BookSignals, rows: IntArray) -> Float64Array:
         found = np.zeros(len(rows))
@@ -160,8 +157,8 @@ class ReaderSignals:
             return found
         counts = np.diff(signals.book_authors.indptr)[rows]
         codes = gather(signals.book_authors, rows)
-        at = np.minimum(np.searchsorted(self.authors, codes), len(self.authors) - 1)
-        liked = np.where(self.authors[at] == codes, self.liked_by[at], 0)
+        at, known = lookup(self.authors, codes)
+        liked = np.where(known, self.liked_by[at], 0)
         has = np.flatnonzero(counts > 0)
         if len(has):
             starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
@@ -198,15 +195,7 @@ def gather(matrix: sp.csr_matrix, rows: npt.NDArray[np.integer]) -> IntArray:
     return np.asarray(matrix.indices[offsets + np.arange(lengths.sum())], dtype=np.int32)
 
 
-def member(rows: IntArray, among: IntArray) -> npt.NDArray[np.bool_]:
-    """Whether each of `rows` is in `among` (sorted, unique): a search, not a sort of both (np.isin)."""
-    if not len(among):
-        return np.zeros(len(rows), dtype=bool)
-    at = np.minimum(np.searchsorted(among, rows), len(among) - 1)
-    return np.asarray(among[at] == rows)
-
-
 def allowed_of(rows: IntArray, seen: IntArray, mask: BoolArray | None) -> IntArray:
     """`rows` less the reader's books (`seen`: sorted, unique) and those the mask forbids."""
-    rows = rows[~member(rows, seen)]
+    rows = rows[~lookup(seen, rows)[1]]
     return rows if mask is None else rows[mask[rows]]

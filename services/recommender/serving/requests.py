@@ -279,14 +279,10 @@ def _book_problems(i: int, entry: pb.BookInput) -> list[str]:
             genres=genres,
             published_year=entry.published_year if entry.HasField("published_year") else None,
         )
-        + (
-            validation.series_problems(
-                f"{name}.",
-                entry.series if entry.HasField("series") else None,
-                entry.series_position if entry.HasField("series_position") else None,
-            )
-            if entry.HasField("series") or entry.HasField("series_position")
-            else []
+        + validation.series_problems(
+            f"{name}.",
+            entry.series if entry.HasField("series") else None,
+            entry.series_position if entry.HasField("series_position") else None,
         )
     )
 
