@@ -11,8 +11,8 @@ import numpy.typing as npt
 from recommender.model.answers import Reader, Reason, ScoredBook
 from recommender.model.cf import IntArray
 from recommender.model.hybrid import HybridModel
-from recommender.model.ranking import BoolArray, Query, Scored, ranked, scored
-from recommender.model.signals import ReaderSignals, allowed_of
+from recommender.model.ranking import BoolArray, Query, Scored, ranked, scored, shortlist
+from recommender.model.signals import ReaderSignals
 
 # How much deeper than an answer the blend's shortlist goes when book signals re-rank it: room for the books the
 # signals hold back to be replaced.
@@ -31,13 +31,14 @@ def best_books(
     `allowed[i]`: the positions query i's answer may hold (None: all); `signals[i]`: query i's reader's book
     signals (model/signals.py, `reader_signals`), which then re-rank a deeper shortlist of the blend's candidates."""
     masks = list(allowed) or [None] * len(queries)
-    depths = [n + max(n, SIGNALS_DEPTH) for n in limits] if signals else limits
-    first = _ranked(model, queries, depths, between_books, masks)
     if not signals:
-        return first
+        return _ranked(model, queries, limits, between_books, masks)
+    depths = [n + max(n, SIGNALS_DEPTH) for n in limits]
     return [
-        _with_signals(model, q, mine, found, n, mask)
-        for q, mine, found, n, mask in zip(queries, signals, first, limits, masks, strict=True)
+        _with_signals(model, q, mine, listed, depth, n, mask)
+        for q, mine, listed, depth, n, mask in zip(
+            queries, signals, _shortlisted(model, queries, depths, masks), depths, limits, masks, strict=True
+        )
     ]
 
 
@@ -58,19 +59,30 @@ def _ranked(
     ]
 
 
+def _shortlisted(
+    model: HybridModel, queries: Sequence[Query], depths: Sequence[int], masks: Sequence[BoolArray | None]
+) -> list[IntArray]:
+    """Per query, rows that hold its `depths[i]` best: the exhaustive product's shortlist, or the index's answer."""
+    if model.search is None:
+        return shortlist(model.rows, queries, depths, masks)
+    search = model.search
+    return [
+        search.ranked(model.rows, q, n, allowed=mask).positions
+        for q, n, mask in zip(queries, depths, masks, strict=True)
+    ]
+
+
 def _with_signals(
-    model: HybridModel, q: Query, mine: ReaderSignals, first: Scored, limit: int, mask: BoolArray | None
+    model: HybridModel, q: Query, mine: ReaderSignals, listed: IntArray, depth: int, limit: int, mask: BoolArray | None
 ) -> Scored:
-    """The `limit` best of the blend's shortlist and the books the reader's signals could raise, by blended score
-    plus the weighed signals, the volumes of each series the reader started in order."""
-    signals, weights = model.signals, model.meta.params.signals
-    rows = np.union1d(first.positions, allowed_of(mine.candidates(signals), q.seen, mask))
-    base = scored(model.rows, q, rows.astype(np.int32))
-    author, following, held = mine.features(signals, base.positions)
-    scores = base.scores + weights.author * author + weights.next * following - weights.held * held
-    scores, places = mine.in_order(signals, base.positions, scores)
-    order = np.lexsort((-model.rows.popularity[base.positions], places, -scores))[:limit]
-    return Scored(base.positions[order], scores[order], base.cf[order], base.content[order])
+    """The `limit` best of the blend's `depth` best (among the `listed` rows) and the books the reader's signals
+    could raise, by blended score plus the weighed signals, the volumes of each series the reader started in
+    order. The blend's scores of both computed together (`scored`)."""
+    candidates = mine.candidates(model.signals, listed, mask)
+    base = scored(model.rows, q, candidates[0])
+    weights, popularity = model.meta.params.signals, model.rows.popularity
+    found, scores = mine.reranked(model.signals, weights, base, popularity, candidates, depth, limit)
+    return Scored(base.positions[found], scores, base.cf[found], base.content[found])
 
 
 def reader_signals(model: HybridModel, readers: Sequence[Reader]) -> list[ReaderSignals]:

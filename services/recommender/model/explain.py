@@ -3,6 +3,9 @@ signals say of it (an author they came back to, the next volume of a series)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import islice
+
 import numpy as np
 import numpy.typing as npt
 
@@ -12,7 +15,7 @@ from recommender.model.cf import CFModel
 from recommender.model.content import ContentModel
 from recommender.model.params import SignalWeights
 from recommender.model.ranking import BookRows, IntArray, Query
-from recommender.model.signals import BookSignals, ReaderSignals, gather
+from recommender.model.signals import BookSignals, ReaderSignals
 
 SHOWN = 3  # reasons per book
 
@@ -25,12 +28,13 @@ def explained(
     positions: IntArray,
     reader: Reader,
     q: Query,
+    room: Sequence[int] = (),
 ) -> list[tuple[Reason, ...]] | None:
     """For each recommended book (at catalogue `positions`), the reader's books it comes from most: what each liked
     book gives its score through CF (implicit's explanation of ALS, in the z-score's units and the blend's weight)
     and through content (its share of the profile's cosine similarity, likewise), the larger part named. None for a
     reader who liked nothing. Computed for the returned books only (a version's catalogue, content model, rows and
-    CF model: model/hybrid.py)."""
+    CF model: model/hybrid.py). `room[i]`: at most so many for book i (SHOWN when not given)."""
     liked = reader.weights > 0
     mine, my_weights = reader.seen[liked], reader.weights[liked]
     if len(mine) == 0 or len(positions) == 0:
@@ -52,10 +56,13 @@ def explained(
     parts = np.where(by_cf[at, best] >= by_content[at, best], "cf", "content").tolist()
     sources = mine[best]
     ids, rows_of, titles = catalogue.book_ids[sources].tolist(), sources.tolist(), catalogue.titles
-    return [
+    room = room or [SHOWN] * len(positions)
+    return [  # the shares best first: those above 0 lead
         tuple(
             Reason(book_id, titles[source], part, share)
-            for book_id, source, part, share in zip(ids[row], rows_of[row], parts[row], shares[row], strict=True)
+            for book_id, source, part, share in islice(
+                zip(ids[row], rows_of[row], parts[row], shares[row], strict=True), room[row]
+            )
             if share > 0
         )
         for row in range(len(positions))
@@ -66,7 +73,6 @@ def signal_reasons(
     catalogue: Catalogue,
     signals: BookSignals,
     weights: SignalWeights,
-    reader: Reader,
     mine: ReaderSignals,
     positions: IntArray,
     scores: npt.NDArray[np.float64],
@@ -74,32 +80,21 @@ def signal_reasons(
     """For each recommended book, what the reader's book signals say of it, with the reader's book behind each:
     "more by" an author the reader came back to, "next in" a series they read. Its share: what the signal added
     to the book's score, of that and the blend's score (when positive)."""
-    author, following, _held = mine.features(signals, positions)
-    sources = _first_by_author(signals, reader.seen[reader.weights > 0]) if weights.author > 0 else {}
+    said = mine.sources(signals, positions)
     found: list[tuple[Reason, ...]] = []
     for i, row in enumerate(positions.tolist()):
         reasons = []
-        if author[i] > 0 and weights.author > 0:
-            code = max((c for c in signals.authors_of(row).tolist() if c in sources), key=mine.liked_by_author)
-            text = f"more by {signals.author_names[code]}, {mine.liked_by_author(code)} of whose books you read"
-            reasons.append(_signal(catalogue, sources[code], "author", weights.author * author[i], scores[i], text))
-        if following[i] > 0 and weights.next > 0:
-            series = int(signals.series[row])
-            volumes = signals.volumes_of(series)
-            read = volumes[np.isin(volumes, reader.seen)]
-            source = int(read[np.argmax(signals.position[read])])
-            text = f"next in {signals.series_names[series]} after #{signals.position[source]:g}"
+        if said.author[i] > 0 and weights.author > 0:
+            name, count = signals.author_names[said.author_code[i]], said.liked_by[i]
+            text = f"more by {name}, {count} of whose books you read"
+            added = weights.author * said.author[i]
+            reasons.append(_signal(catalogue, int(said.by_author[i]), "author", added, scores[i], text))
+        if said.following[i] > 0 and weights.next > 0:
+            source = int(said.furthest_read[i])
+            text = f"next in {signals.series_names[signals.series[row]]} after #{signals.position[source]:g}"
             reasons.append(_signal(catalogue, source, "series", weights.next, scores[i], text))
         found.append(tuple(reasons))
     return found
-
-
-def _first_by_author(signals: BookSignals, liked: IntArray) -> dict[int, int]:
-    """Per author code, the first of the reader's liked books (catalogue rows) by them."""
-    codes = gather(signals.book_authors, liked)
-    owners = np.repeat(liked, np.diff(signals.book_authors.indptr)[liked])
-    found, first = np.unique(codes, return_index=True)
-    return dict(zip(found.tolist(), owners[first].tolist(), strict=True))
 
 
 def _signal(catalogue: Catalogue, source: int, part: str, added: float, score: float, text: str) -> Reason:

@@ -32,6 +32,8 @@ from functools import cached_property
 import numpy as np
 import numpy.typing as npt
 
+from recommender.model.compiled import blended, dots, item_dots
+
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -174,22 +176,12 @@ class BookRows:
         return BookRows(unit, self.item_of_book, self.content, self.popularity)
 
     def cf_of(self, positions: IntArray, user: FloatArray) -> Float64Array:
-        """CF scores of the books at `positions` (0 where CF has no factors), in float64 (`_dots`)."""
-        items = self.item_of_book[positions]
-        scores = np.zeros(len(positions), dtype=np.float64)
-        known = items >= 0
-        scores[known] = _dots(self.item_factors[items[known]], user)
-        return scores
+        """CF scores of the books at `positions` (0 where CF has no factors), in float64 (model/compiled.py's
+        `dots`: each the same whatever the other rows)."""
+        return item_dots(self.item_factors, self.item_of_book, positions, user)
 
     def content_of(self, positions: IntArray, profile: FloatArray) -> Float64Array:
-        return _dots(self.content[positions], profile)
-
-
-def _dots(rows: FloatArray, vector: FloatArray) -> Float64Array:
-    """Each row's inner product with `vector` in float64, each the same whatever the other rows: a float32 product
-    is exact in float64, and a sum along a row is added in an order fixed by its length (BLAS's matrix-vector
-    product sums a row in an order that depends on where the row falls among the others)."""
-    return np.multiply(rows, vector, dtype=np.float64).sum(axis=1)
+        return dots(self.content, positions, profile)
 
 
 @dataclass(frozen=True)
@@ -285,12 +277,14 @@ def scored(rows: BookRows, q: Query, best: IntArray) -> Scored:
     """The books at `best` with their scores, computed apart from the ranking (float64, from the parts), and in
     the order of those scores: an answer always reads best first (the two orders differ only where float rounding
     meets a near-tie; popularity breaks ties)."""
-    cf = q.cf.z(rows.cf_of(best, q.user)) if q.user is not None else np.zeros(len(best))
-    content = q.content.z(rows.content_of(best, q.profile)) if q.profile is not None else np.zeros(len(best))
-    popular = q.popular.z(rows.popularity[best].astype(np.float64))
-    scores = q.cf.weight * cf + q.content.weight * content + q.popular.weight * popular
-    order = np.lexsort((-rows.popularity[best], -scores))
-    return Scored(best[order], scores[order], cf[order], content[order])
+    parts = np.array([[p.mean, p.inverse, p.weight] for p in (q.cf, q.content, q.popular)])
+    user = _NONE if q.user is None else q.user
+    profile = _NONE if q.profile is None else q.profile
+    found = blended(rows.item_factors, rows.item_of_book, rows.content, rows.popularity, best, user, profile, parts)
+    return Scored(*found)
+
+
+_NONE = np.zeros(0, dtype=np.float32)  # a part the query lacks
 
 
 def ranked(

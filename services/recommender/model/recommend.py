@@ -112,14 +112,17 @@ def _because(
 ) -> list[tuple[Reason, ...]] | None:
     """The reader's books each recommendation comes from (model/explain.py): what their book signals say first,
     then the books it comes from most through the blend, SHOWN in all."""
-    blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q)
-    if mine is None or not len(books.positions):
+    said = None
+    if mine is not None and len(books.positions):
+        weights = model.meta.params.signals
+        said = signal_reasons(model.catalogue, model.signals, weights, mine, books.positions, books.scores)
+    room = [SHOWN - len(found) for found in said] if said is not None else []
+    blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q, room)
+    if said is None:
         return blended
-    weights = model.meta.params.signals
-    said = signal_reasons(model.catalogue, model.signals, weights, reader, mine, books.positions, books.scores)
     if blended is None:
         return said if any(said) else None
-    return [(*found, *theirs)[:SHOWN] for found, theirs in zip(said, blended, strict=True)]
+    return [(*found, *theirs) for found, theirs in zip(said, blended, strict=True)]
 
 
 def _popular(model: HybridModel, request: Request) -> Recommendations:

@@ -6,7 +6,7 @@ A candidate's signals: `author`, log(1 + the reader's liked books by its author 
 `next`, 1 for the next unread volume of a series the reader started (the first whole-numbered one after the
 furthest volume they read); `held`, 1 for a later unread volume of such a series. Within a series the reader
 started, the unread volumes after the furthest read always come in order: a later volume never ranks above an
-earlier one the answer could hold (`ReaderSignals.in_order`).
+earlier one the answer could hold (`ReaderSignals.reranked`).
 
 Why only series the reader started: ordering the volumes of every series (volume one before the rest for a reader
 who never opened it) cost 1 to 10% of NDCG@10 on the Goodreads sample, whose readers rate later volumes without
@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from recommender.model.dataset import lookup
-from recommender.model.ranking import BoolArray, Float64Array, IntArray
+from recommender.model import signal_loops as loops
+from recommender.model.params import SignalWeights
+from recommender.model.ranking import BoolArray, Float64Array, FloatArray, IntArray, Scored
 from recommender.model.series import series_key
 
 # The reader's authors whose books join the candidates, the most-read first: a history of hundreds of authors
@@ -69,20 +71,29 @@ class BookSignals:
         )
         return cls(book_authors, book_authors.T.tocsr(), series, position, series_books, author_names, series_names)
 
-    def authors_of(self, row: int) -> IntArray:
-        """The author codes of the book at `row`."""
-        pointers = self.book_authors.indptr
-        return np.asarray(self.book_authors.indices[pointers[row] : pointers[row + 1]], dtype=np.int32)
+    @cached_property
+    def by_book(self) -> tuple[IntArray, IntArray]:
+        """Each book's authors as CSR pointers and codes (model/signal_loops.py's arrays)."""
+        return _lists(self.book_authors)
 
-    def volumes_of(self, series: int) -> IntArray:
-        """The rows of a series' books, in series order."""
-        pointers = self.series_books.indptr
-        return np.asarray(self.series_books.indices[pointers[series] : pointers[series + 1]], dtype=np.int32)
+    @cached_property
+    def by_author(self) -> tuple[IntArray, IntArray]:
+        """Each author's books as CSR pointers and rows."""
+        return _lists(self.author_books)
 
-    @property
+    @cached_property
+    def by_series(self) -> tuple[IntArray, IntArray]:
+        """Each series' books in series order as CSR pointers and rows."""
+        return _lists(self.series_books)
+
+    @cached_property
     def empty(self) -> bool:
         """No author with two books and no series: nothing to say beyond the blend."""
         return not len(self.series_names) and not (np.diff(self.author_books.indptr) > 1).any()
+
+
+def _lists(matrix: sp.csr_matrix) -> tuple[IntArray, IntArray]:
+    return np.asarray(matrix.indptr, dtype=np.int32), np.asarray(matrix.indices, dtype=np.int32)
 
 
 def _series(series_of_books: Sequence[tuple[str, float] | None]) -> tuple[IntArray, Float64Array, list[str]]:
@@ -106,6 +117,8 @@ class ReaderSignals:
     """One reader's authors (with how many of their books the reader liked) and the series they started: how far
     they read in each, and its next volume."""
 
+    seen: IntArray  # the reader's books, sorted, unique
+    liked: IntArray  # the books they liked, in the order of their history
     authors: IntArray  # sorted author codes
     liked_by: IntArray  # per author, the reader's liked books by them
     started: IntArray  # sorted series codes the reader has a volume of
@@ -114,88 +127,68 @@ class ReaderSignals:
 
     @classmethod
     def of(cls, signals: BookSignals, seen: IntArray, weights: npt.NDArray[np.float32]) -> ReaderSignals:
-        authors, counts = np.unique(gather(signals.book_authors, seen[weights > 0]), return_counts=True)
-        started = np.unique(signals.series[seen])
-        started = started[started >= 0]
-        sizes = np.diff(signals.series_books.indptr)[started]
-        books = gather(signals.series_books, started)  # series after series, each in series order
-        group = np.repeat(np.arange(len(started)), sizes)
-        read = lookup(np.unique(seen), books)[1]
-        places = signals.position[books]
-        furthest = np.zeros(len(started))
-        np.maximum.at(furthest, group[read], places[read])
-        whole = (places == np.floor(places)) & (places >= 1) & (places > furthest[group]) & ~read
-        following = np.full(len(started), -1, dtype=np.int32)
-        following[group[whole][::-1]] = books[whole][::-1]  # the last written is each series' first such volume
-        return cls(authors.astype(np.int32), counts.astype(np.int32), started, furthest, following)
+        liked = np.asarray(seen[weights > 0], dtype=np.int32)
+        unique = np.unique(seen).astype(np.int32)
+        authors, counts = loops.liked_authors(liked, *signals.by_book)
+        started, furthest, following = loops.started_series(
+            unique, signals.series, signals.position, *signals.by_series
+        )
+        return cls(unique, liked, authors, counts, started, furthest, following)
 
-    def liked_by_author(self, code: int) -> int:
-        """How many of the reader's liked books the author wrote (0: none)."""
-        at, found = lookup(self.authors, [code])
-        return int(self.liked_by[at[0]]) if found[0] else 0
+    def candidates(
+        self, signals: BookSignals, shortlist: IntArray, allowed: BoolArray | None
+    ) -> tuple[IntArray, BoolArray, BoolArray]:
+        """The blend's `shortlist` with the books the signals could raise that the answer may hold (`allowed`: None
+        for all): by the reader's most-read authors, and the next volumes. Sorted, and per row whether the signals
+        could raise it and whether it is in the shortlist."""
+        mask = _NOTHING if allowed is None else allowed
+        rows, raised, listed = loops.candidates(
+            shortlist, self.authors, self.liked_by, MOST_AUTHORS, *signals.by_author, self.following, self.seen, mask
+        )
+        return rows, raised, listed
 
-    def candidates(self, signals: BookSignals) -> IntArray:
-        """Books the signals could raise: by the reader's most-read authors, and the next volumes."""
-        most = self.authors[np.argsort(-self.liked_by, kind="stable")[:MOST_AUTHORS]]
-        return np.union1d(gather(signals.author_books, most), self.following[self.following >= 0]).astype(np.int32)
+    def reranked(
+        self,
+        signals: BookSignals,
+        weights: SignalWeights,
+        base: Scored,
+        popularity: FloatArray,
+        candidates: tuple[IntArray, BoolArray, BoolArray],
+        depth: int,
+        limit: int,
+    ) -> tuple[IntArray, Float64Array]:
+        """The `limit` best of `base` (the blend's exact scores, best first): the first `depth` of its shortlist and
+        all the signals could raise (`candidates`: sorted rows, raised, listed, as `candidates` gives them), by
+        score plus the weighed signals, the unread volumes of each started series in order (ties: the earlier
+        volume, then the more popular book). Their indices in `base`, and their scores."""
+        found, scores = loops.reranked(
+            base.positions, base.scores, *candidates, depth, limit,
+            np.array([weights.author, weights.next, weights.held]), popularity,
+            (self.authors, self.liked_by, self.started, self.furthest, self.following),
+            (*signals.by_book, signals.series, signals.position),
+        )  # fmt: skip
+        return found, scores
 
-    def features(self, signals: BookSignals, rows: IntArray) -> tuple[Float64Array, Float64Array, Float64Array]:
-        """(author, next, held) of the books at `rows` (held: a later volume of a started series than its next)."""
-        group, started = self._series_of(signals, rows)
-        entry = np.where(started, self.following[group], -1) if len(self.started) else np.full(len(rows), -1)
-        following = (entry >= 0) & (entry == rows)
-        held = (entry >= 0) & (signals.position[rows] > signals.position[np.maximum(entry, 0)])
-        return self._author(signals, rows), following.astype(np.float64), held.astype(np.float64)
-
-    def _series_of(self, signals: BookSignals, rows: IntArray) -> tuple[IntArray, npt.NDArray[np.bool_]]:
-        """Per row, the index of its series among those started, and whether it is one."""
-        return lookup(self.started, signals.series[rows])  # (-1, no series, is never among them)
-
-    def _author(self, signals: BookSignals, rows: IntArray) -> Float64Array:
-        found = np.zeros(len(rows))
-        if not len(self.authors) or not len(rows):
-            return found
-        counts = np.diff(signals.book_authors.indptr)[rows]
-        codes = gather(signals.book_authors, rows)
-        at, known = lookup(self.authors, codes)
-        liked = np.where(known, self.liked_by[at], 0)
-        has = np.flatnonzero(counts > 0)
-        if len(has):
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
-            found[has] = np.log1p(np.maximum.reduceat(liked, starts))
-        return found
-
-    def in_order(self, signals: BookSignals, rows: IntArray, scores: Float64Array) -> tuple[Float64Array, Float64Array]:
-        """`scores` of `rows` with the unread volumes after the furthest read of each started series given their
-        scores in series order (the best score to the earliest volume, and so on), and the key that orders equal
-        scores: the volume's place in its series (0 for the other books)."""
-        places = np.zeros(len(rows))
-        if not len(self.started):
-            return scores, places
-        group, started = self._series_of(signals, rows)
-        after = np.flatnonzero(started & (signals.position[rows] > self.furthest[group]))
-        places[after] = signals.position[rows[after]]
-        if len(after) < 2 or len(np.unique(group[after])) == len(after):
-            return scores, places  # no series with two such volumes
-        scores = scores.copy()
-        for g in np.unique(group[after]).tolist():
-            members = after[group[after] == g]
-            by_place = members[np.lexsort((rows[members], places[members]))]
-            scores[by_place] = np.sort(scores[members])[::-1]
-        return scores, places
+    def sources(self, signals: BookSignals, rows: IntArray) -> Sources:
+        """Per row, its author and next signals and the reader's books behind them (`Sources`)."""
+        found = loops.sources(
+            np.asarray(rows, dtype=np.int32), self.liked, self.seen,
+            (self.authors, self.liked_by, self.started, self.following),
+            (*signals.by_book, signals.series, signals.position), *signals.by_series,
+        )  # fmt: skip
+        return Sources(*found)
 
 
-def gather(matrix: sp.csr_matrix, rows: npt.NDArray[np.integer]) -> IntArray:
-    """The column indices of `rows` of a CSR matrix, row after row (scipy's row indexing costs tens of us)."""
-    starts, ends = matrix.indptr[rows], matrix.indptr[np.asarray(rows) + 1]
-    lengths = ends - starts
-    if not lengths.sum():
-        return np.zeros(0, dtype=np.int32)
-    offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.asarray(matrix.indices[offsets + np.arange(lengths.sum())], dtype=np.int32)
+@dataclass(frozen=True)
+class Sources:
+    """Per book, what the reader's signals say of it and the reader's books behind that."""
+
+    author: Float64Array  # the author signal
+    following: Float64Array  # 1: the next volume of a series the reader started
+    author_code: IntArray  # of its authors, the one the reader liked most books of (-1: none)
+    liked_by: IntArray  # how many
+    by_author: IntArray  # the first of the reader's liked books by them (-1: none)
+    furthest_read: IntArray  # of its series, the furthest volume the reader read (-1: not its next volume)
 
 
-def allowed_of(rows: IntArray, seen: IntArray, mask: BoolArray | None) -> IntArray:
-    """`rows` less the reader's books (`seen`: sorted, unique) and those the mask forbids."""
-    rows = rows[~lookup(seen, rows)[1]]
-    return rows if mask is None else rows[mask[rows]]
+_NOTHING = np.zeros(0, dtype=np.bool_)  # no mask: every book allowed

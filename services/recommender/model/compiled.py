@@ -1,0 +1,153 @@
+"""Loops compiled by numba, and the one every exact score goes through: a row's inner product with a vector in
+float64. A request's exact scores are of a few dozen to a few hundred rows, where NumPy's fixed cost per call
+(a few microseconds, a dozen calls for a score) outweighed the arithmetic.
+
+`dots` adds a row's products in NumPy's own pairwise order (its `pairwise_sum`: eight running sums in blocks of
+up to 128 terms, halves beyond), so a score is what `np.multiply(rows, vector, dtype=np.float64).sum(axis=1)`
+gives, and, a row summed alone in a fixed order, the same whatever the other rows: the same alone or in a batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numba
+import numpy as np
+
+Function = TypeVar("Function", bound=Callable[..., Any])
+
+BLOCK = 128  # NumPy's PW_BLOCKSIZE
+
+
+def compiled(function: Function) -> Function:
+    """`function` compiled on its first call, and kept in numba's cache beside its module where it may write."""
+    try:
+        return cast(Function, numba.njit(cache=True, nogil=True)(function))
+    except RuntimeError:  # no folder numba may cache in: compiled once per process instead
+        return cast(Function, numba.njit(nogil=True)(function))
+
+
+@compiled
+def _block(terms: Any, start: int, n: int) -> float:
+    """The sum of terms[start : start + n], n <= BLOCK, added as NumPy adds it."""
+    total = 0.0
+    if n < 8:
+        for i in range(start, start + n):
+            total += terms[i]
+        return total
+    # eight running sums (scalars: an array here would be allocated per row)
+    s0, s1, s2, s3 = terms[start], terms[start + 1], terms[start + 2], terms[start + 3]
+    s4, s5, s6, s7 = terms[start + 4], terms[start + 5], terms[start + 6], terms[start + 7]
+    whole = start + n - n % 8
+    for i in range(start + 8, whole, 8):
+        s0 += terms[i]
+        s1 += terms[i + 1]
+        s2 += terms[i + 2]
+        s3 += terms[i + 3]
+        s4 += terms[i + 4]
+        s5 += terms[i + 5]
+        s6 += terms[i + 6]
+        s7 += terms[i + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(whole, start + n):
+        total += terms[i]
+    return total
+
+
+@compiled
+def _pairwise(terms: Any, frames: Any, sums: Any) -> float:
+    """The sum of `terms` as NumPy adds a row: blocks of up to BLOCK terms, a longer span the sum of its halves (the
+    first half a multiple of eight long), left before right. Without recursion (numba's cache cannot hold a
+    recursive function): `frames` (start, length, stage) and `sums` are the stack."""
+    n = len(terms)
+    if n <= BLOCK:
+        return _block(terms, 0, n)
+    frames[0, 0], frames[0, 1], frames[0, 2] = 0, n, 0
+    depth, held = 1, 0
+    while depth:
+        start, length, stage = frames[depth - 1, 0], frames[depth - 1, 1], frames[depth - 1, 2]
+        half = length // 2 - (length // 2) % 8
+        if length <= BLOCK:
+            sums[held] = _block(terms, start, length)
+            held += 1
+            depth -= 1
+        elif stage == 0:  # the first half next
+            frames[depth - 1, 2] = 1
+            frames[depth, 0], frames[depth, 1], frames[depth, 2] = start, half, 0
+            depth += 1
+        elif stage == 1:  # then the second
+            frames[depth - 1, 2] = 2
+            frames[depth, 0], frames[depth, 1], frames[depth, 2] = start + half, length - half, 0
+            depth += 1
+        else:  # both done: their sum
+            held -= 1
+            sums[held - 1] += sums[held]
+            depth -= 1
+    return sums[0]
+
+
+@compiled
+def _dot(row: Any, vector: Any, terms: Any, frames: Any, sums: Any) -> float:
+    """`row`'s inner product with `vector` (float64) in float64: the products first (one loop the compiler
+    vectorises), then their sum."""
+    for i in range(len(terms)):
+        terms[i] = np.float64(row[i]) * vector[i]
+    return _pairwise(terms, frames, sums)
+
+
+@compiled
+def dots(matrix: Any, rows: Any, vector: Any) -> Any:
+    """Each of `matrix`'s `rows`' inner product with `vector`, in float64."""
+    found = np.empty(len(rows))
+    terms, frames, sums, wide = _room(vector)
+    for i in range(len(rows)):
+        found[i] = _dot(matrix[rows[i]], wide, terms, frames, sums)
+    return found
+
+
+@compiled
+def item_dots(factors: Any, item_of_book: Any, rows: Any, vector: Any) -> Any:
+    """`dots` of the books at `rows` through their items' factors (0 for a book with none: item -1)."""
+    found = np.zeros(len(rows))
+    terms, frames, sums, wide = _room(vector)
+    for i in range(len(rows)):
+        item = item_of_book[rows[i]]
+        if item >= 0:
+            found[i] = _dot(factors[item], wide, terms, frames, sums)
+    return found
+
+
+@compiled
+def _room(vector: Any) -> tuple[Any, Any, Any, Any]:
+    """Room for one call's sums: the products, a stack of 64 levels (rows of up to 128 * 2^63 terms), and
+    `vector` in float64."""
+    return np.empty(len(vector)), np.empty((64, 3), dtype=np.int64), np.empty(64), vector.astype(np.float64)
+
+
+@compiled
+def blended(
+    factors: Any,
+    item_of_book: Any,
+    content: Any,
+    popularity: Any,
+    rows: Any,
+    user: Any,
+    profile: Any,
+    parts: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """The books at `rows` by their exact blended scores, best first (ties: the more popular, then the earlier in
+    `rows`): (rows, scores, CF part, content part). `parts`: per part (CF, content, popularity) its mean, inverse
+    spread and weight, each part z = (x - mean) * inverse; `user` or `profile` empty: that part is 0."""
+    n = len(rows)
+    cf = (item_dots(factors, item_of_book, rows, user) - parts[0, 0]) * parts[0, 1] if len(user) else np.zeros(n)
+    text = (dots(content, rows, profile) - parts[1, 0]) * parts[1, 1] if len(profile) else np.zeros(n)
+    scores = np.empty(n)
+    liked = np.empty(n, dtype=popularity.dtype)
+    for i in range(n):
+        liked[i] = popularity[rows[i]]
+        popular = (np.float64(liked[i]) - parts[2, 0]) * parts[2, 1]
+        scores[i] = parts[0, 2] * cf[i] + parts[1, 2] * text[i] + parts[2, 2] * popular
+    order = np.argsort(-liked, kind="mergesort")
+    order = order[np.argsort(-scores[order], kind="mergesort")]
+    return rows[order], scores[order], cf[order], text[order]

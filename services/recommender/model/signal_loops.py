@@ -1,0 +1,278 @@
+"""The loops of a reader's book signals (model/signals.py), compiled by numba. A reader's history and a shortlist
+are a few hundred numbers: as NumPy calls, a request's signals were some eighty calls of a few microseconds each,
+which cost more than the arithmetic; as loops they cost a few microseconds in all.
+
+Every function takes plain arrays: the books' inverted lists as CSR pointers and indices (`authors_of_books`,
+`books_of_authors`, `volumes`: each series' books in series order), each book's series (-1: none) and place, and
+a reader's unique read rows (`seen`, sorted).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from recommender.model.compiled import compiled
+
+
+@compiled
+def _holds(sorted_rows: Any, row: int) -> bool:
+    at = np.searchsorted(sorted_rows, row)
+    return bool(at < len(sorted_rows) and sorted_rows[at] == row)
+
+
+@compiled
+def liked_authors(liked: Any, pointers: Any, codes: Any) -> tuple[Any, Any]:
+    """The authors of the `liked` rows (sorted codes) and how many of those rows each wrote."""
+    total = 0
+    for row in liked:
+        total += pointers[row + 1] - pointers[row]
+    found = np.empty(total, dtype=np.int32)
+    at = 0
+    for row in liked:
+        for j in range(pointers[row], pointers[row + 1]):
+            found[at] = codes[j]
+            at += 1
+    found.sort()
+    authors = np.empty(total, dtype=np.int32)
+    counts = np.zeros(total, dtype=np.int32)
+    n = 0
+    for code in found:
+        if n == 0 or authors[n - 1] != code:
+            authors[n] = code
+            n += 1
+        counts[n - 1] += 1
+    return authors[:n], counts[:n]
+
+
+@compiled
+def started_series(seen: Any, series: Any, position: Any, pointers: Any, volumes: Any) -> tuple[Any, Any, Any]:
+    """The series the reader has a volume of (sorted codes); per series the furthest place read (0 at least) and
+    the row of its next volume: the first whole-numbered one after the furthest, unread (-1: none left)."""
+    theirs = series[seen]
+    started = np.unique(theirs[theirs >= 0]).astype(np.int32)
+    furthest = np.zeros(len(started))
+    following = np.full(len(started), -1, dtype=np.int32)
+    for g in range(len(started)):
+        first, last = pointers[started[g]], pointers[started[g] + 1]
+        for j in range(first, last):
+            if _holds(seen, volumes[j]):
+                furthest[g] = max(furthest[g], position[volumes[j]])
+        for j in range(first, last):
+            place = position[volumes[j]]
+            if place == np.floor(place) and place >= 1 and place > furthest[g] and not _holds(seen, volumes[j]):
+                following[g] = volumes[j]
+                break
+    return started, furthest, following
+
+
+@compiled
+def candidates(
+    shortlist: Any,
+    authors: Any,
+    counts: Any,
+    most: int,
+    pointers: Any,
+    books: Any,
+    following: Any,
+    seen: Any,
+    allowed: Any,
+) -> tuple[Any, Any, Any]:
+    """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
+    for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
+    per row whether the signals could raise it and whether it is in the shortlist."""
+    chosen = authors[np.argsort(-counts, kind="mergesort")[:most]]
+    total = len(following)
+    for code in chosen:
+        total += pointers[code + 1] - pointers[code]
+    raised = np.empty(total, dtype=np.int32)
+    n = 0
+    for code in chosen:
+        for j in range(pointers[code], pointers[code + 1]):
+            raised[n] = books[j]
+            n += 1
+    for row in following:
+        if row >= 0:
+            raised[n] = row
+            n += 1
+    kept = np.empty(n, dtype=np.bool_)
+    for i in range(n):
+        kept[i] = not _holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
+    raised = np.unique(raised[:n][kept])
+    shortlist = np.unique(shortlist.astype(np.int32))
+    rows = np.unique(np.concatenate((shortlist, raised)))
+    is_raised = np.zeros(len(rows), dtype=np.bool_)
+    listed = np.zeros(len(rows), dtype=np.bool_)
+    for i in range(len(rows)):
+        is_raised[i] = _holds(raised, rows[i])
+        listed[i] = _holds(shortlist, rows[i])
+    return rows, is_raised, listed
+
+
+@compiled
+def _group(started: Any, series: int) -> int:
+    """The index of `series` among the `started` ones (-1: not started)."""
+    at = np.searchsorted(started, series)
+    return int(at) if series >= 0 and at < len(started) and started[at] == series else -1
+
+
+@compiled
+def features(
+    rows: Any,
+    authors: Any,
+    liked_by: Any,
+    started: Any,
+    following: Any,
+    pointers: Any,
+    codes: Any,
+    series: Any,
+    position: Any,
+) -> tuple[Any, Any, Any]:
+    """Per row: log(1 + the reader's liked books by its most-read author); 1 for the next volume of a started
+    series; 1 for a later volume of one than its next."""
+    author = np.zeros(len(rows))
+    next_volume = np.zeros(len(rows))
+    held = np.zeros(len(rows))
+    for i in range(len(rows)):
+        row = rows[i]
+        most = 0
+        for j in range(pointers[row], pointers[row + 1]):
+            at = np.searchsorted(authors, codes[j])
+            if at < len(authors) and authors[at] == codes[j]:
+                most = max(most, liked_by[at])
+        author[i] = np.log1p(most)
+        g = _group(started, series[row])
+        if g >= 0 and following[g] >= 0:
+            next_volume[i] = 1.0 if following[g] == row else 0.0
+            held[i] = 1.0 if position[row] > position[following[g]] else 0.0
+    return author, next_volume, held
+
+
+@compiled
+def _in_order(rows: Any, scores: Any, started: Any, furthest: Any, series: Any, position: Any) -> tuple[Any, Any]:
+    """`scores` with the unread volumes after the furthest read of each started series given their scores in series
+    order (the best to the earliest place, ties to the lower row), and each row's place in such a series (0: none)."""
+    scores = scores.copy()
+    places = np.zeros(len(rows))
+    after = np.empty(len(rows), dtype=np.int64)
+    groups = np.empty(len(rows), dtype=np.int64)
+    n = 0
+    for i in range(len(rows)):
+        g = _group(started, series[rows[i]])
+        if g >= 0 and position[rows[i]] > furthest[g]:
+            after[n], groups[n] = i, g
+            places[i] = position[rows[i]]
+            n += 1
+    after, groups = after[:n], groups[:n]
+    order = np.argsort(rows[after], kind="mergesort")  # by series, then place, then row
+    order = order[np.argsort(places[after[order]], kind="mergesort")]
+    order = order[np.argsort(groups[order], kind="mergesort")]
+    first = 0
+    while first < n:
+        last = first + 1
+        while last < n and groups[order[last]] == groups[order[first]]:
+            last += 1
+        if last - first > 1:
+            members = after[order[first:last]]
+            scores[members] = np.sort(scores[members])[::-1]
+        first = last
+    return scores, places
+
+
+@compiled
+def reranked(
+    rows: Any,
+    scores: Any,
+    candidates: Any,
+    raised: Any,
+    listed: Any,
+    depth: int,
+    limit: int,
+    weights: Any,
+    popularity: Any,
+    reader: tuple[Any, Any, Any, Any, Any],
+    book: tuple[Any, Any, Any, Any],
+) -> tuple[Any, Any]:
+    """The `limit` best of `rows` (exact blended `scores`, best first, as `ranking.scored` orders them): the first
+    `depth` of those `listed` (the blend's shortlist) and all the signals could raise (`raised`; both per row of
+    the sorted `candidates`), by score plus the weighed signals (`weights`: author,
+    next, held), the unread volumes of each started series in series order; ties to the earlier volume, then the
+    more popular book. Their indices among `rows`, and their scores. `reader`: (authors, liked by, started,
+    furthest, following); `book`: (author pointers, author codes, series, place)."""
+    authors, liked_by, started, furthest, following = reader
+    pointers, codes, series, position = book
+    kept = np.empty(len(rows), dtype=np.int64)
+    n, blend = 0, 0
+    for i in range(len(rows)):
+        at = np.searchsorted(candidates, rows[i])
+        if raised[at] or (listed[at] and blend < depth):
+            kept[n] = i
+            n += 1
+        blend += 1 if listed[at] else 0
+    kept = kept[:n]
+    mine = rows[kept]
+    author, next_volume, held = features(mine, authors, liked_by, started, following, pointers, codes, series, position)
+    boosted = scores[kept] + weights[0] * author + weights[1] * next_volume - weights[2] * held
+    boosted, places = _in_order(mine, boosted, started, furthest, series, position)
+    order = np.argsort(-popularity[mine], kind="mergesort")
+    order = order[np.argsort(places[order], kind="mergesort")]
+    order = order[np.argsort(-boosted[order], kind="mergesort")][:limit]
+    return kept[order], boosted[order]
+
+
+@compiled
+def sources(
+    rows: Any,
+    liked: Any,
+    seen: Any,
+    reader: tuple[Any, Any, Any, Any],
+    book: tuple[Any, Any, Any, Any],
+    volume_pointers: Any,
+    volumes: Any,
+) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """Per row, its author and next signals (`features`) and the reader's books behind them: of its authors, the
+    one the reader liked most books of (the first such; -1: none), how many, and the first of the reader's `liked`
+    rows by them; the furthest volume the reader read of its series (the first of equal places; -1: not its next
+    volume). `reader`: (authors, liked by, started, following); `book`: (author pointers, author codes, series,
+    place)."""
+    authors, liked_by, started, following = reader
+    pointers, codes, series, position = book
+    author, next_volume, _held = features(
+        rows, authors, liked_by, started, following, pointers, codes, series, position
+    )
+    best = np.full(len(rows), -1, dtype=np.int32)
+    count = np.zeros(len(rows), dtype=np.int32)
+    by = np.full(len(rows), -1, dtype=np.int32)
+    read = np.full(len(rows), -1, dtype=np.int32)
+    for i in range(len(rows)):
+        for j in range(pointers[rows[i]], pointers[rows[i] + 1]):
+            at = np.searchsorted(authors, codes[j])
+            if at < len(authors) and authors[at] == codes[j] and liked_by[at] > count[i]:
+                best[i], count[i] = codes[j], liked_by[at]
+        by[i] = _first_by(best[i], liked, pointers, codes)
+        if next_volume[i] > 0:
+            read[i] = _furthest_read(series[rows[i]], seen, volume_pointers, volumes, position)
+    return author, next_volume, best, count, by, read
+
+
+@compiled
+def _first_by(author: int, liked: Any, pointers: Any, codes: Any) -> int:
+    """The first of the `liked` rows whose authors include `author` (-1: none)."""
+    if author < 0:
+        return -1
+    for mine in liked:
+        for j in range(pointers[mine], pointers[mine + 1]):
+            if codes[j] == author:
+                return mine
+    return -1
+
+
+@compiled
+def _furthest_read(series: int, seen: Any, pointers: Any, volumes: Any, position: Any) -> int:
+    """The row of the furthest volume of `series` the reader read (the first of equal places; -1: none)."""
+    found, furthest = -1, -np.inf
+    for j in range(pointers[series], pointers[series + 1]):
+        if _holds(seen, volumes[j]) and position[volumes[j]] > furthest:
+            found, furthest = volumes[j], position[volumes[j]]
+    return found
