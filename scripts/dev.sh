@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's commands on a fresh machine with Python 3.11+:
-#   scripts/dev.sh setup   create .venv, install the package with its dev extras (the build generates the stubs)
+#   scripts/dev.sh setup   create .venv, install the package with its dev extras (the build generates the stubs),
+#                          compile the model's loops into numba's cache
 #   scripts/dev.sh run     setup, then start the service (gRPC :50051, JSON/HTTP :8001, embedded PostgreSQL)
 #   scripts/dev.sh test    setup (Chromium and its driver too, for the dashboard's tests), lint, then the whole
 #                          test suite (extra arguments go to pytest)
@@ -20,6 +21,7 @@ setup() {
     [ -x "$VENV_PY" ] || "$PYTHON" -m venv .venv
     "$VENV_PY" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+    "$VENV_PY" -m recommender.model.precompile  # numba's cache, so that no test's server compiles on first use
 }
 
 # The dashboard's browser tests drive Debian's Chromium and its driver: installed here when missing, so that the

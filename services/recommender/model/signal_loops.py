@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from recommender.model.compiled import compiled
+from recommender.model.compiled import compiled, stable_order
 
 
 @compiled
@@ -82,7 +82,7 @@ def candidates(
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
     per row whether the signals could raise it and whether it is in the shortlist."""
-    chosen = authors[np.argsort(-counts, kind="mergesort")[:most]]
+    chosen = authors[stable_order(-counts)[:most]]
     total = len(following)
     for code in chosen:
         total += pointers[code + 1] - pointers[code]
@@ -165,9 +165,9 @@ def _in_order(rows: Any, scores: Any, started: Any, furthest: Any, series: Any, 
             places[i] = position[rows[i]]
             n += 1
     after, groups = after[:n], groups[:n]
-    order = np.argsort(rows[after], kind="mergesort")  # by series, then place, then row
-    order = order[np.argsort(places[after[order]], kind="mergesort")]
-    order = order[np.argsort(groups[order], kind="mergesort")]
+    order = stable_order(rows[after])  # by series, then place, then row
+    order = order[stable_order(places[after[order]])]
+    order = order[stable_order(groups[order])]
     first = 0
     while first < n:
         last = first + 1
@@ -215,9 +215,9 @@ def reranked(
     author, next_volume, held = features(mine, authors, liked_by, started, following, pointers, codes, series, position)
     boosted = scores[kept] + weights[0] * author + weights[1] * next_volume - weights[2] * held
     boosted, places = _in_order(mine, boosted, started, furthest, series, position)
-    order = np.argsort(-popularity[mine], kind="mergesort")
-    order = order[np.argsort(places[order], kind="mergesort")]
-    order = order[np.argsort(-boosted[order], kind="mergesort")][:limit]
+    order = stable_order(-popularity[mine])
+    order = order[stable_order(places[order])]
+    order = order[stable_order(-boosted[order])][:limit]
     return kept[order], boosted[order]
 
 
