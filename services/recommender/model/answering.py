@@ -11,7 +11,7 @@ import numpy.typing as npt
 from recommender.model.answers import Reader, Reason, ScoredBook
 from recommender.model.cf import IntArray
 from recommender.model.hybrid import HybridModel
-from recommender.model.ranking import BoolArray, Query, Scored, ranked, scored, shortlist
+from recommender.model.ranking import BoolArray, Query, Scored, Shortlist, ranked, shortlists
 from recommender.model.signals import ReaderSignals
 
 # How much deeper than an answer the blend's shortlist goes when book signals re-rank it: room for the books the
@@ -34,8 +34,9 @@ def best_books(
     if not signals:
         return _ranked(model, queries, limits, between_books, masks)
     depths = [n + max(n, SIGNALS_DEPTH) for n in limits]
+    weights = model.meta.params.signals
     return [
-        _with_signals(model, q, mine, listed, depth, n, mask)
+        mine.best(model.signals, weights, model.rows, q, listed, (depth, n), mask)
         for q, mine, listed, depth, n, mask in zip(
             queries, signals, _shortlisted(model, queries, depths, masks), depths, limits, masks, strict=True
         )
@@ -61,28 +62,15 @@ def _ranked(
 
 def _shortlisted(
     model: HybridModel, queries: Sequence[Query], depths: Sequence[int], masks: Sequence[BoolArray | None]
-) -> list[IntArray]:
+) -> list[Shortlist]:
     """Per query, rows that hold its `depths[i]` best: the exhaustive product's shortlist, or the index's answer."""
     if model.search is None:
-        return shortlist(model.rows, queries, depths, masks)
+        return shortlists(model.rows, queries, depths, masks)
     search = model.search
     return [
-        search.ranked(model.rows, q, n, allowed=mask).positions
+        Shortlist(search.ranked(model.rows, q, n, allowed=mask).positions, None)
         for q, n, mask in zip(queries, depths, masks, strict=True)
     ]
-
-
-def _with_signals(
-    model: HybridModel, q: Query, mine: ReaderSignals, listed: IntArray, depth: int, limit: int, mask: BoolArray | None
-) -> Scored:
-    """The `limit` best of the blend's `depth` best (among the `listed` rows) and the books the reader's signals
-    could raise, by blended score plus the weighed signals, the volumes of each series the reader started in
-    order. The blend's scores of both computed together (`scored`)."""
-    candidates = mine.candidates(model.signals, listed, mask)
-    base = scored(model.rows, q, candidates[0])
-    weights, popularity = model.meta.params.signals, model.rows.popularity
-    found, scores = mine.reranked(model.signals, weights, base, popularity, candidates, depth, limit)
-    return Scored(base.positions[found], scores, base.cf[found], base.content[found])
 
 
 def reader_signals(model: HybridModel, readers: Sequence[Reader]) -> list[ReaderSignals]:

@@ -36,6 +36,26 @@ def stable_order(keys: Any) -> Any:
 
 
 @compiled
+def top_columns(matrix: Any, k: int) -> Any:
+    """Per row, the columns of its `k` largest values, largest first, ties to the earlier column (the first `k` of
+    a stable sort of the row, largest first)."""
+    k = min(k, matrix.shape[1])
+    found = np.zeros((matrix.shape[0], k), dtype=np.int64)
+    for i in range(matrix.shape[0]):
+        held = 0
+        for j in range(matrix.shape[1]):
+            at = held
+            while at > 0 and matrix[i, j] > matrix[i, found[i, at - 1]]:
+                at -= 1
+            if at < k:
+                for move in range(min(held, k - 1), at, -1):
+                    found[i, move] = found[i, move - 1]
+                found[i, at] = j
+                held = min(held + 1, k)
+    return found
+
+
+@compiled
 def _block(terms: Any, start: int, n: int) -> float:
     """The sum of terms[start : start + n], n <= BLOCK, added as NumPy adds it."""
     total = 0.0

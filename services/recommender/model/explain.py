@@ -12,6 +12,7 @@ import numpy.typing as npt
 from recommender.model.answers import Reader, Reason
 from recommender.model.catalogue import Catalogue
 from recommender.model.cf import CFModel
+from recommender.model.compiled import top_columns
 from recommender.model.content import ContentModel
 from recommender.model.params import SignalWeights
 from recommender.model.ranking import BookRows, IntArray, Query
@@ -47,13 +48,16 @@ def explained(
     known, reachable = items >= 0, target_items >= 0
     if q.cf.weight > 0 and known.any() and reachable.any():
         given = cf.explain(items[known], my_weights[known], target_items[reachable])
-        by_cf[np.ix_(reachable, known)] = given * np.float32(q.cf.scale)
+        if known.all() and reachable.all():
+            np.multiply(given, np.float32(q.cf.scale), out=by_cf)
+        else:
+            by_cf[np.ix_(reachable, known)] = given * np.float32(q.cf.scale)
     total = np.maximum(by_cf, 0.0) + np.maximum(by_content, 0.0)
     wholes = total.sum(axis=1, keepdims=True)
-    best = np.argsort(-total, axis=1, kind="stable")[:, :SHOWN]
+    best = top_columns(total, SHOWN)
     at = np.arange(len(positions))[:, None]
     shares = (total[at, best] / np.where(wholes > 0, wholes, 1.0)).tolist()
-    parts = np.where(by_cf[at, best] >= by_content[at, best], "cf", "content").tolist()
+    parts = [["cf" if cf else "content" for cf in row] for row in (by_cf[at, best] >= by_content[at, best]).tolist()]
     sources = mine[best]
     ids, rows_of, titles = catalogue.book_ids[sources].tolist(), sources.tolist(), catalogue.titles
     room = room or [SHOWN] * len(positions)
@@ -81,18 +85,20 @@ def signal_reasons(
     "more by" an author the reader came back to, "next in" a series they read. Its share: what the signal added
     to the book's score, of that and the blend's score (when positive)."""
     said = mine.sources(signals, positions)
+    by_author = weights.author > 0
+    by_series = weights.next > 0
     found: list[tuple[Reason, ...]] = []
-    for i, row in enumerate(positions.tolist()):
+    for row, score, author, code, count, source, following, read in zip(
+        positions.tolist(), scores.tolist(), said.author.tolist(), said.author_code.tolist(), said.liked_by.tolist(),
+        said.by_author.tolist(), said.following.tolist(), said.furthest_read.tolist(), strict=True,
+    ):  # fmt: skip
         reasons = []
-        if said.author[i] > 0 and weights.author > 0:
-            name, count = signals.author_names[said.author_code[i]], said.liked_by[i]
-            text = f"more by {name}, {count} of whose books you read"
-            added = weights.author * said.author[i]
-            reasons.append(_signal(catalogue, int(said.by_author[i]), "author", added, scores[i], text))
-        if said.following[i] > 0 and weights.next > 0:
-            source = int(said.furthest_read[i])
-            text = f"next in {signals.series_names[signals.series[row]]} after #{signals.position[source]:g}"
-            reasons.append(_signal(catalogue, source, "series", weights.next, scores[i], text))
+        if author > 0 and by_author:
+            text = f"more by {signals.author_names[code]}, {count} of whose books you read"
+            reasons.append(_signal(catalogue, source, "author", weights.author * author, score, text))
+        if following > 0 and by_series:
+            text = f"next in {signals.series_names[signals.series[row]]} after #{signals.position[read]:g}"
+            reasons.append(_signal(catalogue, read, "series", weights.next, score, text))
         found.append(tuple(reasons))
     return found
 

@@ -222,6 +222,11 @@ class Query:
     profile: FloatArray | None  # the reader's content profile, unit length
     seen: IntArray  # catalogue rows never recommended to this reader
 
+    @property
+    def offset(self) -> float:
+        """What a book's product with `vector` adds to its exact score, beside TIE_BREAK times its popularity."""
+        return sum(part.weight * part.mean * part.inverse for part in (self.cf, self.content, self.popular))
+
 
 def query(
     rows: BookRows,
@@ -277,11 +282,16 @@ def scored(rows: BookRows, q: Query, best: IntArray) -> Scored:
     """The books at `best` with their scores, computed apart from the ranking (float64, from the parts), and in
     the order of those scores: an answer always reads best first (the two orders differ only where float rounding
     meets a near-tie; popularity breaks ties)."""
-    parts = np.array([[p.mean, p.inverse, p.weight] for p in (q.cf, q.content, q.popular)])
+    found = blended(rows.item_factors, rows.item_of_book, rows.content, rows.popularity, best, *exact_terms(q))
+    return Scored(*found)
+
+
+def exact_terms(q: Query) -> tuple[FloatArray, FloatArray, Float64Array]:
+    """What model/compiled.py's `blended` scores a query's books from: its CF factors and content profile (empty
+    where it has none) and per part (CF, content, popularity) its mean, inverse spread and weight."""
     user = _NONE if q.user is None else q.user
     profile = _NONE if q.profile is None else q.profile
-    found = blended(rows.item_factors, rows.item_of_book, rows.content, rows.popularity, best, user, profile, parts)
-    return Scored(*found)
+    return user, profile, np.array([[p.mean, p.inverse, p.weight] for p in (q.cf, q.content, q.popular)])
 
 
 _NONE = np.zeros(0, dtype=np.float32)  # a part the query lacks
@@ -314,6 +324,23 @@ def shortlist(
     (those at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's
     rounding bound of the bar (2 n UNIT |q| max|x|, n terms a sum): a book whose exact score is among the `limit`
     best (or ties with the last of them) is there, whatever the product's last bits, alone or in a batch."""
+    return [found.rows for found in shortlists(rows, queries, limits, masks)]
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """A query's shortlist (`shortlist`) and the product it was read from: a book's value there is its exact score
+    plus the query's `offset` plus TIE_BREAK times its popularity, give or take `margin`."""
+
+    rows: IntArray  # in catalogue order
+    values: FloatArray | None  # the float32 product with every book's row (-inf: seen or not allowed)
+    margin: float = 0.0  # twice the product's rounding bound
+
+
+def shortlists(
+    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
+) -> list[Shortlist]:
+    """`shortlist`, with each query's product."""
     if not queries:
         return []
     vectors = np.stack([q.vector for q in queries])
@@ -329,15 +356,14 @@ def shortlist(
             row[~mask] = -np.inf
     wanted = min(max(limits), rows.num_books)
     if wanted <= 0:
-        return [np.zeros(0, dtype=np.int32) for _ in queries]
+        return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
     bars = _bars(ranking, wanted)
     found = []
     bound = 4 * vectors.shape[1] * UNIT * rows.longest
     for row, vector, bar in zip(ranking, vectors, bars.tolist(), strict=True):
-        if not math.isfinite(bar):
-            found.append(np.flatnonzero(np.isfinite(row)).astype(np.int32))
-            continue
-        found.append(np.flatnonzero(row >= bar - bound * float(np.linalg.norm(vector))).astype(np.int32))
+        margin = bound * float(np.linalg.norm(vector))
+        listed = np.isfinite(row) if not math.isfinite(bar) else row >= bar - margin
+        found.append(Shortlist(np.flatnonzero(listed).astype(np.int32), row, margin))
     return found
 
 

@@ -1,10 +1,8 @@
-"""The loops of a reader's book signals (model/signals.py), compiled by numba. A reader's history and a shortlist
-are a few hundred numbers: as NumPy calls, a request's signals were some eighty calls of a few microseconds each,
-which cost more than the arithmetic; as loops they cost a few microseconds in all.
-
-Every function takes plain arrays: the books' inverted lists as CSR pointers and indices (`authors_of_books`,
-`books_of_authors`, `volumes`: each series' books in series order), each book's series (-1: none) and place, and
-a reader's unique read rows (`seen`, sorted).
+"""The loops of a reader's book signals (model/signals.py), compiled by numba (model/compiled.py). A history and a
+shortlist are a few hundred numbers: as NumPy calls, a request's signals were over a hundred calls of a few
+microseconds each, more than the arithmetic. `reader` makes a reader's signals, `best` their answer in one call,
+`sources` what `because` says. Arrays throughout: the inverted lists as CSR pointers and indices (books to authors,
+authors to books, series to their volumes in order), each book's series (-1: none) and place, a reader's books.
 """
 
 from __future__ import annotations
@@ -13,13 +11,53 @@ from typing import Any
 
 import numpy as np
 
-from recommender.model.compiled import compiled, stable_order
+from recommender.model.compiled import blended, compiled, stable_order
+from recommender.model.ranking import TIE_BREAK
 
 
 @compiled
-def _holds(sorted_rows: Any, row: int) -> bool:
-    at = np.searchsorted(sorted_rows, row)
-    return bool(at < len(sorted_rows) and sorted_rows[at] == row)
+def _find(ordered: Any, value: int) -> int:
+    """The index of `value` in the sorted `ordered` (-1: not there)."""
+    low, high = 0, len(ordered)
+    while low < high:
+        middle = (low + high) // 2
+        if ordered[middle] < value:
+            low = middle + 1
+        else:
+            high = middle
+    return low if low < len(ordered) and ordered[low] == value else -1
+
+
+@compiled
+def _holds(ordered: Any, value: int) -> bool:
+    return _find(ordered, value) >= 0
+
+
+@compiled
+def _unique(values: Any) -> Any:
+    """The distinct `values`, sorted (np.unique without its lists: a copy sorted, then one pass)."""
+    ordered = np.sort(values)
+    n = 0
+    for value in ordered:
+        if n == 0 or ordered[n - 1] != value:
+            ordered[n] = value
+            n += 1
+    return ordered[:n]
+
+
+@compiled
+def reader(
+    history: Any, weights: Any, book: tuple[Any, Any, Any, Any, Any, Any]
+) -> tuple[Any, Any, Any, Any, Any, Any, Any]:
+    """A reader's signals from their `history` (catalogue rows, in order) and its `weights` (above 0: liked): their
+    distinct books (sorted), the liked ones in order, `liked_authors` and `started_series`. `book`: (author
+    pointers, author codes, series, place, volume pointers, volumes)."""
+    pointers, codes, series, position, volume_pointers, volumes = book
+    seen = _unique(history.astype(np.int32))
+    liked = history[weights > 0].astype(np.int32)
+    authors, counts = liked_authors(liked, pointers, codes)
+    started, furthest, following = started_series(seen, series, position, volume_pointers, volumes)
+    return seen, liked, authors, counts, started, furthest, following
 
 
 @compiled
@@ -51,7 +89,7 @@ def started_series(seen: Any, series: Any, position: Any, pointers: Any, volumes
     """The series the reader has a volume of (sorted codes); per series the furthest place read (0 at least) and
     the row of its next volume: the first whole-numbered one after the furthest, unread (-1: none left)."""
     theirs = series[seen]
-    started = np.unique(theirs[theirs >= 0]).astype(np.int32)
+    started = _unique(theirs[theirs >= 0].astype(np.int32))
     furthest = np.zeros(len(started))
     following = np.full(len(started), -1, dtype=np.int32)
     for g in range(len(started)):
@@ -99,9 +137,9 @@ def candidates(
     kept = np.empty(n, dtype=np.bool_)
     for i in range(n):
         kept[i] = not _holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
-    raised = np.unique(raised[:n][kept])
-    shortlist = np.unique(shortlist.astype(np.int32))
-    rows = np.unique(np.concatenate((shortlist, raised)))
+    raised = _unique(raised[:n][kept])
+    shortlist = _unique(shortlist.astype(np.int32))
+    rows = _unique(np.concatenate((shortlist, raised)))
     is_raised = np.zeros(len(rows), dtype=np.bool_)
     listed = np.zeros(len(rows), dtype=np.bool_)
     for i in range(len(rows)):
@@ -113,8 +151,7 @@ def candidates(
 @compiled
 def _group(started: Any, series: int) -> int:
     """The index of `series` among the `started` ones (-1: not started)."""
-    at = np.searchsorted(started, series)
-    return int(at) if series >= 0 and at < len(started) and started[at] == series else -1
+    return _find(started, series) if series >= 0 else -1
 
 
 @compiled
@@ -138,8 +175,8 @@ def features(
         row = rows[i]
         most = 0
         for j in range(pointers[row], pointers[row + 1]):
-            at = np.searchsorted(authors, codes[j])
-            if at < len(authors) and authors[at] == codes[j]:
+            at = _find(authors, codes[j])
+            if at >= 0:
                 most = max(most, liked_by[at])
         author[i] = np.log1p(most)
         g = _group(started, series[row])
@@ -205,7 +242,7 @@ def reranked(
     kept = np.empty(len(rows), dtype=np.int64)
     n, blend = 0, 0
     for i in range(len(rows)):
-        at = np.searchsorted(candidates, rows[i])
+        at = _find(candidates, rows[i])
         if raised[at] or (listed[at] and blend < depth):
             kept[n] = i
             n += 1
@@ -219,6 +256,88 @@ def reranked(
     order = order[stable_order(places[order])]
     order = order[stable_order(-boosted[order])][:limit]
     return kept[order], boosted[order]
+
+
+@compiled
+def within_reach(
+    rows: Any,
+    raised: Any,
+    listed: Any,
+    near: Any,
+    margin: float,
+    weights: Any,
+    depth: int,
+    limit: int,
+    reader: tuple[Any, Any, Any, Any],
+    book: tuple[Any, Any, Any, Any],
+) -> Any:
+    """Which of the sorted candidate `rows` (`raised`, `listed` as `candidates` gives them) could be among the
+    `limit` best that `reranked` chooses, from `near`: each row's exact blended score give or take `margin` (the
+    shortlist's product). A book raised only by its author (outside the series the reader started, which are
+    reordered among themselves) is left out when even its highest possible score is below a score that `limit`
+    books of the answer's candidates surely reach: the `limit`-th best lowest possible score of the raised ones,
+    or the `depth`-th best of the shortlist's less the largest penalty (a signal's values move no book's score but
+    its own, and the series order only exchanges scores). What is left out could not have been chosen: the answer
+    is the same."""
+    authors, liked_by, started, following = reader
+    pointers, codes, series, position = book
+    author, next_volume, held = features(rows, authors, liked_by, started, following, pointers, codes, series, position)
+    boost = weights[0] * author + weights[1] * next_volume - weights[2] * held
+    lowest = near - margin + boost
+    surely = -np.inf
+    if raised.sum() >= limit:
+        surely = np.sort(lowest[raised])[-limit]
+    if listed.sum() >= max(depth, limit):
+        surely = max(surely, np.sort(near[listed] - margin)[-depth] + np.min(boost[listed]))
+    kept = np.ones(len(rows), dtype=np.bool_)
+    slack = 1e-9 * (1.0 + abs(surely))  # the float64 arithmetic of the exact scores
+    for i in range(len(rows)):
+        if raised[i] and not listed[i] and _group(started, series[rows[i]]) < 0:
+            kept[i] = near[i] + margin + boost[i] >= surely - slack
+    return kept
+
+
+@compiled
+def best(
+    shortlist: Any,
+    values: Any,
+    margin: float,
+    allowed: Any,
+    weights: Any,
+    counts: tuple[int, int, int],
+    reader: tuple[Any, Any, Any, Any, Any, Any],
+    book: tuple[Any, Any, Any, Any, Any, Any],
+    rows: tuple[Any, Any, Any, Any],
+    query: tuple[Any, Any, Any, float],
+) -> tuple[Any, Any, Any, Any]:
+    """A reader's answer with their book signals, in one call: the `limit` best (`counts`: most authors, depth,
+    limit) of the blend's `depth` best among the `shortlist` and the books the signals could raise (`candidates`)
+    that could be chosen (`within_reach`, when the shortlist's product `values` is given: the exhaustive ranking),
+    by exact score (model/compiled.py's `blended`) plus the weighed signals, the series in order (`reranked`).
+    (positions, scores, CF part, content part), best first. `reader`: (seen, authors, liked by, started, furthest,
+    following); `book`: (author pointers, author codes, author's book pointers, their books, series, place);
+    `rows`: (item factors, item of book, content, popularity); `query`: (user, profile, parts, offset)."""
+    most, depth, limit = counts
+    seen, authors, liked_by, started, furthest, following = reader
+    pointers, codes, author_pointers, author_books, series, position = book
+    factors, item_of_book, content, popularity = rows
+    user, profile, parts, offset = query
+    found, raised, listed = candidates(
+        shortlist, authors, liked_by, most, author_pointers, author_books, following, seen, allowed
+    )
+    if len(values):
+        near = values[found] - offset - TIE_BREAK * popularity[found].astype(np.float64)
+        signals = (authors, liked_by, started, following)
+        kept = within_reach(
+            found, raised, listed, near, margin, weights, depth, limit, signals, (pointers, codes, series, position)
+        )
+        found, raised, listed = found[kept], raised[kept], listed[kept]
+    ordered, scores, cf, text = blended(factors, item_of_book, content, popularity, found, user, profile, parts)
+    chosen, boosted = reranked(
+        ordered, scores, found, raised, listed, depth, limit, weights, popularity,
+        (authors, liked_by, started, furthest, following), (pointers, codes, series, position),
+    )  # fmt: skip
+    return ordered[chosen], boosted, cf[chosen], text[chosen]
 
 
 @compiled
@@ -247,8 +366,8 @@ def sources(
     read = np.full(len(rows), -1, dtype=np.int32)
     for i in range(len(rows)):
         for j in range(pointers[rows[i]], pointers[rows[i] + 1]):
-            at = np.searchsorted(authors, codes[j])
-            if at < len(authors) and authors[at] == codes[j] and liked_by[at] > count[i]:
+            at = _find(authors, codes[j])
+            if at >= 0 and liked_by[at] > count[i]:
                 best[i], count[i] = codes[j], liked_by[at]
         by[i] = _first_by(best[i], liked, pointers, codes)
         if next_volume[i] > 0:

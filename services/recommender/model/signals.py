@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from recommender.model import signal_loops as loops
 from recommender.model.params import SignalWeights
-from recommender.model.ranking import BoolArray, Float64Array, FloatArray, IntArray, Scored
+from recommender.model.ranking import BookRows, BoolArray, Float64Array, IntArray, Query, Scored, Shortlist, exact_terms
 from recommender.model.series import series_key
 
 # The reader's authors whose books join the candidates, the most-read first: a history of hundreds of authors
@@ -127,47 +127,33 @@ class ReaderSignals:
 
     @classmethod
     def of(cls, signals: BookSignals, seen: IntArray, weights: npt.NDArray[np.float32]) -> ReaderSignals:
-        liked = np.asarray(seen[weights > 0], dtype=np.int32)
-        unique = np.unique(seen).astype(np.int32)
-        authors, counts = loops.liked_authors(liked, *signals.by_book)
-        started, furthest, following = loops.started_series(
-            unique, signals.series, signals.position, *signals.by_series
-        )
-        return cls(unique, liked, authors, counts, started, furthest, following)
+        book = (*signals.by_book, signals.series, signals.position, *signals.by_series)
+        return cls(*loops.reader(seen, weights, book))
 
-    def candidates(
-        self, signals: BookSignals, shortlist: IntArray, allowed: BoolArray | None
-    ) -> tuple[IntArray, BoolArray, BoolArray]:
-        """The blend's `shortlist` with the books the signals could raise that the answer may hold (`allowed`: None
-        for all): by the reader's most-read authors, and the next volumes. Sorted, and per row whether the signals
-        could raise it and whether it is in the shortlist."""
-        mask = _NOTHING if allowed is None else allowed
-        rows, raised, listed = loops.candidates(
-            shortlist, self.authors, self.liked_by, MOST_AUTHORS, *signals.by_author, self.following, self.seen, mask
-        )
-        return rows, raised, listed
-
-    def reranked(
+    def best(
         self,
         signals: BookSignals,
         weights: SignalWeights,
-        base: Scored,
-        popularity: FloatArray,
-        candidates: tuple[IntArray, BoolArray, BoolArray],
-        depth: int,
-        limit: int,
-    ) -> tuple[IntArray, Float64Array]:
-        """The `limit` best of `base` (the blend's exact scores, best first): the first `depth` of its shortlist and
-        all the signals could raise (`candidates`: sorted rows, raised, listed, as `candidates` gives them), by
-        score plus the weighed signals, the unread volumes of each started series in order (ties: the earlier
-        volume, then the more popular book). Their indices in `base`, and their scores."""
-        found, scores = loops.reranked(
-            base.positions, base.scores, *candidates, depth, limit,
-            np.array([weights.author, weights.next, weights.held]), popularity,
-            (self.authors, self.liked_by, self.started, self.furthest, self.following),
-            (*signals.by_book, signals.series, signals.position),
+        rows: BookRows,
+        q: Query,
+        listed: Shortlist,
+        counts: tuple[int, int],
+        allowed: BoolArray | None,
+    ) -> Scored:
+        """The `limit` best (`counts`: depth, limit) of the blend's `depth` best among the `listed` rows and the
+        books the reader's signals could raise, by the blend's exact score plus the weighed signals, the volumes of
+        each series the reader started in order (ties: the earlier volume, then the more popular book), best first
+        (model/signal_loops.py's `best`). `allowed`: the rows the answer may hold (None: all)."""
+        depth, limit = counts
+        book = (*signals.by_book, *signals.by_author, signals.series, signals.position)
+        found = loops.best(
+            listed.rows, _EMPTY if listed.values is None else listed.values, listed.margin,
+            _NOTHING if allowed is None else allowed, np.array([weights.author, weights.next, weights.held]),
+            (MOST_AUTHORS, depth, limit),
+            (self.seen, self.authors, self.liked_by, self.started, self.furthest, self.following), book,
+            (rows.item_factors, rows.item_of_book, rows.content, rows.popularity), (*exact_terms(q), q.offset),
         )  # fmt: skip
-        return found, scores
+        return Scored(*found)
 
     def sources(self, signals: BookSignals, rows: IntArray) -> Sources:
         """Per row, its author and next signals and the reader's books behind them (`Sources`)."""
@@ -192,3 +178,4 @@ class Sources:
 
 
 _NOTHING = np.zeros(0, dtype=np.bool_)  # no mask: every book allowed
+_EMPTY = np.zeros(0, dtype=np.float32)  # no product: the catalogue index's candidates

@@ -1,0 +1,134 @@
+"""The compiled loops (model/compiled.py, model/signal_loops.py): exact scores bit for bit what NumPy's float64 sums
+give, the best columns of a row as a stable sort orders them, and a book left out of a reader's answer by its bound
+(`within_reach`) never one the answer would have held."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from recommender.model import signal_loops as loops
+from recommender.model.answering import reader_signals
+from recommender.model.compiled import dots, item_dots, top_columns
+from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.fit import train
+from recommender.model.hybrid import HybridModel
+from recommender.model.params import SignalWeights
+from recommender.model.ranking import TIE_BREAK, Query, Shortlist, shortlists
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for
+from recommender.model.signals import MOST_AUTHORS, ReaderSignals
+from tests.support.data import PARAMS
+
+AUTHORS, BOOKS_EACH = 12, 15
+
+
+@pytest.fixture(scope="module")
+def model() -> HybridModel:
+    """Twelve authors of fifteen books each, the first two authors' books two series, their texts alike whoever
+    wrote them; readers who come back to two or three authors, each reading a few of their books: an author's other
+    books are rarely among the blend's best, and the author signal raises them."""
+    rng = np.random.default_rng(7)
+    books = [
+        Book(
+            a * 100 + b,
+            f"Book {b} (Cycle {a}, #{b})" if a < 2 else f"Tale {a}-{b}",
+            f"Author {a}",
+            " ".join(f"word{w}" for w in rng.choice(40, 4, replace=False)),
+        )
+        for a in range(AUTHORS)
+        for b in range(1, BOOKS_EACH + 1)
+    ]
+    read = []
+    for user in range(60):
+        for a in rng.choice(AUTHORS, size=2 + user % 2, replace=False).tolist():
+            read += [Interaction(user, a * 100 + int(b), 5.0) for b in rng.choice(BOOKS_EACH, 3, replace=False) + 1]
+    return train(TrainingData.from_interactions(books, read), PARAMS)
+
+
+@settings(max_examples=80, deadline=None)
+@given(width=st.integers(1, 700), seed=st.integers(0, 2**16))
+def test_exact_scores_are_numpys_float64_sums_of_products(width: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    matrix = (rng.standard_normal((30, width)) * rng.uniform(0.01, 100, width)).astype(np.float32)
+    vector = rng.standard_normal(width).astype(np.float32)
+    rows = rng.integers(0, 30, 20).astype(np.int32)
+    assert np.array_equal(dots(matrix, rows, vector), np.multiply(matrix[rows], vector, dtype=np.float64).sum(axis=1))
+    items = np.where(np.arange(30) % 3 == 0, -1, np.arange(30)).astype(np.int32)  # every third book has no item
+    expected = np.where(items[rows] >= 0, np.multiply(matrix[items[rows]], vector, dtype=np.float64).sum(axis=1), 0)
+    assert np.array_equal(item_dots(matrix, items, rows, vector), expected)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    matrix=hnp.arrays(
+        np.float32, st.tuples(st.integers(1, 8), st.integers(1, 30)), elements=st.sampled_from([0, 0.5, 1, 2])
+    ),
+    k=st.integers(1, 5),
+)
+def test_the_best_columns_are_a_stable_sorts_first(matrix: npt.NDArray[np.float32], k: int) -> None:
+    assert np.array_equal(top_columns(matrix, k), np.argsort(-matrix, axis=1, kind="stable")[:, :k])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    author=st.sampled_from([0.0, 0.5, 1.5, 2.5]),
+    following=st.sampled_from([0.0, 0.5, 1.0]),
+    held=st.sampled_from([0.0, 0.5]),
+    limit=st.integers(1, 6),
+    hidden=st.sampled_from([0, 3, 5]),
+)
+def test_a_book_left_out_by_its_bound_is_never_one_the_answer_would_hold(
+    model: HybridModel, author: float, following: float, held: float, limit: int, hidden: int
+) -> None:
+    version = model.with_signals(SignalWeights(author, following, held, True))
+    weights = version.meta.params.signals
+    allowed = None if not hidden else np.arange(version.num_books) % hidden != 0
+    left_out = 0
+    for user in version.cf.user_ids.tolist():
+        reader = reader_of(version, int(user))
+        q = query_for(version, reader)
+        mine = reader_signals(version, [reader])[0]
+        depth = limit + max(limit, 10)
+        listed = shortlists(version.rows, [q], [depth], [allowed])[0]
+        pruned = mine.best(version.signals, weights, version.rows, q, listed, (depth, limit), allowed)
+        whole = mine.best(
+            version.signals, weights, version.rows, q, Shortlist(listed.rows, None), (depth, limit), allowed
+        )
+        assert all(
+            np.array_equal(a, b) for a, b in zip(dataclasses.astuple(pruned), dataclasses.astuple(whole), strict=True)
+        )
+        left_out += _left_out(version, mine, q, listed, depth, limit, allowed)
+    if author > 0:
+        assert left_out > 0  # the bound was put to the test
+
+
+def _left_out(
+    version: HybridModel,
+    mine: ReaderSignals,
+    q: Query,
+    listed: Shortlist,
+    depth: int,
+    limit: int,
+    allowed: npt.NDArray[np.bool_] | None,
+) -> int:
+    """How many of the reader's candidates `within_reach` leaves out."""
+    signals, rows = version.signals, version.rows
+    assert listed.values is not None
+    mask = np.zeros(0, dtype=np.bool_) if allowed is None else allowed
+    found, raised, in_list = loops.candidates(
+        listed.rows, mine.authors, mine.liked_by, MOST_AUTHORS, *signals.by_author, mine.following, mine.seen, mask
+    )
+    near = listed.values[found] - q.offset - TIE_BREAK * rows.popularity[found].astype(np.float64)
+    weights = version.meta.params.signals
+    reader = (mine.authors, mine.liked_by, mine.started, mine.following)
+    book = (*signals.by_book, signals.series, signals.position)
+    chosen = np.array([weights.author, weights.next, weights.held])
+    kept = loops.within_reach(found, raised, in_list, near, listed.margin, chosen, depth, limit, reader, book)
+    return int((~kept).sum())
