@@ -61,17 +61,24 @@ def reader(
 
 
 @compiled
+def _gathered(rows: Any, pointers: Any, indices: Any, room: int) -> tuple[Any, int]:
+    """The indices of CSR `rows`, row after row, in an array with `room` more places, and how many there are."""
+    total = 0
+    for row in rows:
+        total += pointers[row + 1] - pointers[row]
+    found = np.empty(total + room, dtype=np.int32)
+    at = 0
+    for row in rows:
+        for j in range(pointers[row], pointers[row + 1]):
+            found[at] = indices[j]
+            at += 1
+    return found, total
+
+
+@compiled
 def liked_authors(liked: Any, pointers: Any, codes: Any) -> tuple[Any, Any]:
     """The authors of the `liked` rows (sorted codes) and how many of those rows each wrote."""
-    total = 0
-    for row in liked:
-        total += pointers[row + 1] - pointers[row]
-    found = np.empty(total, dtype=np.int32)
-    at = 0
-    for row in liked:
-        for j in range(pointers[row], pointers[row + 1]):
-            found[at] = codes[j]
-            at += 1
+    found, total = _gathered(liked, pointers, codes, 0)
     found.sort()
     authors = np.empty(total, dtype=np.int32)
     counts = np.zeros(total, dtype=np.int32)
@@ -120,16 +127,7 @@ def candidates(
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
     per row whether the signals could raise it and whether it is in the shortlist."""
-    chosen = authors[stable_order(-counts)[:most]]
-    total = len(following)
-    for code in chosen:
-        total += pointers[code + 1] - pointers[code]
-    raised = np.empty(total, dtype=np.int32)
-    n = 0
-    for code in chosen:
-        for j in range(pointers[code], pointers[code + 1]):
-            raised[n] = books[j]
-            n += 1
+    raised, n = _gathered(authors[stable_order(-counts)[:most]], pointers, books, len(following))
     for row in following:
         if row >= 0:
             raised[n] = row
