@@ -57,7 +57,7 @@ def explained(
     best = top_columns(total, SHOWN)
     at = np.arange(len(positions))[:, None]
     shares = (total[at, best] / np.where(wholes > 0, wholes, 1.0)).tolist()
-    parts = [["cf" if cf else "content" for cf in row] for row in (by_cf[at, best] >= by_content[at, best]).tolist()]
+    parts = [["cf" if by else "content" for by in row] for row in (by_cf[at, best] >= by_content[at, best]).tolist()]
     sources = mine[best]
     ids, rows_of, titles = catalogue.book_ids[sources].tolist(), sources.tolist(), catalogue.titles
     room = room or [SHOWN] * len(positions)

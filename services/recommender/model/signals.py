@@ -6,7 +6,7 @@ A candidate's signals: `author`, log(1 + the reader's liked books by its author 
 `next`, 1 for the next unread volume of a series the reader started (the first whole-numbered one after the
 furthest volume they read); `held`, 1 for a later unread volume of such a series. Within a series the reader
 started, the unread volumes after the furthest read always come in order: a later volume never ranks above an
-earlier one the answer could hold (`ReaderSignals.reranked`).
+earlier one the answer could hold (model/signal_loops.py's `reranked`).
 
 Why only series the reader started: ordering the volumes of every series (volume one before the rest for a reader
 who never opened it) cost 1 to 10% of NDCG@10 on the Goodreads sample, whose readers rate later volumes without
@@ -127,6 +127,7 @@ class ReaderSignals:
 
     @classmethod
     def of(cls, signals: BookSignals, seen: IntArray, weights: npt.NDArray[np.float32]) -> ReaderSignals:
+        """From a reader's history (`seen`, in order) and its weights (above 0: liked)."""
         book = (*signals.by_book, signals.series, signals.position, *signals.by_series)
         return cls(*loops.reader(seen, weights, book))
 
