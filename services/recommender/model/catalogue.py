@@ -13,7 +13,6 @@ import scipy.sparse as sp
 from recommender.model.cf import IntArray
 from recommender.model.content import ContentModel
 from recommender.model.dataset import Book, lookup
-from recommender.model.series import series_of
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class Catalogue:
     book_ids: IntArray  # sorted; the row order of the content model
     titles: list[str]
     authors: list[str]
-    series: list[tuple[str, float] | None]  # each book's series and place in it (model/series.py's `series_of`)
+    series: list[tuple[str, float] | None]  # each book's series and place in it (`Book.in_series`)
 
     @classmethod
     def from_books(cls, books: Sequence[Book]) -> Catalogue:
@@ -30,7 +29,7 @@ class Catalogue:
             np.array([b.book_id for b in books], dtype=np.int32),
             [b.title for b in books],
             [b.authors for b in books],
-            [_series(b) for b in books],
+            [b.in_series() for b in books],
         )
 
     def position(self, book_id: int) -> int | None:
@@ -69,7 +68,7 @@ def grown(
         same_text[known] = np.asarray(difference.max(axis=1).todense()).ravel() < 1e-5
     same_name = known & np.array(
         [
-            (b.title, b.authors, _series(b)) == (catalogue.titles[r], catalogue.authors[r], catalogue.series[r])
+            (b.title, b.authors, b.in_series()) == (catalogue.titles[r], catalogue.authors[r], catalogue.series[r])
             for b, r in zip(incoming, rows, strict=True)
         ]
     )
@@ -86,7 +85,7 @@ def grown(
     order = np.argsort(ids, kind="stable")
     titles = [catalogue.titles[p] for p in keep] + [b.title for b in incoming]
     authors = [catalogue.authors[p] for p in keep] + [b.authors for b in incoming]
-    series = [catalogue.series[p] for p in keep] + [_series(b) for b in incoming]
+    series = [catalogue.series[p] for p in keep] + [b.in_series() for b in incoming]
     merged = ContentModel(
         sp.csr_matrix(sp.vstack([content.features[keep], features], format="csr")[order]),
         np.vstack([content.vectors[keep], vectors])[order].astype(np.float32),
@@ -94,7 +93,3 @@ def grown(
     )
     ordered = Catalogue(ids[order], [titles[i] for i in order], [authors[i] for i in order], [series[i] for i in order])
     return ordered, merged, [book.book_id for book in incoming]
-
-
-def _series(book: Book) -> tuple[str, float] | None:
-    return series_of(book.title, book.series, book.series_position)

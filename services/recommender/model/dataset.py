@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from recommender.model.series import series_of
+
 
 def lookup(
     sorted_ids: npt.NDArray[np.int32], ids: npt.ArrayLike
@@ -31,6 +33,10 @@ class Book:
     # Its series and place in it ("" and None: as its title says, model/series.py).
     series: str = ""
     series_position: float | None = None
+
+    def in_series(self) -> tuple[str, float] | None:
+        """Its series and place in it: as stated, else as its title says (model/series.py); None: in none."""
+        return series_of(self.title, self.series, self.series_position)
 
     def text(self) -> str:
         """What the content model reads; genres are repeated since they carry the most topical signal."""

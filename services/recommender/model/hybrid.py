@@ -103,11 +103,13 @@ class HybridModel:
             popularity_prior=now.popularity_prior if popularity_prior is None else popularity_prior,
             cf_prior=now.cf_prior if cf_prior is None else cf_prior,
         )
-        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared
+        return self._with_params(params)
 
     def with_signals(self, weights: SignalWeights) -> HybridModel:
         """The same fits with the reader's book signals weighed otherwise (no refit)."""
-        params = dataclasses.replace(self.meta.params, signals=weights)
+        return self._with_params(dataclasses.replace(self.meta.params, signals=weights))
+
+    def _with_params(self, params: TrainingParams) -> HybridModel:
         return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared
 
     @property

@@ -205,9 +205,6 @@ class Part:
         """What the part's raw score is multiplied by in the ranking's inner product."""
         return self.weight * self.inverse
 
-    def z(self, values: Float64Array) -> Float64Array:
-        return (values - self.mean) * self.inverse
-
 
 @dataclass(frozen=True)
 class Query:

@@ -1,8 +1,9 @@
 """The loops of a reader's book signals (model/signals.py), compiled by numba (model/compiled.py). A history and a
 shortlist are a few hundred numbers: as NumPy calls, a request's signals were over a hundred calls of a few
-microseconds each, more than the arithmetic. `reader` makes a reader's signals, `best` their answer in one call,
-`sources` what `because` says. Arrays throughout: the inverted lists as CSR pointers and indices (books to authors,
-authors to books, series to their volumes in order), each book's series (-1: none) and place, a reader's books.
+microseconds each, more than the arithmetic. `reader` makes a reader's signals, `best` their answer in one call
+(what `because` says of them: model/signal_sources.py). Arrays throughout: the inverted lists as CSR pointers and
+indices (books to authors, authors to books, series to their volumes in order), each book's series (-1: none) and
+place, a reader's books.
 """
 
 from __future__ import annotations
@@ -29,20 +30,29 @@ def _find(ordered: Any, value: int) -> int:
 
 
 @compiled
-def _holds(ordered: Any, value: int) -> bool:
+def holds(ordered: Any, value: int) -> bool:
     return _find(ordered, value) >= 0
 
 
 @compiled
-def _unique(values: Any) -> Any:
-    """The distinct `values`, sorted (np.unique without its lists: a copy sorted, then one pass)."""
+def _counted(values: Any) -> tuple[Any, Any]:
+    """The distinct `values`, sorted, and how often each comes (np.unique without its lists: a copy sorted, then
+    one pass)."""
     ordered = np.sort(values)
+    counts = np.zeros(len(ordered), dtype=np.int32)
     n = 0
     for value in ordered:
         if n == 0 or ordered[n - 1] != value:
             ordered[n] = value
             n += 1
-    return ordered[:n]
+        counts[n - 1] += 1
+    return ordered[:n], counts[:n]
+
+
+@compiled
+def _unique(values: Any) -> Any:
+    """The distinct `values`, sorted."""
+    return _counted(values)[0]
 
 
 @compiled
@@ -79,16 +89,7 @@ def _gathered(rows: Any, pointers: Any, indices: Any, room: int) -> tuple[Any, i
 def liked_authors(liked: Any, pointers: Any, codes: Any) -> tuple[Any, Any]:
     """The authors of the `liked` rows (sorted codes) and how many of those rows each wrote."""
     found, total = _gathered(liked, pointers, codes, 0)
-    found.sort()
-    authors = np.empty(total, dtype=np.int32)
-    counts = np.zeros(total, dtype=np.int32)
-    n = 0
-    for code in found:
-        if n == 0 or authors[n - 1] != code:
-            authors[n] = code
-            n += 1
-        counts[n - 1] += 1
-    return authors[:n], counts[:n]
+    return _counted(found[:total])
 
 
 @compiled
@@ -102,11 +103,11 @@ def started_series(seen: Any, series: Any, position: Any, pointers: Any, volumes
     for g in range(len(started)):
         first, last = pointers[started[g]], pointers[started[g] + 1]
         for j in range(first, last):
-            if _holds(seen, volumes[j]):
+            if holds(seen, volumes[j]):
                 furthest[g] = max(furthest[g], position[volumes[j]])
         for j in range(first, last):
             place = position[volumes[j]]
-            if place == np.floor(place) and place >= 1 and place > furthest[g] and not _holds(seen, volumes[j]):
+            if place == np.floor(place) and place >= 1 and place > furthest[g] and not holds(seen, volumes[j]):
                 following[g] = volumes[j]
                 break
     return started, furthest, following
@@ -134,22 +135,22 @@ def candidates(
             n += 1
     kept = np.empty(n, dtype=np.bool_)
     for i in range(n):
-        kept[i] = not _holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
+        kept[i] = not holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
     raised = _unique(raised[:n][kept])
     shortlist = _unique(shortlist.astype(np.int32))
     rows = _unique(np.concatenate((shortlist, raised)))
     is_raised = np.zeros(len(rows), dtype=np.bool_)
     listed = np.zeros(len(rows), dtype=np.bool_)
     for i in range(len(rows)):
-        is_raised[i] = _holds(raised, rows[i])
-        listed[i] = _holds(shortlist, rows[i])
+        is_raised[i] = holds(raised, rows[i])
+        listed[i] = holds(shortlist, rows[i])
     return rows, is_raised, listed
 
 
 @compiled
 def _group(started: Any, series: int) -> int:
-    """The index of `series` among the `started` ones (-1: not started)."""
-    return _find(started, series) if series >= 0 else -1
+    """The index of `series` among the `started` ones (-1: not started, or no series: started holds no -1)."""
+    return _find(started, series)
 
 
 @compiled
@@ -170,18 +171,30 @@ def features(
     next_volume = np.zeros(len(rows))
     held = np.zeros(len(rows))
     for i in range(len(rows)):
-        row = rows[i]
-        most = 0
-        for j in range(pointers[row], pointers[row + 1]):
-            at = _find(authors, codes[j])
-            if at >= 0:
-                most = max(most, liked_by[at])
-        author[i] = np.log1p(most)
-        g = _group(started, series[row])
-        if g >= 0 and following[g] >= 0:
-            next_volume[i] = 1.0 if following[g] == row else 0.0
-            held[i] = 1.0 if position[row] > position[following[g]] else 0.0
+        author[i] = np.log1p(most_read(rows[i], authors, liked_by, pointers, codes)[1])
+        next_volume[i], held[i] = continuation(rows[i], started, following, series, position)
     return author, next_volume, held
+
+
+@compiled
+def most_read(row: int, authors: Any, liked_by: Any, pointers: Any, codes: Any) -> tuple[int, int]:
+    """Of the book at `row`'s authors, the one the reader liked most books of (the first such; -1: none) and how
+    many."""
+    best, most = -1, 0
+    for j in range(pointers[row], pointers[row + 1]):
+        at = _find(authors, codes[j])
+        if at >= 0 and liked_by[at] > most:
+            best, most = codes[j], liked_by[at]
+    return best, most
+
+
+@compiled
+def continuation(row: int, started: Any, following: Any, series: Any, position: Any) -> tuple[float, float]:
+    """(1 if the book at `row` is the next volume of a series the reader started, 1 if it is a later one)."""
+    g = _group(started, series[row])
+    if g < 0 or following[g] < 0:
+        return 0.0, 0.0
+    return (1.0 if following[g] == row else 0.0), (1.0 if position[row] > position[following[g]] else 0.0)
 
 
 @compiled
@@ -231,10 +244,10 @@ def reranked(
 ) -> tuple[Any, Any]:
     """The `limit` best of `rows` (exact blended `scores`, best first, as `ranking.scored` orders them): the first
     `depth` of those `listed` (the blend's shortlist) and all the signals could raise (`raised`; both per row of
-    the sorted `candidates`), by score plus the weighed signals (`weights`: author,
-    next, held), the unread volumes of each started series in series order; ties to the earlier volume, then the
-    more popular book. Their indices among `rows`, and their scores. `reader`: (authors, liked by, started,
-    furthest, following); `book`: (author pointers, author codes, series, place)."""
+    the sorted `candidates`), by score plus the weighed signals (`weights`: author, next, held), the unread volumes
+    of each started series in series order; ties to the earlier volume, then the more popular book. Their indices
+    among `rows`, and their scores. `reader`: (authors, liked by, started, furthest, following); `book`: (author
+    pointers, author codes, series, place)."""
     authors, liked_by, started, furthest, following = reader
     pointers, codes, series, position = book
     kept = np.empty(len(rows), dtype=np.int64)
@@ -271,12 +284,11 @@ def within_reach(
 ) -> Any:
     """Which of the sorted candidate `rows` (`raised`, `listed` as `candidates` gives them) could be among the
     `limit` best that `reranked` chooses, from `near`: each row's exact blended score give or take `margin` (the
-    shortlist's product). A book raised only by its author (outside the series the reader started, which are
-    reordered among themselves) is left out when even its highest possible score is below a score that `limit`
-    books of the answer's candidates surely reach: the `limit`-th best lowest possible score of the raised ones,
-    or the `depth`-th best of the shortlist's less the largest penalty (a signal's values move no book's score but
-    its own, and the series order only exchanges scores). What is left out could not have been chosen: the answer
-    is the same."""
+    shortlist's product). A book raised only by its author (outside the started series, reordered among
+    themselves) is left out when even its highest possible score is below one that `limit` candidates surely
+    reach: the `limit`-th best lowest possible score of the raised, or the shortlist's `depth`-th less the largest
+    penalty (a signal moves no score but its book's; the series order only exchanges scores). The answer is the
+    same."""
     authors, liked_by, started, following = reader
     pointers, codes, series, position = book
     author, next_volume, held = features(rows, authors, liked_by, started, following, pointers, codes, series, position)
@@ -308,13 +320,13 @@ def best(
     rows: tuple[Any, Any, Any, Any],
     query: tuple[Any, Any, Any, float],
 ) -> tuple[Any, Any, Any, Any]:
-    """A reader's answer with their book signals, in one call: the `limit` best (`counts`: most authors, depth,
-    limit) of the blend's `depth` best among the `shortlist` and the books the signals could raise (`candidates`)
-    that could be chosen (`within_reach`, when the shortlist's product `values` is given: the exhaustive ranking),
-    by exact score (model/compiled.py's `blended`) plus the weighed signals, the series in order (`reranked`).
-    (positions, scores, CF part, content part), best first. `reader`: (seen, authors, liked by, started, furthest,
-    following); `book`: (author pointers, author codes, author's book pointers, their books, series, place);
-    `rows`: (item factors, item of book, content, popularity); `query`: (user, profile, parts, offset)."""
+    """A reader's answer with their book signals, in one call: of the blend's `depth` best in the `shortlist` and
+    the books the signals could raise (`candidates`) that could be chosen (`within_reach`, given the shortlist's
+    product `values`), the `limit` best (`counts`: most authors, depth, limit) by exact score (`blended`) plus the
+    weighed signals, series in order (`reranked`): (positions, scores, CF, content), best first. `reader`: (seen,
+    authors, liked by, started, furthest, following); `book`: (author pointers, author codes, author's book
+    pointers, their books, series, place); `rows`: (factors, item of book, content, popularity); `query`: (user,
+    profile, parts, offset)."""
     most, depth, limit = counts
     seen, authors, liked_by, started, furthest, following = reader
     pointers, codes, author_pointers, author_books, series, position = book
@@ -336,60 +348,3 @@ def best(
         (authors, liked_by, started, furthest, following), (pointers, codes, series, position),
     )  # fmt: skip
     return ordered[chosen], boosted, cf[chosen], text[chosen]
-
-
-@compiled
-def sources(
-    rows: Any,
-    liked: Any,
-    seen: Any,
-    reader: tuple[Any, Any, Any, Any],
-    book: tuple[Any, Any, Any, Any],
-    volume_pointers: Any,
-    volumes: Any,
-) -> tuple[Any, Any, Any, Any, Any, Any]:
-    """Per row, its author and next signals (`features`) and the reader's books behind them: of its authors, the
-    one the reader liked most books of (the first such; -1: none), how many, and the first of the reader's `liked`
-    rows by them; the furthest volume the reader read of its series (the first of equal places; -1: not its next
-    volume). `reader`: (authors, liked by, started, following); `book`: (author pointers, author codes, series,
-    place)."""
-    authors, liked_by, started, following = reader
-    pointers, codes, series, position = book
-    author, next_volume, _held = features(
-        rows, authors, liked_by, started, following, pointers, codes, series, position
-    )
-    best = np.full(len(rows), -1, dtype=np.int32)
-    count = np.zeros(len(rows), dtype=np.int32)
-    by = np.full(len(rows), -1, dtype=np.int32)
-    read = np.full(len(rows), -1, dtype=np.int32)
-    for i in range(len(rows)):
-        for j in range(pointers[rows[i]], pointers[rows[i] + 1]):
-            at = _find(authors, codes[j])
-            if at >= 0 and liked_by[at] > count[i]:
-                best[i], count[i] = codes[j], liked_by[at]
-        by[i] = _first_by(best[i], liked, pointers, codes)
-        if next_volume[i] > 0:
-            read[i] = _furthest_read(series[rows[i]], seen, volume_pointers, volumes, position)
-    return author, next_volume, best, count, by, read
-
-
-@compiled
-def _first_by(author: int, liked: Any, pointers: Any, codes: Any) -> int:
-    """The first of the `liked` rows whose authors include `author` (-1: none)."""
-    if author < 0:
-        return -1
-    for mine in liked:
-        for j in range(pointers[mine], pointers[mine + 1]):
-            if codes[j] == author:
-                return mine
-    return -1
-
-
-@compiled
-def _furthest_read(series: int, seen: Any, pointers: Any, volumes: Any, position: Any) -> int:
-    """The row of the furthest volume of `series` the reader read (the first of equal places; -1: none)."""
-    found, furthest = -1, -np.inf
-    for j in range(pointers[series], pointers[series + 1]):
-        if _holds(seen, volumes[j]) and position[volumes[j]] > furthest:
-            found, furthest = volumes[j], position[volumes[j]]
-    return found

@@ -24,6 +24,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from recommender.model import signal_loops as loops
+from recommender.model import signal_sources
 from recommender.model.params import SignalWeights
 from recommender.model.ranking import BookRows, BoolArray, Float64Array, IntArray, Query, Scored, Shortlist, exact_terms
 from recommender.model.series import series_key
@@ -158,7 +159,7 @@ class ReaderSignals:
 
     def sources(self, signals: BookSignals, rows: IntArray) -> Sources:
         """Per row, its author and next signals and the reader's books behind them (`Sources`)."""
-        found = loops.sources(
+        found = signal_sources.sources(
             np.asarray(rows, dtype=np.int32), self.liked, self.seen,
             (self.authors, self.liked_by, self.started, self.following),
             (*signals.by_book, signals.series, signals.position), *signals.by_series,

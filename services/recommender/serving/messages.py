@@ -15,7 +15,6 @@ from recommender.answers.statistics import Interval, online_intervals
 from recommender.model.answers import Reason, Recommendations, ScoredBook
 from recommender.model.dataset import Book
 from recommender.model.hybrid import HybridModel
-from recommender.model.series import series_of
 from recommender.serving.policy import is_available
 from recommender.serving.versions import CanaryServing
 from recommender.storage.registry import Outcome, VersionRecord
@@ -108,7 +107,7 @@ def listed(books: Sequence[tuple[Book, float]]) -> list[pb.ListedBook]:
             genres=list(book.genres),
             published_year=book.published_year,
             score=rounded(score),
-            **_series(series_of(book.title, book.series, book.series_position)),
+            **_series(book.in_series()),
         )
         for book, score in books
     ]
