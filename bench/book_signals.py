@@ -12,7 +12,6 @@ the signals against the same version without them.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
@@ -23,7 +22,6 @@ from bench.harness import write_results
 from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.evaluation import Split, split
-from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SignalWeights, SplitParams, TrainingParams, TuningPolicy
 from recommender.model.ranking import Mode
@@ -87,15 +85,10 @@ def searched(the_split: Split, content: tuple[Catalogue, ContentModel], seed: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--data", default="goodbooks,movielens")
-    args = parser.parse_args()
+    prepared, seeds = convert.split_arguments(__doc__)
     rows: list[list[object]] = []
-    for name in args.data.split(","):
-        data = convert.training_data(name)
-        content = fit_content(data.books, TrainingParams())
-        for seed in (int(s) for s in args.seeds.split(",")):
+    for name, data, content in prepared:
+        for seed in seeds:
             the_split = split(data, SplitParams(seed=seed))
             chosen = {signals: searched(the_split, content, seed, signals) for signals in (True, False)}
             other = split(data, SplitParams(seed=seed + OTHER_SPLIT))

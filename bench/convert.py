@@ -18,7 +18,11 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from recommender.model.catalogue import Catalogue
+from recommender.model.content import ContentModel
 from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.fit import fit_content
+from recommender.model.params import TrainingParams
 from recommender.storage import importer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -153,6 +157,24 @@ def training_data(dataset: str) -> TrainingData:
             importer.read_interactions(out / "interactions.csv"),
         )
     return TrainingData.from_interactions(books.rows, interactions.rows)
+
+
+Prepared = tuple[str, TrainingData, tuple[Catalogue, ContentModel]]  # a data set's name, data and content fit
+
+
+def split_arguments(description: str | None) -> tuple[list[Prepared], list[int]]:
+    """The --data (comma-separated names) and --seeds (comma-separated split seeds) of a benchmark that measures
+    each data set on each split seed: each data set read (`training_data`) with its catalogue and content model
+    (default parameters, fitted once for all its splits), and the seeds."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="1,2")
+    parser.add_argument("--data", default="goodbooks,movielens")
+    args = parser.parse_args()
+    prepared = []
+    for name in args.data.split(","):
+        data = training_data(name)
+        prepared.append((name, data, fit_content(data.books, TrainingParams())))
+    return prepared, [int(seed) for seed in args.seeds.split(",")]
 
 
 def main() -> int:

@@ -9,14 +9,12 @@ Prints one line per data set and seed; writes nothing (the figures of a commit b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 
 import numpy as np
 
 from bench import convert
 from recommender.model.evaluation import split
-from recommender.model.fit import fit_content
 from recommender.model.growth import with_index
 from recommender.model.params import IndexParams, SplitParams, TrainingParams
 from recommender.model.ranking import Mode
@@ -34,15 +32,10 @@ def digest(lists: list[np.ndarray]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--data", default="goodbooks,movielens")
-    args = parser.parse_args()
-    for name in args.data.split(","):
-        data = convert.training_data(name)
-        params = TrainingParams()
-        content = fit_content(data.books, params)
-        for seed in (int(s) for s in args.seeds.split(",")):
+    prepared, seeds = convert.split_arguments(__doc__)
+    params = TrainingParams()
+    for name, data, content in prepared:
+        for seed in seeds:
             trial = fit_and_measure(split(data, SplitParams(seed=seed)), params, content, lambda: False, parts=True)
             parts = trial.parts or {}
             model = trial.model

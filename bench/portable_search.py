@@ -12,13 +12,11 @@ chosen configuration and its figures are the same on any machine; only the secon
 
 from __future__ import annotations
 
-import argparse
 import time
 
 from bench import convert
 from bench.harness import write_results
 from recommender.model.evaluation import split
-from recommender.model.fit import fit_content
 from recommender.model.params import SplitParams, TrainingParams, TuningPolicy
 from recommender.training.compare import library_defaults
 from recommender.training.costs import request_cost, typical_history
@@ -34,16 +32,11 @@ COLUMNS = [
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", default="1,2")
-    parser.add_argument("--data", default="goodbooks,movielens")
-    args = parser.parse_args()
+    prepared, seeds = convert.split_arguments(__doc__)
+    params = TrainingParams()
     rows: list[list[object]] = []
-    for name in args.data.split(","):
-        data = convert.training_data(name)
-        params = TrainingParams()
-        content = fit_content(data.books, params)
-        for seed in (int(s) for s in args.seeds.split(",")):
+    for name, data, content in prepared:
+        for seed in seeds:
             started = time.perf_counter()
             best, _tried = tune(split(data, SplitParams(seed=seed)), params, content, Search.of(TuningPolicy(), seed))
             seconds = time.perf_counter() - started
