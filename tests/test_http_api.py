@@ -233,6 +233,9 @@ def test_sighup_stops_everything_quietly_embedded_database_included(tmp_path: Pa
 
 def test_envoy_dying_stops_the_service_with_an_error(template: Template, tmp_path: Path) -> None:
     server = start_server(template.copy(tmp_path), tmp_path)
+    # Envoy's listener answers a moment before the service has seen it ready (its admin address, then /ready):
+    # a kill in between is "could not start", a start-up failure, not this.
+    server.wait(lambda: "Envoy's admin interface on" in server.output(), timeout=30)
     os.kill(server.envoy_pids()[0], signal.SIGKILL)
     assert server.process.wait(30) == 1
     assert "Envoy stopped unexpectedly" in server.output()
