@@ -4,6 +4,7 @@ embedded database, which the service owns, is started again by it, counted in a 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -12,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from bench.servers import start_server
+from recommender.storage.db import OneLineFailures
 from tests.support.waiting import wait_for
 
 
@@ -64,3 +67,24 @@ def test_a_killed_embedded_database_is_started_again_and_no_caller_sees_a_500(tm
     finally:
         stop.set()
         assert server.stop() == 0
+
+
+def test_the_pools_background_reconnect_failures_are_logged_one_line_each_naming_the_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("asyncpg.pool")  # asyncpg logs its background reconnects here, with a traceback
+    one_line = OneLineFailures()
+    logger.addFilter(one_line)
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+        except ConnectionRefusedError:
+            logger.warning("Failed to restore the pool connection floor; %s", "retrying", exc_info=True)
+    finally:
+        logger.removeFilter(one_line)
+    [record] = [r for r in caplog.records if r.name == "asyncpg.pool"]
+    assert record.exc_info is None and record.exc_text is None
+    assert record.getMessage() == (
+        "Failed to restore the pool connection floor; retrying "
+        "(ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', 5432))"
+    )

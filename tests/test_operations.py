@@ -22,6 +22,7 @@ from recommender.client import RecommenderClient
 from recommender.model.dataset import Interaction
 from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
+from recommender.storage.db import OneLineFailures
 from recommender.training.config import make_trainer
 from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
@@ -220,6 +221,8 @@ def test_during_an_outage_every_call_is_503_naming_the_database_and_the_log_stay
 ) -> None:
     url, stop, start = own_postgres
     running = start_service(settings_=with_settings(settings, database_url=url))
+    # asyncpg's pool reconnects in the background during an outage, whenever it finds it below its floor
+    assert [f for f in logging.getLogger("asyncpg.pool").filters if isinstance(f, OneLineFailures)]
     wait_until_idle(running)
     running.client.retrain(force=True)
     wait_until_idle(running)

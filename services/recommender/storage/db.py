@@ -31,6 +31,23 @@ WRITE_ATTEMPTS = 5  # a write PostgreSQL aborts for a deadlock or a serializatio
 T = TypeVar("T")
 
 
+class OneLineFailures(logging.Filter):
+    """asyncpg's pool logs each failed attempt to reconnect in the background with a traceback; during an outage
+    that is one every few seconds. The failure is named on the line instead, so the log stays one line each."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_POOL_LOG_FILTER = OneLineFailures()  # one instance, so that adding it again is a no-op
+
+
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or refuses the connection; the message says where and why."""
 
@@ -92,6 +109,7 @@ class Database:
     @classmethod
     async def connect(cls, dsn: str, *, max_size: int = 4, connect_seconds: float = 10) -> Database:
         """Raises DatabaseUnavailable, naming the server, when it cannot connect."""
+        logging.getLogger("asyncpg.pool").addFilter(_POOL_LOG_FILTER)
         try:
             pool = await asyncpg.create_pool(
                 dsn, min_size=1, max_size=max_size, command_timeout=60, timeout=connect_seconds
