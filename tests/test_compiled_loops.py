@@ -1,6 +1,7 @@
-"""The compiled loops (model/compiled.py, model/signal_loops.py): exact scores bit for bit what NumPy's float64 sums
-give, the best columns of a row as a stable sort orders them, and a book left out of a reader's answer by its bound
-(`within_reach`) never one the answer would have held."""
+"""The compiled loops (model/compiled.py, model/signal_loops.py, model/explain_loops.py): exact scores bit for bit
+what NumPy's float64 sums give, the best columns of a row as a stable sort orders them, a book left out of a
+reader's answer by its bound (`within_reach`) never one the answer would have held, and `because` what NumPy's
+products and solves give."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ from recommender.model import signal_loops as loops
 from recommender.model.answering import reader_signals
 from recommender.model.compiled import dots, item_dots, top_columns
 from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.explain import explained
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
-from recommender.model.params import SignalWeights
+from recommender.model.params import ALSParams, SignalWeights
 from recommender.model.ranking import TIE_BREAK, Query, Shortlist, shortlists
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
@@ -29,8 +31,7 @@ from tests.support.data import PARAMS
 AUTHORS, BOOKS_EACH = 12, 15
 
 
-@pytest.fixture(scope="module")
-def model() -> HybridModel:
+def _authors_and_readers() -> TrainingData:
     """Twelve authors of fifteen books each, the first two authors' books two series, their texts alike whoever
     wrote them; readers who come back to two or three authors, each reading a few of their books: an author's other
     books are rarely among the blend's best, and the author signal raises them."""
@@ -49,7 +50,12 @@ def model() -> HybridModel:
     for user in range(60):
         for a in rng.choice(AUTHORS, size=2 + user % 2, replace=False).tolist():
             read += [Interaction(user, a * 100 + int(b), 5.0) for b in rng.choice(BOOKS_EACH, 3, replace=False) + 1]
-    return train(TrainingData.from_interactions(books, read), PARAMS)
+    return TrainingData.from_interactions(books, read)
+
+
+@pytest.fixture(scope="module")
+def model() -> HybridModel:
+    return train(_authors_and_readers(), PARAMS)
 
 
 @settings(max_examples=80, deadline=None)
@@ -132,3 +138,47 @@ def _left_out(
     chosen = np.array([weights.author, weights.next, weights.held])
     kept = loops.within_reach(found, raised, in_list, near, listed.margin, chosen, depth, limit, reader, book)
     return int((~kept).sum())
+
+
+def test_because_from_the_compiled_loops_is_what_numpys_products_and_solves_give() -> None:
+    # more factors than a reader's books: CF's explanation is the compiled one (model/explain_loops.py's cf_gifts)
+    model = train(_authors_and_readers(), dataclasses.replace(PARAMS, als=ALSParams(factors=16, regularization=0.5)))
+    rows, content, cf = model.rows, model.content, model.cf
+    no_cf = np.flatnonzero(rows.item_of_book < 0)
+    assert len(no_cf) >= 5  # books no reader read: they get nothing through CF
+    gave_through_cf = False
+    for user in model.cf.user_ids[:40].tolist():
+        reader = reader_of(model, user)
+        q = query_for(model, reader)
+        unread = np.setdiff1d(np.arange(model.num_books), reader.seen)
+        positions = np.concatenate([unread[rows.item_of_book[unread] >= 0][:6], no_cf[:4]]).astype(np.int32)
+        found = explained(model.catalogue, content, rows, cf, positions, reader, q)
+        assert found is not None
+        liked = reader.weights > 0
+        mine, weights = reader.seen[liked], reader.weights[liked]
+        norm = float(np.linalg.norm(content.profile(mine, weights))) or 1.0
+        by_content = (content.vectors[positions] @ content.vectors[mine].T) * (
+            weights * np.float32(q.content.scale / norm)
+        )
+        by_cf = np.zeros_like(by_content)
+        items, targets = rows.item_of_book[mine], rows.item_of_book[positions]
+        known, reachable = items >= 0, targets >= 0
+        assert known.sum() < cf.item_factors.shape[1]
+        given = cf.explain(items[known], weights[known], targets[reachable])
+        by_cf[np.ix_(reachable, known)] = given * np.float32(q.cf.scale)
+        total = np.maximum(by_cf, 0) + np.maximum(by_content, 0)
+        best = np.argsort(-total, axis=1, kind="stable")[:, :3]
+        for row, reasons in enumerate(found):
+            whole = total[row].sum()
+            expected = [
+                (int(model.catalogue.book_ids[mine[b]]), "cf" if by_cf[row, b] >= by_content[row, b] else "content")
+                for b in best[row]
+                if total[row, b] > 0
+            ]
+            assert [(r.book_id, r.part) for r in reasons] == expected
+            assert [r.share for r in reasons] == pytest.approx(
+                [total[row, b] / whole for b in best[row][: len(expected)]], rel=1e-5
+            )
+        gave_through_cf |= bool((by_cf[:6] > 0).any())
+        assert all(not reasons or all(r.part == "content" for r in reasons) for reasons in found[6:])
+    assert gave_through_cf

@@ -17,6 +17,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import TrainingData
+from recommender.model.explain_loops import woodbury
 from recommender.model.params import ALSParams
 
 IntArray = npt.NDArray[np.int32]
@@ -26,7 +27,7 @@ FloatArray = npt.NDArray[np.float32]
 # LAPACK's solver for symmetric positive definite systems, called directly: a request's explanation pays no checks.
 _POSV = scipy.linalg.lapack.dposv
 
-# Item factors' entries up to which a version keeps the whitened factors for explanations (`CFModel._whitened`):
+# Item factors' entries up to which a version keeps the whitened factors for explanations (`CFModel.whitened`):
 # 64M, 256 MB, a million books at 64 factors.
 WHITENED_MOST = 64_000_000
 
@@ -84,13 +85,16 @@ class CFModel:
 
         W_u differs from the model's own A = Y'Y + lambda I by the user's h items only, so for a history shorter
         than the factors the solve is Woodbury's, an h x h system, and with A = L L' every product through A^-1 is
-        one of rows of the whitened factors R = Y L^-T (`_whitened`, once per version): about h^2 k + h t k
+        one of rows of the whitened factors R = Y L^-T (`whitened`, once per version): about h^2 k + h t k
         operations for t targets, priced by the history (implicit's own solves a cube of the factors per request,
         38 ms at 512 factors)."""
         confidence = self.params.confidence * weights.astype(np.float64)
         extra = np.abs(confidence) - 1.0  # C_u - I
         k = self.item_factors.shape[1]
-        if len(items) < k:
+        table = self.whitened
+        if len(items) < k and table is not None:
+            weighted = woodbury(table, items, extra, targets)  # one compiled call (model/explain_loops.py)
+        elif len(items) < k:
             mine, theirs = self._whitened_rows(items), self._whitened_rows(targets)
             inner = np.eye(len(items)) + (mine @ mine.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
             weighted = np.linalg.solve(inner, mine @ theirs.T)  # Y_u W_u^-1 Y_t'
@@ -105,15 +109,12 @@ class CFModel:
         return np.asarray(weighted.T * np.maximum(confidence, 0.0), dtype=np.float32)
 
     def _whitened_rows(self, items: IntArray) -> npt.NDArray[np.float64]:
-        """Rows of R = Y L^-T for `items`: from the table when the version keeps one, else solved now."""
-        table = self._whitened
-        if table is not None:
-            return table[items].astype(np.float64)
+        """Rows of R = Y L^-T for `items`, solved now (a version too large to keep the table)."""
         rows = scipy.linalg.solve_triangular(self._cholesky, self.item_factors[items].T.astype(np.float64), lower=True)
         return np.asarray(rows.T)
 
     @cached_property
-    def _whitened(self) -> FloatArray | None:
+    def whitened(self) -> FloatArray | None:
         """R = Y L^-T for every item (float32, as large as the item factors), so that an explanation gathers rows
         instead of solving; None beyond WHITENED_MOST entries (a huge catalogue solves a reader's rows per request)."""
         if self.item_factors.size > WHITENED_MOST or self.num_items == 0:

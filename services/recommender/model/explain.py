@@ -11,9 +11,9 @@ import numpy.typing as npt
 
 from recommender.model.answers import Reader, Reason
 from recommender.model.catalogue import Catalogue
-from recommender.model.cf import CFModel
-from recommender.model.compiled import top_columns
+from recommender.model.cf import CFModel, FloatArray
 from recommender.model.content import ContentModel
+from recommender.model.explain_loops import blend_reasons, cf_gifts
 from recommender.model.params import SignalWeights
 from recommender.model.ranking import BookRows, IntArray, Query
 from recommender.model.signals import BookSignals, ReaderSignals
@@ -40,26 +40,16 @@ def explained(
     mine, my_weights = reader.seen[liked], reader.weights[liked]
     if len(mine) == 0 or len(positions) == 0:
         return None
-    norm = float(np.linalg.norm(content.profile(mine, my_weights))) or 1.0
-    by_content = content.vectors[positions] @ content.vectors[mine].T
-    by_content *= my_weights * np.float32(q.content.scale / norm)
-    by_cf = np.zeros_like(by_content)
-    items, target_items = rows.item_of_book[mine], rows.item_of_book[positions]
-    known, reachable = items >= 0, target_items >= 0
-    if q.cf.weight > 0 and known.any() and reachable.any():
-        given = cf.explain(items[known], my_weights[known], target_items[reachable])
-        if known.all() and reachable.all():
-            np.multiply(given, np.float32(q.cf.scale), out=by_cf)
-        else:
-            by_cf[np.ix_(reachable, known)] = given * np.float32(q.cf.scale)
-    total = np.maximum(by_cf, 0.0) + np.maximum(by_content, 0.0)
-    wholes = total.sum(axis=1, keepdims=True)
-    best = top_columns(total, SHOWN)
-    at = np.arange(len(positions))[:, None]
-    shares = (total[at, best] / np.where(wholes > 0, wholes, 1.0)).tolist()
-    parts = [["cf" if by else "content" for by in row] for row in (by_cf[at, best] >= by_content[at, best]).tolist()]
+    by_cf = _cf_gifts(rows, cf, positions, mine, my_weights, q)
+    best, shares, by = blend_reasons(positions, mine, my_weights, content.vectors, q.content.scale, by_cf, SHOWN)
+    parts = [["cf" if cf_part else "content" for cf_part in row] for row in by.tolist()]
     sources = mine[best]
-    ids, rows_of, titles = catalogue.book_ids[sources].tolist(), sources.tolist(), catalogue.titles
+    ids, rows_of, titles, shares = (
+        catalogue.book_ids[sources].tolist(),
+        sources.tolist(),
+        catalogue.titles,
+        shares.tolist(),
+    )
     room = room or [SHOWN] * len(positions)
     return [  # the shares best first: those above 0 lead
         tuple(
@@ -71,6 +61,26 @@ def explained(
         )
         for row in range(len(positions))
     ]
+
+
+def _cf_gifts(
+    rows: BookRows, cf: CFModel, positions: IntArray, mine: IntArray, weights: FloatArray, q: Query
+) -> FloatArray:
+    """What each of the reader's books gives each recommended book through CF (books x mine), in the blend's units:
+    one compiled call where the version keeps its whitened factors and the history is shorter than the factors."""
+    items = rows.item_of_book[mine]
+    known = items >= 0
+    if q.cf.weight <= 0 or not known.any():
+        return np.zeros((len(positions), len(mine)), dtype=np.float32)
+    if cf.whitened is not None and int(known.sum()) < cf.item_factors.shape[1]:
+        return cf_gifts(cf.whitened, rows.item_of_book, mine, weights, positions, cf.params.confidence, q.cf.scale)
+    by_cf = np.zeros((len(positions), len(mine)), dtype=np.float32)
+    targets = rows.item_of_book[positions]
+    reachable = targets >= 0
+    if reachable.any():
+        given = cf.explain(items[known], weights[known], targets[reachable])
+        by_cf[np.ix_(reachable, known)] = given * np.float32(q.cf.scale)
+    return by_cf
 
 
 def signal_reasons(
