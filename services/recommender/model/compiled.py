@@ -178,3 +178,49 @@ def blended(
     order = stable_order(-liked)
     order = order[stable_order(-scores[order])]
     return rows[order], scores[order], cf[order], text[order]
+
+
+@compiled
+def part_statistics(
+    seen: Any, user: Any, unit: Any, weights: Any, rows: tuple[Any, Any, Any, Any], sums: tuple[Any, ...], tie: float
+) -> tuple[Any, Any]:
+    """A reader's query (model/ranking.py's `query`): per part (CF, content, popularity) its mean, inverse spread
+    and weight over the books the reader does not have (`seen`: unique rows), from the catalogue's column sums and
+    Gram matrices (`sums`) less the reader's own books, and the query vector they make. `rows`: (item factors, item
+    of book, content, popularity); a part whose vector (`user`, `unit`) is empty or whose weight is 0: zeros."""
+    factors, item_of_book, content, popularity = rows
+    cf_total, cf_gram, content_total, content_gram, popularity_sums = sums
+    parts = np.zeros((3, 3))
+    count = max(len(popularity) - len(seen), 1)
+    frames, stack = np.empty((64, 3), dtype=np.int64), np.empty(64)
+    if len(user) and weights[0]:
+        own = item_dots(factors, item_of_book, seen, user)
+        u = user.astype(np.float64)
+        squares = np.dot(np.dot(u, cf_gram), u) - np.dot(own, own)
+        _part(parts[0], np.dot(u, cf_total) - _pairwise(own, frames, stack), squares, count, weights[0])
+    if len(unit) and weights[1]:
+        own = dots(content, seen, unit)
+        p = unit.astype(np.float64)
+        squares = np.dot(np.dot(p, content_gram), p) - np.dot(own, own)
+        _part(parts[1], np.dot(p, content_total) - _pairwise(own, frames, stack), squares, count, weights[1])
+    if weights[2]:
+        own = popularity[seen].astype(np.float64)
+        squares = popularity_sums[1] - np.dot(own, own)
+        _part(parts[2], popularity_sums[0] - _pairwise(own, frames, stack), squares, count, weights[2])
+    k, d = factors.shape[1], content.shape[1]
+    vector = np.zeros(k + d + 1, dtype=np.float32)
+    if parts[0, 1] * parts[0, 2]:
+        vector[:k] = user * np.float32(parts[0, 2] * parts[0, 1])
+    if parts[1, 1] * parts[1, 2]:
+        vector[k : k + d] = unit * np.float32(parts[1, 2] * parts[1, 1])
+    vector[-1] = parts[2, 2] * parts[2, 1] + tie
+    return parts, vector
+
+
+@compiled
+def _part(part: Any, total: float, squares: float, count: int, weight: float) -> None:
+    """A part's (mean, inverse spread, weight): z = (x - mean) * inverse; inverse 0 where it has no spread."""
+    mean = total / count
+    variance = squares / count - mean * mean
+    spread = np.sqrt(variance) if variance > 0 else 0.0
+    part[0], part[1], part[2] = mean, 1.0 / spread if spread > 1e-9 else 0.0, weight

@@ -28,16 +28,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-from recommender.model.compiled import blended, dots, item_dots
+from recommender.model.compiled import blended, dots, item_dots, part_statistics
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
 Float64Array = npt.NDArray[np.float64]
+Number = TypeVar("Number", float, Float64Array)  # one reader's or many readers' (`Blend`)
 
 # Rows per step of the catalogue statistics.
 SUMS_BLOCK = 65_536
@@ -84,11 +86,8 @@ class Blend:
     cf_prior: float = 0.0
 
     def weights(self, liked: npt.ArrayLike, has_cf: npt.ArrayLike) -> BlendWeights:
-        liked_ = np.asarray(liked, dtype=np.float64)
-        known = np.asarray(has_cf, dtype=bool)
-        trust = _share(liked_, self.popularity_prior)
-        cf = np.where(known, self.alpha * _share(liked_, self.cf_prior), 0.0)
-        return BlendWeights(cf=trust * cf, content=trust * (1.0 - cf), popular=1.0 - trust)
+        known = np.asarray(has_cf, dtype=bool).astype(np.float64)
+        return BlendWeights(*self._formula(np.asarray(liked, dtype=np.float64), known))
 
     def of_mode(self, mode: Mode, liked: int, has_cf: bool) -> tuple[float, float, float]:
         """(cf, content, popularity) weights of a reader ranked by `mode`."""
@@ -98,13 +97,18 @@ class Blend:
             return 0.0, 1.0, 0.0
         if mode is Mode.POPULAR:
             return 0.0, 0.0, 1.0
-        weights = self.weights(liked, has_cf)
-        return float(weights.cf), float(weights.content), float(weights.popular)
+        return self._formula(float(liked), 1.0 if has_cf else 0.0)  # one reader: in floats, the same arithmetic
+
+    def _formula(self, liked: Number, known: Number) -> tuple[Number, Number, Number]:
+        """(cf, content, popularity) of readers with `liked` books, `known` 1 where CF knows them (else 0)."""
+        trust = _share(liked, self.popularity_prior)
+        cf = self.alpha * _share(liked, self.cf_prior) * known
+        return trust * cf, trust * (1.0 - cf), 1.0 - trust
 
 
-def _share(liked: Float64Array, prior: float) -> Float64Array:
+def _share(liked: Number, prior: float) -> Number:
     """liked / (liked + prior): 1 without a prior."""
-    return liked / (liked + prior) if prior > 0 else np.ones_like(liked)
+    return liked / (liked + prior) if prior > 0 else liked * 0.0 + 1.0
 
 
 @dataclass(frozen=True)
@@ -192,14 +196,6 @@ class Part:
     inverse: float = 0.0  # 1 / standard deviation; 0 where the part has no spread (or is absent)
     weight: float = 0.0
 
-    @classmethod
-    def of(cls, total: float, squares: float, count: int, weight: float) -> Part:
-        count = max(count, 1)
-        mean = total / count
-        variance = squares / count - mean * mean
-        spread = math.sqrt(variance) if variance > 0 else 0.0
-        return cls(mean, 1.0 / spread if spread > 1e-9 else 0.0, weight)
-
     @property
     def scale(self) -> float:
         """What the part's raw score is multiplied by in the ranking's inner product."""
@@ -234,34 +230,14 @@ def query(
 ) -> Query:
     """The query vector of a reader with `seen` books (unique catalogue rows), CF factors `user` (None: CF does
     not know the reader) and content `profile` (None or zero: nothing liked), weighed (cf, content, popularity)."""
-    count = rows.num_books - len(seen)
-    w_cf, w_content, w_popular = weights
-    cf = Part()
-    if user is not None and w_cf:
-        own = rows.cf_of(seen, user)
-        total, gram = rows.cf_sums
-        u = user.astype(np.float64)
-        cf = Part.of(float(u @ total - own.sum()), float(u @ gram @ u - own @ own), count, w_cf)
-    content, unit = Part(), None
     norm = float(np.linalg.norm(profile)) if profile is not None else 0.0
-    if profile is not None and norm > 0 and w_content:
-        unit = (profile / norm).astype(np.float32)
-        own = rows.content_of(seen, unit)
-        total, gram = rows.content_sums
-        p = unit.astype(np.float64)
-        content = Part.of(float(p @ total - own.sum()), float(p @ gram @ p - own @ own), count, w_content)
-    popular = Part()
-    if w_popular:
-        own = rows.popularity[seen].astype(np.float64)
-        total_pop, squares = rows.popularity_sums
-        popular = Part.of(total_pop - float(own.sum()), squares - float(own @ own), count, w_popular)
-    k, d = rows.width
-    vector = np.zeros(k + d + 1, dtype=np.float32)
-    if cf.scale and user is not None:
-        vector[:k] = user * np.float32(cf.scale)
-    if content.scale and unit is not None:
-        vector[k : k + d] = unit * np.float32(content.scale)
-    vector[-1] = popular.scale + TIE_BREAK
+    unit = (profile / norm).astype(np.float32) if profile is not None and norm > 0 and weights[1] else None
+    sums = (*rows.cf_sums, *rows.content_sums, np.array(rows.popularity_sums))
+    parts, vector = part_statistics(
+        seen, _NONE if user is None else user, _NONE if unit is None else unit, np.array(weights),
+        (rows.item_factors, rows.item_of_book, rows.content, rows.popularity), sums, TIE_BREAK,
+    )  # fmt: skip
+    cf, content, popular = (Part(*part) for part in parts.tolist())
     return Query(vector, cf, content, popular, user, unit, seen)
 
 
