@@ -96,7 +96,7 @@ def test_a_book_left_out_by_its_bound_is_never_one_the_answer_would_hold(
     version = model.with_signals(SignalWeights(author, following, held, True))
     weights = version.meta.params.signals
     allowed = None if not hidden else np.arange(version.num_books) % hidden != 0
-    left_out = 0
+    left_out = np.zeros(2, dtype=np.int64)
     for user in version.cf.user_ids.tolist():
         reader = reader_of(version, int(user))
         q = query_for(version, reader)
@@ -112,7 +112,19 @@ def test_a_book_left_out_by_its_bound_is_never_one_the_answer_would_hold(
         )
         left_out += _left_out(version, mine, q, listed, depth, limit, allowed)
     if author > 0:
-        assert left_out > 0  # the bound was put to the test
+        assert left_out.sum() > 0  # the bounds were put to the test
+
+
+@pytest.mark.parametrize("author", [0.5, 1.5])
+def test_the_floor_leaves_books_out_before_their_signals_are_computed(model: HybridModel, author: float) -> None:
+    version = model.with_signals(SignalWeights(author, 0.0, 0.0, True))
+    left_out = np.zeros(2, dtype=np.int64)
+    for user in version.cf.user_ids.tolist():
+        reader = reader_of(version, int(user))
+        q = query_for(version, reader)
+        listed = shortlists(version.rows, [q], [13], [None])[0]
+        left_out += _left_out(version, reader_signals(version, [reader])[0], q, listed, 13, 3, None)
+    assert left_out[0] > 0
 
 
 def _left_out(
@@ -123,21 +135,27 @@ def _left_out(
     depth: int,
     limit: int,
     allowed: npt.NDArray[np.bool_] | None,
-) -> int:
-    """How many of the reader's candidates `within_reach` leaves out."""
+) -> tuple[int, int]:
+    """How many of the reader's candidates the floor leaves out before their signals are computed, and how many
+    more `within_reach` leaves out after."""
     signals, rows = version.signals, version.rows
     assert listed.values is not None
     mask = np.zeros(0, dtype=np.bool_) if allowed is None else allowed
-    found, raised, in_list = loops.candidates(
-        listed.rows, mine.authors, mine.liked_by, MOST_AUTHORS, *signals.by_author, mine.following, mine.seen, mask
-    )
-    near = listed.values[found] - q.offset - TIE_BREAK * rows.popularity[found].astype(np.float64)
     weights = version.meta.params.signals
+    chosen = np.array([weights.author, weights.next, weights.held])
+    product = (listed.values, q.offset, rows.popularity)
+    terms = (mine.authors, mine.liked_by, MOST_AUTHORS, *signals.by_author, mine.following, mine.seen, mask)
+    found = {}
+    for floor in (np.array([-np.inf, 0.0]), loops._floor(listed.rows, product, listed.margin, chosen, depth, limit)):
+        found[floor[0] > -np.inf] = loops.candidates(
+            listed.rows, *terms, (product, floor, chosen, signals.series, mine.started)
+        )
+    every, (rows_left, raised, in_list) = found[False], found[True]
+    near = listed.values[rows_left] - q.offset - TIE_BREAK * rows.popularity[rows_left].astype(np.float64)
     reader = (mine.authors, mine.liked_by, mine.started, mine.following)
     book = (*signals.by_book, signals.series, signals.position)
-    chosen = np.array([weights.author, weights.next, weights.held])
-    kept = loops.within_reach(found, raised, in_list, near, listed.margin, chosen, depth, limit, reader, book)
-    return int((~kept).sum())
+    kept = loops.within_reach(rows_left, raised, in_list, near, listed.margin, chosen, depth, limit, reader, book)
+    return len(every[0]) - len(rows_left), int((~kept).sum())
 
 
 def test_because_from_the_compiled_loops_is_what_numpys_products_and_solves_give() -> None:

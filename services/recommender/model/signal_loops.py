@@ -124,20 +124,35 @@ def candidates(
     following: Any,
     seen: Any,
     allowed: Any,
+    reach: tuple[Any, Any, Any, Any, Any],
 ) -> tuple[Any, Any, Any]:
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
-    per row whether the signals could raise it and whether it is in the shortlist."""
-    raised, n = _gathered(authors[stable_order(-counts)[:most]], pointers, books, len(following))
+    per row whether the signals could raise it and whether it is in the shortlist. `reach`: (near, floor, weights,
+    series, started), `_reaches`' terms (a floor of -inf: every book reaches)."""
+    near, floor, weights, series, started = reach
+    shortlist = _unique(shortlist.astype(np.int32))
+    top = stable_order(-counts)[:most]
+    raised, n = _gathered(authors[top], pointers, books, len(following))
+    if floor[0] > -np.inf:
+        kept, at = 0, 0
+        for a in top:
+            most_added = max(weights[0], 0.0) * np.log1p(counts[a]) + max(weights[1], 0.0)
+            for _ in range(pointers[authors[a]], pointers[authors[a] + 1]):
+                row = raised[at]
+                at += 1
+                if holds(shortlist, row) or _group(started, series[row]) >= 0 or _reaches(near, floor, row, most_added):
+                    raised[kept] = row
+                    kept += 1
+        n = kept
     for row in following:
         if row >= 0:
             raised[n] = row
             n += 1
-    kept = np.empty(n, dtype=np.bool_)
+    keep = np.empty(n, dtype=np.bool_)
     for i in range(n):
-        kept[i] = not holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
-    raised = _unique(raised[:n][kept])
-    shortlist = _unique(shortlist.astype(np.int32))
+        keep[i] = not holds(seen, raised[i]) and (len(allowed) == 0 or allowed[raised[i]])
+    raised = _unique(raised[:n][keep])
     rows = _unique(np.concatenate((shortlist, raised)))
     is_raised = np.zeros(len(rows), dtype=np.bool_)
     listed = np.zeros(len(rows), dtype=np.bool_)
@@ -145,6 +160,32 @@ def candidates(
         is_raised[i] = holds(raised, rows[i])
         listed[i] = holds(shortlist, rows[i])
     return rows, is_raised, listed
+
+
+@compiled
+def _reaches(near: Any, floor: Any, row: int, most_added: float) -> bool:
+    """Whether the book at `row` could score at least `floor[0]` with `most_added` by its signals: its product
+    (`near`: (values, offset, popularity)) less the query's offset and tie-break, plus the product's `floor[1]`
+    margin, is its highest blended score."""
+    values, offset, popularity = near
+    highest = np.float64(values[row]) - offset - TIE_BREAK * np.float64(popularity[row]) + floor[1]
+    return highest + most_added >= floor[0]
+
+
+@compiled
+def _floor(shortlist: Any, near: Any, margin: float, weights: Any, depth: int, limit: int) -> Any:
+    """(a score that `limit` of the answer's candidates surely reach, the product's margin): the shortlist's
+    `depth`-th best lowest possible score, less the largest penalty its signals could give (-inf where the
+    shortlist holds too few, or a weight is negative), with room for float32's rounding of the product's values."""
+    values, offset, popularity = near
+    if len(shortlist) < max(depth, limit) or weights[0] < 0 or weights[1] < 0:
+        return np.array([-np.inf, margin])
+    lowest = np.empty(len(shortlist))
+    for i in range(len(shortlist)):
+        row = shortlist[i]
+        lowest[i] = np.float64(values[row]) - offset - TIE_BREAK * np.float64(popularity[row]) - margin
+    surely = np.sort(lowest)[-depth] - max(weights[2], 0.0)
+    return np.array([surely - 1e-6 * (1.0 + abs(surely)), margin])
 
 
 @compiled
@@ -332,9 +373,12 @@ def best(
     pointers, codes, author_pointers, author_books, series, position = book
     factors, item_of_book, content, popularity = rows
     user, profile, parts, offset = query
+    product = (values, offset, popularity)
+    floor = _floor(shortlist, product, margin, weights, depth, limit) if len(values) else np.array([-np.inf, 0.0])
     found, raised, listed = candidates(
-        shortlist, authors, liked_by, most, author_pointers, author_books, following, seen, allowed
-    )
+        shortlist, authors, liked_by, most, author_pointers, author_books, following, seen, allowed,
+        (product, floor, weights, series, started),
+    )  # fmt: skip
     if len(values):
         near = values[found] - offset - TIE_BREAK * popularity[found].astype(np.float64)
         signals = (authors, liked_by, started, following)
