@@ -11,21 +11,17 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import scipy.linalg
-import scipy.linalg.lapack
 import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from recommender.model.dataset import TrainingData
-from recommender.model.explain_loops import woodbury
+from recommender.model.explain_loops import through_cf
 from recommender.model.params import ALSParams
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
 
-
-# LAPACK's solver for symmetric positive definite systems, called directly: a request's explanation pays no checks.
-_POSV = scipy.linalg.lapack.dposv
 
 # Item factors' entries up to which a version keeps the whitened factors for explanations (`CFModel.whitened`):
 # 64M, 256 MB, a million books at 64 factors.
@@ -90,23 +86,33 @@ class CFModel:
         38 ms at 512 factors)."""
         confidence = self.params.confidence * weights.astype(np.float64)
         extra = np.abs(confidence) - 1.0  # C_u - I
-        k = self.item_factors.shape[1]
-        table = self.whitened
-        if len(items) < k and table is not None:
-            weighted = woodbury(table, items, extra, targets)  # one compiled call (model/explain_loops.py)
-        elif len(items) < k:
+        if len(items) < self.item_factors.shape[1] and self.whitened is None:
             mine, theirs = self._whitened_rows(items), self._whitened_rows(targets)
             inner = np.eye(len(items)) + (mine @ mine.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
             weighted = np.linalg.solve(inner, mine @ theirs.T)  # Y_u W_u^-1 Y_t'
         else:
-            history = self.item_factors[items].astype(np.float64)
-            system = self._gram + self.params.regularization * np.eye(k)
-            system += (history.T * extra) @ history
-            _factor, solved, info = _POSV(system, self.item_factors[targets].T.astype(np.float64))  # no checks
-            if info != 0:  # not positive definite (cannot happen with a positive regularisation)
-                solved = np.linalg.lstsq(system, self.item_factors[targets].T, rcond=None)[0]
-            weighted = history @ solved
+            weighted = self.through(items, extra, targets)
         return np.asarray(weighted.T * np.maximum(confidence, 0.0), dtype=np.float32)
+
+    def through(self, items: IntArray, extra: npt.NDArray[np.float64], targets: IntArray) -> npt.NDArray[np.float64]:
+        """Y_u W_u^-1 Y_t' in one compiled call (model/explain_loops.py): Woodbury's through the whitened factors
+        for a history shorter than the factors (the version keeps them), else W_u solved directly."""
+        try:
+            return through_cf(self.whitened_or_none, self.item_factors, self.system, items, extra, targets)
+        except np.linalg.LinAlgError:  # W_u singular: only without regularisation
+            history = self.item_factors[items].astype(np.float64)
+            system = self.system + (history.T * extra) @ history
+            return history @ np.linalg.lstsq(system, self.item_factors[targets].T, rcond=None)[0]
+
+    @cached_property
+    def whitened_or_none(self) -> FloatArray:
+        """`whitened`, or no rows where the version keeps none (what the compiled loops take)."""
+        return self.whitened if self.whitened is not None else np.zeros((0, self.item_factors.shape[1]), np.float32)
+
+    @cached_property
+    def system(self) -> npt.NDArray[np.float64]:
+        """A = Y'Y + lambda I, every user's system before their own items."""
+        return self._gram + self.params.regularization * np.eye(self._gram.shape[0])
 
     def _whitened_rows(self, items: IntArray) -> npt.NDArray[np.float64]:
         """Rows of R = Y L^-T for `items`, solved now (a version too large to keep the table)."""
@@ -125,8 +131,7 @@ class CFModel:
     @cached_property
     def _cholesky(self) -> npt.NDArray[np.float64]:
         """L of A = Y'Y + lambda I = L L': every explanation's common part, k^3 once per version."""
-        system = self._gram + self.params.regularization * np.eye(self._gram.shape[0])
-        return np.asarray(scipy.linalg.cholesky(system, lower=True))
+        return np.asarray(scipy.linalg.cholesky(self.system, lower=True))
 
     @cached_property
     def _gram(self) -> npt.NDArray[np.float64]:

@@ -3,6 +3,7 @@ signals say of it (an author they came back to, the next volume of a series)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from itertools import islice
 
@@ -67,13 +68,16 @@ def _cf_gifts(
     rows: BookRows, cf: CFModel, positions: IntArray, mine: IntArray, weights: FloatArray, q: Query
 ) -> FloatArray:
     """What each of the reader's books gives each recommended book through CF (books x mine), in the blend's units:
-    one compiled call where the version keeps its whitened factors and the history is shorter than the factors."""
+    one compiled call, but for a history shorter than the factors of a version too large to keep its whitened
+    factors."""
     items = rows.item_of_book[mine]
     known = items >= 0
     if q.cf.weight <= 0 or not known.any():
         return np.zeros((len(positions), len(mine)), dtype=np.float32)
-    if cf.whitened is not None and int(known.sum()) < cf.item_factors.shape[1]:
-        return cf_gifts(cf.whitened, rows.item_of_book, mine, weights, positions, cf.params.confidence, q.cf.scale)
+    if cf.whitened is not None or int(known.sum()) >= cf.item_factors.shape[1]:
+        solve = (cf.whitened_or_none, cf.item_factors, cf.system)
+        with contextlib.suppress(np.linalg.LinAlgError):  # W_u singular (no regularisation): least squares below
+            return cf_gifts(solve, rows.item_of_book, mine, weights, positions, cf.params.confidence, q.cf.scale)
     by_cf = np.zeros((len(positions), len(mine)), dtype=np.float32)
     targets = rows.item_of_book[positions]
     reachable = targets >= 0

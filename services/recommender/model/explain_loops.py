@@ -12,6 +12,18 @@ from recommender.model.compiled import compiled, top_columns
 
 
 @compiled
+def through_cf(whitened: Any, factors: Any, system: Any, items: Any, extra: Any, targets: Any) -> Any:
+    """Y_u W_u^-1 Y_t' (items x targets), W_u = A + Y_u' (C_u - I) Y_u (model/cf.py's `explain`): by `woodbury` for
+    a history shorter than the factors (`whitened` then holds every item's row), else solved directly from
+    A = Y'Y + lambda I (`system`). `extra`: per item, its confidence less one."""
+    if len(items) < factors.shape[1]:
+        return woodbury(whitened, items, extra, targets)
+    history = factors[items].astype(np.float64)
+    own = system + (history.T * extra) @ history
+    return history @ np.linalg.solve(own, np.ascontiguousarray(factors[targets].T).astype(np.float64))
+
+
+@compiled
 def woodbury(whitened: Any, items: Any, extra: Any, targets: Any) -> Any:
     """Y_u W_u^-1 Y_t' (items x targets) from the whitened factors R = Y L^-T (model/cf.py's `explain`): the h x h
     system I + (R_u R_u') (C_u - I) solved for R_u R_t'. `extra`: per item, its confidence less one."""
@@ -27,18 +39,26 @@ def woodbury(whitened: Any, items: Any, extra: Any, targets: Any) -> Any:
 
 @compiled
 def cf_gifts(
-    whitened: Any, item_of_book: Any, mine: Any, weights: Any, positions: Any, confidence: float, scale: float
+    solve: tuple[Any, Any, Any],
+    item_of_book: Any,
+    mine: Any,
+    weights: Any,
+    positions: Any,
+    confidence: float,
+    scale: float,
 ) -> Any:
     """What each of the reader's liked books (catalogue rows `mine`, with their `weights`) gives each book at
-    `positions` through CF (books x mine, float32): implicit's explanation (model/cf.py's `explain`, by `woodbury`)
-    times the blend's `scale`; 0 where either book has no CF item."""
+    `positions` through CF (books x mine, float32): implicit's explanation (model/cf.py's `explain`, by
+    `through_cf`; `solve`: its whitened factors, factors and system) times the blend's `scale`; 0 where either book
+    has no CF item."""
     gifts = np.zeros((len(positions), len(mine)), dtype=np.float32)
     known = np.flatnonzero(item_of_book[mine] >= 0)
     reachable = np.flatnonzero(item_of_book[positions] >= 0)
     if len(known) == 0 or len(reachable) == 0:
         return gifts
     given = confidence * weights[known].astype(np.float64)
-    weighted = woodbury(whitened, item_of_book[mine[known]], np.abs(given) - 1.0, item_of_book[positions[reachable]])
+    items, targets = item_of_book[mine[known]], item_of_book[positions[reachable]]
+    weighted = through_cf(*solve, items, np.abs(given) - 1.0, targets)
     for a in range(len(known)):
         kept = max(given[a], 0.0)
         for b in range(len(reachable)):
