@@ -1,6 +1,7 @@
 """What `because` computes per answer, compiled like the model's other loops (model/compiled.py): CF's explanation
-through the whitened factors, and what each of the reader's books gives each returned book through the blend. A
-request's explanation is a dozen small products and solves, whose NumPy calls cost more than their arithmetic."""
+(Woodbury's solve through the whitened factors, or W_u solved directly), and what each of the reader's books gives
+each returned book through the blend. A request's explanation is a dozen small products and solves, whose NumPy
+calls cost more than their arithmetic."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Compile the model's loops (model/compiled.py, model/signal_loops.py) into numba's cache before the service needs
-them: a small catalogue with series and shared authors is fitted and every answer path of it run once. A process
-that finds nothing cached compiles on first use instead, 20 to 60 seconds on two cores, while its first version is
-warmed (model/warm.py), before it serves.
+"""Compile the model's loops (model/compiled.py, model/signal_loops.py, model/signal_sources.py,
+model/explain_loops.py) into numba's cache before the service needs them: a small catalogue with series and shared
+authors is fitted and every answer path of it run once. A process that finds nothing cached compiles on first use
+instead, 20 to 60 seconds on two cores, while its first version is warmed (model/warm.py), before it serves.
 
     python -m recommender.model.precompile
 

@@ -128,9 +128,10 @@ def candidates(
 ) -> tuple[Any, Any, Any]:
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
-    per row whether the signals could raise it and whether it is in the shortlist. `reach`: (near, floor, weights,
-    series, started), `_reaches`' terms (a floor of -inf: every book reaches)."""
-    near, floor, weights, series, started = reach
+    per row whether the signals could raise it and whether it is in the shortlist. `reach`: (product, floor,
+    weights, series, started): a book outside the shortlist and the started series joins only where it `_reaches`
+    the floor (`_floor`; -inf: every book does)."""
+    product, floor, weights, series, started = reach
     shortlist = _unique(shortlist.astype(np.int32))
     top = stable_order(-counts)[:most]
     raised, n = _gathered(authors[top], pointers, books, len(following))
@@ -141,7 +142,8 @@ def candidates(
             for _ in range(pointers[authors[a]], pointers[authors[a] + 1]):
                 row = raised[at]
                 at += 1
-                if holds(shortlist, row) or _group(started, series[row]) >= 0 or _reaches(near, floor, row, most_added):
+                kept_anyway = holds(shortlist, row) or _group(started, series[row]) >= 0
+                if kept_anyway or _reaches(product, floor, row, most_added):
                     raised[kept] = row
                     kept += 1
         n = kept
@@ -163,27 +165,30 @@ def candidates(
 
 
 @compiled
-def _reaches(near: Any, floor: Any, row: int, most_added: float) -> bool:
-    """Whether the book at `row` could score at least `floor[0]` with `most_added` by its signals: its product
-    (`near`: (values, offset, popularity)) less the query's offset and tie-break, plus the product's `floor[1]`
-    margin, is its highest blended score."""
-    values, offset, popularity = near
-    highest = np.float64(values[row]) - offset - TIE_BREAK * np.float64(popularity[row]) + floor[1]
-    return highest + most_added >= floor[0]
+def _near(product: Any, row: int) -> float:
+    """The book at `row`'s exact blended score, give or take the product's margin: its value in the product
+    (`product`: (values, offset, popularity)) less the query's offset and the tie-break."""
+    values, offset, popularity = product
+    return np.float64(values[row]) - offset - TIE_BREAK * np.float64(popularity[row])
 
 
 @compiled
-def _floor(shortlist: Any, near: Any, margin: float, weights: Any, depth: int, limit: int) -> Any:
+def _reaches(product: Any, floor: Any, row: int, most_added: float) -> bool:
+    """Whether the book at `row` could score at least `floor[0]` with `most_added` by its signals: its `_near`
+    score plus the product's `floor[1]` margin is its highest blended score."""
+    return _near(product, row) + floor[1] + most_added >= floor[0]
+
+
+@compiled
+def _floor(shortlist: Any, product: Any, margin: float, weights: Any, depth: int, limit: int) -> Any:
     """(a score that `limit` of the answer's candidates surely reach, the product's margin): the shortlist's
     `depth`-th best lowest possible score, less the largest penalty its signals could give (-inf where the
     shortlist holds too few, or a weight is negative), with room for float32's rounding of the product's values."""
-    values, offset, popularity = near
     if len(shortlist) < max(depth, limit) or weights[0] < 0 or weights[1] < 0:
         return np.array([-np.inf, margin])
     lowest = np.empty(len(shortlist))
     for i in range(len(shortlist)):
-        row = shortlist[i]
-        lowest[i] = np.float64(values[row]) - offset - TIE_BREAK * np.float64(popularity[row]) - margin
+        lowest[i] = _near(product, shortlist[i]) - margin
     surely = np.sort(lowest)[-depth] - max(weights[2], 0.0)
     return np.array([surely - 1e-6 * (1.0 + abs(surely)), margin])
 
