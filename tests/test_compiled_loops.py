@@ -146,15 +146,21 @@ def _left_out(
     product = (listed.values, q.offset, rows.popularity)
     terms = (mine.authors, mine.liked_by, MOST_AUTHORS, *signals.by_author, mine.following, mine.seen, mask)
     found = {}
-    for floor in (np.array([-np.inf, 0.0]), loops._floor(listed.rows, product, listed.margin, chosen, depth, limit)):
-        found[floor[0] > -np.inf] = loops.candidates(
-            listed.rows, *terms, (product, floor, chosen, signals.series, mine.started)
+    for floor in (-np.inf, loops._floor(listed.rows, product, listed.margin, chosen, depth, limit)):
+        found[floor > -np.inf] = loops.candidates(
+            listed.rows, *terms, (product, floor, listed.margin, chosen, signals.series, mine.started)
         )
     every, (rows_left, raised, in_list) = found[False], found[True]
     near = listed.values[rows_left] - q.offset - TIE_BREAK * rows.popularity[rows_left].astype(np.float64)
-    reader = (mine.authors, mine.liked_by, mine.started, mine.following)
-    book = (*signals.by_book, signals.series, signals.position)
-    kept = loops.within_reach(rows_left, raised, in_list, near, listed.margin, chosen, depth, limit, reader, book)
+    author, following, held = loops.features(
+        rows_left, mine.authors, mine.liked_by, mine.started, mine.following, *signals.by_book, signals.series,
+        signals.position,
+    )  # fmt: skip
+    boost = chosen[0] * author + chosen[1] * following - chosen[2] * held
+    counts = (depth, limit)
+    kept = loops.within_reach(
+        rows_left, raised, in_list, near, listed.margin, boost, counts, mine.started, signals.series
+    )
     return len(every[0]) - len(rows_left), int((~kept).sum())
 
 

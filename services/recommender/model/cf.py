@@ -86,7 +86,7 @@ class CFModel:
         38 ms at 512 factors)."""
         confidence = self.params.confidence * weights.astype(np.float64)
         extra = np.abs(confidence) - 1.0  # C_u - I
-        if len(items) < self.item_factors.shape[1] and self.whitened is None:
+        if len(items) < self.item_factors.shape[1] and not self.keeps_whitened:
             mine, theirs = self._whitened_rows(items), self._whitened_rows(targets)
             inner = np.eye(len(items)) + (mine @ mine.T) * extra  # I + (Y_u A^-1 Y_u') (C_u - I)
             weighted = np.linalg.solve(inner, mine @ theirs.T)  # Y_u W_u^-1 Y_t'
@@ -98,16 +98,11 @@ class CFModel:
         """Y_u W_u^-1 Y_t' in one compiled call (model/explain_loops.py): Woodbury's through the whitened factors
         for a history shorter than the factors (the version keeps them), else W_u solved directly."""
         try:
-            return through_cf(self.whitened_or_none, self.item_factors, self.system, items, extra, targets)
+            return through_cf(self.whitened, self.item_factors, self.system, items, extra, targets)
         except np.linalg.LinAlgError:  # W_u singular: only without regularisation
             history = self.item_factors[items].astype(np.float64)
             system = self.system + (history.T * extra) @ history
             return history @ np.linalg.lstsq(system, self.item_factors[targets].T, rcond=None)[0]
-
-    @cached_property
-    def whitened_or_none(self) -> FloatArray:
-        """`whitened`, or no rows where the version keeps none (what the compiled loops take)."""
-        return self.whitened if self.whitened is not None else np.zeros((0, self.item_factors.shape[1]), np.float32)
 
     @cached_property
     def system(self) -> npt.NDArray[np.float64]:
@@ -120,13 +115,18 @@ class CFModel:
         return np.asarray(rows.T)
 
     @cached_property
-    def whitened(self) -> FloatArray | None:
+    def whitened(self) -> FloatArray:
         """R = Y L^-T for every item (float32, as large as the item factors), so that an explanation gathers rows
-        instead of solving; None beyond WHITENED_MOST entries (a huge catalogue solves a reader's rows per request)."""
+        instead of solving; no rows beyond WHITENED_MOST entries (a huge catalogue solves a reader's rows per
+        request: `keeps_whitened`)."""
         if self.item_factors.size > WHITENED_MOST or self.num_items == 0:
-            return None
+            return np.zeros((0, self.item_factors.shape[1]), dtype=np.float32)
         solved = scipy.linalg.solve_triangular(self._cholesky, self.item_factors.T.astype(np.float64), lower=True)
         return np.ascontiguousarray(solved.T, dtype=np.float32)
+
+    @property
+    def keeps_whitened(self) -> bool:
+        return len(self.whitened) > 0
 
     @cached_property
     def _cholesky(self) -> npt.NDArray[np.float64]:

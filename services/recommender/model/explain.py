@@ -74,8 +74,8 @@ def _cf_gifts(
     known = items >= 0
     if q.cf.weight <= 0 or not known.any():
         return np.zeros((len(positions), len(mine)), dtype=np.float32)
-    if cf.whitened is not None or int(known.sum()) >= cf.item_factors.shape[1]:
-        solve = (cf.whitened_or_none, cf.item_factors, cf.system)
+    if cf.keeps_whitened or int(known.sum()) >= cf.item_factors.shape[1]:
+        solve = (cf.whitened, cf.item_factors, cf.system)
         with contextlib.suppress(np.linalg.LinAlgError):  # W_u singular (no regularisation): least squares below
             return cf_gifts(solve, rows.item_of_book, mine, weights, positions, cf.params.confidence, q.cf.scale)
     by_cf = np.zeros((len(positions), len(mine)), dtype=np.float32)

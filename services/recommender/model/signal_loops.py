@@ -124,18 +124,18 @@ def candidates(
     following: Any,
     seen: Any,
     allowed: Any,
-    reach: tuple[Any, Any, Any, Any, Any],
+    reach: tuple[Any, float, float, Any, Any, Any],
 ) -> tuple[Any, Any, Any]:
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
     per row whether the signals could raise it and whether it is in the shortlist. `reach`: (product, floor,
-    weights, series, started): a book outside the shortlist and the started series joins only where it `_reaches`
-    the floor (`_floor`; -inf: every book does)."""
-    product, floor, weights, series, started = reach
+    margin, weights, series, started): a book outside the shortlist and the started series joins only where it
+    `_reaches` the floor (`_floor`; -inf: every book does)."""
+    product, floor, margin, weights, series, started = reach
     shortlist = _unique(shortlist.astype(np.int32))
     top = stable_order(-counts)[:most]
     raised, n = _gathered(authors[top], pointers, books, len(following))
-    if floor[0] > -np.inf:
+    if floor > -np.inf:
         kept, at = 0, 0
         for a in top:
             most_added = max(weights[0], 0.0) * np.log1p(counts[a]) + max(weights[1], 0.0)
@@ -143,7 +143,7 @@ def candidates(
                 row = raised[at]
                 at += 1
                 kept_anyway = holds(shortlist, row) or _group(started, series[row]) >= 0
-                if kept_anyway or _reaches(product, floor, row, most_added):
+                if kept_anyway or _near(product, row) + margin + most_added >= floor:
                     raised[kept] = row
                     kept += 1
         n = kept
@@ -173,24 +173,17 @@ def _near(product: Any, row: int) -> float:
 
 
 @compiled
-def _reaches(product: Any, floor: Any, row: int, most_added: float) -> bool:
-    """Whether the book at `row` could score at least `floor[0]` with `most_added` by its signals: its `_near`
-    score plus the product's `floor[1]` margin is its highest blended score."""
-    return _near(product, row) + floor[1] + most_added >= floor[0]
-
-
-@compiled
-def _floor(shortlist: Any, product: Any, margin: float, weights: Any, depth: int, limit: int) -> Any:
-    """(a score that `limit` of the answer's candidates surely reach, the product's margin): the shortlist's
-    `depth`-th best lowest possible score, less the largest penalty its signals could give (-inf where the
-    shortlist holds too few, or a weight is negative), with room for float32's rounding of the product's values."""
+def _floor(shortlist: Any, product: Any, margin: float, weights: Any, depth: int, limit: int) -> float:
+    """A score that `limit` of the answer's candidates surely reach: the shortlist's `depth`-th best lowest possible
+    score (its `_near` less the product's `margin`), less the largest penalty its signals could give (-inf where
+    the shortlist holds too few, or a weight is negative), with room for float32's rounding of the product."""
     if len(shortlist) < max(depth, limit) or weights[0] < 0 or weights[1] < 0:
-        return np.array([-np.inf, margin])
+        return -np.inf
     lowest = np.empty(len(shortlist))
     for i in range(len(shortlist)):
         lowest[i] = _near(product, shortlist[i]) - margin
     surely = np.sort(lowest)[-depth] - max(weights[2], 0.0)
-    return np.array([surely - 1e-6 * (1.0 + abs(surely)), margin])
+    return surely - 1e-6 * (1.0 + abs(surely))
 
 
 @compiled
@@ -281,33 +274,35 @@ def reranked(
     candidates: Any,
     raised: Any,
     listed: Any,
-    depth: int,
-    limit: int,
+    signals: tuple[Any, Any, Any],
+    counts: tuple[int, int],
     weights: Any,
     popularity: Any,
-    reader: tuple[Any, Any, Any, Any, Any],
-    book: tuple[Any, Any, Any, Any],
+    reader: tuple[Any, Any],
+    book: tuple[Any, Any],
 ) -> tuple[Any, Any]:
     """The `limit` best of `rows` (exact blended `scores`, best first, as `ranking.scored` orders them): the first
     `depth` of those `listed` (the blend's shortlist) and all the signals could raise (`raised`; both per row of
-    the sorted `candidates`), by score plus the weighed signals (`weights`: author, next, held), the unread volumes
-    of each started series in series order; ties to the earlier volume, then the more popular book. Their indices
-    among `rows`, and their scores. `reader`: (authors, liked by, started, furthest, following); `book`: (author
-    pointers, author codes, series, place)."""
-    authors, liked_by, started, furthest, following = reader
-    pointers, codes, series, position = book
+    the sorted `candidates`, as are their `signals`: author, next, held), by score plus the weighed signals
+    (`weights`), the unread volumes of each started series in series order; ties to the earlier volume, then the
+    more popular book. Their indices among `rows`, and their scores. `counts`: (depth, limit); `reader`: (started,
+    furthest); `book`: (series, place)."""
+    depth, limit = counts
+    started, furthest = reader
+    series, position = book
     kept = np.empty(len(rows), dtype=np.int64)
+    at = np.empty(len(rows), dtype=np.int64)  # each kept row's place among the candidates
     n, blend = 0, 0
     for i in range(len(rows)):
-        at = _find(candidates, rows[i])
-        if raised[at] or (listed[at] and blend < depth):
-            kept[n] = i
+        place = _find(candidates, rows[i])
+        if raised[place] or (listed[place] and blend < depth):
+            kept[n], at[n] = i, place
             n += 1
-        blend += 1 if listed[at] else 0
-    kept = kept[:n]
+        blend += 1 if listed[place] else 0
+    kept, at = kept[:n], at[:n]
     mine = rows[kept]
-    author, next_volume, held = features(mine, authors, liked_by, started, following, pointers, codes, series, position)
-    boosted = scores[kept] + weights[0] * author + weights[1] * next_volume - weights[2] * held
+    author, next_volume, held = signals
+    boosted = scores[kept] + weights[0] * author[at] + weights[1] * next_volume[at] - weights[2] * held[at]
     boosted, places = _in_order(mine, boosted, started, furthest, series, position)
     order = stable_order(-popularity[mine])
     order = order[stable_order(places[order])]
@@ -322,23 +317,19 @@ def within_reach(
     listed: Any,
     near: Any,
     margin: float,
-    weights: Any,
-    depth: int,
-    limit: int,
-    reader: tuple[Any, Any, Any, Any],
-    book: tuple[Any, Any, Any, Any],
+    boost: Any,
+    counts: tuple[int, int],
+    started: Any,
+    series: Any,
 ) -> Any:
     """Which of the sorted candidate `rows` (`raised`, `listed` as `candidates` gives them) could be among the
-    `limit` best that `reranked` chooses, from `near`: each row's exact blended score give or take `margin` (the
-    shortlist's product). A book raised only by its author (outside the started series, reordered among
-    themselves) is left out when even its highest possible score is below one that `limit` candidates surely
-    reach: the `limit`-th best lowest possible score of the raised, or the shortlist's `depth`-th less the largest
-    penalty (a signal moves no score but its book's; the series order only exchanges scores). The answer is the
-    same."""
-    authors, liked_by, started, following = reader
-    pointers, codes, series, position = book
-    author, next_volume, held = features(rows, authors, liked_by, started, following, pointers, codes, series, position)
-    boost = weights[0] * author + weights[1] * next_volume - weights[2] * held
+    `limit` best that `reranked` chooses (`counts`: depth, limit), from `near`: each row's exact blended score give
+    or take `margin` (the shortlist's product), and `boost`: what its weighed signals add. A book raised only by
+    its author (outside the started series, reordered among themselves) is left out when even its highest
+    possible score is below one that `limit` candidates surely reach: the `limit`-th best lowest possible score of
+    the raised, or the shortlist's `depth`-th less the largest penalty (a signal moves no score but its book's; the
+    series order only exchanges scores). The answer is the same."""
+    depth, limit = counts
     lowest = near - margin + boost
     surely = -np.inf
     if raised.sum() >= limit:
@@ -379,21 +370,23 @@ def best(
     factors, item_of_book, content, popularity = rows
     user, profile, parts, offset = query
     product = (values, offset, popularity)
-    floor = _floor(shortlist, product, margin, weights, depth, limit) if len(values) else np.array([-np.inf, 0.0])
+    floor = _floor(shortlist, product, margin, weights, depth, limit) if len(values) else -np.inf
     found, raised, listed = candidates(
         shortlist, authors, liked_by, most, author_pointers, author_books, following, seen, allowed,
-        (product, floor, weights, series, started),
+        (product, floor, margin, weights, series, started),
     )  # fmt: skip
+    author, next_volume, held = features(
+        found, authors, liked_by, started, following, pointers, codes, series, position
+    )
     if len(values):
-        near = values[found] - offset - TIE_BREAK * popularity[found].astype(np.float64)
-        signals = (authors, liked_by, started, following)
-        kept = within_reach(
-            found, raised, listed, near, margin, weights, depth, limit, signals, (pointers, codes, series, position)
-        )
+        near = np.array([_near(product, row) for row in found])
+        boost = weights[0] * author + weights[1] * next_volume - weights[2] * held
+        kept = within_reach(found, raised, listed, near, margin, boost, (depth, limit), started, series)
         found, raised, listed = found[kept], raised[kept], listed[kept]
+        author, next_volume, held = author[kept], next_volume[kept], held[kept]
     ordered, scores, cf, text = blended(factors, item_of_book, content, popularity, found, user, profile, parts)
     chosen, boosted = reranked(
-        ordered, scores, found, raised, listed, depth, limit, weights, popularity,
-        (authors, liked_by, started, furthest, following), (pointers, codes, series, position),
+        ordered, scores, found, raised, listed, (author, next_volume, held), (depth, limit), weights, popularity,
+        (started, furthest), (series, position),
     )  # fmt: skip
     return ordered[chosen], boosted, cf[chosen], text[chosen]
