@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from recommender.model.cf import CFModel, FloatArray, IntArray
 from recommender.model.ranking import BoolArray
@@ -20,9 +21,10 @@ class Strategy(StrEnum):
     POPULAR = "popular"  # no history at all
 
 
-@dataclass(frozen=True)
-class Reason:
-    """One of the reader's own books that a recommendation comes from."""
+class Reason(NamedTuple):
+    """One of the reader's own books that a recommendation comes from. Immutable records of an answer are named
+    tuples, not frozen dataclasses: an answer builds some forty, and a frozen dataclass's every field is set through
+    object.__setattr__ (0.9 against 0.35 us each)."""
 
     book_id: int
     title: str
@@ -33,8 +35,7 @@ class Reason:
     text: str = ""  # for "author" and "series", what it says
 
 
-@dataclass(frozen=True)
-class ScoredBook:
+class ScoredBook(NamedTuple):
     book_id: int
     title: str
     authors: str

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from itertools import islice
 
 import numpy as np
 import numpy.typing as npt
@@ -43,25 +42,18 @@ def explained(
         return None
     by_cf = _cf_gifts(rows, cf, positions, mine, my_weights, q)
     best, shares, by = blend_reasons(positions, mine, my_weights, content.vectors, q.content.scale, by_cf, SHOWN)
-    parts = [["cf" if cf_part else "content" for cf_part in row] for row in by.tolist()]
     sources = mine[best]
-    ids, rows_of, titles, shares = (
-        catalogue.book_ids[sources].tolist(),
-        sources.tolist(),
-        catalogue.titles,
-        shares.tolist(),
-    )
-    room = room or [SHOWN] * len(positions)
-    return [  # the shares best first: those above 0 lead
-        tuple(
-            Reason(book_id, titles[source], part, share)
-            for book_id, source, part, share in islice(
-                zip(ids[row], rows_of[row], parts[row], shares[row], strict=True), room[row]
-            )
-            if share > 0
-        )
-        for row in range(len(positions))
+    ids, rows_of, parts, shown = catalogue.book_ids[sources].tolist(), sources.tolist(), by.tolist(), shares.tolist()
+    # the shares best first: those above 0 lead, and at most room[i] of them are shown
+    counts = np.minimum((shares > 0).sum(axis=1), room or SHOWN).tolist()
+    titles = catalogue.titles.__getitem__
+    return [
+        tuple(map(Reason, ids[i][:n], map(titles, rows_of[i][:n]), map(_PARTS.__getitem__, parts[i][:n]), shown[i][:n]))
+        for i, n in enumerate(counts)
     ]
+
+
+_PARTS = ("content", "cf")  # by whether CF gave the larger part
 
 
 def _cf_gifts(

@@ -142,8 +142,8 @@ def candidates(
             for _ in range(pointers[authors[a]], pointers[authors[a] + 1]):
                 row = raised[at]
                 at += 1
-                kept_anyway = holds(shortlist, row) or _group(started, series[row]) >= 0
-                if kept_anyway or _near(product, row) + margin + most_added >= floor:
+                near = _near(product, row) + margin + most_added >= floor  # most fail here: tested first
+                if near or holds(shortlist, row) or _group(started, series[row]) >= 0:
                     raised[kept] = row
                     kept += 1
         n = kept
@@ -379,7 +379,9 @@ def best(
         found, authors, liked_by, started, following, pointers, codes, series, position
     )
     if len(values):
-        near = np.array([_near(product, row) for row in found])
+        near = np.empty(len(found))
+        for i in range(len(found)):
+            near[i] = _near(product, found[i])
         boost = weights[0] * author + weights[1] * next_volume - weights[2] * held
         kept = within_reach(found, raised, listed, near, margin, boost, (depth, limit), started, series)
         found, raised, listed = found[kept], raised[kept], listed[kept]
