@@ -1,14 +1,16 @@
 """Where a Recommend call's time goes: `.venv/bin/python -m bench.request_path [--seconds 10] [--factors 400]`.
 
-In process, one BLAS thread, over 2,000 random known users of the newest version of the 10,000-book /
-50,000-user / 1,000,000-interaction catalogue (run `bench.serving` once to create it), microseconds per request
-(median of 5 passes), per stage of the model's answer: the model's record of the user, the query (the reader's
-vector and the candidates' statistics), the shortlist (one float32 product with every book), the exact scores of
-the shortlist, `because`, the whole answer without and with `because`, in batches of 16, and the response
-message. The same for that version's CF part refitted at `--factors` (the cost of a large model: the search is
-free to choose one). Under load (wrk, 16 connections through Envoy, default settings): CPU time per request of
-the serving processes, of Envoy and of the client (wrk), for Health and for Recommend, from /proc and the
-children's rusage. Writes bench/results/request_path.*.
+In process, one BLAS thread, over 2,000 random known users of the newest version of the 10,000-book / 50,000-user /
+1,000,000-interaction catalogue (run `bench.serving` once to create it), microseconds per request (median of 5
+passes), per stage of the model's answer: the model's record of the user, the query (the reader's vector and the
+candidates' statistics), the shortlist (one float32 product with every book), the exact scores of the shortlist,
+`because`, the whole answer without and with `because`, in batches of 16, what `because` adds to an answer (the
+median of 40 blocks of users timed both ways in turn), and the response message. Timed after the model and the
+fixtures are settled out of the collector's generations, as a serving process settles its version. The same for that
+version's CF part refitted at `--factors` (the cost of a large model: the search is free to choose one). Under load
+(wrk, 16 connections through Envoy, default settings): CPU time per request of the serving processes, of Envoy and
+of the client (wrk), for Health and for Recommend, from /proc and the children's rusage. Writes
+bench/results/request_path.*.
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend, recommend_many
 from recommender.model.warm import warm
 from recommender.serving.messages import AnswerMessages
+from recommender.serving.versions import settle_memory
 from recommender.storage.artifacts import LocalArtifactStore
 
 USERS = 2_000
 BATCH = 16
+PAIRED_BLOCKS = 40
 
 
 def main() -> int:
@@ -79,6 +83,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
     answers = [recommend(model, user, 10) for user in users]
     best = [scored(model.rows, q, candidates).positions[:10] for q, candidates in zip(queries, lists, strict=True)]
     version, shown = model.meta.version, AnswerMessages()
+    settle_memory()  # as a serving process does after a swap: the collector no longer walks the model (or these lists)
 
     def batched() -> None:
         for start in range(0, len(users), BATCH):
@@ -101,6 +106,10 @@ def in_process(model: HybridModel) -> dict[str, float]:
         "answer, without because": _per_request(lambda: [recommend(model, u, 10, explain=False) for u in users]),
         "answer, with because": _per_request(lambda: [recommend(model, u, 10) for u in users]),
         f"answer, with because, in batches of {BATCH}": _per_request(batched),
+        "because: what it adds to the answer, a share (median of paired blocks)": _paired(
+            lambda u: recommend(model, u, 10, explain=False), lambda u: recommend(model, u, 10), users
+        )
+        - 1.0,
         "response message (RecommendResponse)": _per_request(
             lambda: [shown.recommend_response(u, version, a, "") for u, a in zip(users, answers, strict=True)]
         ),
@@ -152,6 +161,23 @@ def _per_request(run: Callable[[], object], passes: int = 5) -> float:
         run()
         times.append((time.perf_counter() - started) / USERS * 1e6)
     return statistics.median(times)
+
+
+def _paired(first: Callable[[int], object], second: Callable[[int], object], users: Sequence[int]) -> float:
+    """The median, over blocks of users, of `second`'s time over `first`'s, each block timed both ways in turn (the
+    order alternating): this machine's pace drifts by up to half between seconds, a pair's ratio hardly."""
+    size = len(users) // PAIRED_BLOCKS
+    ratios = []
+    for block in range(PAIRED_BLOCKS):
+        chosen = users[block * size : (block + 1) * size]
+        timed: dict[int, float] = {}
+        for at in (0, 1) if block % 2 else (1, 0):
+            started = time.perf_counter()
+            for user in chosen:
+                (first, second)[at](user)
+            timed[at] = time.perf_counter() - started
+        ratios.append(timed[1] / timed[0])
+    return statistics.median(ratios)
 
 
 def _newest_version() -> HybridModel:
