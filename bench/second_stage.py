@@ -38,7 +38,7 @@ from recommender.model.cf import IntArray
 from recommender.model.compiled import blended
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
-from recommender.model.evaluation import Report, Split, evaluate, split
+from recommender.model.evaluation import Report, Split, evaluate, ndcg_of, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SignalWeights, SplitParams, TrainingParams
@@ -138,16 +138,11 @@ def fitted_ranker(model: HybridModel, inner: Split, seed: int) -> tuple[lgb.LGBM
     by_ranker = ranked_by(ranker, choose)
     by_blend = blend_top(model, choose.users, SignalWeights())
     gains = [
-        reader_ndcg(by_ranker[u], inner.held_out[u]) - reader_ndcg(by_blend[u], inner.held_out[u]) for u in choose.users
+        ndcg_of(np.isin(by_ranker[u], inner.held_out[u]), len(inner.held_out[u]))
+        - ndcg_of(np.isin(by_blend[u], inner.held_out[u]), len(inner.held_out[u]))
+        for u in choose.users
     ]
     return ranker, bool(np.mean(gains) > 2 * np.std(gains) / np.sqrt(len(gains)))
-
-
-def reader_ndcg(top: IntArray, relevant: npt.NDArray[np.int32], k: int = 10) -> float:
-    """One reader's NDCG@k (model/evaluation.py's, reader by reader)."""
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
-    hits = np.isin(top[:k], relevant)
-    return float(discounts[: len(hits)][hits].sum() / discounts[: min(len(relevant), k)].sum())
 
 
 def ranked_by(ranker: lgb.LGBMRanker, readers: Labelled) -> dict[int, IntArray]:

@@ -135,7 +135,6 @@ def evaluate(rank: Ranker, split_: Split, catalogue_size: int, k: int = K) -> Re
 def _metrics(rank: Ranker, held_out: dict[int, IntArray], k: int, shown: set[int]) -> RankingMetrics:
     if not held_out:
         return RankingMetrics(0.0, 0.0, 0.0, 0.0, 0)
-    discounts = 1.0 / np.log2(np.arange(2, k + 2))
     precision = recall = ndcg = 0.0
     for user, relevant in held_out.items():
         top = rank(user, k)[:k]
@@ -143,7 +142,13 @@ def _metrics(rank: Ranker, held_out: dict[int, IntArray], k: int, shown: set[int
         hits = np.isin(top, relevant)
         precision += hits.sum() / k
         recall += hits.sum() / len(relevant)
-        ideal = discounts[: min(len(relevant), k)].sum()
-        ndcg += float(discounts[: len(top)][hits].sum() / ideal)
+        ndcg += ndcg_of(hits, len(relevant), k)
     n = len(held_out)
     return RankingMetrics(float(precision / n), float(recall / n), ndcg / n, 0.0, n)
+
+
+def ndcg_of(hits: npt.NDArray[np.bool_], relevant: int, k: int = K) -> float:
+    """One reader's NDCG@k: `hits`, whether each of their top books (at most k) was held out; `relevant`, how many
+    were."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    return float(discounts[: len(hits)][hits].sum() / discounts[: min(relevant, k)].sum())

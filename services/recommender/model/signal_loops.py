@@ -142,8 +142,8 @@ def candidates(
             for _ in range(pointers[authors[a]], pointers[authors[a] + 1]):
                 row = raised[at]
                 at += 1
-                near = _near(product, row) + margin + most_added >= floor  # most fail here: tested first
-                if near or holds(shortlist, row) or _group(started, series[row]) >= 0:
+                reaches = _near(product, row) + margin + most_added >= floor  # most fail here: tested first
+                if reaches or holds(shortlist, row) or _group(started, series[row]) >= 0:
                     raised[kept] = row
                     kept += 1
         n = kept
