@@ -25,6 +25,7 @@ from recommender.model.params import ALSParams, SignalWeights
 from recommender.model.ranking import TIE_BREAK, Query, Shortlist, shortlists
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
+from recommender.model.scan import refined
 from recommender.model.signals import MOST_AUTHORS, ReaderSignals
 from tests.support.data import PARAMS
 
@@ -148,10 +149,11 @@ def _left_out(
     found = {}
     for floor in (-np.inf, loops._floor(listed.rows, product, listed.margin, chosen, depth, limit)):
         found[floor > -np.inf] = loops.candidates(
-            listed.rows, *terms, (product, floor, listed.margin, chosen, signals.series, mine.started)
+            listed.rows, *terms, (product, floor, listed.outside, chosen, signals.series, mine.started)
         )
     every, (rows_left, raised, in_list) = found[False], found[True]
-    near = listed.values[rows_left] - q.offset - TIE_BREAK * rows.popularity[rows_left].astype(np.float64)
+    exact = refined(q.vector, (rows.item_factors, rows.item_of_book, rows.content, rows.popularity), rows_left)
+    near = exact - q.offset - TIE_BREAK * rows.popularity[rows_left].astype(np.float64)
     author, following, held = loops.features(
         rows_left, mine.authors, mine.liked_by, mine.started, mine.following, *signals.by_book, signals.series,
         signals.position,

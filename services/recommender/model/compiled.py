@@ -22,10 +22,20 @@ BLOCK = 128  # NumPy's PW_BLOCKSIZE
 
 def compiled(function: Function) -> Function:
     """`function` compiled on its first call, and kept in numba's cache beside its module where it may write."""
+    return _njit(function)
+
+
+def reordering(function: Function) -> Function:
+    """`compiled`, its float sums free to be reordered (and so vectorised): only for a sum whose error bound holds
+    in any order (model/scan.py's), never for an exact score, whose order is NumPy's (`dots`)."""
+    return _njit(function, fastmath={"reassoc", "contract"})
+
+
+def _njit(function: Function, **options: Any) -> Function:
     try:
-        return cast(Function, numba.njit(cache=True, nogil=True)(function))
+        return cast(Function, numba.njit(cache=True, nogil=True, **options)(function))
     except RuntimeError:  # no folder numba may cache in: compiled once per process instead
-        return cast(Function, numba.njit(nogil=True)(function))
+        return cast(Function, numba.njit(nogil=True, **options)(function))
 
 
 @compiled

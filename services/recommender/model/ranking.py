@@ -10,10 +10,11 @@ blend is ONE inner product of a query vector with the book's row [item factors, 
              = q . row(b) + a constant,   q = [u w_cf/sd_cf, p w_content/sd_content, w_pop/sd_pop + TIE_BREAK]
 
 and the means and spreads over the candidates come from catalogue statistics (column sums and Gram matrices),
-less the reader's own books: no pass over the catalogue. Ranking is then one float32 product with every book's row
-(`shortlist`), or a catalogue index's candidates; either way the candidates' scores are computed exactly, in
-float64 from the parts, and those choose and order the answer. So an answer is the same alone or in a batch (a
-BLAS library sums a product's rows in an order that depends on the batch: only the shortlist sees those bits).
+less the reader's own books: no pass over the catalogue. Ranking is then one product with every book's row
+(`shortlist`: a single request's scans the rows' 8-bit codes, model/scan.py; a batch's is one float32 matrix
+product), or a catalogue index's candidates; either way the candidates' scores are computed exactly, in float64
+from the parts, and those choose and order the answer. So an answer is the same alone or in a batch, scanned or
+multiplied: only the shortlist sees the product's error, and it keeps every book the error could hide.
 
 Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
 Standardised, a clear CF favourite keeps its lead and content decides among near-ties; min-max scaling let weak
@@ -34,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.model.compiled import blended, dots, item_dots, part_statistics
+from recommender.model.scan import Quantised, narrowed
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -49,8 +51,10 @@ TIE_BREAK = 1e-6
 
 # The unit roundoff of float32: a sum of n products is within 2 n UNIT |q| |x| of the exact one (`shortlist`).
 UNIT = 2.0**-24
-# Below this many queries, one matrix-vector product each is faster than a matrix product (OpenBLAS, measured).
-FEWEST_ROWS_FOR_ONE_PRODUCT = 4
+# From this many queries, one float32 matrix product (OpenBLAS) costs less per query than the compressed scan
+# (model/scan.py); fewer are scanned. Measured at 144 and 529 dimensions, 10,000 books: the scan 65 and 240 us a
+# query, the product 52 and 239 us a query in batches of 16.
+FEWEST_FOR_ONE_PRODUCT = 16
 
 
 class Mode(StrEnum):
@@ -167,6 +171,11 @@ class BookRows:
         columns[k : k + d] = self.content.T
         columns[-1] = self.popularity
         return columns
+
+    @cached_property
+    def quantised(self) -> Quantised:
+        """The columns in 8-bit codes: what a single request's scan reads (model/scan.py)."""
+        return Quantised.of(self.columns)
 
     @cached_property
     def longest(self) -> float:
@@ -293,10 +302,10 @@ def exact_top(
 def shortlist(
     rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
 ) -> list[IntArray]:
-    """Per query, in catalogue order: at least its `limit` best rows by one float32 product with every book's row
-    (those at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's
-    rounding bound of the bar (2 n UNIT |q| max|x|, n terms a sum): a book whose exact score is among the `limit`
-    best (or ties with the last of them) is there, whatever the product's last bits, alone or in a batch."""
+    """Per query, in catalogue order: at least its `limit` best rows by one product with every book's row (those
+    at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's bound of
+    the bar (float32's rounding, 2 n UNIT |q| max|x| for n terms, and the scan's codes, model/scan.py): a book
+    whose exact score is among the `limit` best (or ties with the last of them) is there, alone or in a batch."""
     return [found.rows for found in shortlists(rows, queries, limits, masks)]
 
 
@@ -306,23 +315,29 @@ class Shortlist:
     plus the query's `offset` plus TIE_BREAK times its popularity, give or take `margin`."""
 
     rows: IntArray  # in catalogue order
-    values: FloatArray | None  # the float32 product with every book's row (-inf: seen or not allowed)
-    margin: float = 0.0  # twice the product's rounding bound
+    values: FloatArray | None  # the product with every book's row, float32 or scanned (-inf: seen or not allowed)
+    margin: float = 0.0  # twice how far a listed row's value can be from its exact score (plus offset and tie-break)
+    outside: float = 0.0  # the same for any other row (the scan's codes: wider)
 
 
 def shortlists(
-    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
+    rows: BookRows,
+    queries: Sequence[Query],
+    limits: Sequence[int],
+    masks: Sequence[BoolArray | None],
+    scanned: bool | None = None,
 ) -> list[Shortlist]:
-    """`shortlist`, with each query's product."""
+    """`shortlist`, with each query's product: scanned (model/scan.py) or one float32 matrix product (`scanned`;
+    None: by how many queries, FEWEST_FOR_ONE_PRODUCT)."""
     if not queries:
         return []
     vectors = np.stack([q.vector for q in queries])
-    if len(vectors) < FEWEST_ROWS_FOR_ONE_PRODUCT:
-        ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
-        for i, vector in enumerate(vectors):
-            np.matmul(vector, rows.columns, out=ranking[i])
+    # Either product is within `bound` |q| / 2 of the exact score (float32's rounding); the scan's codes add `coded`.
+    bound = 4 * vectors.shape[1] * UNIT * rows.longest
+    if len(vectors) < FEWEST_FOR_ONE_PRODUCT if scanned is None else scanned:
+        ranking, coded = rows.quantised.products(vectors)
     else:
-        ranking = vectors @ rows.columns
+        ranking, coded = vectors @ rows.columns, np.zeros(len(vectors))
     for row, q, mask in zip(ranking, queries, masks, strict=True):
         row[q.seen] = -np.inf
         if mask is not None:
@@ -332,11 +347,14 @@ def shortlists(
         return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
     bars = _bars(ranking, wanted)
     found = []
-    bound = 4 * vectors.shape[1] * UNIT * rows.longest
-    for row, vector, bar in zip(ranking, vectors, bars.tolist(), strict=True):
+    for row, vector, bar, off in zip(ranking, vectors, bars.tolist(), coded.tolist(), strict=True):
         margin = bound * float(np.linalg.norm(vector))
-        listed = np.isfinite(row) if not math.isfinite(bar) else row >= bar - margin
-        found.append(Shortlist(np.flatnonzero(listed).astype(np.int32), row, margin))
+        outside = margin + 2 * off
+        listed = np.flatnonzero(np.isfinite(row) if not math.isfinite(bar) else row >= bar - outside).astype(np.int32)
+        if off > 0:
+            parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
+            listed = narrowed(parts, vector, row, listed, (wanted, margin))
+        found.append(Shortlist(listed, row, margin, outside))
     return found
 
 

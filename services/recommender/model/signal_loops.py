@@ -14,6 +14,7 @@ import numpy as np
 
 from recommender.model.compiled import blended, compiled, stable_order
 from recommender.model.ranking import TIE_BREAK
+from recommender.model.scan import refined
 
 
 @compiled
@@ -129,8 +130,8 @@ def candidates(
     """The `shortlist` with the books the signals could raise that the answer may hold (unread, `allowed`: empty
     for all): by the reader's `most` most-read authors (ties: the lower code), and the next volumes. Sorted, and
     per row whether the signals could raise it and whether it is in the shortlist. `reach`: (product, floor,
-    margin, weights, series, started): a book outside the shortlist and the started series joins only where it
-    `_reaches` the floor (`_floor`; -inf: every book does)."""
+    margin outside the shortlist, weights, series, started): a book outside the shortlist and the started series
+    joins only where it `_reaches` the floor (`_floor`; -inf: every book does)."""
     product, floor, margin, weights, series, started = reach
     shortlist = _unique(shortlist.astype(np.int32))
     top = stable_order(-counts)[:most]
@@ -348,40 +349,42 @@ def within_reach(
 def best(
     shortlist: Any,
     values: Any,
-    margin: float,
+    margins: tuple[float, float],
     allowed: Any,
     weights: Any,
     counts: tuple[int, int, int],
     reader: tuple[Any, Any, Any, Any, Any, Any],
     book: tuple[Any, Any, Any, Any, Any, Any],
     rows: tuple[Any, Any, Any, Any],
-    query: tuple[Any, Any, Any, float],
+    query: tuple[Any, Any, Any, float, Any],
 ) -> tuple[Any, Any, Any, Any]:
     """A reader's answer with their book signals, in one call: of the blend's `depth` best in the `shortlist` and
     the books the signals could raise (`candidates`) that could be chosen (`within_reach`, given the shortlist's
-    product `values`), the `limit` best (`counts`: most authors, depth, limit) by exact score (`blended`) plus the
-    weighed signals, series in order (`reranked`): (positions, scores, CF, content), best first. `reader`: (seen,
-    authors, liked by, started, furthest, following); `book`: (author pointers, author codes, author's book
-    pointers, their books, series, place); `rows`: (factors, item of book, content, popularity); `query`: (user,
-    profile, parts, offset)."""
+    product `values`, give or take `margins`: in the shortlist, outside it; the candidates' own where those are
+    wider, model/scan.py's `refined`), the `limit` best (`counts`: most authors, depth, limit) by exact score
+    (`blended`) plus the weighed signals, series in order (`reranked`): (positions, scores, CF, content), best
+    first. `reader`: (seen, authors, liked by, started, furthest, following); `book`: (author pointers, author
+    codes, author's book pointers, their books, series, place); `rows`: (factors, item of book, content,
+    popularity); `query`: (user, profile, parts, offset, vector)."""
     most, depth, limit = counts
     seen, authors, liked_by, started, furthest, following = reader
     pointers, codes, author_pointers, author_books, series, position = book
     factors, item_of_book, content, popularity = rows
-    user, profile, parts, offset = query
-    product = (values, offset, popularity)
+    user, profile, parts, offset, vector = query
+    product, (margin, outside) = (values, offset, popularity), margins
     floor = _floor(shortlist, product, margin, weights, depth, limit) if len(values) else -np.inf
     found, raised, listed = candidates(
         shortlist, authors, liked_by, most, author_pointers, author_books, following, seen, allowed,
-        (product, floor, margin, weights, series, started),
+        (product, floor, outside, weights, series, started),
     )  # fmt: skip
     author, next_volume, held = features(
         found, authors, liked_by, started, following, pointers, codes, series, position
     )
     if len(values):
+        theirs = (refined(vector, rows, found) if outside > margin else values[found], offset, popularity[found])
         near = np.empty(len(found))
         for i in range(len(found)):
-            near[i] = _near(product, found[i])
+            near[i] = _near(theirs, i)
         boost = weights[0] * author + weights[1] * next_volume - weights[2] * held
         kept = within_reach(found, raised, listed, near, margin, boost, (depth, limit), started, series)
         found, raised, listed = found[kept], raised[kept], listed[kept]

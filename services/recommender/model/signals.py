@@ -149,11 +149,12 @@ class ReaderSignals:
         depth, limit = counts
         book = (*signals.by_book, *signals.by_author, signals.series, signals.position)
         found = loops.best(
-            listed.rows, _EMPTY if listed.values is None else listed.values, listed.margin,
+            listed.rows, _EMPTY if listed.values is None else listed.values, (listed.margin, listed.outside),
             _NOTHING if allowed is None else allowed, np.array([weights.author, weights.next, weights.held]),
             (MOST_AUTHORS, depth, limit),
             (self.seen, self.authors, self.liked_by, self.started, self.furthest, self.following), book,
-            (rows.item_factors, rows.item_of_book, rows.content, rows.popularity), (*exact_terms(q), q.offset),
+            (rows.item_factors, rows.item_of_book, rows.content, rows.popularity),
+            (*exact_terms(q), q.offset, q.vector),
         )  # fmt: skip
         return Scored(*found)
 

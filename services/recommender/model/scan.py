@@ -1,0 +1,131 @@
+"""The compressed scan: every book's row in 8 bits, a query's products with them summed exactly in integers, and
+how far each product can be from the float product. The shortlist (model/ranking.py's `shortlists`) keeps every
+book within twice that distance of its bar, and the exact float64 scores choose the answer, so the answer is the
+float product's, to the bit; the scan reads a quarter of the float32 rows' bytes.
+
+Each dimension d of the rows (the columns' row d) is coded k = rint(x / s_d) in [-127, 127], s_d its largest
+magnitude / 127, so x = s_d (k + e), |e| <= 1/2. A query v is scaled to a = v * s and coded q = rint(a / t), t
+chosen so that no partial sum can leave int32: a = t (q + f), |f| <= 1/2. Then for a book with codes k
+
+    v . x = t (q . k) + t (f . k) + a . e,   so   |v . x - t (q . k)| <= t |k|_1 / 2 + |a|_1 / 2,
+
+where |k|_1 is at most the catalogue's widest row of codes: a bound per query. Measured on the demo catalogue and
+the Goodreads sample (15 to 400 factors), it keeps 24 to 62 books for 20 asked, as a median.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from recommender.model.compiled import compiled, reordering
+
+CODES = 127  # the largest magnitude of an 8-bit code
+INT32 = 2**31 - 1
+UNIT = 2.0**-24  # float32's unit roundoff: the values are float32, rounded once from exact products
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int32]
+Float64Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Quantised:
+    """Rows (dimensions x books, as model/ranking.py's `columns`) in 8-bit codes, with each dimension's scale."""
+
+    codes: npt.NDArray[np.int8]  # dimensions x books
+    scales: Float64Array  # per dimension
+    widest: float  # the largest sum of a book's codes' magnitudes
+
+    @classmethod
+    def of(cls, columns: FloatArray) -> Quantised:
+        scales = np.abs(columns).max(axis=1, initial=0.0).astype(np.float64) / CODES  # 0: a dimension of zeros
+        codes = np.clip(np.rint(columns / np.where(scales > 0, scales, 1.0)[:, None]), -CODES, CODES).astype(np.int8)
+        widest = float(np.abs(codes, dtype=np.int64).sum(axis=0).max(initial=0))
+        return cls(codes, scales, widest)
+
+    def products(self, vectors: FloatArray) -> tuple[FloatArray, Float64Array]:
+        """Each vector's products with every book's row (queries x books, float32) and, per vector, how far any of
+        them can be from the exact product of the float rows with the vector (see the module)."""
+        dimensions, books = self.codes.shape
+        scaled = vectors.astype(np.float64) * self.scales
+        largest = np.abs(scaled).max(axis=1, initial=0.0)
+        most = max(INT32 // (CODES * max(dimensions, 1)), 1)  # a query code's largest magnitude: sums fit int32
+        steps = np.where(largest > 0, largest / most, 1.0)
+        coded = np.rint(scaled / steps[:, None]).astype(np.int32)
+        values = np.empty((len(vectors), books), dtype=np.float32)
+        integer_products(coded, self.codes, steps, values)
+        coding = steps * self.widest / 2 + np.abs(scaled).sum(axis=1) / 2
+        # |t q . k| <= |a|_max |k|_1, rounded to float32 once (at worst to a neighbouring subnormal, 2^-149 apart)
+        rounding = UNIT * largest * self.widest * (1 + UNIT) + 2.0**-149
+        return values, (coding + rounding) * (1 + 2**-20)  # room for float64's rounding of the bound's terms
+
+
+@compiled
+def integer_products(coded: Any, codes: Any, steps: Any, values: Any) -> None:
+    """values[j] = steps[j] (coded[j] . codes), the sums exact in int32, four dimensions at a time (each row of
+    `codes` read once per four: the scan is bound by reading them)."""
+    dimensions, books = codes.shape
+    sums = np.empty(books, dtype=np.int32)
+    for j in range(coded.shape[0]):
+        sums[:] = 0
+        d = 0
+        while d + 4 <= dimensions:
+            w0, w1, w2, w3 = coded[j, d], coded[j, d + 1], coded[j, d + 2], coded[j, d + 3]
+            r0, r1, r2, r3 = codes[d], codes[d + 1], codes[d + 2], codes[d + 3]
+            for b in range(books):
+                sums[b] += w0 * np.int32(r0[b]) + w1 * np.int32(r1[b]) + w2 * np.int32(r2[b]) + w3 * np.int32(r3[b])
+            d += 4
+        while d < dimensions:
+            w, r = coded[j, d], codes[d]
+            for b in range(books):
+                sums[b] += w * np.int32(r[b])
+            d += 1
+        step = steps[j]
+        for b in range(books):
+            values[j, b] = np.float32(step * np.float64(sums[b]))
+
+
+@compiled
+def refined(vector: Any, parts: tuple[Any, Any, Any, Any], rows: Any) -> Any:
+    """The products of `vector` with the books at `rows` from their float rows (`parts`: item factors, item of
+    book, content, popularity: the columns' rows, books first), summed in float64 and rounded once to float32: within
+    float32's bound of the exact product, where the scan's values are within the codes' bound."""
+    factors, item_of_book, content, popularity = parts
+    k, d = factors.shape[1], content.shape[1]
+    values = np.empty(len(rows), dtype=np.float32)
+    for i in range(len(rows)):
+        row, item = rows[i], item_of_book[rows[i]]
+        total = _dot(vector[:k], factors[item]) if item >= 0 else 0.0
+        total += _dot(vector[k : k + d], content[row]) + np.float64(vector[k + d]) * np.float64(popularity[row])
+        values[i] = np.float32(total)
+    return values
+
+
+@reordering
+def _dot(a: Any, b: Any) -> float:
+    """a . b in float64, in any order: float64's rounding, whatever the order, is far below float32's bound."""
+    total = 0.0
+    for j in range(len(a)):
+        total += np.float64(a[j]) * np.float64(b[j])
+    return total
+
+
+def narrowed(
+    parts: tuple[FloatArray, IntArray, FloatArray, FloatArray],
+    vector: FloatArray,
+    values: FloatArray,
+    listed: IntArray,
+    bar: tuple[int, float],
+) -> IntArray:
+    """The scanned `listed` rows' `values` made exact to float32's bound, in place (`refined`; `parts`: item
+    factors, item of book, content, popularity), and those of them within `margin` of their `wanted`-th best (`bar`:
+    wanted, margin): the `wanted` best by exact score are among the scanned rows, and so among these."""
+    wanted, margin = bar
+    exact = values[listed] = refined(vector, parts, listed)
+    if len(listed) <= wanted:
+        return listed
+    return listed[exact >= np.partition(exact, len(exact) - wanted)[len(exact) - wanted] - margin]

@@ -1,0 +1,82 @@
+"""The compressed scan (model/scan.py): its values are within its bound of the exact products, whatever the rows
+and queries, and a single request's shortlist from it answers as the float product's batch does."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from recommender.model.dataset import TrainingData
+from recommender.model.fit import train
+from recommender.model.params import ALSParams
+from recommender.model.ranking import FEWEST_FOR_ONE_PRODUCT, scored, shortlists
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for
+from recommender.model.scan import Quantised
+from recommender.storage import demo
+from tests.support.data import PARAMS
+
+_finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@st.composite
+def _rows_and_queries(draw: st.DrawFn) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    dimensions = draw(st.sampled_from([1, 3, 4, 7, 64, 3000]))  # 3000: the query codes' room in int32 is small
+    books = draw(st.integers(1, 40))
+    columns = draw(hnp.arrays(np.float32, (dimensions, books), elements=_finite))
+    if draw(st.booleans()):  # heavy tails: one book far out in every dimension
+        columns[:, 0] *= 1000
+    vectors = draw(hnp.arrays(np.float32, (draw(st.integers(1, 3)), dimensions), elements=_finite))
+    return columns, vectors
+
+
+@settings(max_examples=150, deadline=None)
+@given(_rows_and_queries())
+def test_every_scanned_value_is_within_its_bound_of_the_exact_product(
+    case: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
+) -> None:
+    columns, vectors = case
+    values, bounds = Quantised.of(columns).products(vectors)
+    exact = vectors.astype(np.float64) @ columns.astype(np.float64)
+    assert values.dtype == np.float32 and values.shape == exact.shape
+    assert (np.abs(values - exact) <= bounds[:, None]).all()
+
+
+def test_the_codes_are_a_quarter_of_the_float_rows_and_all_zero_rows_scan_to_zero() -> None:
+    columns = np.random.default_rng(1).standard_normal((9, 50)).astype(np.float32)
+    columns[4] = 0.0
+    quantised = Quantised.of(columns)
+    assert quantised.codes.nbytes * 4 == columns.nbytes
+    values, bounds = Quantised.of(np.zeros((5, 8), dtype=np.float32)).products(np.ones((1, 5), dtype=np.float32))
+    assert (values == 0).all() and bounds[0] <= 2.0**-148  # no error but float32's smallest step
+
+
+def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float_product() -> None:
+    """Alone, a query is scanned; in a batch of FEWEST_FOR_ONE_PRODUCT, multiplied in float32: both shortlists hold
+    every book whose exact score is among the best, filtered or not, and the scanned one stays short."""
+    catalogue = demo.generate(5, 600, 150, 6000)
+    model = train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, als=ALSParams(factors=48)),
+    )
+    rows, wanted = model.rows, 20
+    queries = [query_for(model, reader_of(model, int(u))) for u in model.cf.user_ids[:FEWEST_FOR_ONE_PRODUCT]]
+    half = np.random.default_rng(3).random(model.num_books) < 0.5
+    for mask in (None, half):
+        multiplied = shortlists(rows, queries, [wanted] * len(queries), [mask] * len(queries))
+        for q, together in zip(queries, multiplied, strict=True):
+            alone = shortlists(rows, [q], [wanted], [mask])[0]
+            assert alone.outside > alone.margin == together.margin == together.outside
+            allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
+            allowed[q.seen] = False
+            best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
+            assert set(best) <= set(alone.rows) and set(best) <= set(together.rows)
+            assert len(alone.rows) < int(allowed.sum()) // 4
+            assert alone.values is not None and together.values is not None
+            refined = alone.values[alone.rows].astype(np.float64)  # each within half a margin of the exact
+            assert (np.abs(refined - together.values[alone.rows]) <= alone.margin).all()
