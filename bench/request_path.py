@@ -3,7 +3,7 @@
 In process, one BLAS thread, over 2,000 random known users of the newest version of the 10,000-book / 50,000-user /
 1,000,000-interaction catalogue (run `bench.serving` once to create it), microseconds per request (median of 5
 passes), per stage of the model's answer: the model's record of the user, the query (the reader's vector and the
-candidates' statistics), the shortlist (one float32 product with every book), the exact scores of the shortlist,
+candidates' statistics), the shortlist (a product with every book: 8-bit codes or float32), its exact scores,
 `because`, the whole answer without and with `because`, in batches of 16, what `because` adds to an answer (the
 median of 40 blocks of users timed both ways in turn), and the response message. Timed after the model and the
 fixtures are settled out of the collector's generations, as a serving process settles its version. The same for that
@@ -96,7 +96,7 @@ def in_process(model: HybridModel) -> dict[str, float]:
     return {
         "the model's record of the user": _per_request(lambda: [reader_of(model, u) for u in users]),
         "the query (vector and statistics)": _per_request(lambda: [query_for(model, r) for r in readers]),
-        "the shortlist (one float32 product)": _per_request(
+        "the shortlist (the 8-bit scan where its bound is narrow, else one float32 product)": _per_request(
             lambda: [shortlist(model.rows, [q], [10], [None]) for q in queries]
         ),
         "the shortlist's exact scores": _per_request(

@@ -14,7 +14,7 @@ from hypothesis.extra import numpy as hnp
 from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
 from recommender.model.params import ALSParams
-from recommender.model.ranking import FEWEST_FOR_ONE_PRODUCT, scored, shortlists
+from recommender.model.ranking import FEWEST_FOR_ONE_PRODUCT, WIDEST_SCAN, scored, shortlists
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
 from recommender.model.scan import Quantised
@@ -41,7 +41,8 @@ def test_every_scanned_value_is_within_its_bound_of_the_exact_product(
     case: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]],
 ) -> None:
     columns, vectors = case
-    values, bounds = Quantised.of(columns).products(vectors)
+    quantised = Quantised.of(columns)
+    values, bounds = quantised.products(vectors), quantised.bounds(vectors)
     exact = vectors.astype(np.float64) @ columns.astype(np.float64)
     assert values.dtype == np.float32 and values.shape == exact.shape
     assert (np.abs(values - exact) <= bounds[:, None]).all()
@@ -52,13 +53,14 @@ def test_the_codes_are_a_quarter_of_the_float_rows_and_all_zero_rows_scan_to_zer
     columns[4] = 0.0
     quantised = Quantised.of(columns)
     assert quantised.codes.nbytes * 4 == columns.nbytes
-    values, bounds = Quantised.of(np.zeros((5, 8), dtype=np.float32)).products(np.ones((1, 5), dtype=np.float32))
+    zeros, ones = Quantised.of(np.zeros((5, 8), dtype=np.float32)), np.ones((1, 5), dtype=np.float32)
+    values, bounds = zeros.products(ones), zeros.bounds(ones)
     assert (values == 0).all() and bounds[0] <= 2.0**-148  # no error but float32's smallest step
 
 
 def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float_product() -> None:
-    """Alone, a query is scanned; in a batch of FEWEST_FOR_ONE_PRODUCT, multiplied in float32: both shortlists hold
-    every book whose exact score is among the best, filtered or not, and the scanned one stays short."""
+    """Scanned alone, and multiplied in float32 in a batch of FEWEST_FOR_ONE_PRODUCT: both shortlists hold every book
+    whose exact score is among the best, filtered or not, and the scanned one stays short."""
     catalogue = demo.generate(5, 600, 150, 6000)
     model = train(
         TrainingData.from_interactions(catalogue.books, catalogue.interactions),
@@ -70,8 +72,10 @@ def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float
     for mask in (None, half):
         multiplied = shortlists(rows, queries, [wanted] * len(queries), [mask] * len(queries))
         for q, together in zip(queries, multiplied, strict=True):
-            alone = shortlists(rows, [q], [wanted], [mask])[0]
+            alone = shortlists(rows, [q], [wanted], [mask], scanned=True)[0]
             assert alone.outside > alone.margin == together.margin == together.outside
+            chosen = shortlists(rows, [q], [wanted], [mask])[0]  # scanned where the bound is narrow enough
+            assert (chosen.outside > chosen.margin) == (rows.quantised.bounds(q.vector[None, :])[0] <= WIDEST_SCAN)
             allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
             allowed[q.seen] = False
             best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]

@@ -55,6 +55,13 @@ UNIT = 2.0**-24
 # (model/scan.py); fewer are scanned. Measured at 144 and 529 dimensions, 10,000 books: the scan 65 and 240 us a
 # query, the product 52 and 239 us a query in batches of 16.
 FEWEST_FOR_ONE_PRODUCT = 16
+# Below this many queries, one matrix-vector product each is faster than a matrix product (OpenBLAS, measured).
+FEWEST_ROWS_FOR_ONE_PRODUCT = 4
+# A query is scanned only where the codes' bound is at most this, in the blend's units (z-scores, so the same for
+# every catalogue): wider, its shortlist grows toward the whole catalogue. Measured at 400 factors (10,000 books,
+# 300 readers each, the shortlist for 20 books): a bound below 0.5 kept 27 to 62 books, 0.5 to 0.75 kept 68 to 98
+# on the Goodreads sample and the demo catalogue; on MovieLens, 1 to 1.5 kept 380 and above 1.5 nearly every book.
+WIDEST_SCAN = 0.75
 
 
 class Mode(StrEnum):
@@ -327,17 +334,23 @@ def shortlists(
     masks: Sequence[BoolArray | None],
     scanned: bool | None = None,
 ) -> list[Shortlist]:
-    """`shortlist`, with each query's product: scanned (model/scan.py) or one float32 matrix product (`scanned`;
-    None: by how many queries, FEWEST_FOR_ONE_PRODUCT)."""
+    """`shortlist`, with each query's product: scanned (model/scan.py) or multiplied in float32 (`scanned`; None:
+    scanned where fewer than FEWEST_FOR_ONE_PRODUCT queries come and the codes' bound is at most WIDEST_SCAN)."""
     if not queries:
         return []
     vectors = np.stack([q.vector for q in queries])
     # Either product is within `bound` |q| / 2 of the exact score (float32's rounding); the scan's codes add `coded`.
     bound = 4 * vectors.shape[1] * UNIT * rows.longest
-    if len(vectors) < FEWEST_FOR_ONE_PRODUCT if scanned is None else scanned:
-        ranking, coded = rows.quantised.products(vectors)
+    coded, scan = np.zeros(len(vectors)), np.zeros(len(vectors), dtype=bool)
+    if scanned or (scanned is None and len(vectors) < FEWEST_FOR_ONE_PRODUCT):
+        coded = rows.quantised.bounds(vectors)
+        scan = coded <= WIDEST_SCAN if scanned is None else ~scan
+        coded[~scan] = 0.0
+    if scan.all() or not scan.any():
+        ranking = rows.quantised.products(vectors) if scan.all() else _multiplied(rows, vectors)
     else:
-        ranking, coded = vectors @ rows.columns, np.zeros(len(vectors))
+        ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
+        ranking[scan], ranking[~scan] = rows.quantised.products(vectors[scan]), _multiplied(rows, vectors[~scan])
     for row, q, mask in zip(ranking, queries, masks, strict=True):
         row[q.seen] = -np.inf
         if mask is not None:
@@ -347,15 +360,25 @@ def shortlists(
         return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
     bars = _bars(ranking, wanted)
     found = []
-    for row, vector, bar, off in zip(ranking, vectors, bars.tolist(), coded.tolist(), strict=True):
+    for row, vector, bar, off, scanned_row in zip(ranking, vectors, bars.tolist(), coded.tolist(), scan, strict=True):
         margin = bound * float(np.linalg.norm(vector))
         outside = margin + 2 * off
         listed = np.flatnonzero(np.isfinite(row) if not math.isfinite(bar) else row >= bar - outside).astype(np.int32)
-        if off > 0:
+        if scanned_row:
             parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
             listed = narrowed(parts, vector, row, listed, (wanted, margin))
         found.append(Shortlist(listed, row, margin, outside))
     return found
+
+
+def _multiplied(rows: BookRows, vectors: FloatArray) -> FloatArray:
+    """The float32 products of `vectors` with every book's row."""
+    if len(vectors) >= FEWEST_ROWS_FOR_ONE_PRODUCT:
+        return vectors @ rows.columns
+    products = np.empty((len(vectors), rows.num_books), dtype=np.float32)
+    for i, vector in enumerate(vectors):
+        np.matmul(vector, rows.columns, out=products[i])
+    return products
 
 
 # Interleaved groups of a row whose maxima bound its k best values from below (see _bars).

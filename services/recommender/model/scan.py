@@ -47,21 +47,47 @@ class Quantised:
         widest = float(np.abs(codes, dtype=np.int64).sum(axis=0).max(initial=0))
         return cls(codes, scales, widest)
 
-    def products(self, vectors: FloatArray) -> tuple[FloatArray, Float64Array]:
-        """Each vector's products with every book's row (queries x books, float32) and, per vector, how far any of
-        them can be from the exact product of the float rows with the vector (see the module)."""
-        dimensions, books = self.codes.shape
-        scaled = vectors.astype(np.float64) * self.scales
-        largest = np.abs(scaled).max(axis=1, initial=0.0)
-        most = max(INT32 // (CODES * max(dimensions, 1)), 1)  # a query code's largest magnitude: sums fit int32
-        steps = np.where(largest > 0, largest / most, 1.0)
-        coded = np.rint(scaled / steps[:, None]).astype(np.int32)
-        values = np.empty((len(vectors), books), dtype=np.float32)
+    def bounds(self, vectors: FloatArray) -> Float64Array:
+        """Per vector, how far its scanned products can be from the exact products with the float rows (see the
+        module): known before the scan, so a query whose bound is too wide to shortlist well need not be scanned."""
+        return self._coded(vectors)[2]
+
+    def products(self, vectors: FloatArray) -> FloatArray:
+        """Each vector's scanned products with every book's row (queries x books, float32), each within its
+        `bounds` of the exact product."""
+        coded, steps, _bounds = self._coded(vectors)
+        values = np.empty((len(vectors), self.codes.shape[1]), dtype=np.float32)
         integer_products(coded, self.codes, steps, values)
-        coding = steps * self.widest / 2 + np.abs(scaled).sum(axis=1) / 2
-        # |t q . k| <= |a|_max |k|_1, rounded to float32 once (at worst to a neighbouring subnormal, 2^-149 apart)
-        rounding = UNIT * largest * self.widest * (1 + UNIT) + 2.0**-149
-        return values, (coding + rounding) * (1 + 2**-20)  # room for float64's rounding of the bound's terms
+        return values
+
+    def _coded(self, vectors: FloatArray) -> tuple[npt.NDArray[np.int32], Float64Array, Float64Array]:
+        """The vectors' codes, their steps (t) and their bounds."""
+        most = max(INT32 // (CODES * max(len(self.scales), 1)), 1)  # a query code's largest magnitude: sums fit int32
+        return coded_queries(vectors, self.scales, self.widest, most)
+
+
+@compiled
+def coded_queries(vectors: Any, scales: Any, widest: float, most: int) -> tuple[Any, Any, Any]:
+    """Per vector v: its codes q = rint(a / t), a = v * scales, t = max|a| / `most`; t; and the bound on how far
+    t (q . k) can be from v . x for a book's codes k (the module's)."""
+    count, dimensions = vectors.shape
+    coded = np.zeros((count, dimensions), dtype=np.int32)
+    steps = np.ones(count)
+    bounds = np.zeros(count)
+    for j in range(count):
+        largest, total = 0.0, 0.0
+        for d in range(dimensions):
+            scaled = abs(np.float64(vectors[j, d]) * scales[d])
+            largest = max(largest, scaled)
+            total += scaled
+        if largest > 0:
+            steps[j] = largest / most
+        for d in range(dimensions):
+            coded[j, d] = np.int32(np.rint(np.float64(vectors[j, d]) * scales[d] / steps[j]))
+        # |t q . k| <= max|a| |k|_1, rounded to float32 once (at worst to a neighbouring subnormal, 2^-149 apart)
+        rounding = UNIT * largest * widest * (1 + UNIT) + 2.0**-149
+        bounds[j] = (steps[j] * widest / 2 + total / 2 + rounding) * (1 + 2**-20)  # and float64's rounding of these
+    return coded, steps, bounds
 
 
 @compiled
