@@ -34,9 +34,10 @@ from recommender.model import cf
 from recommender.model.answers import Request
 from recommender.model.explain import explained
 from recommender.model.hybrid import HybridModel
-from recommender.model.ranking import scored, shortlist
+from recommender.model.ranking import scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend, recommend_many
+from recommender.model.shortlist import shortlist, shortlists
 from recommender.model.warm import warm
 from recommender.serving.messages import AnswerMessages
 from recommender.serving.versions import settle_memory
@@ -98,6 +99,11 @@ def in_process(model: HybridModel) -> dict[str, float]:
         "the query (vector and statistics)": _per_request(lambda: [query_for(model, r) for r in readers]),
         "the shortlist (the 8-bit scan where its bound is narrow, else one float32 product)": _per_request(
             lambda: [shortlist(model.rows, [q], [10], [None]) for q in queries]
+        ),
+        "the shortlist as served against the float32 product, a ratio (median of paired blocks)": _paired(
+            lambda i: shortlists(model.rows, [queries[i]], [10], [None], False),
+            lambda i: shortlists(model.rows, [queries[i]], [10], [None]),
+            range(USERS),
         ),
         "the shortlist's exact scores": _per_request(
             lambda: [scored(model.rows, q, c) for q, c in zip(queries, lists, strict=True)]

@@ -30,9 +30,10 @@ from bench.serving import wrk_load
 from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import IndexParams
-from recommender.model.ranking import exact_top, scored
+from recommender.model.ranking import scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend
+from recommender.model.shortlist import exact_top
 from recommender.storage.artifacts import LocalArtifactStore
 
 READERS, INTERACTIONS = 20_000, 400_000

@@ -5,7 +5,7 @@ On the Goodreads sample and MovieLens, two split seeds each, a model fitted at `
 readers, unfiltered and with a filter that allows half of the books: the exact answer (every book the reader may
 get scored in float64), then each first stage's shortlist re-scored exactly the same way: the 8-bit codes with
 their bound for every reader (model/scan.py), what a single request is served (the codes where their bound is at
-most model/ranking.py's WIDEST_SCAN, else the float32 product), the float32 product (a batch's), Faiss's
+most model/shortlist.py's WIDEST_SCAN, else the float32 product), the float32 product (a batch's), Faiss's
 scalar quantiser at 8 bits per entry (`QT_8bit`) and at half precision (`QT_fp16`), each Faiss stage handing on
 twice the answer's books. Recall@10 against the exact answer, the books re-scored, the first stage's µs per reader
 (one thread, the rows cold in cache between readers, as a serving process with other work meets them) and the
@@ -30,9 +30,10 @@ from recommender.model.evaluation import split
 from recommender.model.fit import fit_content
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, SplitParams, TrainingParams
-from recommender.model.ranking import Query, scored, shortlists
+from recommender.model.ranking import Query, scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
+from recommender.model.shortlist import shortlists
 from recommender.training.trials import fit_and_measure
 
 IntArray = npt.NDArray[np.int32]

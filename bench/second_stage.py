@@ -42,9 +42,10 @@ from recommender.model.evaluation import Report, Split, evaluate, ndcg_of, split
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import SignalWeights, SplitParams, TrainingParams
-from recommender.model.ranking import Mode, exact_terms, shortlists
+from recommender.model.ranking import Mode, exact_terms
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, top_books
+from recommender.model.shortlist import shortlists
 from recommender.model.signal_loops import candidates, features
 from recommender.model.signals import MOST_AUTHORS, ReaderSignals
 

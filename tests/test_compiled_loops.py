@@ -22,10 +22,11 @@ from recommender.model.explain import explained
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams, SignalWeights
-from recommender.model.ranking import TIE_BREAK, Query, Shortlist, shortlists
+from recommender.model.ranking import TIE_BREAK, Query
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
 from recommender.model.scan import refined
+from recommender.model.shortlist import Shortlist, shortlists
 from recommender.model.signals import MOST_AUTHORS, ReaderSignals
 from tests.support.data import PARAMS
 

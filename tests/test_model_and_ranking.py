@@ -359,7 +359,8 @@ def test_the_cf_explanation_is_implicits_for_a_history_shorter_or_longer_than_th
 def test_the_shortlist_answers_exactly_as_scoring_every_book_would() -> None:
     """The float32 product only shortlists: the answer is the best books by their exact scores over the whole
     catalogue, with a filter too, for readers CF knows, readers it does not and a history newer than the model."""
-    from recommender.model.ranking import ranked, scored
+    from recommender.model.ranking import scored
+    from recommender.model.shortlist import ranked
     from recommender.storage import demo
 
     catalogue = demo.generate(3, 500, 150, 5000)

@@ -14,10 +14,11 @@ from hypothesis.extra import numpy as hnp
 from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
 from recommender.model.params import ALSParams
-from recommender.model.ranking import FEWEST_FOR_ONE_PRODUCT, WIDEST_SCAN, scored, shortlists
+from recommender.model.ranking import scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
 from recommender.model.scan import Quantised
+from recommender.model.shortlist import FEWEST_FOR_ONE_PRODUCT, WIDEST_SCAN, shortlists
 from recommender.storage import demo
 from tests.support.data import PARAMS
 

@@ -11,7 +11,8 @@ import numpy.typing as npt
 from recommender.model.answers import Reader, Reason, ScoredBook
 from recommender.model.cf import IntArray
 from recommender.model.hybrid import HybridModel
-from recommender.model.ranking import BoolArray, Query, Scored, Shortlist, ranked, shortlists
+from recommender.model.ranking import BoolArray, Query, Scored
+from recommender.model.shortlist import Shortlist, ranked, shortlists
 from recommender.model.signals import ReaderSignals
 
 # How much deeper than an answer the blend's shortlist goes when book signals re-rank it: room for the books the

@@ -1,7 +1,8 @@
 """Compile the model's loops (model/compiled.py, model/signal_loops.py, model/signal_sources.py,
-model/explain_loops.py) into numba's cache before the service needs them: a small catalogue with series and shared
-authors is fitted and every answer path of it run once. A process that finds nothing cached compiles on first use
-instead, 20 to 60 seconds on two cores, while its first version is warmed (model/warm.py), before it serves.
+model/explain_loops.py, model/scan.py) into numba's cache before the service needs them: a small catalogue with
+series and shared authors is fitted and every answer path of it run once. A process that finds nothing cached
+compiles on first use instead, 20 to 60 seconds on two cores, while its first version is warmed (model/warm.py),
+before it serves.
 
     python -m recommender.model.precompile
 
@@ -16,7 +17,9 @@ import time
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
 from recommender.model.params import ALSParams, TrainingParams
-from recommender.model.recommend import recommend
+from recommender.model.readers import reader_of
+from recommender.model.recommend import query_for, recommend
+from recommender.model.shortlist import shortlists
 from recommender.model.warm import warm
 
 
@@ -36,6 +39,8 @@ def precompile() -> float:
     model = train(TrainingData.from_interactions(books, read), params)
     warm(model)
     recommend(model, user_id=1, limit=5, events=[(1, 5.0), (2, 5.0), (5, 4.0)])  # a started series, fresh events
+    q = query_for(model, reader_of(model, 1))
+    shortlists(model.rows, [q], [5], [None], scanned=True)  # the scan, whatever this tiny catalogue's bound
     return time.perf_counter() - started
 
 

@@ -11,9 +11,9 @@ blend is ONE inner product of a query vector with the book's row [item factors, 
 
 and the means and spreads over the candidates come from catalogue statistics (column sums and Gram matrices),
 less the reader's own books: no pass over the catalogue. Ranking is then one product with every book's row
-(`shortlist`: a single request's scans the rows' 8-bit codes, model/scan.py; a batch's is one float32 matrix
-product), or a catalogue index's candidates; either way the candidates' scores are computed exactly, in float64
-from the parts, and those choose and order the answer. So an answer is the same alone or in a batch, scanned or
+(model/shortlist.py: a single request's scans the rows' 8-bit codes, model/scan.py; a batch's is one float32
+matrix product), or a catalogue index's candidates; either way the candidates' scores are computed exactly, in
+float64 from the parts, and those choose and order the answer. So an answer is the same alone or in a batch, scanned or
 multiplied: only the shortlist sees the product's error, and it keeps every book the error could hide.
 
 Why z-scores: CF scores are heavy-tailed (a few books stand far above the rest), content similarities are not.
@@ -24,8 +24,6 @@ min-max vs 0.283 CF alone; MovieLens latest-small 0.302 vs 0.257 vs 0.291.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
@@ -35,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from recommender.model.compiled import blended, dots, item_dots, part_statistics
-from recommender.model.scan import Quantised, narrowed
+from recommender.model.scan import Quantised
 
 IntArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -49,19 +47,8 @@ SUMS_BLOCK = 65_536
 # Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
 TIE_BREAK = 1e-6
 
-# The unit roundoff of float32: a sum of n products is within 2 n UNIT |q| |x| of the exact one (`shortlist`).
+# The unit roundoff of float32: a sum of n products is within 2 n UNIT |q| |x| of the exact one (model/shortlist.py).
 UNIT = 2.0**-24
-# From this many queries, one float32 matrix product (OpenBLAS) costs less per query than the compressed scan
-# (model/scan.py); fewer are scanned. Measured at 144 and 529 dimensions, 10,000 books: the scan 65 and 240 us a
-# query, the product 52 and 239 us a query in batches of 16.
-FEWEST_FOR_ONE_PRODUCT = 16
-# Below this many queries, one matrix-vector product each is faster than a matrix product (OpenBLAS, measured).
-FEWEST_ROWS_FOR_ONE_PRODUCT = 4
-# A query is scanned only where the codes' bound is at most this, in the blend's units (z-scores, so the same for
-# every catalogue): wider, its shortlist grows toward the whole catalogue. Measured at 400 factors (10,000 books,
-# 300 readers each, the shortlist for 20 books): a bound below 0.5 kept 27 to 62 books, 0.5 to 0.75 kept 68 to 98
-# on the Goodreads sample and the demo catalogue; on MovieLens, 1 to 1.5 kept 380 and above 1.5 nearly every book.
-WIDEST_SCAN = 0.75
 
 
 class Mode(StrEnum):
@@ -284,120 +271,6 @@ def exact_terms(q: Query) -> tuple[FloatArray, FloatArray, Float64Array]:
 
 
 _NONE = np.zeros(0, dtype=np.float32)  # a part the query lacks
-
-
-def ranked(
-    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
-) -> list[Scored]:
-    """Each query's answer: its `limits[i]` best books, its seen books left out and, with `allowed[i]` (a mask
-    over the catalogue), only those it allows; chosen and ordered by their exact scores among the `shortlist`.
-    What a reader is served and what evaluation measures."""
-    masks = list(allowed) or [None] * len(queries)
-    return [
-        best_of(rows, q, candidates, limit)
-        for q, candidates, limit in zip(queries, shortlist(rows, queries, limits, masks), limits, strict=True)
-    ]
-
-
-def exact_top(
-    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], allowed: Sequence[BoolArray | None] = ()
-) -> list[IntArray]:
-    """Each query's best catalogue rows, best first (`ranked`'s books)."""
-    return [answer.positions for answer in ranked(rows, queries, limits, allowed)]
-
-
-def shortlist(
-    rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
-) -> list[IntArray]:
-    """Per query, in catalogue order: at least its `limit` best rows by one product with every book's row (those
-    at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's bound of
-    the bar (float32's rounding, 2 n UNIT |q| max|x| for n terms, and the scan's codes, model/scan.py): a book
-    whose exact score is among the `limit` best (or ties with the last of them) is there, alone or in a batch."""
-    return [found.rows for found in shortlists(rows, queries, limits, masks)]
-
-
-@dataclass(frozen=True)
-class Shortlist:
-    """A query's shortlist (`shortlist`) and the product it was read from: a book's value there is its exact score
-    plus the query's `offset` plus TIE_BREAK times its popularity, give or take `margin`."""
-
-    rows: IntArray  # in catalogue order
-    values: FloatArray | None  # the product with every book's row, float32 or scanned (-inf: seen or not allowed)
-    margin: float = 0.0  # twice how far a listed row's value can be from its exact score (plus offset and tie-break)
-    outside: float = 0.0  # the same for any other row (the scan's codes: wider)
-
-
-def shortlists(
-    rows: BookRows,
-    queries: Sequence[Query],
-    limits: Sequence[int],
-    masks: Sequence[BoolArray | None],
-    scanned: bool | None = None,
-) -> list[Shortlist]:
-    """`shortlist`, with each query's product: scanned (model/scan.py) or multiplied in float32 (`scanned`; None:
-    scanned where fewer than FEWEST_FOR_ONE_PRODUCT queries come and the codes' bound is at most WIDEST_SCAN)."""
-    if not queries:
-        return []
-    vectors = np.stack([q.vector for q in queries])
-    # Either product is within `bound` |q| / 2 of the exact score (float32's rounding); the scan's codes add `coded`.
-    bound = 4 * vectors.shape[1] * UNIT * rows.longest
-    coded, scan = np.zeros(len(vectors)), np.zeros(len(vectors), dtype=bool)
-    if scanned or (scanned is None and len(vectors) < FEWEST_FOR_ONE_PRODUCT):
-        coded = rows.quantised.bounds(vectors)
-        scan = coded <= WIDEST_SCAN if scanned is None else ~scan
-        coded[~scan] = 0.0
-    if scan.all() or not scan.any():
-        ranking = rows.quantised.products(vectors) if scan.all() else _multiplied(rows, vectors)
-    else:
-        ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
-        ranking[scan], ranking[~scan] = rows.quantised.products(vectors[scan]), _multiplied(rows, vectors[~scan])
-    for row, q, mask in zip(ranking, queries, masks, strict=True):
-        row[q.seen] = -np.inf
-        if mask is not None:
-            row[~mask] = -np.inf
-    wanted = min(max(limits), rows.num_books)
-    if wanted <= 0:
-        return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
-    bars = _bars(ranking, wanted)
-    found = []
-    for row, vector, bar, off, scanned_row in zip(ranking, vectors, bars.tolist(), coded.tolist(), scan, strict=True):
-        margin = bound * float(np.linalg.norm(vector))
-        outside = margin + 2 * off
-        listed = np.flatnonzero(np.isfinite(row) if not math.isfinite(bar) else row >= bar - outside).astype(np.int32)
-        if scanned_row:
-            parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
-            listed = narrowed(parts, vector, row, listed, (wanted, margin))
-        found.append(Shortlist(listed, row, margin, outside))
-    return found
-
-
-def _multiplied(rows: BookRows, vectors: FloatArray) -> FloatArray:
-    """The float32 products of `vectors` with every book's row."""
-    if len(vectors) >= FEWEST_ROWS_FOR_ONE_PRODUCT:
-        return vectors @ rows.columns
-    products = np.empty((len(vectors), rows.num_books), dtype=np.float32)
-    for i, vector in enumerate(vectors):
-        np.matmul(vector, rows.columns, out=products[i])
-    return products
-
-
-# Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
-BAR_GROUPS = 256
-
-
-def _bars(ranking: FloatArray, k: int) -> FloatArray:
-    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below
-    (the k-th largest of the maxima of BAR_GROUPS interleaved groups: the k groups with the largest maxima each hold
-    a value at or above it). Four times as fast as partitioning the row for the k-th
-    best value itself (14 against 60 us for 10,000 books), and the values above the bar are few."""
-    rows, width = ranking.shape
-    if k > BAR_GROUPS or width < BAR_GROUPS:
-        return np.partition(ranking, width - k, axis=1)[:, width - k]
-    whole = width - width % BAR_GROUPS
-    maxima = ranking[:, :whole].reshape(rows, -1, BAR_GROUPS).max(axis=1)
-    rest = width - whole
-    maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
-    return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
 
 
 def best_of(rows: BookRows, q: Query, candidates: IntArray, limit: int) -> Scored:

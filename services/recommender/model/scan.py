@@ -1,5 +1,5 @@
 """The compressed scan: every book's row in 8 bits, a query's products with them summed exactly in integers, and
-how far each product can be from the float product. The shortlist (model/ranking.py's `shortlists`) keeps every
+how far each product can be from the float product. The shortlist (model/shortlist.py's `shortlists`) keeps every
 book within twice that distance of its bar, and the exact float64 scores choose the answer, so the answer is the
 float product's, to the bit; the scan reads a quarter of the float32 rows' bytes.
 
@@ -9,8 +9,10 @@ chosen so that no partial sum can leave int32: a = t (q + f), |f| <= 1/2. Then f
 
     v . x = t (q . k) + t (f . k) + a . e,   so   |v . x - t (q . k)| <= t |k|_1 / 2 + |a|_1 / 2,
 
-where |k|_1 is at most the catalogue's widest row of codes: a bound per query. Measured on the demo catalogue and
-the Goodreads sample (15 to 400 factors), it keeps 24 to 62 books for 20 asked, as a median.
+where |k|_1 is at most the catalogue's widest row of codes: a bound per query, known before the scan. Measured on
+the demo catalogue and the Goodreads sample (15 to 400 factors), it keeps 24 to 98 books for 20 asked, as a median;
+on MovieLens at 400 factors most readers' bounds are wide against the blend's spread and would keep hundreds to
+every book, so such a query is multiplied in float32 instead (model/shortlist.py's WIDEST_SCAN).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from recommender.model.compiled import compiled, reordering
 
 CODES = 127  # the largest magnitude of an 8-bit code
 INT32 = 2**31 - 1
+BLOCK = 8_192  # books coded at a time
 UNIT = 2.0**-24  # float32's unit roundoff: the values are float32, rounded once from exact products
 
 FloatArray = npt.NDArray[np.float32]
@@ -42,10 +45,18 @@ class Quantised:
 
     @classmethod
     def of(cls, columns: FloatArray) -> Quantised:
-        scales = np.abs(columns).max(axis=1, initial=0.0).astype(np.float64) / CODES  # 0: a dimension of zeros
-        codes = np.clip(np.rint(columns / np.where(scales > 0, scales, 1.0)[:, None]), -CODES, CODES).astype(np.int8)
-        widest = float(np.abs(codes, dtype=np.int64).sum(axis=0).max(initial=0))
-        return cls(codes, scales, widest)
+        """The columns coded in blocks of books: no float64 or int64 copy of them all (gigabytes at a million)."""
+        dimensions, books = columns.shape
+        largest = np.maximum(columns.max(axis=1, initial=0.0), -columns.min(axis=1, initial=0.0))
+        scales = largest.astype(np.float64) / CODES  # 0: a dimension of zeros
+        divisors = np.where(scales > 0, scales, 1.0)[:, None]
+        codes = np.empty((dimensions, books), dtype=np.int8)
+        widest = 0
+        for start in range(0, books, BLOCK):
+            block = np.clip(np.rint(columns[:, start : start + BLOCK] / divisors), -CODES, CODES).astype(np.int8)
+            codes[:, start : start + BLOCK] = block
+            widest = max(widest, int(np.abs(block, dtype=np.int64).sum(axis=0).max(initial=0)))
+        return cls(codes, scales, float(widest))
 
     def bounds(self, vectors: FloatArray) -> Float64Array:
         """Per vector, how far its scanned products can be from the exact products with the float rows (see the

@@ -26,8 +26,9 @@ import scipy.sparse as sp
 from recommender.model import signal_loops as loops
 from recommender.model import signal_sources
 from recommender.model.params import SignalWeights
-from recommender.model.ranking import BookRows, BoolArray, Float64Array, IntArray, Query, Scored, Shortlist, exact_terms
+from recommender.model.ranking import BookRows, BoolArray, Float64Array, IntArray, Query, Scored, exact_terms
 from recommender.model.series import series_key
+from recommender.model.shortlist import Shortlist
 
 # The reader's authors whose books join the candidates, the most-read first: a history of hundreds of authors
 # would otherwise put most of a catalogue in the shortlist.
