@@ -43,7 +43,8 @@ def test_every_scanned_value_is_within_its_bound_of_the_exact_product(
 ) -> None:
     columns, vectors = case
     quantised = Quantised.of(columns)
-    values, bounds = quantised.products(vectors), quantised.bounds(vectors)
+    coded = quantised.coded(vectors)
+    values, bounds = quantised.products(coded), coded.bounds
     exact = vectors.astype(np.float64) @ columns.astype(np.float64)
     assert values.dtype == np.float32 and values.shape == exact.shape
     assert (np.abs(values - exact) <= bounds[:, None]).all()
@@ -55,7 +56,8 @@ def test_the_codes_are_a_quarter_of_the_float_rows_and_all_zero_rows_scan_to_zer
     quantised = Quantised.of(columns)
     assert quantised.codes.nbytes * 4 == columns.nbytes
     zeros, ones = Quantised.of(np.zeros((5, 8), dtype=np.float32)), np.ones((1, 5), dtype=np.float32)
-    values, bounds = zeros.products(ones), zeros.bounds(ones)
+    coded = zeros.coded(ones)
+    values, bounds = zeros.products(coded), coded.bounds
     assert (values == 0).all() and bounds[0] <= 2.0**-148  # no error but float32's smallest step
 
 
@@ -76,7 +78,8 @@ def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float
             alone = shortlists(rows, [q], [wanted], [mask], scanned=True)[0]
             assert alone.outside > alone.margin == together.margin == together.outside
             chosen = shortlists(rows, [q], [wanted], [mask])[0]  # scanned where the bound is narrow enough
-            assert (chosen.outside > chosen.margin) == (rows.quantised.bounds(q.vector[None, :])[0] <= WIDEST_SCAN)
+            narrow = rows.quantised.coded(q.vector[None, :]).bounds[0] <= WIDEST_SCAN
+            assert (chosen.outside > chosen.margin) == narrow
             allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
             allowed[q.seen] = False
             best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]

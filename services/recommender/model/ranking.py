@@ -47,9 +47,6 @@ SUMS_BLOCK = 65_536
 # Popularity only breaks ties (equal blended scores): it never outweighs a real score difference.
 TIE_BREAK = 1e-6
 
-# The unit roundoff of float32: a sum of n products is within 2 n UNIT |q| |x| of the exact one (model/shortlist.py).
-UNIT = 2.0**-24
-
 
 class Mode(StrEnum):
     """What to rank by: the served blend, or one of its parts (evaluation measures each)."""

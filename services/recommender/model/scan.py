@@ -58,23 +58,30 @@ class Quantised:
             widest = max(widest, int(np.abs(block, dtype=np.int64).sum(axis=0).max(initial=0)))
         return cls(codes, scales, float(widest))
 
-    def bounds(self, vectors: FloatArray) -> Float64Array:
-        """Per vector, how far its scanned products can be from the exact products with the float rows (see the
-        module): known before the scan, so a query whose bound is too wide to shortlist well need not be scanned."""
-        return self._coded(vectors)[2]
+    def coded(self, vectors: FloatArray) -> CodedQueries:
+        """The vectors coded for the scan, with their bounds: known before the scan, so a query whose bound is too
+        wide to shortlist well need not be scanned."""
+        most = max(INT32 // (CODES * max(len(self.scales), 1)), 1)  # a query code's largest magnitude: sums fit int32
+        return CodedQueries(*coded_queries(vectors, self.scales, self.widest, most))
 
-    def products(self, vectors: FloatArray) -> FloatArray:
-        """Each vector's scanned products with every book's row (queries x books, float32), each within its
-        `bounds` of the exact product."""
-        coded, steps, _bounds = self._coded(vectors)
-        values = np.empty((len(vectors), self.codes.shape[1]), dtype=np.float32)
-        integer_products(coded, self.codes, steps, values)
+    def products(self, queries: CodedQueries) -> FloatArray:
+        """Each coded query's scanned products with every book's row (queries x books, float32), each within its
+        bound of the exact product."""
+        values = np.empty((len(queries.steps), self.codes.shape[1]), dtype=np.float32)
+        integer_products(queries.codes, self.codes, queries.steps, values)
         return values
 
-    def _coded(self, vectors: FloatArray) -> tuple[npt.NDArray[np.int32], Float64Array, Float64Array]:
-        """The vectors' codes, their steps (t) and their bounds."""
-        most = max(INT32 // (CODES * max(len(self.scales), 1)), 1)  # a query code's largest magnitude: sums fit int32
-        return coded_queries(vectors, self.scales, self.widest, most)
+
+@dataclass(frozen=True)
+class CodedQueries:
+    """Query vectors coded for the scan (`coded_queries`)."""
+
+    codes: npt.NDArray[np.int32]  # queries x dimensions
+    steps: Float64Array  # per query, t
+    bounds: Float64Array  # per query, how far a scanned product can be from the exact product (see the module)
+
+    def __getitem__(self, chosen: npt.NDArray[np.bool_]) -> CodedQueries:
+        return CodedQueries(self.codes[chosen], self.steps[chosen], self.bounds[chosen])
 
 
 @compiled

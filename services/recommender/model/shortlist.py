@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recommender.model.ranking import UNIT, BookRows, BoolArray, FloatArray, IntArray, Query, Scored, best_of
-from recommender.model.scan import narrowed
+from recommender.model.ranking import BookRows, BoolArray, Float64Array, FloatArray, IntArray, Query, Scored, best_of
+from recommender.model.scan import UNIT, narrowed
 
 # From this many queries, one float32 matrix product (OpenBLAS) costs less per query than the compressed scan
 # (model/scan.py); fewer are scanned. Measured at 144 and 529 dimensions, 10,000 books: the scan 65 and 240 us a
@@ -83,16 +83,7 @@ def shortlists(
     vectors = np.stack([q.vector for q in queries])
     # Either product is within `bound` |q| / 2 of the exact score (float32's rounding); the scan's codes add `coded`.
     bound = 4 * vectors.shape[1] * UNIT * rows.longest
-    coded, scan = np.zeros(len(vectors)), np.zeros(len(vectors), dtype=bool)
-    if scanned or (scanned is None and len(vectors) < FEWEST_FOR_ONE_PRODUCT):
-        coded = rows.quantised.bounds(vectors)
-        scan = coded <= WIDEST_SCAN if scanned is None else ~scan
-        coded[~scan] = 0.0
-    if scan.all() or not scan.any():
-        ranking = rows.quantised.products(vectors) if scan.all() else _multiplied(rows, vectors)
-    else:
-        ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
-        ranking[scan], ranking[~scan] = rows.quantised.products(vectors[scan]), _multiplied(rows, vectors[~scan])
+    ranking, coded, scan = _products(rows, vectors, scanned)
     for row, q, mask in zip(ranking, queries, masks, strict=True):
         row[q.seen] = -np.inf
         if mask is not None:
@@ -102,15 +93,32 @@ def shortlists(
         return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
     bars = _bars(ranking, wanted)
     found = []
+    parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
     for row, vector, bar, off, scanned_row in zip(ranking, vectors, bars.tolist(), coded.tolist(), scan, strict=True):
         margin = bound * float(np.linalg.norm(vector))
         outside = margin + 2 * off
         listed = np.flatnonzero(np.isfinite(row) if not math.isfinite(bar) else row >= bar - outside).astype(np.int32)
         if scanned_row:
-            parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
             listed = narrowed(parts, vector, row, listed, (wanted, margin))
         found.append(Shortlist(listed, row, margin, outside))
     return found
+
+
+def _products(rows: BookRows, vectors: FloatArray, scanned: bool | None) -> tuple[FloatArray, Float64Array, BoolArray]:
+    """Each vector's product with every book's row (`shortlists`' choice), how far the scan's codes may move its
+    values (0: multiplied in float32) and whether it was scanned."""
+    few = scanned or (scanned is None and len(vectors) < FEWEST_FOR_ONE_PRODUCT)
+    if not few:
+        return _multiplied(rows, vectors), np.zeros(len(vectors)), np.zeros(len(vectors), dtype=bool)
+    coded = rows.quantised.coded(vectors)
+    scan = coded.bounds <= WIDEST_SCAN if scanned is None else np.ones(len(vectors), dtype=bool)
+    if scan.all():  # one request, the common case: no copy into a batch's array
+        return rows.quantised.products(coded), coded.bounds, scan
+    if not scan.any():
+        return _multiplied(rows, vectors), np.zeros(len(vectors)), scan
+    ranking = np.empty((len(vectors), rows.num_books), dtype=np.float32)
+    ranking[scan], ranking[~scan] = rows.quantised.products(coded[scan]), _multiplied(rows, vectors[~scan])
+    return ranking, np.where(scan, coded.bounds, 0.0), scan
 
 
 def _multiplied(rows: BookRows, vectors: FloatArray) -> FloatArray:

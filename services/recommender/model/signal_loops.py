@@ -381,7 +381,10 @@ def best(
         found, authors, liked_by, started, following, pointers, codes, series, position
     )
     if len(values):
-        theirs = (refined(vector, rows, found) if outside > margin else values[found], offset, popularity[found])
+        exact = values[found]
+        if outside > margin:  # scanned: the shortlist's values are refined already, the others not
+            exact[~listed] = refined(vector, rows, found[~listed])
+        theirs = (exact, offset, popularity[found])
         near = np.empty(len(found))
         for i in range(len(found)):
             near[i] = _near(theirs, i)
