@@ -5,11 +5,12 @@ On the Goodreads sample and MovieLens, two split seeds each, a model fitted at `
 readers, unfiltered and with a filter that allows half of the books: the exact answer (every book the reader may
 get scored in float64), then each first stage's shortlist re-scored exactly the same way: the 8-bit codes with
 their bound for every reader (model/scan.py), what a single request is served (the codes where their bound is at
-most model/shortlist.py's WIDEST_SCAN, else the float32 product), the float32 product (a batch's), Faiss's
-scalar quantiser at 8 bits per entry (`QT_8bit`) and at half precision (`QT_fp16`), each Faiss stage handing on
-twice the answer's books. Recall@10 against the exact answer, the books re-scored, the first stage's µs per reader
-(one thread, the rows cold in cache between readers, as a serving process with other work meets them) and the
-bytes per book it reads. Writes bench/results/scan_compression.*.
+most model/shortlist.py's WIDEST_SCAN, else the float32 product, which also replaces a scan whose shortlist holds
+more than MOST_REFINED of the books), the float32 product (a batch's), Faiss's scalar quantiser at 8 bits per entry
+(`QT_8bit`) and at half precision (`QT_fp16`), each Faiss stage handing on twice the answer's books. Recall@10
+against the exact answer, the books re-scored (median), the first stage's mean µs per reader (one thread, the rows
+cold in cache before each stage, as a serving process with other work meets them; each reader through every stage
+in turn, the order rotating) and the bytes per book it reads. Writes bench/results/scan_compression.*.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from recommender.model.shortlist import shortlists
 from recommender.training.trials import fit_and_measure
 
 IntArray = npt.NDArray[np.int32]
-FLUSH = np.ones(8_000_000)  # 64 MB, read between readers: larger than the last-level cache
+FLUSH = np.ones(8_000_000)  # 64 MB, read before each stage: larger than the last-level cache
 LIMIT = 10
 
 
@@ -63,8 +64,8 @@ def main() -> int:
         rows,
         f"{args.factors} factors; readers drawn at random; the served stages hand on their shortlists, Faiss's "
         f"scans their best {2 * LIMIT}, to the exact scores (the median count of those, books re-scored). "
-        "Recall@10 against every allowed book scored in float64. One thread; 64 MB read between readers so that "
-        "the rows come from memory.",
+        "Recall@10 against every allowed book scored in float64. One thread; 64 MB read before each stage so "
+        "that the rows come from memory; µs: the mean over readers, each reader through every stage in turn.",
     )
     return 0
 
@@ -91,8 +92,8 @@ def compared(name: str, seed: int, model: HybridModel, readers: int) -> list[lis
             index.train(vectors)
             index.add(vectors)
             stages[f"Faiss {quantiser}"] = (index.sa_code_size(), _faiss_stage(index, mask))
-        for stage, (size, first) in stages.items():
-            recall, rescored, micros = _measured(model, queries, exact, first)
+        measured = _measured(model, queries, exact, [first for _size, first in stages.values()])
+        for (stage, (size, _first)), (recall, rescored, micros) in zip(stages.items(), measured, strict=True):
             found.append([name, seed, label, stage, size, f"{recall:.4f}", rescored, round(micros)])
             print(found[-1], flush=True)
     return found
@@ -125,19 +126,30 @@ def _faiss_stage(index: faiss.IndexScalarQuantizer, mask: npt.NDArray[np.bool_] 
 
 
 def _measured(
-    model: HybridModel, queries: list[Query], exact: list[IntArray], first: Callable[[Query], IntArray]
-) -> tuple[float, float, float]:
-    """Recall@10, the median books re-scored, the median µs of the first stage."""
-    hits, spent, rescored = 0, [], []
-    for q, truth in zip(queries, exact, strict=True):
-        FLUSH.sum()
-        started = time.perf_counter()
-        candidates = first(q)
-        spent.append(time.perf_counter() - started)
-        rescored.append(len(candidates))
-        answer = scored(model.rows, q, candidates).positions[:LIMIT]
-        hits += len(set(answer.tolist()) & set(truth.tolist()))
-    return hits / max(sum(len(t) for t in exact), 1), float(np.median(rescored)), 1e6 * float(np.median(spent))
+    model: HybridModel, queries: list[Query], exact: list[IntArray], stages: list[Callable[[Query], IntArray]]
+) -> list[tuple[float, float, float]]:
+    """Per stage: recall@10, the median books re-scored, the mean µs of the first stage. Each reader goes through
+    every stage in turn, the order rotating from reader to reader: this machine's pace drifts between seconds, and
+    a stage timed in a pass of its own would carry its seconds' pace."""
+    hits, spent, rescored = (
+        np.zeros(len(stages)),
+        np.zeros((len(queries), len(stages))),
+        np.zeros((len(queries), len(stages))),
+    )
+    for i, (q, truth) in enumerate(zip(queries, exact, strict=True)):
+        for at in np.roll(np.arange(len(stages)), i).tolist():
+            FLUSH.sum()
+            started = time.perf_counter()
+            candidates = stages[at](q)
+            spent[i, at] = time.perf_counter() - started
+            rescored[i, at] = len(candidates)
+            answer = scored(model.rows, q, candidates).positions[:LIMIT]
+            hits[at] += len(set(answer.tolist()) & set(truth.tolist()))
+    total = max(sum(len(t) for t in exact), 1)
+    return [
+        (hits[at] / total, float(np.median(rescored[:, at])), 1e6 * float(spent[:, at].mean()))
+        for at in range(len(stages))
+    ]
 
 
 if __name__ == "__main__":

@@ -4,15 +4,19 @@ and queries, and a single request's shortlist from it answers as the float produ
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from recommender.model import shortlist as shortlist_module
 from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
+from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams
 from recommender.model.ranking import scored
 from recommender.model.readers import reader_of
@@ -64,11 +68,7 @@ def test_the_codes_are_a_quarter_of_the_float_rows_and_all_zero_rows_scan_to_zer
 def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float_product() -> None:
     """Scanned alone, and multiplied in float32 in a batch of FEWEST_FOR_ONE_PRODUCT: both shortlists hold every book
     whose exact score is among the best, filtered or not, and the scanned one stays short."""
-    catalogue = demo.generate(5, 600, 150, 6000)
-    model = train(
-        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
-        dataclasses.replace(PARAMS, als=ALSParams(factors=48)),
-    )
+    model = _model()
     rows, wanted = model.rows, 20
     queries = [query_for(model, reader_of(model, int(u))) for u in model.cf.user_ids[:FEWEST_FOR_ONE_PRODUCT]]
     half = np.random.default_rng(3).random(model.num_books) < 0.5
@@ -79,7 +79,7 @@ def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float
             assert alone.outside > alone.margin == together.margin == together.outside
             chosen = shortlists(rows, [q], [wanted], [mask])[0]  # scanned where the bound is narrow enough
             narrow = rows.quantised.coded(q.vector[None, :]).bounds[0] <= WIDEST_SCAN
-            assert (chosen.outside > chosen.margin) == narrow
+            assert (chosen.outside > chosen.margin) == narrow  # (and its shortlist short: not multiplied after all)
             allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
             allowed[q.seen] = False
             best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
@@ -88,3 +88,33 @@ def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float
             assert alone.values is not None and together.values is not None
             refined = alone.values[alone.rows].astype(np.float64)  # each within half a margin of the exact
             assert (np.abs(refined - together.values[alone.rows]) <= alone.margin).all()
+
+
+def test_a_scan_whose_shortlist_is_long_is_multiplied_after_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the scan's shortlist holds more than MOST_REFINED of the catalogue (here: any), the query is
+    multiplied in float32 instead: its shortlist is the float product's, holding the exact best books."""
+    model = _model()
+    rows, wanted = model.rows, 20
+    monkeypatch.setattr(shortlist_module, "MOST_REFINED", 0.0)
+    queries = [query_for(model, reader_of(model, int(user))) for user in model.cf.user_ids[:8]]
+    assert any(rows.quantised.coded(q.vector[None, :]).bounds[0] <= WIDEST_SCAN for q in queries)  # scanned first
+    for q in queries:
+        chosen = shortlists(rows, [q], [wanted], [None])[0]
+        multiplied = shortlists(
+            rows, [q] * FEWEST_FOR_ONE_PRODUCT, [wanted] * FEWEST_FOR_ONE_PRODUCT, [None] * FEWEST_FOR_ONE_PRODUCT
+        )[0]
+        assert chosen.outside == chosen.margin == multiplied.margin
+        assert np.array_equal(chosen.rows, multiplied.rows)
+        allowed = np.ones(model.num_books, dtype=bool)
+        allowed[q.seen] = False
+        best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
+        assert set(best) <= set(chosen.rows)
+
+
+@functools.cache
+def _model() -> HybridModel:
+    catalogue = demo.generate(5, 600, 150, 6000)
+    return train(
+        TrainingData.from_interactions(catalogue.books, catalogue.interactions),
+        dataclasses.replace(PARAMS, als=ALSParams(factors=48)),
+    )

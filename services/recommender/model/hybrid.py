@@ -48,7 +48,8 @@ class HybridModel:
     # Book and user ids whose trained data this version must not use (erased after its snapshot): `forgetting`.
     forgotten: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     forgotten_users: frozenset[int] = frozenset()
-    # What is computed from the books and fits once, shared with copies that keep them (a re-blend, an index).
+    # What is computed from the books and fits once, shared with copies that keep them (a re-blend, an index);
+    # each copy then holds what it read as a cached property (a request reads them a dozen times).
     derived: Derived = field(default_factory=Derived, compare=False, repr=False)
 
     @classmethod
@@ -116,7 +117,7 @@ class HybridModel:
     def num_books(self) -> int:
         return len(self.catalogue.book_ids)
 
-    @property
+    @cached_property
     def item_of_position(self) -> IntArray:
         """CF item index of each catalogue row; -1 for books CF does not have (or forgotten)."""
         return self.derived.of(self._basis, "item_of_position", self._items)
@@ -132,11 +133,11 @@ class HybridModel:
         """What `derived` is computed from."""
         return (self.catalogue, self.cf, self.content, self.popularity, self.forgotten)
 
-    @property
+    @cached_property
     def similar_rows(self) -> BookRows:
         return self.derived.of(self._basis, "similar_rows", self.rows.unit)
 
-    @property
+    @cached_property
     def rows(self) -> BookRows:
         """Every book's row and the catalogue statistics: what the ranking is made of."""
         return self.derived.of(self._basis, "rows", self._rows)
@@ -149,7 +150,7 @@ class HybridModel:
             self.popularity,
         )
 
-    @property
+    @cached_property
     def signals(self) -> BookSignals:
         """Each book's authors and series, and the inverted lists back to books (model/signals.py)."""
         return self.derived.of(self._basis, "signals", self._signals)
@@ -157,7 +158,7 @@ class HybridModel:
     def _signals(self) -> BookSignals:
         return BookSignals.of(self.catalogue.series, self.catalogue.authors)
 
-    @property
+    @cached_property
     def author_codes(self) -> IntArray:
         """Per catalogue position, a code of its first author (model/filters.py's `author_key`)."""
         return self.derived.of(self._basis, "author_codes", self._author_codes)

@@ -10,9 +10,10 @@ chosen so that no partial sum can leave int32: a = t (q + f), |f| <= 1/2. Then f
     v . x = t (q . k) + t (f . k) + a . e,   so   |v . x - t (q . k)| <= t |k|_1 / 2 + |a|_1 / 2,
 
 where |k|_1 is at most the catalogue's widest row of codes: a bound per query, known before the scan. Measured on
-the demo catalogue and the Goodreads sample (15 to 400 factors), it keeps 24 to 98 books for 20 asked, as a median;
+the demo catalogue and the Goodreads sample (15 to 400 factors), it keeps 24 to 102 books for 20 asked, as a median;
 on MovieLens at 400 factors most readers' bounds are wide against the blend's spread and would keep hundreds to
-every book, so such a query is multiplied in float32 instead (model/shortlist.py's WIDEST_SCAN).
+every book, so a query whose bound is wider than model/shortlist.py's WIDEST_SCAN, or whose scan keeps more than
+its MOST_REFINED share of the catalogue, is multiplied in float32 instead.
 """
 
 from __future__ import annotations

@@ -6,12 +6,13 @@ alone or in a batch, scanned or multiplied."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from recommender.model.compiled import compiled
 from recommender.model.ranking import BookRows, BoolArray, Float64Array, FloatArray, IntArray, Query, Scored, best_of
 from recommender.model.scan import UNIT, narrowed
 
@@ -22,10 +23,13 @@ FEWEST_FOR_ONE_PRODUCT = 16
 # Below this many queries, one matrix-vector product each is faster than a matrix product (OpenBLAS, measured).
 FEWEST_ROWS_FOR_ONE_PRODUCT = 4
 # A query is scanned only where the codes' bound is at most this, in the blend's units (z-scores, so the same for
-# every catalogue): wider, its shortlist grows toward the whole catalogue. Measured at 400 factors (10,000 books,
-# 300 readers each, the shortlist for 20 books): a bound below 0.5 kept 27 to 62 books, 0.5 to 0.75 kept 68 to 98
-# on the Goodreads sample and the demo catalogue; on MovieLens, 1 to 1.5 kept 380 and above 1.5 nearly every book.
-WIDEST_SCAN = 0.75
+# every catalogue): wider, its shortlist holds most of the catalogue. Measured at 400 factors (10,000 books, 600
+# readers each, the shortlist for 20 books): a bound of 0.5 to 0.75 kept 81 books (median), 0.75 to 1 kept 127 and
+# 1 to 1.5 kept 352 on the demo catalogue; on MovieLens, above 1.5 nearly every book.
+WIDEST_SCAN = 1.5
+# A scanned query whose shortlist holds more than this share of the catalogue is multiplied in float32 after all:
+# re-scoring a book from its float row reads what the float32 product reads of it, and more slowly (gathered).
+MOST_REFINED = 0.5
 
 
 def ranked(
@@ -52,7 +56,7 @@ def shortlist(
     rows: BookRows, queries: Sequence[Query], limits: Sequence[int], masks: Sequence[BoolArray | None]
 ) -> list[IntArray]:
     """Per query, in catalogue order: at least its `limit` best rows by one product with every book's row (those
-    at or above a bar no lower than the last of them, `_bars`), and every row within twice the product's bound of
+    at or above a bar no lower than the last of them, `listing`), and every row within twice the product's bound of
     the bar (float32's rounding, 2 n UNIT |q| max|x| for n terms, and the scan's codes, model/scan.py): a book
     whose exact score is among the `limit` best (or ties with the last of them) is there, alone or in a batch."""
     return [found.rows for found in shortlists(rows, queries, limits, masks)]
@@ -77,30 +81,27 @@ def shortlists(
     scanned: bool | None = None,
 ) -> list[Shortlist]:
     """`shortlist`, with each query's product: scanned (model/scan.py) or multiplied in float32 (`scanned`; None:
-    scanned where fewer than FEWEST_FOR_ONE_PRODUCT queries come and the codes' bound is at most WIDEST_SCAN)."""
+    scanned where fewer than FEWEST_FOR_ONE_PRODUCT queries come and the codes' bound is at most WIDEST_SCAN, and
+    multiplied after all where the scan's shortlist holds more than MOST_REFINED of the catalogue)."""
     if not queries:
         return []
     vectors = np.stack([q.vector for q in queries])
     # Either product is within `bound` |q| / 2 of the exact score (float32's rounding); the scan's codes add `coded`.
     bound = 4 * vectors.shape[1] * UNIT * rows.longest
     ranking, coded, scan = _products(rows, vectors, scanned)
-    for row, q, mask in zip(ranking, queries, masks, strict=True):
-        row[q.seen] = -np.inf
-        if mask is not None:
-            row[~mask] = -np.inf
     wanted = min(max(limits), rows.num_books)
-    if wanted <= 0:
-        return [Shortlist(np.zeros(0, dtype=np.int32), row) for row in ranking]
-    bars = _bars(ranking, wanted)
     found = []
     parts = (rows.item_factors, rows.item_of_book, rows.content, rows.popularity)
-    for row, vector, bar, off, scanned_row in zip(ranking, vectors, bars.tolist(), coded.tolist(), scan, strict=True):
-        margin = bound * float(np.linalg.norm(vector))
-        outside = margin + 2 * off
-        listed = np.flatnonzero(np.isfinite(row) if not math.isfinite(bar) else row >= bar - outside).astype(np.int32)
-        if scanned_row:
-            listed = narrowed(parts, vector, row, listed, (wanted, margin))
-        found.append(Shortlist(listed, row, margin, outside))
+    for row, q, mask, off, scanned_row in zip(ranking, queries, masks, coded.tolist(), scan, strict=True):
+        allowed = _ALL if mask is None else mask
+        margin = bound * float(np.linalg.norm(q.vector))
+        listed = listing(row, q.seen, allowed, wanted, margin + 2 * off)
+        if scanned_row and scanned is None and len(listed) > MOST_REFINED * rows.num_books:
+            np.matmul(q.vector, rows.columns, out=row)  # refining them would cost more than the float32 product
+            listed, scanned_row, off = listing(row, q.seen, allowed, wanted, margin), False, 0.0
+        if scanned_row and wanted > 0:
+            listed = narrowed(parts, q.vector, row, listed, (wanted, margin))
+        found.append(Shortlist(listed, row, margin, margin + 2 * off))
     return found
 
 
@@ -131,20 +132,43 @@ def _multiplied(rows: BookRows, vectors: FloatArray) -> FloatArray:
     return products
 
 
-# Interleaved groups of a row whose maxima bound its k best values from below (see _bars).
+# Interleaved groups of a row whose maxima bound its k best values from below (see `listing`).
 BAR_GROUPS = 256
 
 
-def _bars(ranking: FloatArray, k: int) -> FloatArray:
-    """Per row, a value that at least `k` of the row's values reach and that its k-th best value does not fall below
-    (the k-th largest of the maxima of BAR_GROUPS interleaved groups: the k groups with the largest maxima each hold
-    a value at or above it). Four times as fast as partitioning the row for the k-th
-    best value itself (14 against 60 us for 10,000 books), and the values above the bar are few."""
-    rows, width = ranking.shape
-    if k > BAR_GROUPS or width < BAR_GROUPS:
-        return np.partition(ranking, width - k, axis=1)[:, width - k]
-    whole = width - width % BAR_GROUPS
-    maxima = ranking[:, :whole].reshape(rows, -1, BAR_GROUPS).max(axis=1)
-    rest = width - whole
-    maxima[:, :rest] = np.maximum(maxima[:, :rest], ranking[:, whole:])
-    return np.partition(maxima, BAR_GROUPS - k, axis=1)[:, BAR_GROUPS - k]
+@compiled
+def listing(values: Any, seen: Any, allowed: Any, wanted: int, within: float) -> Any:
+    """The rows whose `values` are at or above the bar less `within` (every row with a finite value where fewer
+    than `wanted` have one; none where `wanted` is 0), after the `seen` rows' values and those not `allowed` (empty:
+    all are) are made -inf, in place. The bar: a value that at least `wanted` of the values reach and that the
+    wanted-th best does not fall below, the wanted-th largest of the maxima of BAR_GROUPS interleaved groups (the
+    wanted groups with the largest maxima each hold a value at or above it: cheaper than partitioning the values
+    themselves, and the values above the bar are few), or with more wanted, the wanted-th largest value."""
+    books = len(values)
+    for row in seen:
+        values[row] = -np.inf
+    if len(allowed):
+        for row in range(books):
+            if not allowed[row]:
+                values[row] = -np.inf
+    if wanted <= 0:
+        return np.zeros(0, dtype=np.int32)
+    if wanted > BAR_GROUPS or books < BAR_GROUPS:
+        bar = np.partition(values, books - wanted)[books - wanted]
+    else:
+        maxima = np.full(BAR_GROUPS, -np.inf, dtype=np.float32)
+        for row in range(books):
+            group = row % BAR_GROUPS
+            maxima[group] = max(maxima[group], values[row])
+        bar = np.sort(maxima)[BAR_GROUPS - wanted]
+    low = bar - within if np.isfinite(bar) else -np.inf
+    found = np.empty(books, dtype=np.int32)
+    count = 0
+    for row in range(books):
+        if values[row] >= low and values[row] > -np.inf:
+            found[count] = row
+            count += 1
+    return found[:count].copy()
+
+
+_ALL = np.zeros(0, dtype=np.bool_)  # no mask: every book allowed
