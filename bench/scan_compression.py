@@ -131,6 +131,8 @@ def _measured(
     """Per stage: recall@10, the median books re-scored, the mean µs of the first stage. Each reader goes through
     every stage in turn, the order rotating from reader to reader: this machine's pace drifts between seconds, and
     a stage timed in a pass of its own would carry its seconds' pace."""
+    for stage in stages if queries else []:
+        stage(queries[0])  # a stage's first call loads compiled code and fills caches: not timed
     hits, spent, rescored = (
         np.zeros(len(stages)),
         np.zeros((len(queries), len(stages))),
