@@ -1,4 +1,5 @@
-"""Where a Recommend call's time goes: `.venv/bin/python -m bench.request_path [--seconds 10] [--factors 400]`.
+"""Where a Recommend call's time goes: `.venv/bin/python -m bench.request_path [--seconds 10] [--factors 400]
+[--reference 64]`.
 
 In process, one BLAS thread, over 2,000 random known users of the newest version of the 10,000-book / 50,000-user /
 1,000,000-interaction catalogue (run `bench.serving` once to create it), microseconds per request (median of 5
@@ -7,7 +8,9 @@ candidates' statistics), the shortlist (a product with every book: 8-bit codes o
 `because`, the whole answer without and with `because`, in batches of 16, what `because` adds to an answer (the
 median of 40 blocks of users timed both ways in turn), and the response message. Timed after the model and the
 fixtures are settled out of the collector's generations, as a serving process settles its version. The same for that
-version's CF part refitted at `--factors` (the cost of a large model: the search is free to choose one). Under load
+version's CF part refitted at `--factors` (the cost of a large model: the search is free to choose one), and its
+whole answer (with `because`) against the same refitted at `--reference` factors, in blocks timed both ways in turn
+(what a large model costs against a small one, on whatever machine runs it). Under load
 (wrk, 16 connections through Envoy, default settings): CPU time per request of the serving processes, of Envoy and
 of the client (wrk), for Health and for Recommend, from /proc and the children's rusage. Writes
 bench/results/request_path.*.
@@ -52,12 +55,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--factors", type=int, default=400)
+    parser.add_argument("--reference", type=int, default=64)
     args = parser.parse_args()
     served = _newest_version()
+    large, reference = refitted(served, args.factors), refitted(served, args.reference)
     rows: list[list[object]] = []
-    for model in (served, refitted(served, args.factors)):
+    for model in (served, large):
         label = f"in process, {model.cf.item_factors.shape[1]} factors"
         rows += [[label, stage, micros] for stage, micros in in_process(model).items()]
+    users = _users(served)
+    warm(reference)
+    settle_memory()
+    rows.append([
+        f"in process, {args.factors} against {args.reference} factors",
+        "answer with because, a ratio (median of paired blocks)",
+        _paired(lambda u: recommend(reference, u, 10), lambda u: recommend(large, u, 10), users),
+    ])  # fmt: skip
     with service(MEDIUM) as running:
         for kind in ("health", "known"):
             rows += under_load(running.process.pid, running.url, kind, args.seconds)
@@ -76,8 +89,7 @@ def main() -> int:
 def in_process(model: HybridModel) -> dict[str, float]:
     threadpool_limits(1, "blas")
     warm(model)
-    rng = random.Random(0)
-    users = [int(model.cf.user_ids[rng.randrange(model.cf.num_users)]) for _ in range(USERS)]
+    users = _users(model)
     readers = [reader_of(model, user) for user in users]
     queries = [query_for(model, reader) for reader in readers]
     lists = [shortlist(model.rows, [q], [10], [None])[0] for q in queries]
@@ -158,6 +170,11 @@ def under_load(server: int, url: str, kind: str, seconds: float) -> list[list[ob
         ["under load", f"{call}: client (wrk) CPU", (_children_cpu() - client_before) / answered * 1e6],
         ["under load", f"{call}: requests/s", rate],
     ]  # fmt: skip
+
+
+def _users(model: HybridModel) -> list[int]:
+    rng = random.Random(0)
+    return [int(model.cf.user_ids[rng.randrange(model.cf.num_users)]) for _ in range(USERS)]
 
 
 def _per_request(run: Callable[[], object], passes: int = 5) -> float:
