@@ -426,7 +426,7 @@ def simulate_readers(running: RunningService, users: range, click_rate: dict[str
             book = answer.recommendations[0].book_id
             events.append(pb.FeedbackEvent(recommendation_id=answer.recommendation_id, book_id=book, event="click"))
     for start in range(0, len(events), 1000):
-        running.client.record_feedback(events[start : start + 1000])
+        running.client.record_feedback(events[start : start + 1000], timeout=30)  # 1,000 rows: slow on a busy machine
 
 
 def status_of(running: RunningService, version: str) -> tuple[str, str]:
