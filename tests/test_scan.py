@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import random
 
 import numpy as np
 import numpy.typing as npt
@@ -22,7 +23,7 @@ from recommender.model.ranking import scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
 from recommender.model.scan import Quantised
-from recommender.model.shortlist import FEWEST_FOR_ONE_PRODUCT, WIDEST_SCAN, shortlists
+from recommender.model.shortlist import FEWEST_FOR_ONE_PRODUCT, WIDEST_SCAN, listing, shortlists
 from recommender.storage import demo
 from tests.support.data import PARAMS
 
@@ -118,3 +119,33 @@ def _model() -> HybridModel:
         TrainingData.from_interactions(catalogue.books, catalogue.interactions),
         dataclasses.replace(PARAMS, als=ALSParams(factors=48)),
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    hnp.arrays(np.float32, st.integers(1, 1200), elements=_finite),
+    st.integers(0, 300),
+    st.floats(0.0, 10.0),
+    st.randoms(use_true_random=False),
+)
+def test_a_listing_holds_every_row_near_the_best_and_none_the_reader_may_not_get(
+    values: npt.NDArray[np.float32], wanted: int, within: float, rng: random.Random
+) -> None:
+    """`listing`'s bar is never above the wanted-th best allowed value (from 256 groups' maxima or, with more
+    wanted or fewer values, the value itself): every row within `within` of that best is listed, and no row the
+    reader has read or a filter leaves out."""
+    books = len(values)
+    seen = np.array(sorted(rng.sample(range(books), rng.randrange(books))), dtype=np.int32)
+    allowed = np.array([rng.random() < 0.7 for _ in range(books)]) if rng.random() < 0.5 else np.zeros(0, dtype=bool)
+    kept = np.ones(books, dtype=bool) if not len(allowed) else allowed.copy()
+    kept[seen] = False
+    listed = listing(values.copy(), seen, allowed, wanted, within)
+    assert kept[listed].all() and (np.diff(listed) > 0).all()
+    candidates = np.sort(values[kept])[::-1]
+    if wanted == 0 or not len(candidates):
+        assert len(listed) == 0
+        return
+    best = np.float64(candidates[min(wanted, len(candidates)) - 1])
+    must = np.flatnonzero(kept & (values.astype(np.float64) >= best - within))
+    assert set(must.tolist()) <= set(listed.tolist())
+    assert len(listed) >= min(wanted, len(candidates))

@@ -151,6 +151,7 @@ def listing(values: Any, seen: Any, allowed: Any, wanted: int, within: float) ->
         for row in range(books):
             if not allowed[row]:
                 values[row] = -np.inf
+    wanted = min(wanted, books)
     if wanted <= 0:
         return np.zeros(0, dtype=np.int32)
     if wanted > BAR_GROUPS or books < BAR_GROUPS:
