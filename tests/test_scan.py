@@ -121,7 +121,7 @@ def _model() -> HybridModel:
     )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(
     hnp.arrays(np.float32, st.integers(1, 1200), elements=_finite),
     st.integers(0, 300),
