@@ -111,7 +111,7 @@ def main() -> int:
         f"{MEDIUM.name}, {args.workers or 'one per core (the default)'} serving process(es); client and "
         "server share the machine. For wrk the middle column is p90 (what it reports), for gRPC p95.\n\n"
         f"Recommend (known users) / Health through Envoy: {rates['envoy', 'known'] / rates['envoy', 'health']:.2f} "
-        f"(target 0.6); through gRPC: {rates['grpc', 'known'] / rates['grpc', 'health']:.2f}."
+        f"(target 0.5); through gRPC: {rates['grpc', 'known'] / rates['grpc', 'health']:.2f}."
     )
     write_results(
         "serving" if args.workers is None else f"serving-{args.workers}-workers",
