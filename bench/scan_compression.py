@@ -133,11 +133,8 @@ def _measured(
     a stage timed in a pass of its own would carry its seconds' pace."""
     for stage in stages if queries else []:
         stage(queries[0])  # a stage's first call loads compiled code and fills caches: not timed
-    hits, spent, rescored = (
-        np.zeros(len(stages)),
-        np.zeros((len(queries), len(stages))),
-        np.zeros((len(queries), len(stages))),
-    )
+    hits, spent = np.zeros(len(stages)), np.zeros((len(queries), len(stages)))
+    rescored = np.zeros_like(spent)
     for i, (q, truth) in enumerate(zip(queries, exact, strict=True)):
         for at in np.roll(np.arange(len(stages)), i).tolist():
             FLUSH.sum()

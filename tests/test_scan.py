@@ -19,7 +19,7 @@ from recommender.model.dataset import TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
 from recommender.model.params import ALSParams
-from recommender.model.ranking import scored
+from recommender.model.ranking import Query, scored
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
 from recommender.model.scan import Quantised
@@ -81,9 +81,8 @@ def test_a_scanned_shortlist_holds_the_exact_best_books_and_answers_as_the_float
             chosen = shortlists(rows, [q], [wanted], [mask])[0]  # scanned where the bound is narrow enough
             narrow = rows.quantised.coded(q.vector[None, :]).bounds[0] <= WIDEST_SCAN
             assert (chosen.outside > chosen.margin) == narrow  # (and its shortlist short: not multiplied after all)
-            allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
-            allowed[q.seen] = False
-            best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
+            allowed = _allowed(model, q, mask)
+            best = _exact_best(model, q, allowed, wanted)
             assert set(best) <= set(alone.rows) and set(best) <= set(together.rows)
             assert len(alone.rows) < int(allowed.sum()) // 4
             assert alone.values is not None and together.values is not None
@@ -106,10 +105,19 @@ def test_a_scan_whose_shortlist_is_long_is_multiplied_after_all(monkeypatch: pyt
         )[0]
         assert chosen.outside == chosen.margin == multiplied.margin
         assert np.array_equal(chosen.rows, multiplied.rows)
-        allowed = np.ones(model.num_books, dtype=bool)
-        allowed[q.seen] = False
-        best = scored(rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
-        assert set(best) <= set(chosen.rows)
+        assert set(_exact_best(model, q, _allowed(model, q, None), wanted)) <= set(chosen.rows)
+
+
+def _allowed(model: HybridModel, q: Query, mask: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.bool_]:
+    """The books the reader may get: those `mask` allows (None: all), less their own."""
+    allowed = np.ones(model.num_books, dtype=bool) if mask is None else mask.copy()
+    allowed[q.seen] = False
+    return allowed
+
+
+def _exact_best(model: HybridModel, q: Query, allowed: npt.NDArray[np.bool_], wanted: int) -> npt.NDArray[np.int32]:
+    """The `wanted` best of the `allowed` books by their exact scores: every one of them scored."""
+    return scored(model.rows, q, np.flatnonzero(allowed).astype(np.int32)).positions[:wanted]
 
 
 @functools.cache
