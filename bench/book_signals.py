@@ -27,7 +27,7 @@ from recommender.model.params import SignalWeights, SplitParams, TrainingParams,
 from recommender.model.ranking import Mode
 from recommender.model.readers import reader_of
 from recommender.model.recommend import recommend, top_books
-from recommender.training.trials import fit_and_measure, measure_parts
+from recommender.training.trials import Trial, fit_and_measure, measure_parts
 from recommender.training.tuning import Search, tune
 
 OTHER_SPLIT = 100  # the split the choices are measured on: seed + this
@@ -67,7 +67,7 @@ def next_volume_share(model: HybridModel, user_ids: list[int]) -> tuple[float, i
 
 def maths_ratio(model: HybridModel) -> float:
     users = [int(u) for u in model.cf.user_ids[:TIMED_READERS]]
-    plain = model.with_signals(SignalWeights())
+    plain = model.with_signals(SignalWeights()).with_ranker(None)
     timings = []
     with threadpool_limits(1):  # as a serving process runs
         for version in (model, plain, model, plain, model, plain):
@@ -78,10 +78,24 @@ def maths_ratio(model: HybridModel) -> float:
     return min(timings[0::2]) / min(timings[1::2])
 
 
-def searched(the_split: Split, content: tuple[Catalogue, ContentModel], seed: int, signals: bool) -> TrainingParams:
+def searched(the_split: Split, content: tuple[Catalogue, ContentModel], seed: int, signals: bool) -> Trial:
+    """The default search's choice on `the_split`: its configuration and, with signals, the trees it kept."""
     start = TrainingParams() if signals else TrainingParams(signals=SignalWeights())
     best, _tried = tune(the_split, start, content, Search.of(TuningPolicy(book_signals=signals), seed))
-    return best.params
+    return best
+
+
+def refitted(chosen: Trial, other: Split, content: tuple[Catalogue, ContentModel]) -> HybridModel:
+    """`chosen` fitted on `other`'s training part, with the trees it kept, as a release carries them."""
+    return fit_and_measure(other, chosen.params, content, lambda: False).model.with_ranker(chosen.model.ranker)
+
+
+def described(chosen: Trial) -> str:
+    if chosen.model.signals.empty:
+        return "none: no series, no author of two books"
+    w = chosen.params.signals
+    learned = ", learned stage" if chosen.model.ranker is not None else ""
+    return f"author {w.author:g}, next {w.next:g}, held {w.held:g}{learned}"
 
 
 def main() -> int:
@@ -92,20 +106,18 @@ def main() -> int:
             the_split = split(data, SplitParams(seed=seed))
             chosen = {signals: searched(the_split, content, seed, signals) for signals in (True, False)}
             other = split(data, SplitParams(seed=seed + OTHER_SPLIT))
-            fitted = {k: fit_and_measure(other, params, content, lambda: False) for k, params in chosen.items()}
-            parts = {k: measure_parts(t.model, other) for k, t in fitted.items()}
+            fitted = {k: refitted(trial, other, content) for k, trial in chosen.items()}
+            parts = {k: measure_parts(model, other) for k, model in fitted.items()}
             users = sorted(other.held_out)
-            share = {k: next_volume_share(t.model, users) for k, t in fitted.items()}
-            w = chosen[True].signals
-            said = f"author {w.author:g}, next {w.next:g}, held {w.held:g}"
+            share = {k: next_volume_share(model, users) for k, model in fitted.items()}
             rows.append([
-                name, seed, "none: no series, no author of two books" if fitted[True].model.signals.empty else said,
+                name, seed, described(chosen[True]),
                 f"{parts[True]['hybrid'].ndcg:.4f}", f"{parts[False]['hybrid'].ndcg:.4f}",
                 f"{parts[True]['hybrid'].ndcg / parts[False]['hybrid'].ndcg:.3f}",
                 f"{parts[True]['hybrid'].ndcg_cold / parts[True]['popularity'].ndcg_cold:.3f}",
                 f"{parts[False]['hybrid'].ndcg_cold / parts[False]['popularity'].ndcg_cold:.3f}",
                 f"{share[True][0]:.3f}", f"{share[False][0]:.3f}", share[True][1],
-                f"{maths_ratio(fitted[True].model):.2f}",
+                f"{maths_ratio(fitted[True]):.2f}",
             ])  # fmt: skip
             print(rows[-1], flush=True)
     write_results(

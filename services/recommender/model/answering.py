@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from recommender.model import learned
 from recommender.model.answers import Reader, Reason, ScoredBook
 from recommender.model.cf import IntArray
 from recommender.model.hybrid import HybridModel
@@ -30,14 +31,18 @@ def best_books(
 ) -> list[Scored]:
     """Each query's best books, scored, best first. `between_books`: the queries are books (`similar_rows`);
     `allowed[i]`: the positions query i's answer may hold (None: all); `signals[i]`: query i's reader's book
-    signals (model/signals.py, `reader_signals`), which then re-rank a deeper shortlist of the blend's candidates."""
+    signals (model/signals.py, `reader_signals`), which then re-rank a deeper shortlist of the blend's candidates:
+    weighed, or by the version's learned second stage where it has one (model/learned.py)."""
     masks = list(allowed) or [None] * len(queries)
     if not signals:
         return _ranked(model, queries, limits, between_books, masks)
-    depths = [n + max(n, SIGNALS_DEPTH) for n in limits]
+    trees = model.ranker
+    depths = [n + max(n, SIGNALS_DEPTH) if trees is None else learned.depth_for(n) for n in limits]
     weights = model.meta.params.signals
     return [
         mine.best(model.signals, weights, model.rows, q, listed, (depth, n), mask)
+        if trees is None
+        else learned.best(trees, model.signals, mine, model.rows, q, listed, (depth, n), mask)
         for q, mine, listed, depth, n, mask in zip(
             queries, signals, _shortlisted(model, queries, depths, masks), depths, limits, masks, strict=True
         )
@@ -76,7 +81,7 @@ def _shortlisted(
 
 def reader_signals(model: HybridModel, readers: Sequence[Reader]) -> list[ReaderSignals]:
     """The readers' book signals when the version ranks with them (none otherwise: the blend alone)."""
-    if model.meta.params.signals.off or model.signals.empty:
+    if (model.meta.params.signals.off and model.ranker is None) or model.signals.empty:
         return []
     return [ReaderSignals.of(model.signals, reader.seen, reader.weights) for reader in readers]
 

@@ -24,8 +24,9 @@ def with_books(model: HybridModel, books: Sequence[Book]) -> HybridModel:
     catalogue, merged, incoming = found
     changed_ids = np.union1d(model.changed_since_index, incoming).astype(np.int32)
     return HybridModel.assemble(
-        model.meta, catalogue, model.cf, merged, model.index, changed_ids, model.forgotten, model.forgotten_users
-    )
+        model.meta, catalogue, model.cf, merged, model.index, changed_ids, model.forgotten, model.forgotten_users,
+        model.ranker,
+    )  # fmt: skip
 
 
 def forgetting(model: HybridModel, book_ids: Sequence[int], user_ids: Sequence[int] = ()) -> HybridModel:
@@ -40,7 +41,9 @@ def forgetting(model: HybridModel, book_ids: Sequence[int], user_ids: Sequence[i
     if len(ids) == len(model.forgotten) and users == model.forgotten_users:
         return model
     changed = np.union1d(model.changed_since_index, ids).astype(np.int32)  # the index's rows of theirs are stale
-    return HybridModel.assemble(model.meta, catalogue, model.cf, model.content, model.index, changed, ids, users)
+    return HybridModel.assemble(
+        model.meta, catalogue, model.cf, model.content, model.index, changed, ids, users, model.ranker
+    )
 
 
 def with_index(model: HybridModel, params: IndexParams) -> HybridModel:

@@ -1,8 +1,8 @@
 """Compile the model's loops (model/compiled.py, model/signal_loops.py, model/signal_sources.py,
-model/explain_loops.py, model/scan.py) into numba's cache before the service needs them: a small catalogue with
-series and shared authors is fitted and every answer path of it run once. A process that finds nothing cached
-compiles on first use instead, 20 to 60 seconds on two cores, while its first version is warmed (model/warm.py),
-before it serves.
+model/explain_loops.py, model/scan.py, model/trees.py) into numba's cache before the service needs them: a small
+catalogue with series and shared authors is fitted and every answer path of it run once. A process that finds
+nothing cached compiles on first use instead, 20 to 60 seconds on two cores, while its first version is warmed
+(model/warm.py), before it serves.
 
     python -m recommender.model.precompile
 
@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
+from recommender.model.learned import FEATURES
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend
 from recommender.model.shortlist import shortlists
+from recommender.model.trees import LEAF, Trees
 from recommender.model.warm import warm
 
 
@@ -39,9 +43,18 @@ def precompile() -> float:
     model = train(TrainingData.from_interactions(books, read), params)
     warm(model)
     recommend(model, user_id=1, limit=5, events=[(1, 5.0), (2, 5.0), (5, 4.0)])  # a started series, fresh events
+    recommend(model.with_ranker(_STUMP), user_id=1, limit=5)  # the learned stage (model/learned.py)
     q = query_for(model, reader_of(model, 1))
     shortlists(model.rows, [q], [5], [None], scanned=True)  # the scan, whatever this tiny catalogue's bound
     return time.perf_counter() - started
+
+
+# One split on the blended score: trees enough to compile the learned stage's loops.
+_STUMP = Trees.of_arrays({
+    "feature": np.array([0, LEAF, LEAF]), "threshold": np.zeros(3), "left": np.array([1, -1, -1]),
+    "right": np.array([2, -1, -1]), "value": np.array([0.0, 0.0, 1.0]), "roots": np.array([0]),
+    "features": np.array(len(FEATURES)),
+})  # fmt: skip
 
 
 if __name__ == "__main__":

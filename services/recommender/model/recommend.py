@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from recommender.model import learned
 from recommender.model.answering import best_books, reader_signals, scored_books
 from recommender.model.answers import Reader, ReaderEvents, Reason, Recommendations, Request, Strategy
 from recommender.model.cf import IntArray
@@ -114,7 +115,7 @@ def _because(
     then the books it comes from most through the blend, SHOWN in all."""
     said = None
     if mine is not None and len(books.positions):
-        weights = model.meta.params.signals
+        weights = model.meta.params.signals if model.ranker is None else learned.REASONS
         said = signal_reasons(model.catalogue, model.signals, weights, mine, books.positions, books.scores)
     room = [SHOWN - len(found) for found in said] if said is not None else []
     blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q, room)

@@ -26,10 +26,12 @@ from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.index import CatalogueIndex, Cells, restore
 from recommender.model.params import TrainingParams
 from recommender.model.series import series_in_title
+from recommender.model.trees import Trees, TreesError
 
 FORMAT = 2
 MANIFEST = "manifest.json"
 INDEX = "index.npz"  # the catalogue index's Faiss parts (model/index.py), for versions that have one
+RANKER = "ranker.npz"  # the learned second stage's trees (model/trees.py), for versions that have one
 
 
 class ArtifactError(Exception):
@@ -114,6 +116,8 @@ def write_version(folder: Path, model: HybridModel) -> None:
         if index.book_cf is not None:
             cells["book_cf"] = index.book_cf.to_bytes()
         np.savez(folder / INDEX, **cells)  # type: ignore[arg-type]
+    if model.ranker is not None:
+        np.savez(folder / RANKER, **model.ranker.arrays())  # type: ignore[arg-type]
     files = {path.name: _describe(path) for path in sorted(folder.iterdir())}
     manifest = {
         "format": FORMAT,
@@ -234,7 +238,17 @@ def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
     model = HybridModel.assemble(meta, catalogue, cf, content)
     if (folder / INDEX).exists():
         model = dataclasses.replace(model, index=_read_index(folder / INDEX, model))
+    if (folder / RANKER).exists():
+        model = model.with_ranker(_read_ranker(folder / RANKER))
     return model
+
+
+def _read_ranker(path: Path) -> Trees:
+    with np.load(path, allow_pickle=False) as arrays:
+        try:
+            return Trees.of_arrays({name: arrays[name] for name in arrays.files})
+        except TreesError as exc:
+            raise ArtifactCorrupt(f"the ranker's trees: {exc}") from exc
 
 
 def _read_index(path: Path, model: HybridModel) -> CatalogueIndex:

@@ -204,7 +204,7 @@ class Trainer:
         release.control.stage("cf")
         final = train(
             release.snapshot.data, evaluation.candidate.params, release.control.should_stop, evaluation.content
-        )
+        ).with_ranker(evaluation.candidate.model.ranker)
         release.control.stage("saving")
         meta = dataclasses.replace(
             final.meta,

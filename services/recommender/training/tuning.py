@@ -38,6 +38,7 @@ from recommender.training.blends import (
     blend_knobs,
 )
 from recommender.training.costs import best_within, over, request_cost, typical_history
+from recommender.training.ranker import best_ranker
 from recommender.training.signal_weights import best_signals
 from recommender.training.trials import Trial, fit_and_measure, measure, score
 
@@ -106,7 +107,8 @@ def tune(
        request (training/costs.py) is infeasible: never chosen;
     2. the blend of the best fit: alpha and the two priors, each a ranking pass without a fit, by `best_blend` from
        the known blends and BLEND_PORTFOLIO (with `search.blend`);
-    3. then the weights of the reader's book signals, by `best_signals` (with `search.signals`).
+    3. then the weights of the reader's book signals, by `best_signals`, and the learned stage over them, by
+       `best_ranker` (both with `search.signals`).
     """
     import optuna
 
@@ -126,6 +128,7 @@ def tune(
     chosen = best_blend(best, split, floor, known, search.blend_trials, fits.deadline, should_stop)
     if search.signals:
         chosen = best_signals(chosen, split, floor, fits.deadline, should_stop)
+        chosen = best_ranker(chosen, split, fitted_content, floor, fits.deadline, should_stop)
     chosen = dataclasses.replace(chosen, elapsed=time.perf_counter() - fits.started)
     return chosen, [*tried, *([chosen] if chosen is not best else [])]
 

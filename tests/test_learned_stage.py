@@ -1,0 +1,164 @@
+"""The learned second stage (model/learned.py, model/trees.py, training/ranker.py): trees scored as LightGBM scores
+them, stored and refused like a version's other arrays, series order, filters and the author cap holding whatever
+the trees favour, and answers the same alone or in a batch."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recommender.model.answers import Request
+from recommender.model.dataset import Book, Interaction, TrainingData
+from recommender.model.evaluation import split
+from recommender.model.fit import fit_content
+from recommender.model.hybrid import HybridModel
+from recommender.model.learned import FEATURES
+from recommender.model.params import SplitParams
+from recommender.model.recommend import recommend, recommend_many
+from recommender.model.trees import LEAF, Trees, TreesError
+from recommender.storage.artifact_files import ArtifactCorrupt, read_version, write_version
+from recommender.training.blends import blend_floor
+from recommender.training.ranker import best_ranker, fitted_trees, labelled
+from recommender.training.trials import fit_and_measure
+from tests.support.data import BOOKS, PARAMS
+from tests.test_book_signals import OTHERS, VOLUMES
+from tests.test_book_signals import model as model
+
+LATER = FEATURES.index("later volume")
+AUTHORS = FEATURES.index("author")
+
+
+def _one_split(feature: int, threshold: float, below: float, above: float) -> Trees:
+    """A forest of one tree: rows whose `feature` is above `threshold` get `above`, the others `below`."""
+    return Trees.of_arrays({
+        "feature": np.array([feature, LEAF, LEAF]), "threshold": np.array([threshold, 0.0, 0.0]),
+        "left": np.array([1, -1, -1]), "right": np.array([2, -1, -1]), "value": np.array([0.0, below, above]),
+        "roots": np.array([0]), "features": np.array(len(FEATURES)),
+    })  # fmt: skip
+
+
+# Trees that favour what the series order forbids: a later volume far above everything else.
+LATER_FIRST = _one_split(LATER, 0.5, 0.0, 100.0)
+
+
+def test_the_trees_score_rows_as_lightgbm_predicts_them() -> None:
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(2_000, 5))
+    labels = (values[:, 0] + values[:, 3] * rng.normal(size=2_000) > 1).astype(int)
+    ranker = lgb.LGBMRanker(objective="lambdarank", n_estimators=15, num_leaves=7, min_child_samples=10, verbose=-1)
+    ranker.fit(values, labels, group=[50] * 40)
+    trees = Trees.of_dump(ranker.booster_.dump_model())
+    assert len(trees.roots) == 15
+    np.testing.assert_array_equal(trees.scores(values), ranker.predict(values))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"left": np.array([0, -1, -1])}, "later node"),  # a cycle: the root its own child
+        ({"feature": np.array([len(FEATURES), LEAF, LEAF])}, "feature"),
+        ({"value": np.array([0.0, np.nan, 1.0])}, "finite"),
+        ({"threshold": np.array([0.5, 0.0])}, "length"),
+    ],
+)
+def test_stored_trees_that_are_not_a_forest_are_refused(change: dict[str, np.ndarray], message: str) -> None:
+    with pytest.raises(TreesError, match=message):
+        Trees.of_arrays(LATER_FIRST.arrays() | change)
+
+
+def test_a_version_with_trees_is_stored_with_them_and_refused_when_they_are_broken(
+    model: HybridModel,
+    tmp_path: Path,
+) -> None:
+    version = model.with_ranker(LATER_FIRST)
+    write_version(tmp_path, version)
+    read = read_version(tmp_path, version.meta.version)
+    assert read.ranker is not None
+    np.testing.assert_array_equal(read.ranker.value, LATER_FIRST.value)
+    events = [(101, 5.0), (102, 5.0)]
+    assert recommend(read, 10**6, 10, events) == recommend(version, 10**6, 10, events)
+    assert recommend(read, 10**6, 10, events) != recommend(model, 10**6, 10, events)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    write_version(broken, model.with_ranker(dataclasses.replace(LATER_FIRST, left=np.array([0, -1, -1]))))
+    with pytest.raises(ArtifactCorrupt, match="ranker"):
+        read_version(broken, version.meta.version)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    read=st.integers(1, VOLUMES - 2),
+    others=st.lists(st.sampled_from([b.book_id for b in [*BOOKS, *OTHERS]]), max_size=6, unique=True),
+    limit=st.integers(1, 25),
+    cap=st.one_of(st.none(), st.integers(1, 3)),
+    hidden=st.lists(st.sampled_from([b.book_id for b in [*BOOKS, *OTHERS]]), max_size=10, unique=True),
+    trees=st.sampled_from([LATER_FIRST, _one_split(AUTHORS, 0.1, 0.0, 5.0), _one_split(LATER, 0.5, 1.0, -1.0)]),
+)
+def test_no_learned_answer_ranks_a_later_volume_above_the_next_one(
+    model: HybridModel,
+    read: int,
+    others: list[int],
+    limit: int,
+    cap: int | None,
+    hidden: list[int],
+    trees: Trees,
+) -> None:
+    """Whatever the trees favour: volume n+2 never above n+1 for a reader of volumes 1..n, filters and the author
+    cap holding."""
+    version = model.with_ranker(trees)
+    events = [(100 + v, 5.0) for v in range(1, read + 1)] + [(b, 4.0) for b in others]
+    allowed = np.ones(version.num_books, dtype=bool)
+    allowed[version.catalogue.positions(hidden)] = False
+    answer = recommend_many(version, [Request(10**6, limit, events, allowed, cap)], explain=False)[0]
+    books = [b.book_id for b in answer.books]
+    following, after = 100 + read + 1, 100 + read + 2
+    if after in books:
+        assert following in books and books.index(following) < books.index(after), books
+    assert not set(books) & set(hidden)
+    assert len(books) == len(set(books))
+    if cap is not None:
+        authors = [b.authors for b in answer.books]
+        assert max(authors.count(a) for a in authors) <= cap
+
+
+def test_a_learned_answer_is_the_same_alone_and_in_a_batch(model: HybridModel) -> None:
+    version = model.with_ranker(_one_split(FEATURES.index("popularity"), 0.3, 0.0, 1.0))
+    readers = [(u, [(100 + v, 5.0) for v in range(1, 1 + u % 4)] + [(200 + u % 8, 4.0)]) for u in range(12)]
+    alone = [recommend(version, 10**6 + u, 7, events) for u, events in readers]
+    batch = recommend_many(version, [Request(10**6 + u, 7, events) for u, events in readers])
+    assert batch == alone
+    said = [r for answer in alone for b in answer.books for r in b.because if r.part == "series"]
+    assert said and all(0 < r.share <= 1 and r.text.startswith("next in The Saga") for r in said)
+
+
+def _readers_of_authors() -> TrainingData:
+    """Readers who each come back to a few authors: a held-out book is mostly by one the reader read."""
+    rng = np.random.default_rng(5)
+    books = [Book(i, f"Book {i}", f"Author {i // 8}", f"words of author {i // 8}", ("fiction",)) for i in range(240)]
+    rows = []
+    for user in range(400):
+        for author in rng.choice(30, size=2, replace=False):
+            for book in rng.choice(8, size=6, replace=False):
+                rows.append(Interaction(user, int(author) * 8 + int(book), float(rng.integers(3, 6))))
+        rows += [Interaction(user, int(b), 4.0) for b in rng.choice(240, size=3, replace=False)]
+    return TrainingData.from_interactions(books, rows)
+
+
+def test_the_search_keeps_the_trees_where_they_rank_held_out_books_better() -> None:
+    data = _readers_of_authors()
+    params = dataclasses.replace(PARAMS, signals=dataclasses.replace(PARAMS.signals, author=0.0))
+    the_split = split(data, SplitParams(seed=3))
+    content = fit_content(data.books, params)
+    weighed = fit_and_measure(the_split, params, content, lambda: False)
+    kept = best_ranker(weighed, the_split, content, blend_floor(weighed, the_split), float("inf"))
+    assert kept.model.ranker is not None
+    assert kept.metrics.ndcg > weighed.metrics.ndcg
+    rows = labelled(weighed.model, the_split.held_out, sorted(the_split.held_out))
+    assert rows.values.shape == (len(rows.labels), len(FEATURES)) and sum(rows.groups) == len(rows.labels)
+    assert fitted_trees(dataclasses.replace(rows, labels=np.zeros_like(rows.labels)), 1, 1) is None
