@@ -25,11 +25,11 @@ from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import split
-from recommender.model.learned import FEATURES
+from recommender.model.learned import FEATURES, Ranker
 from recommender.model.params import SignalWeights, SplitParams, TrainingParams
 from recommender.model.trees import LEAF, Trees
 from recommender.training.blends import above_floor, blend_floor
-from recommender.training.ranker import labelled, learned_trial
+from recommender.training.ranker import labelled, learned_trees, trial_with
 from recommender.training.trials import fit_and_measure, measure
 
 COLUMNS = [
@@ -62,12 +62,12 @@ def measured(
         the_split = split(data, SplitParams(seed=seed + OTHER_SPLIT))
     blend = fit_and_measure(the_split, params, content, lambda: False)
     weighed = measure(blend.model.with_signals(TrainingParams().signals), the_split)
-    learned = learned_trial(blend, the_split, content)
-    if learned is None or learned.model.ranker is None:
+    trees = learned_trees(blend, the_split, content)
+    if trees is None:
         return [name, seed, fit, f"{blend.metrics.ndcg:.4f}", f"{weighed.ndcg:.4f}", "none fitted", *[""] * 7]
-    trees, served = learned.model.ranker, learned.metrics
+    served = trial_with(blend, Ranker(trees), the_split).metrics
     floor = blend_floor(blend, the_split)
-    kept = above_floor(served, floor) > above_floor(blend.metrics, floor)  # best_ranker's rule
+    kept = above_floor(served, floor) > above_floor(blend.metrics, floor)  # best_ranker's rule, for every reader
     rows = labelled(blend.model, the_split.held_out, sorted(the_split.held_out)[:300])
     return [
         name, seed, fit, f"{blend.metrics.ndcg:.4f}", f"{weighed.ndcg:.4f}", f"{served.ndcg:.4f}",

@@ -32,19 +32,24 @@ def best_books(
     """Each query's best books, scored, best first. `between_books`: the queries are books (`similar_rows`);
     `allowed[i]`: the positions query i's answer may hold (None: all); `signals[i]`: query i's reader's book
     signals (model/signals.py, `reader_signals`), which then re-rank a deeper shortlist of the blend's candidates:
-    weighed, or by the version's learned second stage where it has one (model/learned.py)."""
+    weighed, or by the version's learned second stage where it has one and the reader's history is long enough
+    (model/learned.py)."""
     masks = list(allowed) or [None] * len(queries)
     if not signals:
         return _ranked(model, queries, limits, between_books, masks)
-    trees = model.ranker
-    depths = [n + max(n, SIGNALS_DEPTH) if trees is None else learned.depth_for(n) for n in limits]
+    ranker = model.ranker
+    chosen = [learned.serves(ranker, mine) for mine in signals]
+    depths = [
+        learned.depth_for(n) if by_trees else n + max(n, SIGNALS_DEPTH)
+        for n, by_trees in zip(limits, chosen, strict=True)
+    ]
     weights = model.meta.params.signals
     return [
-        mine.best(model.signals, weights, model.rows, q, listed, (depth, n), mask)
-        if trees is None
-        else learned.best(trees, model.signals, mine, model.rows, q, listed, (depth, n), mask)
-        for q, mine, listed, depth, n, mask in zip(
-            queries, signals, _shortlisted(model, queries, depths, masks), depths, limits, masks, strict=True
+        learned.best(ranker.trees, model.signals, mine, model.rows, q, listed, (depth, n), mask)
+        if by_trees and ranker is not None
+        else mine.best(model.signals, weights, model.rows, q, listed, (depth, n), mask)
+        for q, mine, listed, depth, n, mask, by_trees in zip(
+            queries, signals, _shortlisted(model, queries, depths, masks), depths, limits, masks, chosen, strict=True
         )
     ]
 

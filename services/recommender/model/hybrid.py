@@ -20,10 +20,10 @@ from recommender.model.content import ContentModel
 from recommender.model.derived import Derived
 from recommender.model.filters import author_key
 from recommender.model.index import CatalogueIndex, Search
+from recommender.model.learned import Ranker
 from recommender.model.params import SignalWeights, TrainingParams
 from recommender.model.ranking import Blend, BookRows
 from recommender.model.signals import BookSignals
-from recommender.model.trees import Trees
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class HybridModel:
     # Book and user ids whose trained data this version must not use (erased after its snapshot): `forgetting`.
     forgotten: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
     forgotten_users: frozenset[int] = frozenset()
-    ranker: Trees | None = None  # the learned second stage over the reader's book signals (model/learned.py)
+    ranker: Ranker | None = None  # the learned second stage over the reader's book signals (model/learned.py)
     # What is computed from the books and fits once, shared with copies that keep them (a re-blend, an index);
     # each copy then holds what it read as a cached property (a request reads them a dozen times).
     derived: Derived = field(default_factory=Derived, compare=False, repr=False)
@@ -65,7 +65,7 @@ class HybridModel:
         changed_since_index: IntArray | None = None,
         forgotten: IntArray | None = None,
         forgotten_users: frozenset[int] = frozenset(),
-        ranker: Trees | None = None,
+        ranker: Ranker | None = None,
     ) -> HybridModel:
         cf_positions = catalogue.positions(cf.item_ids)
         counts = np.zeros(len(catalogue.book_ids), dtype=np.float32)
@@ -115,7 +115,7 @@ class HybridModel:
         """The same fits with the reader's book signals weighed otherwise (no refit)."""
         return self._with_params(dataclasses.replace(self.meta.params, signals=weights))
 
-    def with_ranker(self, ranker: Trees | None) -> HybridModel:
+    def with_ranker(self, ranker: Ranker | None) -> HybridModel:
         """The same fits with `ranker` as their second stage (None: the blend and the weighed signals)."""
         return dataclasses.replace(self, ranker=ranker)
 

@@ -20,14 +20,27 @@ import numpy.typing as npt
 from recommender.model import signal_loops as loops
 from recommender.model.compiled import blended, compiled
 from recommender.model.params import SignalWeights
-from recommender.model.ranking import BookRows, BoolArray, Float64Array, IntArray, Query, Scored, exact_terms
+from recommender.model.ranking import (
+    BookRows,
+    BoolArray,
+    Float64Array,
+    FloatArray,
+    IntArray,
+    Query,
+    Scored,
+    exact_terms,
+)
 from recommender.model.shortlist import Shortlist
 from recommender.model.signal_loops import holds
-from recommender.model.signals import MOST_AUTHORS, BookSignals, ReaderSignals
-from recommender.model.trees import Trees
+from recommender.model.signals import MOST_AUTHORS, NO_MASK, NO_PRODUCT, BookSignals, ReaderSignals
+from recommender.model.trees import Trees, TreesError
 
 # The blend's best that the trees re-rank (with the books the signals gather; an answer's own depth where deeper).
 DEPTH = 50
+# At most this many books the signals raise a reader (the next volumes, then the most popular of their authors'
+# books), beside the blend's: an author of thousands of books ("Anonymous") would otherwise price an answer by the
+# catalogue, and LightGBM refuses a reader of more than 10,000 candidates.
+MOST_CANDIDATES = 2_000
 
 FEATURES = (
     "blended score", "CF part", "content part", "popularity", "author", "next volume", "later volume",
@@ -36,13 +49,17 @@ FEATURES = (
 )  # fmt: skip
 WIDTH = len(FEATURES)
 
+# The search may leave readers of fewer books than this to the weighed signals (model/signals.py) where the trees
+# rank them worse (`Ranker.least_history`): on the Goodreads sample, readers cut to three books gained with the
+# default fit's trees and lost with the searched fit's.
+SHORT_HISTORY = 5
+
 # What `because` weighs the signals by when the trees rank: each said wherever it holds, its share against the
 # trees' score.
 REASONS = SignalWeights(author=1.0, next=1.0)
 
 Float64Matrix = npt.NDArray[np.float64]
 
-_NOTHING = np.zeros(0, dtype=np.bool_)
 _UNREACHED = np.ones(3)  # the signals' weights where no floor applies: any will do
 
 
@@ -55,10 +72,37 @@ class Candidates:
     scores: Float64Array  # blended, with its CF and content parts
     cf: Float64Array
     content: Float64Array
-    found: IntArray  # the same rows, sorted; per sorted row: raised by the signals, in the blend's shortlist
+    found: IntArray  # every row considered, sorted (`rows` and the shortlist's others); per row: raised by the
+    # signals, in the blend's shortlist
     raised: BoolArray
     listed: BoolArray
     signals: tuple[Float64Array, Float64Array, Float64Array]  # per sorted row: author, next, held
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """A version's learned stage: its trees, and the shortest history they rank (a reader of fewer books gets the
+    weighed signals)."""
+
+    trees: Trees
+    least_history: int = 0
+
+    def arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """What `of_arrays` reads back (a version's stored file)."""
+        return self.trees.arrays() | {"least_history": np.array(self.least_history)}
+
+    @classmethod
+    def of_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> Ranker:
+        """The ranker in `arrays`, checked (TreesError: not trees this release can serve)."""
+        trees = Trees.of_arrays(arrays)
+        if trees.features != WIDTH:
+            raise TreesError(f"the trees read {trees.features} features, this release gives {WIDTH}")
+        return cls(trees, int(arrays["least_history"]))
+
+
+def serves(ranker: Ranker | None, mine: ReaderSignals) -> bool:
+    """Whether the trees rank this reader's answer."""
+    return ranker is not None and len(mine.seen) >= ranker.least_history
 
 
 def depth_for(limit: int) -> int:
@@ -77,15 +121,20 @@ def candidates(
 ) -> Candidates:
     """The blend's `depth` best among the `listed` rows (which must hold them) and every book the reader's signals
     gather that the answer may hold (`allowed`; None: all), with their features."""
-    unbounded = ((_EMPTY, 0.0, rows.popularity), -np.inf, 0.0, _UNREACHED, signals.series, mine.started)
+    unbounded = ((NO_PRODUCT, 0.0, rows.popularity), -np.inf, 0.0, _UNREACHED, signals.series, mine.started)
     found, raised, listed_too = loops.candidates(
         np.asarray(listed.rows, dtype=np.int32), mine.authors, mine.liked_by, MOST_AUTHORS, *signals.by_author,
-        mine.following, mine.seen, _NOTHING if allowed is None else allowed, unbounded,
+        mine.following, mine.seen, NO_MASK if allowed is None else allowed, unbounded,
     )  # fmt: skip
     author, next_volume, held = loops.features(
         found, mine.authors, mine.liked_by, mine.started, mine.following, *signals.by_book, signals.series,
         signals.position,
     )  # fmt: skip
+    if raised.sum() > MOST_CANDIDATES:  # whether the shortlist lists them or not: the same whatever its depth
+        raised &= _most_popular(found, raised, next_volume > 0, rows.popularity)
+        kept = raised | listed_too
+        found, raised, listed_too = found[kept], raised[kept], listed_too[kept]
+        author, next_volume, held = author[kept], next_volume[kept], held[kept]
     ordered, scores, cf, text = blended(
         rows.item_factors, rows.item_of_book, rows.content, rows.popularity, found, *exact_terms(q)
     )
@@ -95,6 +144,16 @@ def candidates(
     )  # fmt: skip
     ordered, scores, cf, text = ordered[kept], scores[kept], cf[kept], text[kept]
     return Candidates(ordered, values, scores, cf, text, found, raised, listed_too, (author, next_volume, held))
+
+
+def _most_popular(found: IntArray, raised: BoolArray, first: BoolArray, popularity: FloatArray) -> BoolArray:
+    """Of the `found` rows the signals `raised`, those `first` marks and then the most popular others (ties: the lower
+    row), MOST_CANDIDATES in all."""
+    others = np.flatnonzero(raised & ~first)
+    room = max(MOST_CANDIDATES - int((raised & first).sum()), 0)
+    chosen = np.zeros(len(found), dtype=np.bool_)
+    chosen[others[np.lexsort((found[others], -popularity[found[others]]))[:room]]] = True
+    return chosen | (raised & first)
 
 
 def best(
@@ -158,6 +217,3 @@ def _values(
         values[j, 9] = 0.0 if np.isnan(position[row]) else position[row]
         values[j, 10], values[j, 11] = read, pointers[row + 1] - pointers[row]
     return kept[:n], values
-
-
-_EMPTY = np.zeros(0, dtype=np.float32)

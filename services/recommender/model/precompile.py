@@ -18,7 +18,7 @@ import numpy as np
 
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
-from recommender.model.learned import FEATURES
+from recommender.model.learned import FEATURES, Ranker
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend
@@ -43,7 +43,7 @@ def precompile() -> float:
     model = train(TrainingData.from_interactions(books, read), params)
     warm(model)
     recommend(model, user_id=1, limit=5, events=[(1, 5.0), (2, 5.0), (5, 4.0)])  # a started series, fresh events
-    recommend(model.with_ranker(_STUMP), user_id=1, limit=5)  # the learned stage (model/learned.py)
+    recommend(model.with_ranker(Ranker(_STUMP)), user_id=1, limit=5)  # the learned stage (model/learned.py)
     q = query_for(model, reader_of(model, 1))
     shortlists(model.rows, [q], [5], [None], scanned=True)  # the scan, whatever this tiny catalogue's bound
     return time.perf_counter() - started

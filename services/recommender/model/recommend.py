@@ -115,7 +115,7 @@ def _because(
     then the books it comes from most through the blend, SHOWN in all."""
     said = None
     if mine is not None and len(books.positions):
-        weights = model.meta.params.signals if model.ranker is None else learned.REASONS
+        weights = learned.REASONS if learned.serves(model.ranker, mine) else model.meta.params.signals
         said = signal_reasons(model.catalogue, model.signals, weights, mine, books.positions, books.scores)
     room = [SHOWN - len(found) for found in said] if said is not None else []
     blended = explained(model.catalogue, model.content, model.rows, model.cf, books.positions, reader, q, room)

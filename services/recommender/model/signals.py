@@ -150,8 +150,8 @@ class ReaderSignals:
         depth, limit = counts
         book = (*signals.by_book, *signals.by_author, signals.series, signals.position)
         found = loops.best(
-            listed.rows, _EMPTY if listed.values is None else listed.values, (listed.margin, listed.outside),
-            _NOTHING if allowed is None else allowed, np.array([weights.author, weights.next, weights.held]),
+            listed.rows, NO_PRODUCT if listed.values is None else listed.values, (listed.margin, listed.outside),
+            NO_MASK if allowed is None else allowed, np.array([weights.author, weights.next, weights.held]),
             (MOST_AUTHORS, depth, limit),
             (self.seen, self.authors, self.liked_by, self.started, self.furthest, self.following), book,
             (rows.item_factors, rows.item_of_book, rows.content, rows.popularity),
@@ -181,5 +181,5 @@ class Sources:
     furthest_read: IntArray  # of its series, the furthest volume the reader read (-1: not its next volume)
 
 
-_NOTHING = np.zeros(0, dtype=np.bool_)  # no mask: every book allowed
-_EMPTY = np.zeros(0, dtype=np.float32)  # no product: the catalogue index's candidates
+NO_MASK = np.zeros(0, dtype=np.bool_)  # no mask: every book allowed
+NO_PRODUCT = np.zeros(0, dtype=np.float32)  # no product: the catalogue index's candidates

@@ -24,14 +24,15 @@ from recommender.model.cf import CFModel
 from recommender.model.content import ContentModel, TextEncoder
 from recommender.model.hybrid import HybridModel, ModelMeta
 from recommender.model.index import CatalogueIndex, Cells, restore
+from recommender.model.learned import Ranker
 from recommender.model.params import TrainingParams
 from recommender.model.series import series_in_title
-from recommender.model.trees import Trees, TreesError
+from recommender.model.trees import TreesError
 
 FORMAT = 2
 MANIFEST = "manifest.json"
 INDEX = "index.npz"  # the catalogue index's Faiss parts (model/index.py), for versions that have one
-RANKER = "ranker.npz"  # the learned second stage's trees (model/trees.py), for versions that have one
+RANKER = "ranker.npz"  # the learned second stage (model/learned.py), for versions that have one
 
 
 class ArtifactError(Exception):
@@ -243,10 +244,10 @@ def _read_files(folder: Path, manifest: dict[str, Any]) -> HybridModel:
     return model
 
 
-def _read_ranker(path: Path) -> Trees:
+def _read_ranker(path: Path) -> Ranker:
     with np.load(path, allow_pickle=False) as arrays:
         try:
-            return Trees.of_arrays({name: arrays[name] for name in arrays.files})
+            return Ranker.of_arrays({name: arrays[name] for name in arrays.files})
         except TreesError as exc:
             raise ArtifactCorrupt(f"the ranker's trees: {exc}") from exc
 

@@ -23,7 +23,7 @@ from recommender.model.content import ContentModel
 from recommender.model.evaluation import Split, split
 from recommender.model.fit import TrainingCancelled, train
 from recommender.model.hybrid import HybridModel
-from recommender.model.learned import DEPTH, Candidates, candidates
+from recommender.model.learned import DEPTH, SHORT_HISTORY, Candidates, Ranker, candidates
 from recommender.model.params import SplitParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for
@@ -75,8 +75,8 @@ def reader_candidates(model: HybridModel, user: int) -> Candidates | None:
     reader = reader_of(model, user)
     if not len(reader.seen):
         return None
-    q = query_for(model, reader)
     mine = ReaderSignals.of(model.signals, reader.seen, reader.weights)
+    q = query_for(model, reader)
     listed = shortlists(model.rows, [q], [DEPTH], [None])[0]
     return candidates(model.signals, mine, model.rows, q, listed, DEPTH)
 
@@ -102,37 +102,41 @@ def best_ranker(
     deadline: float,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Trial:
-    """`best` with the trees of its configuration as its second stage, where they rank the split's held-out books
-    better (by `above_floor`); `best` itself otherwise, or when its catalogue has no signals."""
+    """`best` with the trees of its configuration as its second stage, for every reader or only for readers of
+    SHORT_HISTORY books or more, whichever ranks the split's held-out books best (by `above_floor`); `best` itself
+    where neither does better, or when its catalogue has no signals."""
     if best.model.signals.empty or time.perf_counter() > deadline:
         return best
     started = time.perf_counter()
-    trial = learned_trial(best, the_split, fitted_content, should_stop)
-    if trial is None:
+    trees = learned_trees(best, the_split, fitted_content, should_stop)
+    if trees is None:
         return best
-    keep = above_floor(trial.metrics, floor) > above_floor(best.metrics, floor)
+    tried = [best, *(trial_with(best, Ranker(trees, least), the_split) for least in (0, SHORT_HISTORY))]
+    chosen = max(tried, key=lambda t: above_floor(t.metrics, floor))  # the first of equals: the weighed signals
     log.info(
-        "tuning: the learned stage gave NDCG@10 %.4f against %.4f weighed (%.1f s): %s", trial.metrics.ndcg,
-        best.metrics.ndcg, time.perf_counter() - started, "kept" if keep else "not kept",
+        "tuning: the learned stage gave NDCG@10 %s against %.4f weighed (%.1f s); %s",
+        " and ".join(f"{t.metrics.ndcg:.4f}" for t in tried[1:]), best.metrics.ndcg, time.perf_counter() - started,
+        "kept" if chosen.model.ranker is not None else "not kept",
     )  # fmt: skip
-    return trial if keep else best
+    return chosen
 
 
-def learned_trial(
+def learned_trees(
     best: Trial,
     the_split: Split,
     fitted_content: tuple[Catalogue, ContentModel],
     should_stop: Callable[[], bool] = lambda: False,
-) -> Trial | None:
-    """`best` with trees fitted for its configuration on the inner split, measured on `the_split` (None: the inner
-    split held no book to learn from)."""
+) -> Trees | None:
+    """Trees fitted for `best`'s configuration on the inner split (None: it held no book to learn from)."""
     seed = best.params.als.random_state
     inner = split(the_split.train, SplitParams(seed=seed + INNER_SPLIT))
     fitted = train(inner.train, best.params, should_stop, fitted_content)
     if should_stop():
         raise TrainingCancelled("training cancelled")
-    trees = fitted_trees(labelled(fitted, inner.held_out, sorted(inner.held_out)), seed, best.params.als.threads)
-    if trees is None:
-        return None
-    model = best.model.with_ranker(trees)
+    return fitted_trees(labelled(fitted, inner.held_out, sorted(inner.held_out)), seed, best.params.als.threads)
+
+
+def trial_with(best: Trial, ranker: Ranker, the_split: Split) -> Trial:
+    """`best` with `ranker` as its second stage, measured on the split."""
+    model = best.model.with_ranker(ranker)
     return dataclasses.replace(best, model=model, metrics=measure(model, the_split), parts=None)
