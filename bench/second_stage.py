@@ -25,7 +25,8 @@ from recommender.model.catalogue import Catalogue
 from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import split
-from recommender.model.learned import FEATURES, Ranker
+from recommender.model.learned import Ranker
+from recommender.model.learned_loops import FEATURES
 from recommender.model.params import SignalWeights, SplitParams, TrainingParams
 from recommender.model.trees import LEAF, Trees
 from recommender.training.blends import above_floor, blend_floor

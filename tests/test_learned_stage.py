@@ -20,7 +20,8 @@ from recommender.model.evaluation import split
 from recommender.model.fit import fit_content, train
 from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel
-from recommender.model.learned import FEATURES, Ranker
+from recommender.model.learned import Ranker
+from recommender.model.learned_loops import FEATURES
 from recommender.model.params import IndexParams, SplitParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend, recommend_many

@@ -18,7 +18,8 @@ import numpy as np
 
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
-from recommender.model.learned import FEATURES, Ranker
+from recommender.model.learned import Ranker
+from recommender.model.learned_loops import FEATURES
 from recommender.model.params import ALSParams, TrainingParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend
