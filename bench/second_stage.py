@@ -8,7 +8,7 @@ MovieLens, two split seeds each.
 Each data set and seed twice: the default fit (no search), and what the default search without signals chose on
 that split, refitted on split seed + 100 and measured there (the protocol of bench/book_signals.py). Writes
 bench/results/second_stage.md and .csv, with what serving the trees costs: the candidates a reader and the
-comparisons a candidate (the depth of the leaf each tree sends it to, weighed by the training rows that reached it).
+comparisons a candidate (the depth of the leaf each tree sends it to, summed over the trees).
 """
 
 from __future__ import annotations
