@@ -130,7 +130,14 @@ def test_no_answer_ranks_a_later_volume_above_the_next_one(
 ) -> None:
     """A reader with volumes 1..n and none after: volume n+2 never above n+1, whatever the signals' weights, with
     filters (the answer holds only allowed books) and the author cap (at most `cap` of one author) holding."""
-    version = model.with_signals(SignalWeights(*weights, series_order=True))
+    assert_in_order(model.with_signals(SignalWeights(*weights, series_order=True)), read, others, limit, cap, hidden)
+
+
+def assert_in_order(
+    version: HybridModel, read: int, others: list[int], limit: int, cap: int | None, hidden: list[int]
+) -> None:
+    """For a reader of the saga's volumes 1..`read` and the `others`: volume n+2 never above n+1, no `hidden` book,
+    no book twice, at most `cap` books of one author."""
     events = [(100 + v, 5.0) for v in range(1, read + 1)] + [(b, 4.0) for b in others]
     allowed = np.ones(version.num_books, dtype=bool)
     allowed[version.catalogue.positions(hidden)] = False
@@ -140,6 +147,7 @@ def test_no_answer_ranks_a_later_volume_above_the_next_one(
     if after in books:
         assert following in books and books.index(following) < books.index(after), books
     assert not set(books) & set(hidden)
+    assert len(books) == len(set(books))
     if cap is not None:
         authors = [b.authors for b in answer.books]
         assert max(authors.count(a) for a in authors) <= cap

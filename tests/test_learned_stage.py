@@ -34,7 +34,7 @@ from recommender.training.blends import blend_floor
 from recommender.training.ranker import best_ranker, fitted_trees, labelled
 from recommender.training.trials import fit_and_measure
 from tests.support.data import BOOKS, PARAMS
-from tests.test_book_signals import OTHERS, VOLUMES
+from tests.test_book_signals import OTHERS, VOLUMES, assert_in_order
 from tests.test_book_signals import model as model
 
 LATER = FEATURES.index("later volume")
@@ -123,20 +123,7 @@ def test_no_learned_answer_ranks_a_later_volume_above_the_next_one(
 ) -> None:
     """Whatever the trees favour: volume n+2 never above n+1 for a reader of volumes 1..n (and four books or more
     besides: a history the trees rank), filters and the author cap holding."""
-    version = model.with_ranker(Ranker(trees))
-    events = [(100 + v, 5.0) for v in range(1, read + 1)] + [(b, 4.0) for b in others]
-    allowed = np.ones(version.num_books, dtype=bool)
-    allowed[version.catalogue.positions(hidden)] = False
-    answer = recommend_many(version, [Request(10**6, limit, events, allowed, cap)], explain=False)[0]
-    books = [b.book_id for b in answer.books]
-    following, after = 100 + read + 1, 100 + read + 2
-    if after in books:
-        assert following in books and books.index(following) < books.index(after), books
-    assert not set(books) & set(hidden)
-    assert len(books) == len(set(books))
-    if cap is not None:
-        authors = [b.authors for b in answer.books]
-        assert max(authors.count(a) for a in authors) <= cap
+    assert_in_order(model.with_ranker(Ranker(trees)), read, others, limit, cap, hidden)
 
 
 def test_a_learned_answer_is_the_same_alone_and_in_a_batch(model: HybridModel) -> None:
