@@ -15,11 +15,13 @@ from recommender.model.catalogue import Catalogue
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
 from recommender.model.hybrid import HybridModel
-from recommender.model.params import SignalWeights, TrainingParams
+from recommender.model.params import ALSParams, SignalWeights, TrainingParams
+from recommender.model.readers import reader_of
 from recommender.model.recommend import recommend, recommend_many
 from recommender.model.series import series_in_title
-from recommender.model.signals import BookSignals
+from recommender.model.signals import MOST_AUTHORS, BookSignals
 from recommender.settings import Settings
+from recommender.storage import demo
 from recommender.training.config import training_params, tuning_policy
 from tests.support.data import BOOKS, PARAMS, interactions
 
@@ -178,3 +180,23 @@ def test_because_says_what_the_signals_say_with_the_readers_book_behind_it(model
     assert all(r.book_id in (101, 102) for r in by_author)
     plain = recommend(model.with_signals(SignalWeights()), 10**6, 10, events)
     assert all(r.part in ("cf", "content") and not r.text for b in plain.books for r in b.because)
+
+
+def test_an_answer_is_the_whole_rankings_head_for_readers_of_many_authors() -> None:
+    """A book's author signal comes only from the reader's MOST_AUTHORS most-read authors, whose books all join the
+    candidates: an answer of eight books of a genre is the whole ranking's first eight of it, however many authors
+    the reader read (a book of a 21st author, far down the blend, once rose into the whole ranking's head but could
+    not be raised into the genre's answer)."""
+    books = demo.generate(3, 400, 150, 4000)
+    params = TrainingParams(als=ALSParams(factors=16, iterations=6))  # the default signals: author 1
+    model = train(TrainingData.from_interactions(books.books, books.interactions), params)
+    genres = {b.book_id: b.genres for b in books.books}
+    many = 0
+    for user in [int(u) for u in model.cf.user_ids]:
+        many += len(np.unique(model.author_codes[reader_of(model, user).seen])) > MOST_AUTHORS
+        whole = recommend_many(model, [Request(user, model.num_books)], explain=False)[0].books
+        for genre in sorted({g for b in books.books for g in b.genres}):
+            allowed = np.array([genre in genres[int(i)] for i in model.catalogue.book_ids])
+            answer = recommend_many(model, [Request(user, 8, allowed=allowed)], explain=False)[0].books
+            assert answer == [b for b in whole if genre in genres[b.book_id]][:8], (user, genre)
+    assert many > 10  # readers the rule is about

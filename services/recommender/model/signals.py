@@ -129,9 +129,16 @@ class ReaderSignals:
 
     @classmethod
     def of(cls, signals: BookSignals, seen: IntArray, weights: npt.NDArray[np.float32]) -> ReaderSignals:
-        """From a reader's history (`seen`, in order) and its weights (above 0: liked)."""
+        """From a reader's history (`seen`, in order) and its weights (above 0: liked). Their authors: the
+        MOST_AUTHORS they liked most books of (ties: the lower code), the ones whose books join the candidates, so
+        that no book outside the shortlist has an author signal it could not be raised by: an answer is then the
+        same whatever its depth (its limit, a filter)."""
         book = (*signals.by_book, signals.series, signals.position, *signals.by_series)
-        return cls(*loops.reader(seen, weights, book))
+        seen, liked, authors, liked_by, *series = loops.reader(seen, weights, book)
+        if len(authors) > MOST_AUTHORS:
+            top = np.sort(np.argsort(-liked_by, kind="stable")[:MOST_AUTHORS])
+            authors, liked_by = authors[top], liked_by[top]
+        return cls(seen, liked, authors, liked_by, *series)
 
     def best(
         self,
