@@ -42,12 +42,7 @@ AUTHORS = FEATURES.index("author")
 
 
 def _one_split(feature: int, threshold: float, below: float, above: float) -> Trees:
-    """A forest of one tree: rows whose `feature` is above `threshold` get `above`, the others `below`."""
-    return Trees.of_arrays({
-        "feature": np.array([feature, LEAF, LEAF]), "threshold": np.array([threshold, 0.0, 0.0]),
-        "left": np.array([1, -1, -1]), "right": np.array([2, -1, -1]), "value": np.array([0.0, below, above]),
-        "roots": np.array([0]), "features": np.array(len(FEATURES)),
-    })  # fmt: skip
+    return Trees.stump(feature, threshold, below, above, len(FEATURES))
 
 
 # Trees that favour what the series order forbids: a later volume far above everything else.

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from recommender.model.dataset import Book, Interaction, TrainingData
 from recommender.model.fit import train
 from recommender.model.learned import Ranker
@@ -24,7 +22,7 @@ from recommender.model.params import ALSParams, TrainingParams
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend
 from recommender.model.shortlist import shortlists
-from recommender.model.trees import LEAF, Trees
+from recommender.model.trees import Trees
 from recommender.model.warm import warm
 
 
@@ -51,11 +49,7 @@ def precompile() -> float:
 
 
 # One split on the blended score: trees enough to compile the learned stage's loops.
-_STUMP = Trees.of_arrays({
-    "feature": np.array([0, LEAF, LEAF]), "threshold": np.zeros(3), "left": np.array([1, -1, -1]),
-    "right": np.array([2, -1, -1]), "value": np.array([0.0, 0.0, 1.0]), "roots": np.array([0]),
-    "features": np.array(len(FEATURES)),
-})  # fmt: skip
+_STUMP = Trees.stump(0, 0.0, 0.0, 1.0, len(FEATURES))
 
 
 if __name__ == "__main__":

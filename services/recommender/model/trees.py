@@ -59,6 +59,15 @@ class Trees:
             "features": np.array(int(dump["max_feature_idx"]) + 1),
         })  # fmt: skip
 
+    @classmethod
+    def stump(cls, feature: int, threshold: float, below: float, above: float, features: int) -> Trees:
+        """A forest of one split: rows whose `feature` is above `threshold` score `above`, the others `below`."""
+        return cls.of_arrays({
+            "feature": np.array([feature, LEAF, LEAF]), "threshold": np.array([threshold, 0.0, 0.0]),
+            "left": np.array([1, -1, -1]), "right": np.array([2, -1, -1]), "value": np.array([0.0, below, above]),
+            "roots": np.array([0]), "features": np.array(features),
+        })  # fmt: skip
+
     def arrays(self) -> dict[str, npt.NDArray[Any]]:
         """What `of_arrays` reads back (a version's stored file)."""
         return {
