@@ -22,7 +22,7 @@ from recommender.model.growth import with_index
 from recommender.model.hybrid import HybridModel
 from recommender.model.learned import Ranker
 from recommender.model.learned_loops import FEATURES
-from recommender.model.params import IndexParams, SplitParams
+from recommender.model.params import IndexParams, SplitParams, TuningPolicy
 from recommender.model.readers import reader_of
 from recommender.model.recommend import query_for, recommend, recommend_many
 from recommender.model.shortlist import shortlists
@@ -30,8 +30,10 @@ from recommender.model.signals import ReaderSignals
 from recommender.model.trees import LEAF, Trees, TreesError
 from recommender.storage import demo
 from recommender.storage.artifact_files import ArtifactCorrupt, read_version, write_version
+from recommender.storage.registry import Status, VersionRecord
 from recommender.training.blends import blend_floor
 from recommender.training.ranker import best_ranker, fitted_trees, labelled
+from recommender.training.trainer import Trainer
 from recommender.training.trials import fit_and_measure
 from tests.support.data import BOOKS, PARAMS
 from tests.test_book_signals import OTHERS, VOLUMES, assert_in_order
@@ -159,6 +161,14 @@ def test_the_search_keeps_the_trees_where_they_rank_held_out_books_better() -> N
     rows = labelled(weighed.model, the_split.held_out, sorted(the_split.held_out))
     assert rows.values.shape == (len(rows.labels), len(FEATURES)) and sum(rows.groups) == len(rows.labels)
     assert fitted_trees(dataclasses.replace(rows, labels=np.zeros_like(rows.labels)), 1, 1) is None
+    # Released, the version's params say who its trees rank; the gate's "before" refits them as served.
+    assert kept.params.signals.learned_from == kept.model.ranker.least_history
+    trainer = Trainer("", Path(), params, keep_versions=1, tuning=TuningPolicy(enabled=False))
+    active = VersionRecord("active", Status.ACTIVE, params=kept.params.as_dict())
+    candidate, before, _ = trainer._candidate(the_split, content, active, [], lambda: False)
+    assert candidate.model.ranker is None and candidate.params.signals.learned_from is None
+    assert before is not None and before.model.ranker is not None
+    assert before.params == kept.params and before.metrics.ndcg > candidate.metrics.ndcg
 
 
 def test_the_catalogue_index_path_takes_the_learned_stage() -> None:

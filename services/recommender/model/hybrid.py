@@ -116,8 +116,11 @@ class HybridModel:
         return self._with_params(dataclasses.replace(self.meta.params, signals=weights))
 
     def with_ranker(self, ranker: Ranker | None) -> HybridModel:
-        """The same fits with `ranker` as their second stage (None: the blend and the weighed signals)."""
-        return dataclasses.replace(self, ranker=ranker)
+        """The same fits with `ranker` as their second stage (None: the blend and the weighed signals), their
+        params saying so."""
+        learned_from = None if ranker is None else ranker.least_history
+        signals = dataclasses.replace(self.meta.params.signals, learned_from=learned_from)
+        return dataclasses.replace(self.with_signals(signals), ranker=ranker)
 
     def _with_params(self, params: TrainingParams) -> HybridModel:
         return dataclasses.replace(self, meta=dataclasses.replace(self.meta, params=params))  # `derived` shared

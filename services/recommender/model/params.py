@@ -20,6 +20,9 @@ class SignalWeights:
     next: float = 0.0
     held: float = 0.0
     series_order: bool = False  # the unread volumes of a series the reader started in order, whatever the weights
+    # Readers of this many books or more are ranked by the version's trees (model/learned.py) in place of the
+    # weights; None: the version has no learned stage. Recorded so that the gate refits what is served.
+    learned_from: int | None = None
 
     @property
     def off(self) -> bool:
@@ -27,13 +30,18 @@ class SignalWeights:
 
     def as_dict(self) -> dict[str, Any]:
         return {"author_weight": self.author, "next_weight": self.next, "held_weight": self.held,
-                "series_order": self.series_order}  # fmt: skip
+                "series_order": self.series_order, "learned_from": self.learned_from}  # fmt: skip
 
     @classmethod
     def of(cls, values: dict[str, Any]) -> SignalWeights:
         """As `as_dict` wrote them; a version stored before book signals has none (the blend alone)."""
         weights = {k: float(values.get(f"{k}_weight", 0.0)) for k in ("author", "next", "held")}
-        return cls(**weights, series_order=bool(values.get("series_order", False)))
+        learned = values.get("learned_from")
+        return cls(
+            **weights,
+            series_order=bool(values.get("series_order", False)),
+            learned_from=None if learned is None else int(learned),
+        )
 
 
 @dataclass(frozen=True)

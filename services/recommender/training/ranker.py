@@ -139,4 +139,22 @@ def learned_trees(
 def trial_with(best: Trial, ranker: Ranker, the_split: Split) -> Trial:
     """`best` with `ranker` as its second stage, measured on the split."""
     model = best.model.with_ranker(ranker)
-    return dataclasses.replace(best, model=model, metrics=measure(model, the_split), parts=None)
+    return dataclasses.replace(
+        best, params=model.meta.params, model=model, metrics=measure(model, the_split), parts=None
+    )
+
+
+def with_learned_stage(
+    refitted: Trial,
+    learned_from: int | None,
+    the_split: Split,
+    fitted_content: tuple[Catalogue, ContentModel],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Trial:
+    """A configuration `refitted` on the split with the learned stage a version of it serves (for readers of
+    `learned_from` books or more), its trees fitted again as `best_ranker` fits them: what the gate compares a
+    candidate with. `refitted` itself for a version without one, or when no trees can be fitted."""
+    if learned_from is None or refitted.model.signals.empty:
+        return refitted
+    trees = learned_trees(refitted, the_split, fitted_content, should_stop)
+    return refitted if trees is None else trial_with(refitted, Ranker(trees, learned_from), the_split)

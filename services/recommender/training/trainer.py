@@ -26,12 +26,13 @@ from recommender.model.content import ContentModel
 from recommender.model.dataset import TrainingData
 from recommender.model.evaluation import Report, Split, split
 from recommender.model.fit import TrainingCancelled, fit_content, new_version, train
-from recommender.model.params import GatePolicy, SplitParams, TrainingParams, TuningPolicy
+from recommender.model.params import GatePolicy, SignalWeights, SplitParams, TrainingParams, TuningPolicy
 from recommender.storage.artifacts import ArtifactStore, open_store, prune
 from recommender.storage.db import Database
 from recommender.storage.registry import ActiveChanged, Outcome, Registry, Status, TrialRecord, VersionRecord
 from recommender.storage.snapshot import SnapshotStore
 from recommender.training.progress import RetrainControl
+from recommender.training.ranker import with_learned_stage
 from recommender.training.trials import Trial, fit_and_measure
 from recommender.training.tuning import Search, tune
 
@@ -66,7 +67,8 @@ class Snapshot:
 @dataclass(frozen=True)
 class Evaluation:
     """What a retrain measured on its split: the candidate to release, the active configuration refitted on the
-    same training part (None for a first version), every trial of the search, and each part's metrics."""
+    same training part with its learned stage (None for a first version), every trial of the search, and each
+    part's metrics."""
 
     split: Split
     content: tuple[Catalogue, ContentModel]  # fitted once: the search's fits and the final one share it
@@ -301,24 +303,26 @@ class Trainer:
         should_stop: Callable[[], bool],
     ) -> tuple[Trial, Trial | None, list[Trial]]:
         """The configuration to release, measured on the split; the active configuration measured there too
-        (refitted on the split's training part: the active model itself has seen the held-out books); and every
-        trial of the search."""
+        (refitted on the split's training part, the active model itself has seen the held-out books, and with the
+        learned stage it serves); and every trial of the search."""
         active_params = self._params_of(active) if active else None
-        active_trial = None
-        if active_params is not None:
+        active_trial = served = None
+        if active is not None and active_params is not None:
             # Measured with its parts: with a short search it is often the one released.
             active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop, parts=True)
+            learned_from = SignalWeights.of(active.params).learned_from
+            served = with_learned_stage(active_trial, learned_from, the_split, fitted_content, should_stop)
         if not self.tuning.enabled:
             if active_trial is not None and active_trial.params == self.params:
-                return active_trial, active_trial, []
+                return active_trial, served, []
             chosen = fit_and_measure(the_split, self.params, fitted_content, should_stop, parts=True)
-            return chosen, active_trial, []
+            return chosen, served, []
         search = self._search(first=active is None)
         best, tried = tune(
             the_split, active_params or self.params, fitted_content, search, should_stop, active_trial, earlier
         )
         log.info("tuning chose %s after %d trials", best.params.as_dict(), len(tried))
-        return best, active_trial, tried
+        return best, served, tried
 
     def _params_of(self, active: VersionRecord) -> TrainingParams:
         """The active version's choice, with this process's settings for what is not searched."""
@@ -330,7 +334,9 @@ class Trainer:
                 popularity_prior=self.params.popularity_prior,
                 cf_prior=self.params.cf_prior,
             )
-        return dataclasses.replace(params, tfidf_max_features=self.params.tfidf_max_features)
+        # Its learned stage is fitted apart (`with_learned_stage`): a fit of these params has no trees.
+        signals = dataclasses.replace(params.signals, learned_from=None)
+        return dataclasses.replace(params, signals=signals, tfidf_max_features=self.params.tfidf_max_features)
 
 
 def worse(after: Report, before: Report, gate: GatePolicy, cold_history: int) -> str:
