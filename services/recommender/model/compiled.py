@@ -66,47 +66,55 @@ def top_columns(matrix: Any, k: int) -> Any:
 
 
 @compiled
-def _block(terms: Any, start: int, n: int) -> float:
-    """The sum of terms[start : start + n], n <= BLOCK, added as NumPy adds it."""
+def _block(matrix: Any, row: int, vector: Any, start: int, n: int) -> float:
+    """The sum of the products matrix[row, i] * vector[i] (float64) for i in [start, start + n), n <= BLOCK, added
+    as NumPy adds them, each product formed where it is added (no array of them written and read back)."""
     total = 0.0
     if n < 8:
         for i in range(start, start + n):
-            total += terms[i]
+            total += np.float64(matrix[row, i]) * vector[i]
         return total
     # eight running sums (scalars: an array here would be allocated per row)
-    s0, s1, s2, s3 = terms[start], terms[start + 1], terms[start + 2], terms[start + 3]
-    s4, s5, s6, s7 = terms[start + 4], terms[start + 5], terms[start + 6], terms[start + 7]
+    s0 = np.float64(matrix[row, start]) * vector[start]
+    s1 = np.float64(matrix[row, start + 1]) * vector[start + 1]
+    s2 = np.float64(matrix[row, start + 2]) * vector[start + 2]
+    s3 = np.float64(matrix[row, start + 3]) * vector[start + 3]
+    s4 = np.float64(matrix[row, start + 4]) * vector[start + 4]
+    s5 = np.float64(matrix[row, start + 5]) * vector[start + 5]
+    s6 = np.float64(matrix[row, start + 6]) * vector[start + 6]
+    s7 = np.float64(matrix[row, start + 7]) * vector[start + 7]
     whole = start + n - n % 8
     for i in range(start + 8, whole, 8):
-        s0 += terms[i]
-        s1 += terms[i + 1]
-        s2 += terms[i + 2]
-        s3 += terms[i + 3]
-        s4 += terms[i + 4]
-        s5 += terms[i + 5]
-        s6 += terms[i + 6]
-        s7 += terms[i + 7]
+        s0 += np.float64(matrix[row, i]) * vector[i]
+        s1 += np.float64(matrix[row, i + 1]) * vector[i + 1]
+        s2 += np.float64(matrix[row, i + 2]) * vector[i + 2]
+        s3 += np.float64(matrix[row, i + 3]) * vector[i + 3]
+        s4 += np.float64(matrix[row, i + 4]) * vector[i + 4]
+        s5 += np.float64(matrix[row, i + 5]) * vector[i + 5]
+        s6 += np.float64(matrix[row, i + 6]) * vector[i + 6]
+        s7 += np.float64(matrix[row, i + 7]) * vector[i + 7]
     total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
     for i in range(whole, start + n):
-        total += terms[i]
+        total += np.float64(matrix[row, i]) * vector[i]
     return total
 
 
 @compiled
-def _pairwise(terms: Any, frames: Any, sums: Any) -> float:
-    """The sum of `terms` as NumPy adds a row: blocks of up to BLOCK terms, a longer span the sum of its halves (the
-    first half a multiple of eight long), left before right. Without recursion (numba's cache cannot hold a
-    recursive function): `frames` (start, length, stage) and `sums` are the stack."""
-    n = len(terms)
+def _dot(matrix: Any, row: int, vector: Any, frames: Any, sums: Any) -> float:
+    """`matrix[row]`'s inner product with `vector` (float64) in float64, as NumPy adds a row's products: blocks of up to
+    BLOCK terms, a longer span the sum of its halves (the first half a multiple of eight long), left before right.
+    Without recursion (numba's cache cannot hold a recursive function): `frames` (start, length, stage) and `sums`
+    are the stack."""
+    n = len(vector)
     if n <= BLOCK:
-        return _block(terms, 0, n)
+        return _block(matrix, row, vector, 0, n)
     frames[0, 0], frames[0, 1], frames[0, 2] = 0, n, 0
     depth, held = 1, 0
     while depth:
         start, length, stage = frames[depth - 1, 0], frames[depth - 1, 1], frames[depth - 1, 2]
         half = length // 2 - (length // 2) % 8
         if length <= BLOCK:
-            sums[held] = _block(terms, start, length)
+            sums[held] = _block(matrix, row, vector, start, length)
             held += 1
             depth -= 1
         elif stage == 0:  # the first half next
@@ -125,21 +133,21 @@ def _pairwise(terms: Any, frames: Any, sums: Any) -> float:
 
 
 @compiled
-def _dot(row: Any, vector: Any, terms: Any, frames: Any, sums: Any) -> float:
-    """`row`'s inner product with `vector` (float64) in float64: the products first (one loop the compiler
-    vectorises), then their sum."""
-    for i in range(len(terms)):
-        terms[i] = np.float64(row[i]) * vector[i]
-    return _pairwise(terms, frames, sums)
+def _pairwise(terms: Any, frames: Any, sums: Any) -> float:
+    """The sum of `terms` (float64) as NumPy adds a row (each times 1.0: exact)."""
+    return _dot(terms.reshape((1, len(terms))), 0, np.ones(len(terms)), frames, sums)
 
 
 @compiled
 def dots(matrix: Any, rows: Any, vector: Any) -> Any:
     """Each of `matrix`'s `rows`' inner product with `vector`, in float64."""
     found = np.empty(len(rows))
-    terms, frames, sums, wide = _room(vector)
+    frames, sums, wide = _room(vector)
     for i in range(len(rows)):
-        found[i] = _dot(matrix[rows[i]], wide, terms, frames, sums)
+        if len(wide) <= BLOCK:  # one block, the common case: called directly, a third cheaper than through `_dot`
+            found[i] = _block(matrix, rows[i], wide, 0, len(wide))
+        else:
+            found[i] = _dot(matrix, rows[i], wide, frames, sums)
     return found
 
 
@@ -147,19 +155,20 @@ def dots(matrix: Any, rows: Any, vector: Any) -> Any:
 def item_dots(factors: Any, item_of_book: Any, rows: Any, vector: Any) -> Any:
     """`dots` of the books at `rows` through their items' factors (0 for a book with none: item -1)."""
     found = np.zeros(len(rows))
-    terms, frames, sums, wide = _room(vector)
+    frames, sums, wide = _room(vector)
     for i in range(len(rows)):
         item = item_of_book[rows[i]]
-        if item >= 0:
-            found[i] = _dot(factors[item], wide, terms, frames, sums)
+        if item >= 0 and len(wide) <= BLOCK:  # as in `dots`
+            found[i] = _block(factors, item, wide, 0, len(wide))
+        elif item >= 0:
+            found[i] = _dot(factors, item, wide, frames, sums)
     return found
 
 
 @compiled
-def _room(vector: Any) -> tuple[Any, Any, Any, Any]:
-    """Room for one call's sums: the products, a stack of 64 levels (rows of up to 128 * 2^63 terms), and
-    `vector` in float64."""
-    return np.empty(len(vector)), np.empty((64, 3), dtype=np.int64), np.empty(64), vector.astype(np.float64)
+def _room(vector: Any) -> tuple[Any, Any, Any]:
+    """Room for one call's sums: a stack of 64 levels (rows of up to 128 * 2^63 terms), and `vector` in float64."""
+    return np.empty((64, 3), dtype=np.int64), np.empty(64), vector.astype(np.float64)
 
 
 @compiled
