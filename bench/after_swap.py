@@ -104,11 +104,7 @@ def main() -> int:
         "during the retrain": (retrain, swap),
         "first 30 s after the swap": (swap, swap + WINDOW),
     }
-    rows: list[list[object]] = []
-    for name, (start, end) in windows.items():
-        chosen = [s for s in samples if start <= s.sent < end]
-        p50, p95, p99 = percentiles([s.latency for s in chosen if s.status == 200])
-        rows.append([name, len(chosen), sum(1 for s in chosen if s.status != 200), p50, p95, p99])
+    rows = _window_rows(samples, windows)
     steady = float(rows[1][5])  # type: ignore[arg-type]
     ratios = ", ".join(f"{row[0]} {float(row[5]) / steady:.2f}" for row in rows if row[0] != rows[1][0])  # type: ignore[arg-type]
     latency_chart(
@@ -132,6 +128,16 @@ def main() -> int:
         notes,
     )
     return 0
+
+
+def _window_rows(samples: list[Sample], windows: dict[str, tuple[float, float]]) -> list[list[object]]:
+    """Per window: requests, non-200s, p50, p95, p99."""
+    rows: list[list[object]] = []
+    for name, (start, end) in windows.items():
+        chosen = [s for s in samples if start <= s.sent < end]
+        p50, p95, p99 = percentiles([s.latency for s in chosen if s.status == 200])
+        rows.append([name, len(chosen), sum(1 for s in chosen if s.status != 200), p50, p95, p99])
+    return rows
 
 
 def _churn(url: str) -> None:

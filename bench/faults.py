@@ -11,6 +11,7 @@ It prints a table of scenario, what must happen and what happened, and exits non
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import signal
@@ -87,6 +88,39 @@ def service(database: Database, folder: Path, artifacts: Path | None = None) -> 
 
 def database_killed_during_writes(database: Database, running: Service, seconds: float) -> list[Row]:
     """Writers send batches of new (user, book) pairs while PostgreSQL is killed and started again."""
+    outcomes, uncertain, back = _writes_across_an_outage(database, running, seconds)
+    present = _rows_per_user(database.url)
+    acknowledged = [b for b, status in outcomes.items() if status == 200]
+    failed = [b for b, status in outcomes.items() if status != 200 and b not in uncertain]
+    missing = [b for b in acknowledged if present.get(500_000 + b, 0) != 20]
+    partial = [b for b in outcomes if present.get(500_000 + b, 0) not in (0, 20)]
+    written_anyway = [b for b in failed if present.get(500_000 + b, 0) == 20]
+    landed = [b for b in uncertain if present.get(500_000 + b, 0) == 20]
+    statuses = sorted({status for status in outcomes.values() if status != 200})
+    return [
+        Row(
+            "PostgreSQL killed (immediate shutdown) during 8 concurrent writers, started again 2 s later",
+            "every acknowledged batch present, every batch answered 'nothing recorded' absent, none half-written; "
+            "a commit cut off is answered 'may have landed'",
+            f"{len(acknowledged)} acknowledged, all present: {not missing}; {len(failed)} 'nothing recorded' (HTTP "
+            f"{', '.join(map(str, statuses)) or '-'}), written anyway: {len(written_anyway)}; half-written: "
+            f"{len(partial)}; 'may have landed': {len(uncertain)}, of which landed {len(landed)}",
+            not missing and not partial and not written_anyway and len(failed) > 0,
+        ),
+        Row(
+            "writes after PostgreSQL is back",
+            "accepted again without a restart",
+            "accepted" if back else "still failing after 30 s",
+            back,
+        ),
+    ]
+
+
+def _writes_across_an_outage(
+    database: Database, running: Service, seconds: float
+) -> tuple[dict[int, int], set[int], bool]:
+    """Eight writers for `seconds`, PostgreSQL killed a third of the way and started 2 s later: each batch's HTTP
+    status (0: no answer), the batches answered "may have landed", and whether writes were accepted again."""
     outcomes: dict[int, int] = {}  # batch -> HTTP status
     uncertain: set[int] = set()  # batches answered "may have landed" (the connection went while committing)
     stop = threading.Event()
@@ -127,36 +161,10 @@ def database_killed_during_writes(database: Database, running: Service, seconds:
         )
         time.sleep(seconds / 3)
         stop.set()
-    present = _rows_per_user(database.url)
-    acknowledged = [b for b, status in outcomes.items() if status == 200]
-    failed = [b for b, status in outcomes.items() if status != 200 and b not in uncertain]
-    missing = [b for b in acknowledged if present.get(500_000 + b, 0) != 20]
-    partial = [b for b in outcomes if present.get(500_000 + b, 0) not in (0, 20)]
-    written_anyway = [b for b in failed if present.get(500_000 + b, 0) == 20]
-    landed = [b for b in uncertain if present.get(500_000 + b, 0) == 20]
-    statuses = sorted({status for status in outcomes.values() if status != 200})
-    return [
-        Row(
-            "PostgreSQL killed (immediate shutdown) during 8 concurrent writers, started again 2 s later",
-            "every acknowledged batch present, every batch answered 'nothing recorded' absent, none half-written; "
-            "a commit cut off is answered 'may have landed'",
-            f"{len(acknowledged)} acknowledged, all present: {not missing}; {len(failed)} 'nothing recorded' (HTTP "
-            f"{', '.join(map(str, statuses)) or '-'}), written anyway: {len(written_anyway)}; half-written: "
-            f"{len(partial)}; 'may have landed': {len(uncertain)}, of which landed {len(landed)}",
-            not missing and not partial and not written_anyway and len(failed) > 0,
-        ),
-        Row(
-            "writes after PostgreSQL is back",
-            "accepted again without a restart",
-            "accepted" if back else "still failing after 30 s",
-            back,
-        ),
-    ]
+    return outcomes, uncertain, back
 
 
 def _rows_per_user(url: str) -> dict[int, int]:
-    import asyncio
-
     async def read() -> dict[int, int]:
         conn = await asyncpg.connect(url)
         try:

@@ -254,6 +254,18 @@ def repeated_part(readers: list[Reader], lists: dict[str, dict[int, list[int]]],
     return rows
 
 
+def _through_the_service(the_split: Split, folder: Path) -> list[list[object]]:
+    """`service_part`'s decisions as the notes' table rows, each printed as it comes."""
+    rows: list[list[object]] = []
+    for decision in service_part(the_split, folder, seed=1):
+        rows.append([
+            f"service: {decision.scenario}", 1, decision.status, decision.canary_impressions,
+            decision.active_impressions, f"{decision.seconds:.0f} s", decision.reason,
+        ])  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("movielens", "goodbooks"), default="goodbooks")
@@ -273,21 +285,7 @@ def main() -> int:
     shown_worth = ", ".join(f"{name} {value:.4f}" for name, value in worth.items())
     print(f"{len(readers)} simulated readers; models trained in {time.perf_counter() - started:.0f} s; expected "
           f"mean reciprocal rank: {shown_worth}", flush=True)  # fmt: skip
-    service_rows: list[list[object]] = []
-    if not args.skip_service:
-        for decision in service_part(the_split, folder, seed=1):
-            service_rows.append(
-                [
-                    f"service: {decision.scenario}",
-                    1,
-                    decision.status,
-                    decision.canary_impressions,
-                    decision.active_impressions,
-                    f"{decision.seconds:.0f} s",
-                    decision.reason,
-                ]
-            )
-            print(service_rows[-1], flush=True)
+    service_rows = [] if args.skip_service else _through_the_service(the_split, folder)
     rows = repeated_part(readers, lists, args.runs)
     notes = (
         f"Data: {args.data} ({len(readers)} simulated readers, their held-out liked items). Readers click a shown "

@@ -78,33 +78,12 @@ def main() -> int:
         rss_after = running.rss_bytes()
         stop.set()
         loader.join()
-    first_version = samples[0].version
-    swap = min((s.sent for s in samples if s.version and s.version != first_version), default=retrain_end)
-    phases = {
-        "before": [s for s in samples if s.sent < retrain_start],
-        "during": [s for s in samples if retrain_start <= s.sent < retrain_end],
-        "after": [s for s in samples if s.sent >= retrain_end],
-    }
-    rows: list[list[object]] = []
-    for phase, chosen in phases.items():
-        ok = [s.latency for s in chosen if s.status == 200]
-        p50, p95, p99 = percentiles(ok)
-        failures = sum(1 for s in chosen if s.status not in (200, 0))
-        timeouts = sum(1 for s in chosen if s.status == 0)
-        rows.append([phase, len(chosen), failures, timeouts, p50, p95, p99])
+    swap = min((s.sent for s in samples if s.version and s.version != samples[0].version), default=retrain_end)
+    rows = _phase_rows(samples, retrain_start, retrain_end)
     idle_p99 = float(rows[0][6])  # type: ignore[arg-type]
     during_p99 = float(rows[1][6])  # type: ignore[arg-type]
-    answered, failed = [s for s in samples if s.status == 200], [s for s in samples if s.status != 200]
-    latency_chart(
-        "zero_downtime",
-        "Recommend through Envoy during a retrain",
-        "seconds",
-        [
-            ("200", [s.sent for s in answered], [s.latency * 1000 for s in answered], "#3b6ea8", 3.0),
-            ("error", [s.sent for s in failed], [s.latency * 1000 for s in failed], "red", 12.0),
-        ],
-        [(retrain_start, "retrain start", "#e0a030"), (swap, "swap", "green"), (retrain_end, "end", "gray")],
-    )
+    marks = [(retrain_start, "retrain start", "#e0a030"), (swap, "swap", "green"), (retrain_end, "end", "gray")]
+    _chart(samples, marks)
     notes = (
         f"{args.rate:.0f} requests/s through Envoy, retrain of {retrain_end - retrain_start:.1f} s (start "
         f"{retrain_start:.1f} s, swap {swap:.1f} s, end {retrain_end:.1f} s). p99 during / idle p99: "
@@ -120,6 +99,36 @@ def main() -> int:
         notes,
     )
     return 0
+
+
+def _phase_rows(samples: list[Sample], retrain_start: float, retrain_end: float) -> list[list[object]]:
+    """Per phase (before, during, after the retrain): requests, non-200s, timeouts, p50, p95, p99."""
+    phases = {
+        "before": [s for s in samples if s.sent < retrain_start],
+        "during": [s for s in samples if retrain_start <= s.sent < retrain_end],
+        "after": [s for s in samples if s.sent >= retrain_end],
+    }
+    rows: list[list[object]] = []
+    for phase, chosen in phases.items():
+        p50, p95, p99 = percentiles([s.latency for s in chosen if s.status == 200])
+        failures = sum(1 for s in chosen if s.status not in (200, 0))
+        timeouts = sum(1 for s in chosen if s.status == 0)
+        rows.append([phase, len(chosen), failures, timeouts, p50, p95, p99])
+    return rows
+
+
+def _chart(samples: list[Sample], marks: list[tuple[float, str, str]]) -> None:
+    answered, failed = [s for s in samples if s.status == 200], [s for s in samples if s.status != 200]
+    latency_chart(
+        "zero_downtime",
+        "Recommend through Envoy during a retrain",
+        "seconds",
+        [
+            ("200", [s.sent for s in answered], [s.latency * 1000 for s in answered], "#3b6ea8", 3.0),
+            ("error", [s.sent for s in failed], [s.latency * 1000 for s in failed], "red", 12.0),
+        ],
+        marks,
+    )
 
 
 def _wait_idle_tracking_memory(running: Server) -> int:

@@ -1,5 +1,6 @@
 """Operations through the real `python server.py` and Envoy: credentials over HTTP, request ids in headers and
-logs, safe defaults at start-up, and a restart after SIGKILL in the middle of a retrain."""
+logs, safe defaults at start-up, a restart after SIGKILL in the middle of a retrain, and every serving process
+counting its own requests."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ import pytest
 
 from bench.ports import free_port
 from bench.servers import IDLE, ROOT, SMALL_DEMO, Server, start_server, wait_idle
+from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from tests.support.database import Template, create_database
+from tests.support.metrics import scraped
 from tests.support.waiting import wait_for
+from tests.test_version_life_cycle import stop_and_check
 
 KEY = "s3cret-admin-key-4242"
 JWT_SECRET = "a-long-enough-hmac-secret-for-hs256"
@@ -218,3 +222,22 @@ def test_recommendations_answer_as_soon_as_health_says_ready_with_two_processes(
         ]
     finally:
         assert server.stop() == 0
+
+
+def test_every_serving_process_counts_its_requests(template: Template, tmp_path: Path) -> None:
+    server = start_server(template.copy(tmp_path), tmp_path, workers="3")
+    try:
+        entries = read_targets(tmp_path / "var" / TARGETS_FILE)
+        assert sorted(e["labels"]["role"] for e in entries) == ["main", "worker", "worker"]
+        addresses = [e["targets"][0] for e in entries]
+        sample = 'recommender_requests_total{code="OK",method="Recommend"}'
+        server.wait_balanced(3)
+        for user in range(1, 31):
+            with httpx.Client(timeout=10) as http:  # a new connection each time
+                http.get(f"{server.url}/api/v1/recommendations?user_id={user}&limit=3").raise_for_status()
+        counted = [scraped(address, sample) for address in addresses]
+        assert sum(counted) == 30, counted
+        assert sum(1 for count in counted if count > 0) >= 2, counted  # spread over the processes
+    finally:
+        stop_and_check(server)
+    assert read_targets(tmp_path / "var" / TARGETS_FILE) == []  # each process took itself out

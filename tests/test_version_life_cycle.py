@@ -26,7 +26,6 @@ import pytest
 from bench.servers import QUICK, Server, launch, start_server
 from recommender.client import RecommenderClient
 from recommender.processes import is_alive
-from recommender.serving.telemetry import TARGETS_FILE, read_targets
 from recommender.settings import Settings
 from recommender.storage.lock import RetrainLock
 from recommender.training import coordinator
@@ -34,7 +33,6 @@ from recommender.training.config import make_trainer
 from recommender.training.progress import RetrainControl
 from recommender.training.trainer import RetrainResult
 from tests.support.database import Template, active_version
-from tests.support.metrics import scraped
 from tests.support.service import StartService
 from tests.support.waiting import wait_for
 
@@ -389,22 +387,3 @@ def test_any_interleaving_of_retrains_rollbacks_and_train_leaves_exactly_one_act
     assert set(counts) == {1}, counts  # never none, never two
     active = active_version(url)
     wait_for(lambda: {r.client.model_info().version for r in (first, second)} == {active}, timeout=5)
-
-
-def test_every_serving_process_counts_its_requests(template: Template, tmp_path: Path) -> None:
-    server = start_server(template.copy(tmp_path), tmp_path, workers="3")
-    try:
-        entries = read_targets(tmp_path / "var" / TARGETS_FILE)
-        assert sorted(e["labels"]["role"] for e in entries) == ["main", "worker", "worker"]
-        addresses = [e["targets"][0] for e in entries]
-        sample = 'recommender_requests_total{code="OK",method="Recommend"}'
-        server.wait_balanced(3)
-        for user in range(1, 31):
-            with httpx.Client(timeout=10) as http:  # a new connection each time
-                http.get(f"{server.url}/api/v1/recommendations?user_id={user}&limit=3").raise_for_status()
-        counted = [scraped(address, sample) for address in addresses]
-        assert sum(counted) == 30, counted
-        assert sum(1 for count in counted if count > 0) >= 2, counted  # spread over the processes
-    finally:
-        stop_and_check(server)
-    assert read_targets(tmp_path / "var" / TARGETS_FILE) == []  # each process took itself out
