@@ -6,6 +6,10 @@ products and solves give."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from bench.servers import ROOT
 from recommender.model import signal_loops as loops
 from recommender.model.answering import reader_signals
 from recommender.model.compiled import dots, item_dots, top_columns
@@ -209,3 +214,26 @@ def test_because_from_the_compiled_loops_is_what_numpys_products_and_solves_give
         gave_through_cf |= bool((by_cf[:6] > 0).any())
         assert all(not reasons or all(r.part == "content" for r in reasons) for reasons in found[6:])
     assert gave_through_cf
+
+
+COMPILED = "from recommender.model.compiled import compiled\n\n\n@compiled\n"
+LOW = COMPILED + "def inner(x):\n    return x + {step}\n"
+HIGH = "from loops.low import inner\n" + COMPILED + "def outer(x):\n    return inner(x) * 2\n"
+
+
+def test_a_cached_loop_is_compiled_again_when_a_loop_it_calls_changes_in_another_module(tmp_path: Path) -> None:
+    """numba alone checks a cached loop against its own file: `outer` would keep `inner`'s old code."""
+    package = tmp_path / "loops"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "high.py").write_text(HIGH)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "services")])}
+    env.pop("NUMBA_CACHE_DIR", None)
+    answers = []
+    for step in (1, 10):
+        (package / "low.py").write_text(LOW.format(step=step))
+        run = [sys.executable, "-c", "from loops.high import outer; print(outer(1))"]
+        done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
+        answers.append(int(done.stdout))
+    assert answers == [4, 22]
+    assert list((package / "__pycache__").glob("high.outer-*.nbi"))  # cached, not compiled in memory only

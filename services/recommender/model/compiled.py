@@ -9,11 +9,14 @@ gives, and, a row summed alone in a fixed order, the same whatever the other row
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
 import numba
 import numpy as np
+
+from recommender.model import loop_cache
 
 Function = TypeVar("Function", bound=Callable[..., Any])
 
@@ -33,9 +36,23 @@ def reordering(function: Function) -> Function:
 
 def _njit(function: Function, **options: Any) -> Function:
     try:
-        return cast(Function, numba.njit(cache=True, nogil=True, **options)(function))
+        with _every_loop_stamped():
+            return cast(Function, numba.njit(cache=True, nogil=True, **options)(function))
     except RuntimeError:  # no folder numba may cache in: compiled once per process instead
         return cast(Function, numba.njit(nogil=True, **options)(function))
+
+
+@contextlib.contextmanager
+def _every_loop_stamped() -> Iterator[None]:
+    """numba's cache locators for the loop being decorated: stale when any loop module changed (model/loop_cache.py),
+    not only its own; other packages' functions keep numba's setting."""
+    config: Any = numba.core.config  # its settings are set from the environment when numba loads: untyped
+    before = config.CACHE_LOCATOR_CLASSES
+    config.CACHE_LOCATOR_CLASSES = loop_cache.LOCATORS
+    try:
+        yield
+    finally:
+        config.CACHE_LOCATOR_CLASSES = before
 
 
 @compiled
