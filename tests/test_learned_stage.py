@@ -32,7 +32,7 @@ from recommender.storage import demo
 from recommender.storage.artifact_files import ArtifactCorrupt, read_version, write_version
 from recommender.storage.registry import Status, VersionRecord
 from recommender.training.blends import blend_floor
-from recommender.training.ranker import best_ranker, fitted_trees, labelled
+from recommender.training.ranker import InnerTrees, best_ranker, fitted_trees, labelled, with_learned_stage
 from recommender.training.trainer import Trainer
 from recommender.training.trials import fit_and_measure
 from tests.support.data import BOOKS, PARAMS
@@ -155,7 +155,8 @@ def test_the_search_keeps_the_trees_where_they_rank_held_out_books_better() -> N
     the_split = split(data, SplitParams(seed=3))
     content = fit_content(data.books, params)
     weighed = fit_and_measure(the_split, params, content, lambda: False)
-    kept = best_ranker(weighed, the_split, content, blend_floor(weighed, the_split), float("inf"))
+    inner = InnerTrees(the_split, content)
+    kept = best_ranker(weighed, inner, blend_floor(weighed, the_split), float("inf"))
     assert kept.model.ranker is not None
     assert kept.metrics.ndcg > weighed.metrics.ndcg
     rows = labelled(weighed.model, the_split.held_out, sorted(the_split.held_out))
@@ -169,6 +170,10 @@ def test_the_search_keeps_the_trees_where_they_rank_held_out_books_better() -> N
     assert candidate.model.ranker is None and candidate.params.signals.learned_from is None
     assert before is not None and before.model.ranker is not None
     assert before.params == kept.params and before.metrics.ndcg > candidate.metrics.ndcg
+    # One retrain fits a configuration's trees once: the gate's "before", then the search keeping it.
+    served = with_learned_stage(weighed, kept.params.signals.learned_from, inner)
+    assert served.model.ranker is not None and served.model.ranker.trees is kept.model.ranker.trees
+    assert list(inner.fitted) == [weighed.params]
 
 
 def test_the_catalogue_index_path_takes_the_learned_stage() -> None:

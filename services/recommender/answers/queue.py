@@ -43,6 +43,7 @@ class ImpressionLog:
         self._on_written = on_written
         self._on_dropped = on_dropped
         self._batch: list[Impression] = []  # taken from the queue, not written yet
+        self._full = asyncio.Event()  # a batch's worth is waiting
         self._unwritten: dict[uuid.UUID, Impression] = {}  # queued or in a batch: what feedback may name already
         self._task: asyncio.Task[None] | None = None
         self._upkeep: asyncio.Task[None] | None = None
@@ -56,6 +57,8 @@ class ImpressionLog:
             self._on_dropped(1)
             return
         self._unwritten[impression.recommendation_id] = impression
+        if len(self._batch) + self._queue.qsize() >= BATCH:
+            self._full.set()
 
     def unwritten(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Impression]:
         """Those of `ids` that this process showed and has not written yet."""
@@ -95,13 +98,15 @@ class ImpressionLog:
             await self._write(batch)
 
     async def _write_forever(self) -> None:
+        """A batch at most FLUSH_SECONDS after its first impression, or as soon as it is full: the task wakes once
+        per batch, not once per impression (a request's impression costs the event loop nothing more)."""
         while True:
             self._batch.append(await self._queue.get())
-            deadline = time.monotonic() + FLUSH_SECONDS
-            while len(self._batch) < BATCH and (left := deadline - time.monotonic()) > 0:
+            if len(self._batch) + self._queue.qsize() < BATCH:
+                self._full.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(left):
-                        self._batch.append(await self._queue.get())
+                    async with asyncio.timeout(FLUSH_SECONDS):
+                        await self._full.wait()
             batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
             await self._write(batch)
 

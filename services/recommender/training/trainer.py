@@ -32,7 +32,7 @@ from recommender.storage.db import Database
 from recommender.storage.registry import ActiveChanged, Outcome, Registry, Status, TrialRecord, VersionRecord
 from recommender.storage.snapshot import SnapshotStore
 from recommender.training.progress import RetrainControl
-from recommender.training.ranker import with_learned_stage
+from recommender.training.ranker import InnerTrees, with_learned_stage
 from recommender.training.trials import Trial, fit_and_measure
 from recommender.training.tuning import Search, tune
 
@@ -307,11 +307,12 @@ class Trainer:
         learned stage it serves); and every trial of the search."""
         active_params = self._params_of(active) if active else None
         active_trial = served = None
+        inner = InnerTrees(the_split, fitted_content, should_stop)
         if active is not None and active_params is not None:
             # Measured with its parts: with a short search it is often the one released.
             active_trial = fit_and_measure(the_split, active_params, fitted_content, should_stop, parts=True)
             learned_from = SignalWeights.of(active.params).learned_from
-            served = with_learned_stage(active_trial, learned_from, the_split, fitted_content, should_stop)
+            served = with_learned_stage(active_trial, learned_from, inner)
         if not self.tuning.enabled:
             if active_trial is not None and active_trial.params == self.params:
                 return active_trial, served, []
@@ -319,7 +320,7 @@ class Trainer:
             return chosen, served, []
         search = self._search(first=active is None)
         best, tried = tune(
-            the_split, active_params or self.params, fitted_content, search, should_stop, active_trial, earlier
+            the_split, active_params or self.params, fitted_content, search, should_stop, active_trial, earlier, inner
         )
         log.info("tuning chose %s after %d trials", best.params.as_dict(), len(tried))
         return best, served, tried

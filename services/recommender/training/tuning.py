@@ -38,7 +38,7 @@ from recommender.training.blends import (
     blend_knobs,
 )
 from recommender.training.costs import best_within, over, request_cost, typical_history
-from recommender.training.ranker import best_ranker
+from recommender.training.ranker import InnerTrees, best_ranker
 from recommender.training.signal_weights import best_signals
 from recommender.training.trials import Trial, fit_and_measure, measure, score
 
@@ -97,6 +97,7 @@ def tune(
     should_stop: Callable[[], bool] = lambda: False,
     first: Trial | None = None,
     earlier: Sequence[TrainingParams] = (),
+    inner: InnerTrees | None = None,
 ) -> tuple[Trial, list[Trial]]:
     """The best configuration within the search's budgets, and every fit it tried (and the chosen blend). Two
     stages, each with the known configurations tried first (`start`, the active version's choice or
@@ -108,7 +109,8 @@ def tune(
     2. the blend of the best fit: alpha and the two priors, each a ranking pass without a fit, by `best_blend` from
        the known blends and BLEND_PORTFOLIO (with `search.blend`);
     3. then the weights of the reader's book signals, by `best_signals`, and the learned stage over them, by
-       `best_ranker` (both with `search.signals`).
+       `best_ranker` (both with `search.signals`), its trees `inner`'s (the ones the gate fitted for the active
+       configuration, when the search keeps it).
     """
     import optuna
 
@@ -128,7 +130,8 @@ def tune(
     chosen = best_blend(best, split, floor, known, search.blend_trials, fits.deadline, should_stop)
     if search.signals:
         chosen = best_signals(chosen, split, floor, fits.deadline, should_stop)
-        chosen = best_ranker(chosen, split, fitted_content, floor, fits.deadline, should_stop)
+        inner = inner or InnerTrees(split, fitted_content, should_stop)
+        chosen = best_ranker(chosen, inner, floor, fits.deadline)
     chosen = dataclasses.replace(chosen, elapsed=time.perf_counter() - fits.started)
     return chosen, [*tried, *([chosen] if chosen is not best else [])]
 
