@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import weakref
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -17,10 +19,11 @@ from recommender.model.dataset import Book
 from recommender.model.growth import with_books
 from recommender.model.readers import reader_of
 from recommender.model.recommend import recommend
+from recommender.model.warm import warm
 from recommender.schedule import Schedule
 from recommender.serving.freshness import FreshData
 from recommender.serving.policy import VersionUnavailable, serves_canary
-from recommender.serving.versions import VersionManager
+from recommender.serving.versions import VersionManager, settle_memory
 from recommender.storage.events import Event, Kind
 from recommender.storage.registry import ActiveChanged, Outcome, Status, VersionRecord
 from recommender.storage.sums import OnlineSums, Summed
@@ -75,6 +78,22 @@ def test_start_up_serves_the_active_version_or_the_newest_retired_one_that_loads
     run(damaged.start())
     assert damaged.version == "v2"  # the most recently active retired version that loads
     assert status(damaged, "v3") is Status.FAILED and status(damaged, "v2") is Status.ACTIVE
+
+
+def test_a_replaced_version_is_freed_by_its_references_alone() -> None:
+    """A swap moves every live object out of the collector's reach for good (`settle_memory`): a version caught in
+    a reference cycle would then never be freed."""
+    model = tiny_model("v1")
+    warm(model)  # every answer path once: the caches a serving version fills
+    for user in model.cf.user_ids[:5].tolist():
+        recommend(model, user, 5)
+    gone = weakref.ref(model)
+    try:
+        settle_memory()
+        del model
+        assert gone() is None
+    finally:
+        gc.unfreeze()
 
 
 def test_following_swaps_once_and_a_damaged_new_version_never_serves() -> None:
