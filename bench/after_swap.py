@@ -65,7 +65,7 @@ end
 
 @dataclass(frozen=True)
 class Sample:
-    sent: float  # monotonic seconds
+    sent: float  # seconds, on the measuring bench's clock
     latency: float
     status: int
 

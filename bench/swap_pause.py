@@ -16,10 +16,10 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass
 
 import httpx
 
+from bench.after_swap import Sample
 from bench.harness import MEDIUM, service, write_results
 from bench.servers import Server
 
@@ -27,13 +27,6 @@ QUIET = 10.0  # seconds of calls before the first rollback
 BETWEEN = 10.0  # seconds from one rollback's answer to the next
 AFTER = 5.0  # seconds after a rollback whose slowest call is reported too
 SETTLE = 0.5  # seconds after a rollback's answer still counted as its own
-
-
-@dataclass(frozen=True)
-class Call:
-    sent: float  # seconds since the calls began
-    seconds: float
-    status: int
 
 
 def main() -> int:
@@ -75,10 +68,10 @@ def _two_versions(running: Server) -> tuple[str, str]:
 
 def _during_rollbacks(
     running: Server, targets: list[str], clients: int
-) -> tuple[list[Call], list[tuple[float, float]]]:
+) -> tuple[list[Sample], list[tuple[float, float]]]:
     """Every call of `clients` back-to-back callers while the service rolls back to each of `targets` in turn, and
     each rollback's start and answer (seconds since the calls began)."""
-    calls: list[Call] = []
+    calls: list[Sample] = []
     stop = threading.Event()
     began = time.monotonic()
 
@@ -88,7 +81,7 @@ def _during_rollbacks(
             while not stop.is_set():
                 sent = time.monotonic()
                 answer = client.get(f"/api/v1/recommendations?user_id={rng.randint(1, MEDIUM.users)}&limit=10")
-                calls.append(Call(sent - began, time.monotonic() - sent, answer.status_code))
+                calls.append(Sample(sent - began, time.monotonic() - sent, answer.status_code))
 
     threads = [threading.Thread(target=call_back_to_back, args=(seed,)) for seed in range(clients)]
     for thread in threads:
@@ -109,15 +102,15 @@ def _during_rollbacks(
     return calls, rollbacks
 
 
-def _sent(calls: list[Call], start: float, end: float) -> list[Call]:
+def _sent(calls: list[Sample], start: float, end: float) -> list[Sample]:
     return [c for c in calls if start <= c.sent < end]
 
 
-def _row(window: str, calls: list[Call], after: list[Call]) -> list[object]:
-    seconds = [c.seconds * 1000 for c in calls]
+def _row(window: str, calls: list[Sample], after: list[Sample]) -> list[object]:
+    seconds = [c.latency * 1000 for c in calls]
     return [
         window, len(calls), sum(c.status != 200 for c in calls), statistics.median(seconds), max(seconds),
-        max((c.seconds * 1000 for c in after), default=float("nan")),
+        max((c.latency * 1000 for c in after), default=float("nan")),
     ]  # fmt: skip
 
 

@@ -57,7 +57,7 @@ class ImpressionLog:
             self._on_dropped(1)
             return
         self._unwritten[impression.recommendation_id] = impression
-        if len(self._batch) + self._queue.qsize() >= BATCH:
+        if self._waiting() >= BATCH:
             self._full.set()
 
     def unwritten(self, ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Impression]:
@@ -87,28 +87,35 @@ class ImpressionLog:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_SECONDS):
                 await self.flush()
-        left = len(self._batch) + self._queue.qsize()
+        left = self._waiting()
         if left:
             self._on_dropped(left)
 
     async def flush(self) -> None:
         """Writes what is queued now."""
         while self._batch or not self._queue.empty():
-            batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
-            await self._write(batch)
+            await self._write(self._next_batch())
 
     async def _write_forever(self) -> None:
         """A batch at most FLUSH_SECONDS after its first impression, or as soon as it is full: the task wakes once
         per batch, not once per impression (a request's impression costs the event loop nothing more)."""
         while True:
             self._batch.append(await self._queue.get())
-            if len(self._batch) + self._queue.qsize() < BATCH:
+            if self._waiting() < BATCH:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(FLUSH_SECONDS):
                         await self._full.wait()
-            batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
-            await self._write(batch)
+            await self._write(self._next_batch())
+
+    def _waiting(self) -> int:
+        """Impressions not written yet: taken into the batch or still queued."""
+        return len(self._batch) + self._queue.qsize()
+
+    def _next_batch(self) -> list[Impression]:
+        """The batch taken so far, filled from the queue up to BATCH; the next one starts empty."""
+        batch, self._batch = self._batch + self._take(BATCH - len(self._batch)), []
+        return batch
 
     def _take(self, most: int) -> list[Impression]:
         taken: list[Impression] = []
